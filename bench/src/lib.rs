@@ -1,0 +1,1 @@
+//! Side-by-side benchmarks against the Rust peers (echo, pgload) land here.

@@ -1,0 +1,1 @@
+//! `ioxide`: the host runtime — one io_uring ring and one task executor per reactor thread.
