@@ -1,1 +1,54 @@
 //! Test support: throwaway PostgreSQL clusters and scripted fake servers.
+//!
+//! * [`Cluster`] — a real PostgreSQL server in a temp directory, on a free loopback port and
+//!   a private Unix socket, with a test role using the [`Auth`] method you pick. It can be
+//!   stopped, restarted, crashed, frozen and thawed, and its backends terminated, so driver
+//!   tests can pin the failure contract against the real thing. It is cleaned up on drop,
+//!   and by a watchdog process if the test process dies first.
+//! * [`shared_cluster`] — one trust-auth cluster per test binary, for tests that only query.
+//! * [`FakeServer`] — a loopback listener that plays a [`Step`] script to each client, with
+//!   byte builders for [`backend`] and [`frontend`] messages, for protocol-abuse tests.
+//!
+//! Server binaries are found via `$PG_BIN`, `pg_config --bindir`, `$PATH`, or
+//! `/usr/lib/postgresql/*/bin`. When the tests run as root, the server runs as the
+//! `postgres` OS user.
+//!
+//! ```no_run
+//! let cluster = testkit::shared_cluster();
+//! assert_eq!(cluster.psql("SELECT 1").unwrap(), "1");
+//! println!("connect to {}", cluster.url());
+//! ```
+
+mod binaries;
+mod cluster;
+mod error;
+mod fake;
+mod os;
+mod reaper;
+
+use std::sync::OnceLock;
+
+pub use binaries::server_bin_dir;
+pub use cluster::{Auth, Cluster, ClusterBuilder, SUPERUSER};
+pub use error::{Error, ErrorKind, Result};
+pub use fake::messages::{backend, frontend};
+pub use fake::{ConnectionLog, FakeServer, Step};
+pub use os::process_alive;
+
+/// One trust-auth cluster with the default role and database, started on first use and
+/// shared by every test in this test binary.
+///
+/// It is never dropped (it lives in a `static`); the watchdog stops it and deletes its
+/// directory when the test process exits. Tests that stop, crash, freeze or reconfigure a
+/// server must build their own [`Cluster`] instead.
+///
+/// # Panics
+/// If the cluster cannot be started (e.g. PostgreSQL is not installed); the message says
+/// why. Every test using it fails with the same message.
+pub fn shared_cluster() -> &'static Cluster {
+    static SHARED: OnceLock<std::result::Result<Cluster, String>> = OnceLock::new();
+    match SHARED.get_or_init(|| Cluster::new().map_err(|e| e.to_string())) {
+        Ok(cluster) => cluster,
+        Err(message) => panic!("testkit::shared_cluster could not start: {message}"),
+    }
+}
