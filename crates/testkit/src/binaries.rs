@@ -91,7 +91,11 @@ fn from_dir(bin_dir: PathBuf) -> Binaries {
     let local_psql = bin_dir.join("psql");
     // Debian ships psql in the client package; the server dir usually has it too, but fall
     // back to whatever `psql` is on PATH.
-    let psql = if local_psql.is_file() { local_psql } else { PathBuf::from("psql") };
+    let psql = if local_psql.is_file() {
+        local_psql
+    } else {
+        PathBuf::from("psql")
+    };
     Binaries {
         initdb: bin_dir.join("initdb"),
         postgres: bin_dir.join("postgres"),
@@ -124,7 +128,10 @@ fn debian_bin_dirs() -> Vec<PathBuf> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let key: Vec<u32> = name.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+            let key: Vec<u32> = name
+                .split('.')
+                .map(|p| p.parse().ok())
+                .collect::<Option<_>>()?;
             Some((key, e.path().join("bin")))
         })
         .collect();
@@ -141,7 +148,15 @@ mod tests {
         let dirs = debian_bin_dirs();
         let versions: Vec<u32> = dirs
             .iter()
-            .filter_map(|d| d.parent()?.file_name()?.to_str()?.split('.').next()?.parse().ok())
+            .filter_map(|d| {
+                d.parent()?
+                    .file_name()?
+                    .to_str()?
+                    .split('.')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .collect();
         let mut sorted = versions.clone();
         sorted.sort_by(|a, b| b.cmp(a));

@@ -30,12 +30,20 @@ pub struct Error {
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), source: None }
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// An I/O failure while doing `what`.
     pub(crate) fn io(what: impl fmt::Display, source: io::Error) -> Self {
-        Self { kind: ErrorKind::Io, message: format!("{what}: {source}"), source: Some(source) }
+        Self {
+            kind: ErrorKind::Io,
+            message: format!("{what}: {source}"),
+            source: Some(source),
+        }
     }
 
     /// The coarse category of this error.

@@ -44,7 +44,10 @@ pub(crate) fn lookup_user(name: &str) -> Option<(u32, u32)> {
 pub(crate) fn signal(pid: Pid, sig: libc::c_int) -> io::Result<()> {
     if pid <= 0 {
         // kill(0, …) and kill(-1, …) address groups; never do that by accident.
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing pid {pid}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing pid {pid}"),
+        ));
     }
     // SAFETY: kill takes plain integers; a positive pid addresses one process.
     if unsafe { libc::kill(pid, sig) } == 0 {

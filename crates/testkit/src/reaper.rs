@@ -70,7 +70,9 @@ impl Reaper {
         // Own process group: a terminal Ctrl-C aimed at the test run must not kill the
         // reaper before it has done its job.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd.spawn().map_err(|e| Error::io("spawning the reaper (/bin/sh)", e))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io("spawning the reaper (/bin/sh)", e))?;
         let stdin = child.stdin.take();
         Ok(Self { child, stdin })
     }

@@ -59,9 +59,19 @@ impl Cluster {
     fn run_psql(&self, via: Via<'_>, sql: &str) -> Result<String> {
         let bins = binaries()?;
         let mut cmd = Command::new(&bins.psql);
-        cmd.args(["-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .arg("-p")
-            .arg(self.port.to_string());
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-w",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "-",
+        ])
+        .arg("-p")
+        .arg(self.port.to_string());
         os::scrub_pg_env(&mut cmd);
         cmd.env("PGPASSFILE", self.root.join("no-such-pgpass"))
             .env("PGAPPNAME", "testkit")
@@ -70,7 +80,9 @@ impl Cluster {
             .stderr(Stdio::piped());
         let what = match via {
             Via::Socket { database } => {
-                cmd.arg("-h").arg(&self.root).args(["-U", SUPERUSER, "-d", database]);
+                cmd.arg("-h")
+                    .arg(&self.root)
+                    .args(["-U", SUPERUSER, "-d", database]);
                 format!("psql as {SUPERUSER} via the socket, database {database}")
             }
             Via::Tcp { user, password } => {
@@ -228,7 +240,10 @@ impl Cluster {
 
 fn parse_count(text: &str) -> Result<usize> {
     text.trim().parse().map_err(|_| {
-        Error::new(ErrorKind::CommandFailed, format!("expected a count from psql, got {text:?}"))
+        Error::new(
+            ErrorKind::CommandFailed,
+            format!("expected a count from psql, got {text:?}"),
+        )
     })
 }
 
@@ -248,7 +263,10 @@ fn run_with_timeout(
             let _ = stdin.write_all(&input);
         }
     });
-    let readers = [child.stdout.take().map(reader), child.stderr.take().map(reader)];
+    let readers = [
+        child.stdout.take().map(reader),
+        child.stderr.take().map(reader),
+    ];
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {

@@ -265,12 +265,20 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         server::shut_down_for_good(state, &self.data_dir);
-        if let Some(dir) = self.temp_dir.get_mut().unwrap_or_else(PoisonError::into_inner).take()
+        if let Some(dir) = self
+            .temp_dir
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
         {
             // Best effort; the reaper retries with rm -rf.
             let _ = dir.close();
         }
-        if let Some(reaper) = self.reaper.get_mut().unwrap_or_else(PoisonError::into_inner).take()
+        if let Some(reaper) = self
+            .reaper
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
         {
             reaper.dismiss();
         }

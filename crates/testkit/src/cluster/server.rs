@@ -52,9 +52,14 @@ impl State {
 
 pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
     for (key, _) in &b.settings {
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         {
-            return Err(invalid(format!("invalid postgresql.conf setting name {key:?}")));
+            return Err(invalid(format!(
+                "invalid postgresql.conf setting name {key:?}"
+            )));
         }
     }
     let bins = binaries()?;
@@ -77,7 +82,10 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
         .prefix("testkit-pg-")
         .tempdir_in(temp_base(run_as.is_some()))
         .map_err(|e| Error::io("creating the cluster temp dir", e))?;
-    let root = temp.path().canonicalize().map_err(|e| Error::io("canonicalizing temp dir", e))?;
+    let root = temp
+        .path()
+        .canonicalize()
+        .map_err(|e| Error::io("canonicalizing temp dir", e))?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(format!("chmod 0700 {}", root.display()), e))?;
     if let Some((uid, gid)) = run_as {
@@ -92,7 +100,16 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
     initdb
         .arg("-D")
         .arg(&data_dir)
-        .args(["-U", SUPERUSER, "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+        .args([
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
         .current_dir(&root);
     let out = prepare(&mut initdb, run_as)
         .output()
@@ -135,7 +152,10 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
     let mut attempt = 1;
     loop {
         cluster.port = free_port()?;
-        write_file(&conf_path, &(base_conf.clone() + &cluster.conf_block(&b.settings)))?;
+        write_file(
+            &conf_path,
+            &(base_conf.clone() + &cluster.conf_block(&b.settings)),
+        )?;
         let result = cluster.launch(&mut cluster.lock_state());
         match result {
             Ok(()) => break,
@@ -187,10 +207,15 @@ impl Cluster {
         } else {
             format!("CREATE ROLE {user} LOGIN CREATEDB PASSWORD {password};")
         };
-        let mut sql =
-            format!("SET password_encryption = '{}';\n{role}\n", self.auth.password_encryption());
+        let mut sql = format!(
+            "SET password_encryption = '{}';\n{role}\n",
+            self.auth.password_encryption()
+        );
         if self.database != "postgres" {
-            sql.push_str(&format!("CREATE DATABASE {} OWNER {user};\n", quote_ident(&self.database)));
+            sql.push_str(&format!(
+                "CREATE DATABASE {} OWNER {user};\n",
+                quote_ident(&self.database)
+            ));
         }
         self.psql_in("postgres", &sql)?;
         if self.user != SUPERUSER {
@@ -218,7 +243,9 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
-        let log2 = log.try_clone().map_err(|e| Error::io("duplicating the log fd", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the log fd", e))?;
         let mut cmd = Command::new(&bins.postgres);
         cmd.arg("-D")
             .arg(&self.data_dir)
@@ -240,7 +267,10 @@ impl Cluster {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let Some(child) = st.postmaster.as_mut() else {
-                return Err(Error::new(ErrorKind::ServerExited, "postmaster is not running"));
+                return Err(Error::new(
+                    ErrorKind::ServerExited,
+                    "postmaster is not running",
+                ));
             };
             if let Ok(Some(status)) = child.try_wait() {
                 st.postmaster = None;
@@ -272,7 +302,12 @@ impl Cluster {
 /// Thaws, signals the postmaster with `sig`, and waits up to `patience` for it to exit.
 /// On timeout, SIGKILLs every process of this cluster (found by working directory) and
 /// returns [`ErrorKind::Timeout`]. A stopped cluster is `Ok`.
-pub(super) fn halt(st: &mut State, data_dir: &Path, sig: libc::c_int, patience: Duration) -> Result<()> {
+pub(super) fn halt(
+    st: &mut State,
+    data_dir: &Path,
+    sig: libc::c_int,
+    patience: Duration,
+) -> Result<()> {
     thaw_locked(st);
     let Some(mut child) = st.postmaster.take() else {
         return Ok(());
@@ -321,7 +356,10 @@ pub(super) fn thaw_locked(st: &mut State) {
     let Some(stopped) = st.frozen.take() else {
         return;
     };
-    let pm = st.postmaster.as_ref().and_then(|c| Pid::try_from(c.id()).ok());
+    let pm = st
+        .postmaster
+        .as_ref()
+        .and_then(|c| Pid::try_from(c.id()).ok());
     let mut all = stopped;
     if let Some(pm) = pm {
         // SIGCONT to a running process is harmless; re-enumerate in case the list missed one.
@@ -374,7 +412,9 @@ fn temp_base(as_other_user: bool) -> PathBuf {
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| Error::io("binding 127.0.0.1:0 to pick a port", e))?;
-    let addr = listener.local_addr().map_err(|e| Error::io("reading the probe's address", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the probe's address", e))?;
     Ok(addr.port())
 }
 

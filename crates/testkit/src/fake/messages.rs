@@ -173,8 +173,12 @@ pub mod backend {
 
     fn notice_fields(severity: &str, code: &str, message_text: &str) -> Vec<u8> {
         let mut body = Vec::new();
-        for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message_text)]
-        {
+        for (field, value) in [
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', code),
+            (b'M', message_text),
+        ] {
             body.push(field);
             push_cstr(&mut body, value);
         }
@@ -264,7 +268,10 @@ pub mod frontend {
     impl StartupPacket {
         /// The value of parameter `name` (e.g. `"user"`), if sent.
         pub fn param(&self, name: &str) -> Option<&str> {
-            self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+            self.params
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
         }
     }
 
@@ -306,7 +313,10 @@ mod tests {
 
     #[test]
     fn data_row_encodes_null_as_minus_one() {
-        assert_eq!(backend::data_row(&[None, Some("7")]), b"D\0\0\0\x0f\0\x02\xff\xff\xff\xff\0\0\0\x017");
+        assert_eq!(
+            backend::data_row(&[None, Some("7")]),
+            b"D\0\0\0\x0f\0\x02\xff\xff\xff\xff\0\0\0\x017"
+        );
     }
 
     #[test]

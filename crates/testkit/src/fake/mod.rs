@@ -137,7 +137,11 @@ impl FakeServer {
                 .name(format!("fake-pg-{}", addr.port()))
                 .spawn(move || accept_loop(&listener, &shared, &script_for))?
         };
-        Ok(Self { addr, shared, acceptor: Some(acceptor) })
+        Ok(Self {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        })
     }
 
     /// The listening address (`127.0.0.1:port`).
@@ -157,12 +161,19 @@ impl FakeServer {
 
     /// A snapshot of what each connection (in accept order) sent and how it ended.
     pub fn connections(&self) -> Vec<ConnectionLog> {
-        self.shared.logs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.shared
+            .logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The startup packets received so far, in accept order.
     pub fn startup_packets(&self) -> Vec<Vec<u8>> {
-        self.connections().into_iter().filter_map(|c| c.startup).collect()
+        self.connections()
+            .into_iter()
+            .filter_map(|c| c.startup)
+            .collect()
     }
 
     /// Waits until at least `n` connections were accepted; false on timeout.
@@ -226,7 +237,12 @@ impl From<io::Error> for Halt {
     }
 }
 
-fn serve(mut stream: TcpStream, index: usize, script: &[Step], shared: &Shared) -> Result<(), Halt> {
+fn serve(
+    mut stream: TcpStream,
+    index: usize,
+    script: &[Step],
+    shared: &Shared,
+) -> Result<(), Halt> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(POLL))?;
     stream.set_write_timeout(Some(POLL))?;
@@ -238,7 +254,12 @@ fn serve(mut stream: TcpStream, index: usize, script: &[Step], shared: &Shared) 
     result
 }
 
-fn play(stream: &mut TcpStream, index: usize, script: &[Step], shared: &Shared) -> Result<(), Halt> {
+fn play(
+    stream: &mut TcpStream,
+    index: usize,
+    script: &[Step],
+    shared: &Shared,
+) -> Result<(), Halt> {
     // Startup phase: refuse encryption until a real startup packet arrives.
     loop {
         let mut len = [0u8; 4];
@@ -363,7 +384,10 @@ fn is_retry(e: &io::Error) -> bool {
 
 /// `SO_LINGER {on, 0}` so that closing sends RST instead of FIN.
 fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).unwrap_or(8);
     // SAFETY: the fd is a live socket owned by `stream`; the option value points at a
     // properly sized, initialised `linger` that outlives the call.
