@@ -1,1 +1,31 @@
-//! `ioxide`: the host runtime — one io_uring ring and one task executor per reactor thread.
+//! `ioxide`: a thread-per-core io_uring runtime.
+//!
+//! Each reactor thread owns one io_uring ring, one task executor and a registry of
+//! per-reactor services; nothing is shared between reactors. Every socket operation and every
+//! timer is an io_uring op, and the task awaiting it resumes on the same thread, in the same
+//! loop turn as its completion — all continuations of a batch run before the next
+//! `io_uring_enter`.
+//!
+//! ```no_run
+//! use ioxide::net::Stream;
+//! ioxide::block_on(async {
+//!     let s = Stream::connect("127.0.0.1:5432".parse().unwrap()).await.unwrap();
+//!     let (r, _buf) = s.send_all(b"hello".to_vec()).await;
+//!     r.unwrap();
+//! });
+//! ```
+//!
+//! The only `unsafe` code lives in the `ring` module; see ARCHITECTURE.md, "The ring layer".
+
+mod executor;
+pub mod future;
+pub mod net;
+mod reactor;
+mod ring;
+pub mod server;
+pub mod time;
+
+pub use executor::JoinHandle;
+pub use reactor::{block_on, spawn, Reactor, RemoteHandle, Runtime};
+pub use ring::{process_cpu_time, IoBuf, IoBufMut, RingConfig, RingError, RingStats};
+pub use server::{Server, ServerHandle};

@@ -1,0 +1,210 @@
+//! Sockets on the ring: connect, send, recv, shutdown, close and multishot accept are all
+//! io_uring ops. Only listener setup at server start (bind/listen) and socket options are plain
+//! syscalls; none of them blocks.
+
+use crate::ring::{self, sys, Fd, IoBuf, IoBufMut, MultiOp};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::rc::Rc;
+
+pub use std::net::Shutdown;
+
+/// A connected stream socket (TCP or Unix), driven by ring ops on the current reactor.
+///
+/// Every method that touches the network takes buffers by value and gives them back with the
+/// result (`(io::Result<_>, B)`), because the kernel owns a buffer while the op is in flight.
+/// Dropping a future mid-flight cancels the op safely.
+pub struct Stream {
+    fd: Rc<Fd>,
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream").field("fd", &self.fd.raw()).finish()
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.raw()
+    }
+}
+
+impl Stream {
+    /// Opens a TCP connection (socket and connect are ring ops) with `TCP_NODELAY` set.
+    pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
+        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let fd = Rc::new(ring::socket(domain, libc::SOCK_STREAM).await?);
+        sys::set_int_opt(fd.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        ring::connect(fd.clone(), sys::RawAddr::from_inet(&addr)).await?;
+        Ok(Stream { fd })
+    }
+
+    /// Opens a Unix-domain stream connection to the socket at `path`.
+    pub async fn connect_unix(path: impl AsRef<Path>) -> io::Result<Stream> {
+        let addr = sys::RawAddr::from_unix(path.as_ref())?;
+        let fd = Rc::new(ring::socket(libc::AF_UNIX, libc::SOCK_STREAM).await?);
+        ring::connect(fd.clone(), addr).await?;
+        Ok(Stream { fd })
+    }
+
+    pub(crate) fn from_fd(fd: Fd) -> Stream {
+        Stream { fd: Rc::new(fd) }
+    }
+
+    /// One send of `buf[off..]`; returns how many bytes the kernel took (may be fewer).
+    pub async fn send<B: IoBuf>(&self, buf: B, off: usize) -> (io::Result<usize>, B) {
+        ring::send(self.fd.clone(), buf, off).await
+    }
+
+    /// Sends all of `buf`, resubmitting after short writes.
+    pub async fn send_all<B: IoBuf>(&self, mut buf: B) -> (io::Result<()>, B) {
+        let total = buf.bytes_init();
+        let mut off = 0;
+        while off < total {
+            let (r, b) = ring::send(self.fd.clone(), buf, off).await;
+            buf = b;
+            match r {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Receives into the spare capacity of `buf` (after its initialised bytes), extending
+    /// its length. `Ok(0)` means the peer closed. A buffer without spare capacity is an error
+    /// (`ENOBUFS`), never a silent zero-length read.
+    pub async fn recv<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
+        ring::recv(self.fd.clone(), buf).await
+    }
+
+    /// Shuts down one or both directions. Pending receives complete (with 0) once the read
+    /// side is shut.
+    pub async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        let how = match how {
+            Shutdown::Read => libc::SHUT_RD,
+            Shutdown::Write => libc::SHUT_WR,
+            Shutdown::Both => libc::SHUT_RDWR,
+        };
+        ring::shutdown(self.fd.clone(), how).await
+    }
+
+    /// Asks the kernel to cancel every op in flight on this socket (they complete with
+    /// `ECANCELED`). Fire-and-forget.
+    pub fn cancel_pending(&self) {
+        let raw = self.fd.raw();
+        crate::reactor::with_ring(|_, r| r.cancel_fd(raw));
+    }
+
+    /// Closes the socket with a ring Close op once no op holds it any more. If ops are still
+    /// in flight, the close happens when the last one completes.
+    pub async fn close(self) -> io::Result<()> {
+        match Rc::try_unwrap(self.fd) {
+            Ok(fd) => ring::close(fd).await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Sets `TCP_NODELAY`.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        sys::set_int_opt(self.fd.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, i32::from(on))
+    }
+
+    /// Whether `TCP_NODELAY` is set.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        sys::get_int_opt(self.fd.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY).map(|v| v != 0)
+    }
+
+    /// The remote address (TCP only).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        inet(sys::sock_addr(self.fd.raw(), true)?)
+    }
+
+    /// The local address (TCP only).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        inet(sys::sock_addr(self.fd.raw(), false)?)
+    }
+}
+
+fn inet(addr: sys::RawAddr) -> io::Result<SocketAddr> {
+    addr.to_inet()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an inet socket"))
+}
+
+/// A TCP listener whose connections arrive through one multishot accept op.
+pub struct TcpListener {
+    fd: Rc<Fd>,
+    accept: Option<MultiOp<Rc<Fd>>>,
+}
+
+impl fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpListener").field("fd", &self.fd.raw()).finish()
+    }
+}
+
+/// Accept backlog for listeners.
+const BACKLOG: i32 = 1024;
+
+impl TcpListener {
+    /// Binds and listens (plain syscalls: this happens once, before serving). With
+    /// `reuse_port`, several reactors may bind the same port and the kernel spreads incoming
+    /// connections over them.
+    pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+        let fd = Self::bind_raw(addr, reuse_port)?;
+        Ok(Self::from_fd(fd))
+    }
+
+    pub(crate) fn bind_raw(addr: SocketAddr, reuse_port: bool) -> io::Result<Fd> {
+        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let fd = Fd::from_raw(sys::socket(domain, libc::SOCK_STREAM)?);
+        sys::set_int_opt(fd.raw(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        if reuse_port {
+            sys::set_int_opt(fd.raw(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        sys::bind(fd.raw(), &sys::RawAddr::from_inet(&addr))?;
+        sys::listen(fd.raw(), BACKLOG)?;
+        Ok(fd)
+    }
+
+    pub(crate) fn from_fd(fd: Fd) -> TcpListener {
+        TcpListener { fd: Rc::new(fd), accept: None }
+    }
+
+    /// The bound address (useful after binding port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        inet(sys::sock_addr(self.fd.raw(), false)?)
+    }
+
+    /// The next connection, with `TCP_NODELAY` set. The multishot accept op is armed on first
+    /// use and re-armed whenever the kernel ends it; dropping the listener cancels it, and fds
+    /// of connections accepted after that are closed.
+    pub async fn accept(&mut self) -> io::Result<Stream> {
+        loop {
+            if self.accept.as_ref().is_none_or(MultiOp::ended) {
+                self.accept = Some(ring::accept_multi(self.fd.clone()));
+            }
+            let (res, _flags) = match self.accept.as_mut() {
+                Some(op) => std::future::poll_fn(|cx| op.poll_next(cx)).await,
+                None => continue,
+            };
+            if res >= 0 {
+                let stream = Stream::from_fd(Fd::from_raw(res));
+                // Best effort: a socket that fails this is still usable.
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            match -res {
+                // Transient: the op ended (or a connection was aborted); re-arm and go on.
+                libc::ECANCELED | libc::ECONNABORTED | libc::EINTR | libc::EAGAIN => continue,
+                errno => return Err(io::Error::from_raw_os_error(errno)),
+            }
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The reactor: one ring, one executor and one service registry per thread, and its loop.
+//!
+//! The loop is: run every ready task (they queue SQEs) → one `io_uring_enter` that submits the
+//! whole batch and waits for at least one completion → reap every CQE, waking the tasks they
+//! belong to → again. All continuations of a batch therefore run before the next enter, on
+//! this thread, and one syscall carries everything they queued.
+
+use crate::executor::{self, JoinHandle, RemoteQueue, LOCAL_ID, RUN_QUEUE};
+use crate::ring::{self, Ring, RingConfig, RingError, RingStats};
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+/// Ready tasks run per loop turn before the ring is entered again (bounds the latency a task
+/// that keeps waking itself can add to I/O).
+const RUN_BUDGET: usize = 4096;
+/// How long teardown waits for the kernel to finish cancelled ops before leaking their data.
+const TEARDOWN_DEADLINE: Duration = Duration::from_secs(2);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
+}
+
+/// State reachable from other threads: the doorbell and the remote run queue.
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    eventfd: RawFd,
+    pub(crate) remote: RemoteQueue,
+    root_woken: AtomicBool,
+    shutdown: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn ring_doorbell(&self) {
+        ring::sys::eventfd_signal(self.eventfd);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The eventfd lives exactly as long as anything (a waker, a remote handle) that could
+        // write to it, so a late cross-thread wake never writes to a reused fd number.
+        ring::sys::close(self.eventfd);
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: u64,
+    index: usize,
+    pub(crate) ring: RefCell<Ring>,
+    shared: Arc<Shared>,
+    services: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+    shutdown: Cell<bool>,
+    shutdown_waiters: RefCell<Vec<Waker>>,
+}
+
+/// Runs `f` with the current reactor's ring, or returns None when this thread has no reactor
+/// (or the ring is already borrowed further up the stack).
+pub(crate) fn with_ring<R>(f: impl FnOnce(u64, &mut Ring) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|c| {
+            let c = c.borrow();
+            let inner = c.as_ref()?;
+            let mut ring = inner.ring.try_borrow_mut().ok()?;
+            Some(f(inner.id, &mut ring))
+        })
+        .ok()
+        .flatten()
+}
+
+/// A handle to the reactor running on this thread. Cheap to clone; not `Send`.
+#[derive(Clone)]
+pub struct Reactor {
+    inner: Rc<Inner>,
+}
+
+impl fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reactor").field("id", &self.inner.id).field("index", &self.inner.index).finish()
+    }
+}
+
+impl Reactor {
+    /// The reactor running on this thread. Panics when called outside one (a programming
+    /// error); see [`Reactor::try_current`].
+    pub fn current() -> Reactor {
+        Self::try_current().expect("ioxide: no reactor is running on this thread")
+    }
+
+    /// The reactor running on this thread, if any.
+    pub fn try_current() -> Option<Reactor> {
+        CURRENT.try_with(|c| c.borrow().clone()).ok().flatten().map(|inner| Reactor { inner })
+    }
+
+    /// This reactor's position among a server's reactors (0 for a standalone runtime).
+    pub fn index(&self) -> usize {
+        self.inner.index
+    }
+
+    /// Spawns a task on this reactor.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        executor::spawn_on(&self.inner.shared, future)
+    }
+
+    /// Registers a per-reactor service, keyed by its type (replacing one of the same type).
+    pub fn add_service<T: 'static>(&self, service: T) -> Rc<T> {
+        let rc = Rc::new(service);
+        let any: Rc<dyn Any> = rc.clone();
+        let old = self.inner.services.borrow_mut().insert(TypeId::of::<T>(), any);
+        drop(old);
+        rc
+    }
+
+    /// The service of type `T`. Panics if none was registered (a programming error); see
+    /// [`Reactor::try_service`].
+    pub fn service<T: 'static>(&self) -> Rc<T> {
+        self.try_service::<T>().unwrap_or_else(|| {
+            panic!("ioxide: no service of type {} on this reactor", std::any::type_name::<T>())
+        })
+    }
+
+    /// The service of type `T`, if registered.
+    pub fn try_service<T: 'static>(&self) -> Option<Rc<T>> {
+        let any = self.inner.services.borrow().get(&TypeId::of::<T>())?.clone();
+        any.downcast::<T>().ok()
+    }
+
+    /// What the ring has done so far.
+    pub fn ring_stats(&self) -> RingStats {
+        self.inner.ring.borrow().stats
+    }
+
+    /// Whether the ring runs with `SINGLE_ISSUER | DEFER_TASKRUN`.
+    pub fn defer_taskrun(&self) -> bool {
+        self.inner.ring.borrow().defer_taskrun
+    }
+
+    /// A `Send` handle other threads can use to ask this reactor to shut down.
+    pub fn remote(&self) -> RemoteHandle {
+        RemoteHandle { shared: self.inner.shared.clone() }
+    }
+
+    /// Asks this reactor's tasks to wind down (see [`Reactor::shutdown_requested`]).
+    pub fn request_shutdown(&self) {
+        if !self.inner.shutdown.replace(true) {
+            let waiters = std::mem::take(&mut *self.inner.shutdown_waiters.borrow_mut());
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.get()
+    }
+
+    /// Resolves once shutdown is requested (locally or through a [`RemoteHandle`]).
+    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + 'static {
+        let inner = self.inner.clone();
+        std::future::poll_fn(move |cx| {
+            if inner.shutdown.get() {
+                Poll::Ready(())
+            } else {
+                inner.shutdown_waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// Spawns a task on the current thread's reactor. Panics outside a reactor.
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    Reactor::current().spawn(future)
+}
+
+/// A handle to a reactor that may be used from any thread.
+#[derive(Clone)]
+pub struct RemoteHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RemoteHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteHandle").field("id", &self.shared.id).finish()
+    }
+}
+
+impl RemoteHandle {
+    /// Asks the reactor to shut down; its tasks see [`Reactor::shutdown_requested`] resolve.
+    pub fn request_shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.ring_doorbell();
+    }
+}
+
+struct RootWaker {
+    shared: Arc<Shared>,
+}
+
+impl Wake for RootWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.shared.root_woken.store(true, Ordering::Release);
+        if LOCAL_ID.try_with(Cell::get).unwrap_or(0) != self.shared.id {
+            self.shared.ring_doorbell();
+        }
+    }
+}
+
+/// A reactor not yet running: build it, then [`Runtime::block_on`] a root future on it.
+pub struct Runtime {
+    config: RingConfig,
+    index: usize,
+    ring: Ring,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.config).field("index", &self.index).finish()
+    }
+}
+
+impl Runtime {
+    /// A runtime with the default ring configuration.
+    pub fn new() -> Result<Runtime, RingError> {
+        Self::with_config(RingConfig::default(), 0)
+    }
+
+    /// A runtime with a given ring configuration and reactor index.
+    pub fn with_config(config: RingConfig, index: usize) -> Result<Runtime, RingError> {
+        let ring = Ring::new(&config)?;
+        Ok(Runtime { config, index, ring })
+    }
+
+    /// Runs `future` to completion on this thread, serving every task spawned meanwhile.
+    /// When it returns, remaining tasks are cancelled and every in-flight op is drained before
+    /// any buffer is freed. Panics if this thread already runs a reactor.
+    pub fn block_on<F: Future>(self, future: F) -> F::Output {
+        let eventfd = match ring::sys::eventfd() {
+            Ok(fd) => fd,
+            Err(e) => panic!("ioxide: could not create the reactor's eventfd: {e}"),
+        };
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            id,
+            eventfd,
+            remote: RemoteQueue::default(),
+            root_woken: AtomicBool::new(true),
+            shutdown: AtomicBool::new(false),
+        });
+        let inner = Rc::new(Inner {
+            id,
+            index: self.index,
+            ring: RefCell::new(self.ring),
+            shared: shared.clone(),
+            services: RefCell::new(HashMap::new()),
+            shutdown: Cell::new(false),
+            shutdown_waiters: RefCell::new(Vec::new()),
+        });
+        CURRENT.with(|c| {
+            let mut c = c.borrow_mut();
+            assert!(c.is_none(), "ioxide: a reactor is already running on this thread");
+            *c = Some(inner.clone());
+        });
+        LOCAL_ID.with(|l| l.set(id));
+        // Declared before the future so it drops after it: teardown runs with the reactor
+        // still current, even when the root future panics.
+        let _teardown = Teardown { inner: inner.clone() };
+        let reactor = Reactor { inner };
+        // Detached: teardown cancels it with every other task.
+        drop(reactor.spawn(doorbell(reactor.clone(), shared.clone())));
+        run_loop(&reactor, &shared, future)
+    }
+}
+
+/// Runs `future` on a fresh reactor on this thread (for tools and tests). Panics with the
+/// ring error's explanation if io_uring is unavailable; use [`Runtime::new`] to handle that.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    match Runtime::new() {
+        Ok(rt) => rt.block_on(future),
+        Err(e) => panic!("ioxide: {e}"),
+    }
+}
+
+/// The internal task that keeps a read armed on the reactor's eventfd: cross-thread wakes and
+/// shutdown requests arrive through it.
+async fn doorbell(reactor: Reactor, shared: Arc<Shared>) {
+    loop {
+        if ring::eventfd_read(shared.eventfd).await.is_err() {
+            return;
+        }
+        for r in shared.remote.take() {
+            RUN_QUEUE.with(|q| q.borrow_mut().push_back(r));
+        }
+        if shared.shutdown.load(Ordering::Acquire) {
+            reactor.request_shutdown();
+        }
+    }
+}
+
+fn run_loop<F: Future>(reactor: &Reactor, shared: &Arc<Shared>, future: F) -> F::Output {
+    let mut future = pin!(future);
+    let waker = Waker::from(Arc::new(RootWaker { shared: shared.clone() }));
+    let mut cx = Context::from_waker(&waker);
+    let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
+    loop {
+        // Run everything ready, including tasks woken by tasks in this same turn.
+        loop {
+            let mut progressed = false;
+            if shared.root_woken.swap(false, Ordering::AcqRel) {
+                progressed = true;
+                if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                    return out;
+                }
+            }
+            let ran = executor::run_ready(RUN_BUDGET);
+            if ran == RUN_BUDGET {
+                break;
+            }
+            if ran == 0 && !progressed {
+                break;
+            }
+        }
+        let wait = !executor::has_ready() && !shared.root_woken.load(Ordering::Acquire);
+        let entered = reactor.inner.ring.borrow_mut().enter(wait, None);
+        if let Err(e) = entered {
+            // The ring itself failed (not an op): nothing can make progress any more.
+            panic!("ioxide: io_uring_enter failed: {e}");
+        }
+        reap_and_complete(&reactor.inner, &mut cqes);
+    }
+}
+
+fn reap_and_complete(inner: &Inner, cqes: &mut Vec<(u64, i32, u32)>) {
+    inner.ring.borrow_mut().reap(cqes);
+    for (ud, res, flags) in cqes.drain(..) {
+        let after = inner.ring.borrow_mut().complete(ud, res, flags);
+        after.run();
+    }
+}
+
+struct Teardown {
+    inner: Rc<Inner>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        // 1. Services first: they may own connections whose fds close through the ring.
+        let services = std::mem::take(&mut *inner.services.borrow_mut());
+        drop(services);
+        inner.shutdown_waiters.borrow_mut().clear();
+        // 2. Cancel every task: wake the ones parked on ring ops and drop their runnables.
+        //    Dropping a task's future drops its ops, which hand their data to the records.
+        for _ in 0..64 {
+            let wakers = inner.ring.borrow_mut().take_wakers();
+            let woke = wakers.len();
+            wakers.into_iter().for_each(Waker::wake);
+            for r in inner.shared.remote.take() {
+                drop(r);
+            }
+            let dropped = executor::drop_ready();
+            if woke == 0 && dropped == 0 {
+                break;
+            }
+        }
+        // 3. Cancel whatever is still in flight and wait for the kernel to give every buffer
+        //    back. Closing the ring fd alone would not make this synchronous.
+        inner.ring.borrow_mut().cancel_all();
+        let deadline = Instant::now() + TEARDOWN_DEADLINE;
+        let mut cqes = Vec::new();
+        while inner.ring.borrow().in_flight() > 0 && Instant::now() < deadline {
+            let r = inner.ring.borrow_mut().enter(true, Some(Duration::from_millis(50)));
+            if r.is_err() {
+                break;
+            }
+            reap_and_complete(inner, &mut cqes);
+            executor::drop_ready();
+        }
+        let left = inner.ring.borrow().in_flight();
+        if left > 0 {
+            tracing::warn!(left, "ioxide: ops still in flight at teardown; leaking their buffers");
+            inner.ring.borrow_mut().leak_in_flight();
+        }
+        executor::drop_ready();
+        CURRENT.with(|c| c.borrow_mut().take());
+        LOCAL_ID.with(|l| l.set(0));
+    }
+}

@@ -1,0 +1,461 @@
+//! The ring layer — the only module of this crate that contains `unsafe`.
+//!
+//! # Ownership model
+//! Every op is a record in a slab owned by the reactor's [`Ring`]; its index and a generation
+//! form the SQE's `user_data`. The future for an op (`Op<T>`) owns the op's *data* — buffers,
+//! socket addresses, timespecs, a clone of the fd — and the kernel only ever sees pointers into
+//! heap memory owned by that data. The record's state says who may touch the data:
+//!
+//! * `Pending(waker)`: in the kernel; the future holds the data and must not free it.
+//! * `Done(res, flags)`: the CQE arrived; the future may take its data back and return.
+//! * `Multi`: a multishot op; CQEs queue up until one arrives without `IORING_CQE_F_MORE`.
+//! * `Ignored(data)`: the future was dropped while the op was in flight. The data moved into
+//!   the record, an `AsyncCancel` was queued, and the record frees the data only when the
+//!   final CQE arrives. If that late completion produced an fd (socket, accept), it is closed.
+//!
+//! So a buffer handed to the kernel is freed only after the kernel is done with it, and a
+//! dropped future never leaks an fd. See ARCHITECTURE.md, "The ring layer".
+
+mod buf;
+mod op;
+mod ops;
+mod setup;
+pub(crate) mod sys;
+
+pub use buf::{IoBuf, IoBufMut};
+pub(crate) use op::{MultiOp, Op};
+pub(crate) use ops::*;
+pub use setup::{RingConfig, RingError};
+pub use sys::process_cpu_time;
+
+use io_uring::{cqueue, squeue, IoUring};
+use std::any::Any;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::task::Waker;
+use std::time::Duration;
+
+/// `user_data` of fire-and-forget SQEs (cancels, closes of fds nobody owns any more).
+pub(crate) const DETACHED: u64 = u64::MAX;
+
+pub(crate) enum SlotState {
+    Free { next: u32 },
+    Pending(Option<Waker>),
+    Done { res: i32, flags: u32 },
+    Multi { queue: VecDeque<(i32, u32)>, waker: Option<Waker>, ended: bool },
+    Ignored { data: Box<dyn Any>, closes_fd: bool },
+}
+
+struct Slot {
+    generation: u32,
+    state: SlotState,
+}
+
+/// Counters a benchmark or test can read to see what the ring did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RingStats {
+    /// `io_uring_enter` calls made by the loop.
+    pub enters: u64,
+    /// SQEs pushed.
+    pub sqes: u64,
+    /// CQEs reaped.
+    pub cqes: u64,
+}
+
+/// Work the caller performs after releasing its borrow of the ring: waking may run scheduler
+/// code and dropping ignored data may run arbitrary destructors that need the ring again.
+#[derive(Default)]
+pub(crate) struct AfterCompletion {
+    pub(crate) wake: Option<Waker>,
+    pub(crate) drop_data: Option<Box<dyn Any>>,
+}
+
+impl AfterCompletion {
+    pub(crate) fn run(self) {
+        if let Some(w) = self.wake {
+            w.wake();
+        }
+        drop(self.drop_data);
+    }
+}
+
+/// One io_uring plus the records of the ops in flight on it.
+pub(crate) struct Ring {
+    uring: IoUring,
+    slots: Vec<Slot>,
+    free_head: u32,
+    live_slots: usize,
+    detached_in_flight: usize,
+    /// CQEs reaped while pushing (SQ full and CQ overflowing), processed by the loop next.
+    backlog: Vec<(u64, i32, u32)>,
+    pub(crate) stats: RingStats,
+    pub(crate) defer_taskrun: bool,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+/// `IORING_ENTER_GETEVENTS` from the kernel ABI (the crate keeps its `sys` module private).
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
+impl Ring {
+    pub(crate) fn new(config: &RingConfig) -> Result<Ring, RingError> {
+        let (uring, flags) = setup::build(config)?;
+        Ok(Ring {
+            uring,
+            slots: Vec::with_capacity(256),
+            free_head: NO_SLOT,
+            live_slots: 0,
+            detached_in_flight: 0,
+            backlog: Vec::new(),
+            stats: RingStats::default(),
+            defer_taskrun: flags.defer_taskrun,
+        })
+    }
+
+    /// Ops whose records are still alive (in flight or completed but not yet collected), plus
+    /// detached ops in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.live_slots + self.detached_in_flight
+    }
+
+    fn alloc(&mut self, state: SlotState) -> u64 {
+        self.live_slots += 1;
+        if self.free_head != NO_SLOT {
+            let idx = self.free_head;
+            let slot = &mut self.slots[idx as usize];
+            if let SlotState::Free { next } = slot.state {
+                self.free_head = next;
+            }
+            slot.state = state;
+            (u64::from(slot.generation) << 32) | u64::from(idx)
+        } else {
+            let idx = self.slots.len() as u32;
+            self.slots.push(Slot { generation: 0, state });
+            u64::from(idx)
+        }
+    }
+
+    fn slot_mut(&mut self, user_data: u64) -> Option<&mut SlotState> {
+        let idx = (user_data & 0xffff_ffff) as usize;
+        let generation = (user_data >> 32) as u32;
+        match self.slots.get_mut(idx) {
+            Some(s) if s.generation == generation && !matches!(s.state, SlotState::Free { .. }) => {
+                Some(&mut s.state)
+            }
+            _ => None,
+        }
+    }
+
+    /// Frees a record, returning its state so the caller can drop data outside the borrow.
+    fn free(&mut self, user_data: u64) -> Option<SlotState> {
+        let idx = (user_data & 0xffff_ffff) as u32;
+        let head = self.free_head;
+        let slot = self.slots.get_mut(idx as usize)?;
+        if slot.generation != (user_data >> 32) as u32 {
+            return None;
+        }
+        let old = std::mem::replace(&mut slot.state, SlotState::Free { next: head });
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free_head = idx;
+        self.live_slots -= 1;
+        Some(old)
+    }
+
+    /// Queues an SQE, flushing the SQ to the kernel first if it is full.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must stay valid until its CQE is reaped (it points into op
+    /// data owned by a record, or into `'static` memory).
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded from the caller's contract.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                self.stats.sqes += 1;
+                return Ok(());
+            }
+            match self.uring.submit() {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    // The CQ is full: reap into the backlog so the kernel can make progress.
+                    self.reap_into_backlog();
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn reap_into_backlog(&mut self) {
+        for cqe in self.uring.completion() {
+            self.backlog.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+    }
+
+    /// Registers a single-shot op and queues its SQE. On a push failure the record completes
+    /// at once with that error, so the future reports it on first poll.
+    ///
+    /// # Safety
+    /// As [`Ring::push`]: `entry` may only point into memory that outlives the op's record.
+    pub(crate) unsafe fn submit(&mut self, entry: squeue::Entry, multishot: bool) -> u64 {
+        let state = if multishot {
+            SlotState::Multi { queue: VecDeque::new(), waker: None, ended: false }
+        } else {
+            SlotState::Pending(None)
+        };
+        let ud = self.alloc(state);
+        // SAFETY: forwarded from the caller's contract.
+        if let Err(e) = unsafe { self.push(&entry.user_data(ud)) } {
+            let res = -e.raw_os_error().unwrap_or(libc::EIO);
+            if let Some(s) = self.slot_mut(ud) {
+                *s = if multishot {
+                    SlotState::Multi { queue: VecDeque::from([(res, 0)]), waker: None, ended: true }
+                } else {
+                    SlotState::Done { res, flags: 0 }
+                };
+            }
+        }
+        ud
+    }
+
+    /// Queues an SQE nobody waits for (AsyncCancel, Close of an orphaned fd).
+    ///
+    /// # Safety
+    /// `entry` must not point at any memory (cancel and close carry only integers).
+    unsafe fn submit_detached(&mut self, entry: squeue::Entry) {
+        // SAFETY: the entry carries no pointers.
+        if unsafe { self.push(&entry.user_data(DETACHED)) }.is_ok() {
+            self.detached_in_flight += 1;
+        }
+    }
+
+    /// Closes `fd` through the ring without waiting for the result.
+    pub(crate) fn close_detached(&mut self, fd: RawFd) {
+        let entry = io_uring::opcode::Close::new(io_uring::types::Fd(fd)).build();
+        // SAFETY: Close carries only the fd number.
+        unsafe { self.submit_detached(entry) };
+    }
+
+    /// Asks the kernel to cancel the op with this `user_data`.
+    pub(crate) fn cancel(&mut self, user_data: u64) {
+        let entry = io_uring::opcode::AsyncCancel::new(user_data).build();
+        // SAFETY: AsyncCancel carries only the target's user_data.
+        unsafe { self.submit_detached(entry) };
+    }
+
+    /// Asks the kernel to cancel every op in flight on `fd`.
+    pub(crate) fn cancel_fd(&mut self, fd: RawFd) {
+        let b = io_uring::types::CancelBuilder::fd(io_uring::types::Fd(fd)).all();
+        // SAFETY: AsyncCancel carries only integers.
+        unsafe { self.submit_detached(io_uring::opcode::AsyncCancel2::new(b).build()) };
+    }
+
+    /// Asks the kernel to cancel every op in flight on this ring (teardown).
+    pub(crate) fn cancel_all(&mut self) {
+        let b = io_uring::types::CancelBuilder::any();
+        // SAFETY: AsyncCancel carries only integers.
+        unsafe { self.submit_detached(io_uring::opcode::AsyncCancel2::new(b).build()) };
+    }
+
+    /// Polls a single-shot record: `Some((res, flags))` once complete (the record is freed).
+    pub(crate) fn poll_op(&mut self, ud: u64, waker: &Waker) -> Option<(i32, u32)> {
+        match self.slot_mut(ud) {
+            Some(SlotState::Done { res, flags }) => {
+                let out = (*res, *flags);
+                self.free(ud);
+                Some(out)
+            }
+            Some(SlotState::Pending(w)) => {
+                match w {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+                None
+            }
+            // A record in any other state for a live Op is a bug; report it as an error.
+            _ => Some((-libc::EFAULT, 0)),
+        }
+    }
+
+    /// Polls a multishot record: the next queued CQE, or None (waker stored).
+    pub(crate) fn poll_multi(&mut self, ud: u64, waker: &Waker) -> Option<(i32, u32)> {
+        match self.slot_mut(ud) {
+            Some(SlotState::Multi { queue, waker: w, ended }) => {
+                if let Some(item) = queue.pop_front() {
+                    if *ended && queue.is_empty() {
+                        self.free(ud);
+                    }
+                    return Some(item);
+                }
+                match w {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+                None
+            }
+            _ => Some((-libc::EFAULT, 0)),
+        }
+    }
+
+    /// The future of an op was dropped. Returns data the caller must drop after releasing the
+    /// ring (an op that had already completed), and the fds of queued multishot results to
+    /// close.
+    pub(crate) fn abandon(
+        &mut self,
+        ud: u64,
+        data: Box<dyn Any>,
+        closes_fd: bool,
+    ) -> Option<Box<dyn Any>> {
+        let state = self.slot_mut(ud)?;
+        match state {
+            SlotState::Pending(_) => {
+                *state = SlotState::Ignored { data, closes_fd };
+                self.cancel(ud);
+                None
+            }
+            SlotState::Multi { queue, ended, .. } => {
+                let queued: Vec<(i32, u32)> = queue.drain(..).collect();
+                let ended = *ended;
+                let leftover = if ended {
+                    self.free(ud);
+                    Some(data)
+                } else {
+                    *state = SlotState::Ignored { data, closes_fd };
+                    self.cancel(ud);
+                    None
+                };
+                if closes_fd {
+                    for (res, _) in queued {
+                        if res >= 0 {
+                            self.close_detached(res);
+                        }
+                    }
+                }
+                leftover
+            }
+            SlotState::Done { res, .. } => {
+                let res = *res;
+                self.free(ud);
+                if closes_fd && res >= 0 {
+                    self.close_detached(res);
+                }
+                Some(data)
+            }
+            _ => Some(data),
+        }
+    }
+
+    /// Enters the kernel: submits queued SQEs and, if `wait`, waits for at least one CQE.
+    /// Always asks for completions to be processed (GETEVENTS), which DEFER_TASKRUN needs.
+    pub(crate) fn enter(&mut self, wait: bool, timeout: Option<Duration>) -> io::Result<()> {
+        self.stats.enters += 1;
+        let want = usize::from(wait);
+        let r = match timeout {
+            Some(t) if wait => {
+                let ts = io_uring::types::Timespec::from(t);
+                let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+                self.uring.submitter().submit_with_args(want, &args)
+            }
+            _ if wait => self.uring.submit_and_wait(want),
+            _ => {
+                let to_submit = self.uring.submission().len() as u32;
+                // SAFETY: enter with no argument pointer; GETEVENTS makes deferred task work
+                // run so completions become visible without waiting.
+                unsafe {
+                    self.uring.submitter().enter::<libc::sigset_t>(
+                        to_submit,
+                        0,
+                        IORING_ENTER_GETEVENTS,
+                        None,
+                    )
+                }
+            }
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR | libc::ETIME) => Ok(()),
+                Some(libc::EBUSY | libc::EAGAIN) => {
+                    self.reap_into_backlog();
+                    Ok(())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Moves every available CQE (backlog first) into `out`.
+    pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i32, u32)>) {
+        out.append(&mut self.backlog);
+        for cqe in self.uring.completion() {
+            out.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+        self.stats.cqes += out.len() as u64;
+    }
+
+    /// Applies one CQE to its record. The returned work runs after the borrow is released.
+    pub(crate) fn complete(&mut self, ud: u64, res: i32, flags: u32) -> AfterCompletion {
+        if ud == DETACHED {
+            self.detached_in_flight = self.detached_in_flight.saturating_sub(1);
+            return AfterCompletion::default();
+        }
+        let more = cqueue::more(flags);
+        let Some(state) = self.slot_mut(ud) else {
+            tracing::warn!(user_data = ud, res, "io_uring: completion for an unknown op record");
+            return AfterCompletion::default();
+        };
+        match state {
+            SlotState::Pending(w) => {
+                let wake = w.take();
+                *state = SlotState::Done { res, flags };
+                AfterCompletion { wake, drop_data: None }
+            }
+            SlotState::Multi { queue, waker, ended } => {
+                queue.push_back((res, flags));
+                if !more {
+                    *ended = true;
+                }
+                AfterCompletion { wake: waker.take(), drop_data: None }
+            }
+            SlotState::Ignored { closes_fd, .. } => {
+                if *closes_fd && res >= 0 {
+                    self.close_detached(res);
+                }
+                if more {
+                    return AfterCompletion::default();
+                }
+                match self.free(ud) {
+                    Some(SlotState::Ignored { data, .. }) => {
+                        AfterCompletion { wake: None, drop_data: Some(data) }
+                    }
+                    _ => AfterCompletion::default(),
+                }
+            }
+            SlotState::Done { .. } | SlotState::Free { .. } => AfterCompletion::default(),
+        }
+    }
+
+    /// Takes every stored waker (teardown: wake tasks so they can be dropped).
+    pub(crate) fn take_wakers(&mut self) -> Vec<Waker> {
+        let mut out = Vec::new();
+        for slot in &mut self.slots {
+            match &mut slot.state {
+                SlotState::Pending(w) | SlotState::Multi { waker: w, .. } => out.extend(w.take()),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Last resort at teardown when the kernel did not finish some ops in time: leak their
+    /// data rather than free memory the kernel may still write.
+    pub(crate) fn leak_in_flight(&mut self) {
+        for slot in &mut self.slots {
+            let state = std::mem::replace(&mut slot.state, SlotState::Free { next: NO_SLOT });
+            if let SlotState::Ignored { data, .. } = state {
+                std::mem::forget(data);
+            }
+        }
+        self.live_slots = 0;
+        self.detached_in_flight = 0;
+    }
+}

@@ -1,0 +1,302 @@
+//! Every ring op against real loopback sockets.
+#![allow(clippy::unwrap_used)]
+
+use ioxide::future::{select, Either};
+use ioxide::net::{Shutdown, Stream, TcpListener};
+use ioxide::time::{sleep, timeout, Ticker};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn std_listener() -> (std::net::TcpListener, SocketAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+#[test]
+fn tcp_connect_send_recv_roundtrip() {
+    let (l, addr) = std_listener();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+        buf
+    });
+    let got = ioxide::block_on(async move {
+        let s = Stream::connect(addr).await.unwrap();
+        assert!(s.nodelay().unwrap(), "connect sets TCP_NODELAY");
+        let (r, _) = s.send_all(b"hello".to_vec()).await;
+        r.unwrap();
+        let mut buf = Vec::with_capacity(16);
+        while buf.len() < 5 {
+            let (r, b) = s.recv(buf).await;
+            buf = b;
+            assert!(r.unwrap() > 0, "unexpected EOF");
+        }
+        buf
+    });
+    assert_eq!(&got, b"hello");
+    assert_eq!(&peer.join().unwrap(), b"hello");
+}
+
+#[test]
+fn ipv6_loopback_connect_works() {
+    let Ok(l) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback on this machine; skipping");
+        return;
+    };
+    let addr = l.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"v6").unwrap();
+    });
+    let got = ioxide::block_on(async move {
+        let s = Stream::connect(addr).await.unwrap();
+        assert!(s.peer_addr().unwrap().is_ipv6());
+        let (r, b) = s.recv(Vec::with_capacity(8)).await;
+        r.unwrap();
+        b
+    });
+    peer.join().unwrap();
+    assert_eq!(&got, b"v6");
+}
+
+#[test]
+fn unix_socket_connect_send_recv() {
+    let dir = std::env::temp_dir().join(format!("ioxide-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.sock");
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+    });
+    let p = path.clone();
+    let got = ioxide::block_on(async move {
+        let s = Stream::connect_unix(&p).await.unwrap();
+        let (r, _) = s.send_all(b"ping".to_vec()).await;
+        r.unwrap();
+        let (r, b) = s.recv(Vec::with_capacity(8)).await;
+        assert_eq!(r.unwrap(), 4);
+        b
+    });
+    peer.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(&got, b"ping");
+}
+
+#[test]
+fn connect_refused_is_an_io_error_with_errno() {
+    let (l, addr) = std_listener();
+    drop(l);
+    let err = ioxide::block_on(Stream::connect(addr)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(err.raw_os_error(), Some(libc_econnrefused()));
+}
+
+fn libc_econnrefused() -> i32 {
+    111
+}
+
+#[test]
+fn connect_to_a_blackholed_listener_times_out_via_timeout() {
+    // A listener whose accept queue is full drops further SYNs: connect hangs, on loopback.
+    let (l, addr) = std_listener();
+    let mut held = Vec::new();
+    let mut full = false;
+    for _ in 0..4096 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => held.push(s),
+            Err(_) => {
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "could not fill the accept queue");
+    let started = Instant::now();
+    let r = ioxide::block_on(timeout(Duration::from_millis(300), Stream::connect(addr)));
+    let took = started.elapsed();
+    assert!(r.is_err(), "connect should not complete");
+    assert!(took >= Duration::from_millis(280) && took < Duration::from_secs(3), "{took:?}");
+    drop(l);
+}
+
+#[test]
+fn short_writes_are_finished_by_send_all() {
+    let (l, addr) = std_listener();
+    const LEN: usize = 8 << 20;
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let expected = data.clone();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        // Let the sender fill the socket buffers first.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut got = Vec::with_capacity(LEN);
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let (short, sent) = ioxide::block_on(async move {
+        let s = Stream::connect(addr).await.unwrap();
+        // One send of 8 MiB to a peer that is not reading takes only what fits.
+        let (r, data) = s.send(data, 0).await;
+        let first = r.unwrap();
+        let (r, data) = s.send_all(data[first..].to_vec()).await;
+        r.unwrap();
+        let _ = data;
+        s.shutdown(Shutdown::Write).await.unwrap();
+        (first, LEN)
+    });
+    let got = peer.join().unwrap();
+    assert!(short < sent, "expected a short write, the kernel took all {short} bytes");
+    assert_eq!(got.len(), LEN);
+    assert!(got == expected, "payload corrupted");
+}
+
+#[test]
+fn shutdown_write_gives_the_peer_eof_and_close_releases_the_socket() {
+    let (l, addr) = std_listener();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).unwrap();
+        v
+    });
+    ioxide::block_on(async move {
+        let s = Stream::connect(addr).await.unwrap();
+        let (r, _) = s.send_all(&b"bye"[..]).await;
+        r.unwrap();
+        s.shutdown(Shutdown::Write).await.unwrap();
+        s.close().await.unwrap();
+    });
+    assert_eq!(peer.join().unwrap(), b"bye");
+}
+
+#[test]
+fn recv_reports_eof_as_zero() {
+    let (l, addr) = std_listener();
+    let peer = std::thread::spawn(move || drop(l.accept().unwrap()));
+    let n = ioxide::block_on(async move {
+        let s = Stream::connect(addr).await.unwrap();
+        let (r, _) = s.recv(Vec::with_capacity(8)).await;
+        r.unwrap()
+    });
+    peer.join().unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn recv_into_a_full_buffer_is_an_error_not_eof() {
+    let (l, addr) = std_listener();
+    let peer = std::thread::spawn(move || l.accept().unwrap());
+    let err = ioxide::block_on(async move {
+        let s = Stream::connect(addr).await.unwrap();
+        let (r, _) = s.recv(Vec::new()).await;
+        r.unwrap_err()
+    });
+    drop(peer.join().unwrap());
+    assert_eq!(err.raw_os_error(), Some(105)); // ENOBUFS
+}
+
+#[test]
+fn multishot_accept_serves_many_connections() {
+    let clients = 50;
+    let got = ioxide::block_on(async move {
+        let mut l = TcpListener::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            for i in 0..clients {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(&[i as u8]).unwrap();
+            }
+        });
+        let mut seen = Vec::new();
+        for _ in 0..clients {
+            let s = l.accept().await.unwrap();
+            let (r, b) = s.recv(Vec::with_capacity(1)).await;
+            assert_eq!(r.unwrap(), 1);
+            seen.push(b[0]);
+        }
+        t.join().unwrap();
+        seen
+    });
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..clients as u8).collect::<Vec<_>>());
+}
+
+#[test]
+fn sleep_waits_about_its_duration() {
+    let started = Instant::now();
+    ioxide::block_on(sleep(Duration::from_millis(120)));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(115) && took < Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn timeout_returns_the_value_when_in_time() {
+    let r = ioxide::block_on(timeout(Duration::from_secs(2), async {
+        sleep(Duration::from_millis(10)).await;
+        7
+    }));
+    assert_eq!(r, Ok(7));
+}
+
+#[test]
+fn tickers_fire_at_their_period() {
+    let started = Instant::now();
+    let ticks = ioxide::block_on(async {
+        let mut t = Ticker::new(Duration::from_millis(50));
+        let mut at = Vec::new();
+        for _ in 0..10 {
+            at.push(t.tick().await);
+        }
+        at
+    });
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(490) && took < Duration::from_millis(1500), "{took:?}");
+    for w in ticks.windows(2) {
+        assert_eq!(w[1] - w[0], Duration::from_millis(50), "scheduled instants drift");
+    }
+}
+
+#[test]
+fn every_runs_a_periodic_callback_on_the_reactor() {
+    let n = ioxide::block_on(async {
+        let count = std::rc::Rc::new(std::cell::Cell::new(0));
+        let c = count.clone();
+        let _h = ioxide::time::every(Duration::from_millis(20), move || {
+            c.set(c.get() + 1);
+            c.get() < 5
+        });
+        sleep(Duration::from_millis(400)).await;
+        count.get()
+    });
+    assert_eq!(n, 5);
+}
+
+#[test]
+fn select_drops_the_loser_and_cancels_its_op() {
+    let (l, addr) = std_listener();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(b"late").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    ioxide::block_on(async move {
+        let s = Stream::connect(addr).await.unwrap();
+        let r = select(sleep(Duration::from_millis(50)), s.recv(Vec::with_capacity(64))).await;
+        assert!(matches!(r, Either::Left(())), "the recv should still be pending");
+        // The cancelled recv must not have consumed the late bytes.
+        let (r, b) = s.recv(Vec::with_capacity(64)).await;
+        assert_eq!(r.unwrap(), 4);
+        assert_eq!(&b, b"late");
+    });
+    peer.join().unwrap();
+}
