@@ -23,7 +23,9 @@ pub struct Stream {
 
 impl fmt::Debug for Stream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Stream").field("fd", &self.fd.raw()).finish()
+        f.debug_struct("Stream")
+            .field("fd", &self.fd.raw())
+            .finish()
     }
 }
 
@@ -36,7 +38,11 @@ impl AsRawFd for Stream {
 impl Stream {
     /// Opens a TCP connection (socket and connect are ring ops) with `TCP_NODELAY` set.
     pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
-        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         let fd = Rc::new(ring::socket(domain, libc::SOCK_STREAM).await?);
         sys::set_int_opt(fd.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
         ring::connect(fd.clone(), sys::RawAddr::from_inet(&addr)).await?;
@@ -113,7 +119,12 @@ impl Stream {
 
     /// Sets `TCP_NODELAY`.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        sys::set_int_opt(self.fd.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, i32::from(on))
+        sys::set_int_opt(
+            self.fd.raw(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            i32::from(on),
+        )
     }
 
     /// Whether `TCP_NODELAY` is set.
@@ -145,7 +156,9 @@ pub struct TcpListener {
 
 impl fmt::Debug for TcpListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcpListener").field("fd", &self.fd.raw()).finish()
+        f.debug_struct("TcpListener")
+            .field("fd", &self.fd.raw())
+            .finish()
     }
 }
 
@@ -162,7 +175,11 @@ impl TcpListener {
     }
 
     pub(crate) fn bind_raw(addr: SocketAddr, reuse_port: bool) -> io::Result<Fd> {
-        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         let fd = Fd::from_raw(sys::socket(domain, libc::SOCK_STREAM)?);
         sys::set_int_opt(fd.raw(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
         if reuse_port {
@@ -174,7 +191,10 @@ impl TcpListener {
     }
 
     pub(crate) fn from_fd(fd: Fd) -> TcpListener {
-        TcpListener { fd: Rc::new(fd), accept: None }
+        TcpListener {
+            fd: Rc::new(fd),
+            accept: None,
+        }
     }
 
     /// The bound address (useful after binding port 0).

@@ -87,7 +87,10 @@ pub struct Reactor {
 
 impl fmt::Debug for Reactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reactor").field("id", &self.inner.id).field("index", &self.inner.index).finish()
+        f.debug_struct("Reactor")
+            .field("id", &self.inner.id)
+            .field("index", &self.inner.index)
+            .finish()
     }
 }
 
@@ -100,7 +103,11 @@ impl Reactor {
 
     /// The reactor running on this thread, if any.
     pub fn try_current() -> Option<Reactor> {
-        CURRENT.try_with(|c| c.borrow().clone()).ok().flatten().map(|inner| Reactor { inner })
+        CURRENT
+            .try_with(|c| c.borrow().clone())
+            .ok()
+            .flatten()
+            .map(|inner| Reactor { inner })
     }
 
     /// This reactor's position among a server's reactors (0 for a standalone runtime).
@@ -121,7 +128,11 @@ impl Reactor {
     pub fn add_service<T: 'static>(&self, service: T) -> Rc<T> {
         let rc = Rc::new(service);
         let any: Rc<dyn Any> = rc.clone();
-        let old = self.inner.services.borrow_mut().insert(TypeId::of::<T>(), any);
+        let old = self
+            .inner
+            .services
+            .borrow_mut()
+            .insert(TypeId::of::<T>(), any);
         drop(old);
         rc
     }
@@ -130,13 +141,21 @@ impl Reactor {
     /// [`Reactor::try_service`].
     pub fn service<T: 'static>(&self) -> Rc<T> {
         self.try_service::<T>().unwrap_or_else(|| {
-            panic!("ioxide: no service of type {} on this reactor", std::any::type_name::<T>())
+            panic!(
+                "ioxide: no service of type {} on this reactor",
+                std::any::type_name::<T>()
+            )
         })
     }
 
     /// The service of type `T`, if registered.
     pub fn try_service<T: 'static>(&self) -> Option<Rc<T>> {
-        let any = self.inner.services.borrow().get(&TypeId::of::<T>())?.clone();
+        let any = self
+            .inner
+            .services
+            .borrow()
+            .get(&TypeId::of::<T>())?
+            .clone();
         any.downcast::<T>().ok()
     }
 
@@ -152,7 +171,9 @@ impl Reactor {
 
     /// A `Send` handle other threads can use to ask this reactor to shut down.
     pub fn remote(&self) -> RemoteHandle {
-        RemoteHandle { shared: self.inner.shared.clone() }
+        RemoteHandle {
+            shared: self.inner.shared.clone(),
+        }
     }
 
     /// Asks this reactor's tasks to wind down (see [`Reactor::shutdown_requested`]).
@@ -199,7 +220,9 @@ pub struct RemoteHandle {
 
 impl fmt::Debug for RemoteHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteHandle").field("id", &self.shared.id).finish()
+        f.debug_struct("RemoteHandle")
+            .field("id", &self.shared.id)
+            .finish()
     }
 }
 
@@ -236,7 +259,10 @@ pub struct Runtime {
 
 impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.config).field("index", &self.index).finish()
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .field("index", &self.index)
+            .finish()
     }
 }
 
@@ -249,7 +275,11 @@ impl Runtime {
     /// A runtime with a given ring configuration and reactor index.
     pub fn with_config(config: RingConfig, index: usize) -> Result<Runtime, RingError> {
         let ring = Ring::new(&config)?;
-        Ok(Runtime { config, index, ring })
+        Ok(Runtime {
+            config,
+            index,
+            ring,
+        })
     }
 
     /// Runs `future` to completion on this thread, serving every task spawned meanwhile.
@@ -279,13 +309,18 @@ impl Runtime {
         });
         CURRENT.with(|c| {
             let mut c = c.borrow_mut();
-            assert!(c.is_none(), "ioxide: a reactor is already running on this thread");
+            assert!(
+                c.is_none(),
+                "ioxide: a reactor is already running on this thread"
+            );
             *c = Some(inner.clone());
         });
         LOCAL_ID.with(|l| l.set(id));
         // Declared before the future so it drops after it: teardown runs with the reactor
         // still current, even when the root future panics.
-        let _teardown = Teardown { inner: inner.clone() };
+        let _teardown = Teardown {
+            inner: inner.clone(),
+        };
         let reactor = Reactor { inner };
         // Detached: teardown cancels it with every other task.
         drop(reactor.spawn(doorbell(reactor.clone(), shared.clone())));
@@ -320,7 +355,9 @@ async fn doorbell(reactor: Reactor, shared: Arc<Shared>) {
 
 fn run_loop<F: Future>(reactor: &Reactor, shared: &Arc<Shared>, future: F) -> F::Output {
     let mut future = pin!(future);
-    let waker = Waker::from(Arc::new(RootWaker { shared: shared.clone() }));
+    let waker = Waker::from(Arc::new(RootWaker {
+        shared: shared.clone(),
+    }));
     let mut cx = Context::from_waker(&waker);
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
     loop {
@@ -390,7 +427,10 @@ impl Drop for Teardown {
         let deadline = Instant::now() + TEARDOWN_DEADLINE;
         let mut cqes = Vec::new();
         while inner.ring.borrow().in_flight() > 0 && Instant::now() < deadline {
-            let r = inner.ring.borrow_mut().enter(true, Some(Duration::from_millis(50)));
+            let r = inner
+                .ring
+                .borrow_mut()
+                .enter(true, Some(Duration::from_millis(50)));
             if r.is_err() {
                 break;
             }
@@ -399,7 +439,10 @@ impl Drop for Teardown {
         }
         let left = inner.ring.borrow().in_flight();
         if left > 0 {
-            tracing::warn!(left, "ioxide: ops still in flight at teardown; leaking their buffers");
+            tracing::warn!(
+                left,
+                "ioxide: ops still in flight at teardown; leaking their buffers"
+            );
             inner.ring.borrow_mut().leak_in_flight();
         }
         executor::drop_ready();

@@ -121,25 +121,27 @@ impl Server {
             let on_start = self.on_start.clone();
             let handler = handler.clone();
             let grace = self.grace;
-            let t = thread::Builder::new().name(format!("ioxide-reactor-{index}")).spawn(move || {
-                let listener_fd = Fd::from_raw(raw);
-                let rt = match Runtime::with_config(cfg, index) {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready.send(Err(io::Error::other(e.to_string())));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let reactor = Reactor::current();
-                    if let Some(f) = on_start {
-                        f(&reactor);
-                    }
-                    let _ = ready.send(Ok(reactor.remote()));
-                    drop(ready);
-                    serve(reactor, TcpListener::from_fd(listener_fd), handler, grace).await;
+            let t = thread::Builder::new()
+                .name(format!("ioxide-reactor-{index}"))
+                .spawn(move || {
+                    let listener_fd = Fd::from_raw(raw);
+                    let rt = match Runtime::with_config(cfg, index) {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready.send(Err(io::Error::other(e.to_string())));
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let reactor = Reactor::current();
+                        if let Some(f) = on_start {
+                            f(&reactor);
+                        }
+                        let _ = ready.send(Ok(reactor.remote()));
+                        drop(ready);
+                        serve(reactor, TcpListener::from_fd(listener_fd), handler, grace).await;
+                    });
                 });
-            });
             match t {
                 Ok(t) => threads.push(t),
                 Err(e) => return Err(e),
@@ -155,7 +157,11 @@ impl Server {
                 Err(_) => failure = Some(io::Error::other("a reactor thread died while starting")),
             }
         }
-        let handle = ServerHandle { local_addr, remotes, threads };
+        let handle = ServerHandle {
+            local_addr,
+            remotes,
+            threads,
+        };
         if let Some(e) = failure {
             handle.shutdown();
             let _ = handle.join();
@@ -171,6 +177,16 @@ impl Server {
         H: Fn(Stream) -> Fut + Send + Sync + Clone + 'static,
         Fut: Future<Output = ()> + 'static,
     {
+        self.run_with(|_| {}, handler)
+    }
+
+    /// As [`Server::run`], calling `started` with the bound address once every reactor
+    /// serves (to print a startup line, for example).
+    pub fn run_with<H, Fut>(self, started: impl FnOnce(SocketAddr), handler: H) -> io::Result<()>
+    where
+        H: Fn(Stream) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
         // Blocked before the reactors spawn, so they inherit the mask and only this thread
         // receives the signals (with sigtimedwait).
         let old = sys::block_shutdown_signals();
@@ -181,6 +197,7 @@ impl Server {
                 return Err(e);
             }
         };
+        started(handle.local_addr());
         loop {
             if let Some(sig) = sys::wait_signal(Duration::from_millis(500)) {
                 tracing::info!(signal = sig, "shutdown requested");
@@ -261,6 +278,9 @@ where
         crate::time::sleep(Duration::from_millis(10)).await;
     }
     if active.get() > 0 {
-        tracing::warn!(connections = active.get(), "grace period over; dropping connections");
+        tracing::warn!(
+            connections = active.get(),
+            "grace period over; dropping connections"
+        );
     }
 }

@@ -17,7 +17,9 @@ pub struct Sleep {
 
 impl fmt::Debug for Sleep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sleep").field("duration", &self.duration).finish()
+        f.debug_struct("Sleep")
+            .field("duration", &self.duration)
+            .finish()
     }
 }
 
@@ -63,7 +65,11 @@ impl std::error::Error for Elapsed {}
 /// Runs `future` for at most `duration`. On expiry the inner future is dropped (cancelling
 /// its ring ops) and `Err(Elapsed)` is returned.
 pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
-    Timeout { future, sleep: None, duration }
+    Timeout {
+        future,
+        sleep: None,
+        duration,
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -78,7 +84,9 @@ pin_project_lite::pin_project! {
 
 impl<F> fmt::Debug for Timeout<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Timeout").field("duration", &self.duration).finish()
+        f.debug_struct("Timeout")
+            .field("duration", &self.duration)
+            .finish()
     }
 }
 
@@ -110,7 +118,10 @@ pub struct Ticker {
 impl Ticker {
     /// A ticker whose first tick is one `period` from now.
     pub fn new(period: Duration) -> Ticker {
-        Ticker { period, next: Instant::now() + period }
+        Ticker {
+            period,
+            next: Instant::now() + period,
+        }
     }
 
     /// The period.

@@ -123,7 +123,10 @@ fn connect_to_a_blackholed_listener_times_out_via_timeout() {
     let r = ioxide::block_on(timeout(Duration::from_millis(300), Stream::connect(addr)));
     let took = started.elapsed();
     assert!(r.is_err(), "connect should not complete");
-    assert!(took >= Duration::from_millis(280) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     drop(l);
 }
 
@@ -153,7 +156,10 @@ fn short_writes_are_finished_by_send_all() {
         (first, LEN)
     });
     let got = peer.join().unwrap();
-    assert!(short < sent, "expected a short write, the kernel took all {short} bytes");
+    assert!(
+        short < sent,
+        "expected a short write, the kernel took all {short} bytes"
+    );
     assert_eq!(got.len(), LEN);
     assert!(got == expected, "payload corrupted");
 }
@@ -235,7 +241,10 @@ fn sleep_waits_about_its_duration() {
     let started = Instant::now();
     ioxide::block_on(sleep(Duration::from_millis(120)));
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(115) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(115) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -259,9 +268,16 @@ fn tickers_fire_at_their_period() {
         at
     });
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(490) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(490) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
     for w in ticks.windows(2) {
-        assert_eq!(w[1] - w[0], Duration::from_millis(50), "scheduled instants drift");
+        assert_eq!(
+            w[1] - w[0],
+            Duration::from_millis(50),
+            "scheduled instants drift"
+        );
     }
 }
 
@@ -291,8 +307,15 @@ fn select_drops_the_loser_and_cancels_its_op() {
     });
     ioxide::block_on(async move {
         let s = Stream::connect(addr).await.unwrap();
-        let r = select(sleep(Duration::from_millis(50)), s.recv(Vec::with_capacity(64))).await;
-        assert!(matches!(r, Either::Left(())), "the recv should still be pending");
+        let r = select(
+            sleep(Duration::from_millis(50)),
+            s.recv(Vec::with_capacity(64)),
+        )
+        .await;
+        assert!(
+            matches!(r, Either::Left(())),
+            "the recv should still be pending"
+        );
         // The cancelled recv must not have consumed the late bytes.
         let (r, b) = s.recv(Vec::with_capacity(64)).await;
         assert_eq!(r.unwrap(), 4);

@@ -40,11 +40,23 @@ use std::time::Duration;
 pub(crate) const DETACHED: u64 = u64::MAX;
 
 pub(crate) enum SlotState {
-    Free { next: u32 },
+    Free {
+        next: u32,
+    },
     Pending(Option<Waker>),
-    Done { res: i32, flags: u32 },
-    Multi { queue: VecDeque<(i32, u32)>, waker: Option<Waker>, ended: bool },
-    Ignored { data: Box<dyn Any>, closes_fd: bool },
+    Done {
+        res: i32,
+        flags: u32,
+    },
+    Multi {
+        queue: VecDeque<(i32, u32)>,
+        waker: Option<Waker>,
+        ended: bool,
+    },
+    Ignored {
+        data: Box<dyn Any>,
+        closes_fd: bool,
+    },
 }
 
 struct Slot {
@@ -130,7 +142,10 @@ impl Ring {
             (u64::from(slot.generation) << 32) | u64::from(idx)
         } else {
             let idx = self.slots.len() as u32;
-            self.slots.push(Slot { generation: 0, state });
+            self.slots.push(Slot {
+                generation: 0,
+                state,
+            });
             u64::from(idx)
         }
     }
@@ -187,7 +202,8 @@ impl Ring {
 
     fn reap_into_backlog(&mut self) {
         for cqe in self.uring.completion() {
-            self.backlog.push((cqe.user_data(), cqe.result(), cqe.flags()));
+            self.backlog
+                .push((cqe.user_data(), cqe.result(), cqe.flags()));
         }
     }
 
@@ -198,7 +214,11 @@ impl Ring {
     /// As [`Ring::push`]: `entry` may only point into memory that outlives the op's record.
     pub(crate) unsafe fn submit(&mut self, entry: squeue::Entry, multishot: bool) -> u64 {
         let state = if multishot {
-            SlotState::Multi { queue: VecDeque::new(), waker: None, ended: false }
+            SlotState::Multi {
+                queue: VecDeque::new(),
+                waker: None,
+                ended: false,
+            }
         } else {
             SlotState::Pending(None)
         };
@@ -208,7 +228,11 @@ impl Ring {
             let res = -e.raw_os_error().unwrap_or(libc::EIO);
             if let Some(s) = self.slot_mut(ud) {
                 *s = if multishot {
-                    SlotState::Multi { queue: VecDeque::from([(res, 0)]), waker: None, ended: true }
+                    SlotState::Multi {
+                        queue: VecDeque::from([(res, 0)]),
+                        waker: None,
+                        ended: true,
+                    }
                 } else {
                     SlotState::Done { res, flags: 0 }
                 };
@@ -279,7 +303,11 @@ impl Ring {
     /// Polls a multishot record: the next queued CQE, or None (waker stored).
     pub(crate) fn poll_multi(&mut self, ud: u64, waker: &Waker) -> Option<(i32, u32)> {
         match self.slot_mut(ud) {
-            Some(SlotState::Multi { queue, waker: w, ended }) => {
+            Some(SlotState::Multi {
+                queue,
+                waker: w,
+                ended,
+            }) => {
                 if let Some(item) = queue.pop_front() {
                     if *ended && queue.is_empty() {
                         self.free(ud);
@@ -400,21 +428,35 @@ impl Ring {
         }
         let more = cqueue::more(flags);
         let Some(state) = self.slot_mut(ud) else {
-            tracing::warn!(user_data = ud, res, "io_uring: completion for an unknown op record");
+            tracing::warn!(
+                user_data = ud,
+                res,
+                "io_uring: completion for an unknown op record"
+            );
             return AfterCompletion::default();
         };
         match state {
             SlotState::Pending(w) => {
                 let wake = w.take();
                 *state = SlotState::Done { res, flags };
-                AfterCompletion { wake, drop_data: None }
+                AfterCompletion {
+                    wake,
+                    drop_data: None,
+                }
             }
-            SlotState::Multi { queue, waker, ended } => {
+            SlotState::Multi {
+                queue,
+                waker,
+                ended,
+            } => {
                 queue.push_back((res, flags));
                 if !more {
                     *ended = true;
                 }
-                AfterCompletion { wake: waker.take(), drop_data: None }
+                AfterCompletion {
+                    wake: waker.take(),
+                    drop_data: None,
+                }
             }
             SlotState::Ignored { closes_fd, .. } => {
                 if *closes_fd && res >= 0 {
@@ -424,9 +466,10 @@ impl Ring {
                     return AfterCompletion::default();
                 }
                 match self.free(ud) {
-                    Some(SlotState::Ignored { data, .. }) => {
-                        AfterCompletion { wake: None, drop_data: Some(data) }
-                    }
+                    Some(SlotState::Ignored { data, .. }) => AfterCompletion {
+                        wake: None,
+                        drop_data: Some(data),
+                    },
                     _ => AfterCompletion::default(),
                 }
             }

@@ -48,16 +48,26 @@ impl<T: Completable> Op<T> {
             (id, unsafe { ring.submit(entry, false) })
         });
         match submitted {
-            Some((reactor, ud)) => {
-                Op { ud, reactor, data: Some(data), early: None, _not_send: PhantomData }
-            }
+            Some((reactor, ud)) => Op {
+                ud,
+                reactor,
+                data: Some(data),
+                early: None,
+                _not_send: PhantomData,
+            },
             None => Op::failed(data, libc::ENXIO),
         }
     }
 
     /// An op that fails with `errno` on first poll without touching the ring.
     pub(crate) fn failed(data: T, errno: i32) -> Op<T> {
-        Op { ud: 0, reactor: 0, data: Some(data), early: Some(-errno), _not_send: PhantomData }
+        Op {
+            ud: 0,
+            reactor: 0,
+            data: Some(data),
+            early: Some(-errno),
+            _not_send: PhantomData,
+        }
     }
 }
 
@@ -145,7 +155,14 @@ impl<T: 'static> MultiOp<T> {
             Some((id, ud)) => (id, ud, false),
             None => (0, 0, true),
         };
-        MultiOp { ud, reactor, data: Some(data), ended, closes_fd, _not_send: PhantomData }
+        MultiOp {
+            ud,
+            reactor,
+            data: Some(data),
+            ended,
+            closes_fd,
+            _not_send: PhantomData,
+        }
     }
 
     /// True once the kernel ended the op (a CQE without `F_MORE` was taken).

@@ -88,7 +88,10 @@ impl Completable for ConnectOp {
 
 pub(crate) fn connect(fd: Rc<Fd>, addr: RawAddr) -> Op<ConnectOp> {
     let raw = fd.raw();
-    let data = ConnectOp { _fd: fd, addr: Box::new(addr) };
+    let data = ConnectOp {
+        _fd: fd,
+        addr: Box::new(addr),
+    };
     // SAFETY: the sockaddr pointer is into the Box owned by the op data.
     unsafe {
         Op::submit(data, |d| {
@@ -124,7 +127,9 @@ pub(crate) fn send<B: IoBuf>(fd: Rc<Fd>, buf: B, off: usize) -> Op<SendOp<B>> {
         Op::submit(data, |d| {
             let p = d.buf.stable_ptr().add(off);
             let n = u32::try_from(len - off).unwrap_or(u32::MAX);
-            opcode::Send::new(types::Fd(raw), p, n).flags(libc::MSG_NOSIGNAL).build()
+            opcode::Send::new(types::Fd(raw), p, n)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
         })
     }
 }
@@ -184,10 +189,14 @@ impl Completable for EventfdRead {
 }
 
 pub(crate) fn eventfd_read(raw: RawFd) -> Op<EventfdRead> {
-    let data = EventfdRead { buf: Box::new([0; 8]) };
+    let data = EventfdRead {
+        buf: Box::new([0; 8]),
+    };
     // SAFETY: the pointer is into the Box owned by the op data, valid for 8 bytes.
     unsafe {
-        Op::submit(data, |d| opcode::Read::new(types::Fd(raw), d.buf.as_mut_ptr(), 8).build())
+        Op::submit(data, |d| {
+            opcode::Read::new(types::Fd(raw), d.buf.as_mut_ptr(), 8).build()
+        })
     }
 }
 
@@ -222,7 +231,11 @@ impl Completable for ShutdownOp {
 pub(crate) fn shutdown(fd: Rc<Fd>, how: i32) -> Op<ShutdownOp> {
     let raw = fd.raw();
     // SAFETY: the SQE carries only integers.
-    unsafe { Op::submit(ShutdownOp { _fd: fd }, |_| opcode::Shutdown::new(types::Fd(raw), how).build()) }
+    unsafe {
+        Op::submit(ShutdownOp { _fd: fd }, |_| {
+            opcode::Shutdown::new(types::Fd(raw), how).build()
+        })
+    }
 }
 
 /// `IORING_OP_TIMEOUT` (relative): completes with -ETIME when the time has passed.
@@ -241,7 +254,9 @@ impl Completable for TimeoutOp {
 }
 
 pub(crate) fn timeout(after: Duration) -> Op<TimeoutOp> {
-    let data = TimeoutOp { ts: Box::new(types::Timespec::from(after)) };
+    let data = TimeoutOp {
+        ts: Box::new(types::Timespec::from(after)),
+    };
     // SAFETY: the timespec pointer is into the Box owned by the op data.
     unsafe { Op::submit(data, |d| opcode::Timeout::new(&raw const *d.ts).build()) }
 }
@@ -252,7 +267,9 @@ pub(crate) fn accept_multi(listener: Rc<Fd>) -> MultiOp<Rc<Fd>> {
     // SAFETY: the SQE carries only the listener fd, kept open by the Rc in the op data.
     unsafe {
         MultiOp::submit(listener, true, |_| {
-            opcode::AcceptMulti::new(types::Fd(raw)).flags(libc::SOCK_CLOEXEC).build()
+            opcode::AcceptMulti::new(types::Fd(raw))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
         })
     }
 }

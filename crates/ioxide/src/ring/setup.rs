@@ -16,7 +16,10 @@ pub struct RingConfig {
 
 impl Default for RingConfig {
     fn default() -> Self {
-        RingConfig { entries: 1024, cq_entries: None }
+        RingConfig {
+            entries: 1024,
+            cq_entries: None,
+        }
     }
 }
 
@@ -83,7 +86,11 @@ impl std::error::Error for RingError {
 }
 
 fn io_uring_disabled_sysctl() -> Option<u32> {
-    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Classifies a setup failure.
@@ -119,10 +126,38 @@ pub(crate) fn build(config: &RingConfig) -> Result<(IoUring, Flags), RingError> 
     let cq = config.cq_entries.unwrap_or(entries.saturating_mul(4));
     let attempts: [(Flags, bool, bool); 4] = [
         // (flags, single_issuer+defer, submit_all/coop)
-        (Flags { defer_taskrun: true, no_sqarray: true }, true, true),
-        (Flags { defer_taskrun: true, no_sqarray: false }, true, true),
-        (Flags { defer_taskrun: false, no_sqarray: false }, false, true),
-        (Flags { defer_taskrun: false, no_sqarray: false }, false, false),
+        (
+            Flags {
+                defer_taskrun: true,
+                no_sqarray: true,
+            },
+            true,
+            true,
+        ),
+        (
+            Flags {
+                defer_taskrun: true,
+                no_sqarray: false,
+            },
+            true,
+            true,
+        ),
+        (
+            Flags {
+                defer_taskrun: false,
+                no_sqarray: false,
+            },
+            false,
+            true,
+        ),
+        (
+            Flags {
+                defer_taskrun: false,
+                no_sqarray: false,
+            },
+            false,
+            false,
+        ),
     ];
     let mut last_err = None;
     for (flags, defer, extras) in attempts {
@@ -169,5 +204,42 @@ pub(crate) fn build(config: &RingConfig) -> Result<(IoUring, Flags), RingError> 
             }
         }
     }
-    Err(classify(last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))))
+    Err(classify(last_err.unwrap_or_else(|| {
+        io::Error::from_raw_os_error(libc::EINVAL)
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enosys_names_the_kernel_requirement() {
+        let e = classify(io::Error::from_raw_os_error(libc::ENOSYS));
+        assert!(e.to_string().contains("Linux 6.1"), "{e}");
+    }
+
+    #[test]
+    fn eperm_names_seccomp_or_the_sysctl() {
+        let e = classify(io::Error::from_raw_os_error(libc::EPERM)).to_string();
+        assert!(
+            e.contains("seccomp") || e.contains("io_uring_disabled"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn enomem_names_the_memlock_limit_and_ring_size() {
+        let e = classify(io::Error::from_raw_os_error(libc::ENOMEM)).to_string();
+        assert!(
+            e.contains("RLIMIT_MEMLOCK") && e.contains("ring size"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_best_flags_build_on_this_kernel() {
+        let (_ring, flags) = build(&RingConfig::default()).expect("io_uring available");
+        assert!(flags.defer_taskrun);
+    }
 }

@@ -37,7 +37,9 @@ impl RawAddr {
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -49,7 +51,9 @@ impl RawAddr {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: a.port().to_be(),
                     sin6_flowinfo: a.flowinfo(),
-                    sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
                     sin6_scope_id: a.scope_id(),
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
@@ -57,7 +61,10 @@ impl RawAddr {
                 mem::size_of::<libc::sockaddr_in6>()
             }
         };
-        RawAddr { storage, len: len as libc::socklen_t }
+        RawAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
     }
 
     pub(crate) fn from_unix(path: &Path) -> io::Result<RawAddr> {
@@ -69,18 +76,28 @@ impl RawAddr {
         if bytes.len() >= sun.sun_path.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("unix socket path too long ({} bytes, max {})", bytes.len(), sun.sun_path.len() - 1),
+                format!(
+                    "unix socket path too long ({} bytes, max {})",
+                    bytes.len(),
+                    sun.sun_path.len() - 1
+                ),
             ));
         }
         if bytes.contains(&0) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "unix socket path contains NUL"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unix socket path contains NUL",
+            ));
         }
         sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
         for (dst, src) in sun.sun_path.iter_mut().zip(bytes) {
             *dst = *src as libc::c_char;
         }
         let len = mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-        Ok(RawAddr { storage, len: len as libc::socklen_t })
+        Ok(RawAddr {
+            storage,
+            len: len as libc::socklen_t,
+        })
     }
 
     pub(crate) fn to_inet(&self) -> Option<SocketAddr> {
@@ -89,7 +106,10 @@ impl RawAddr {
                 // SAFETY: family says the storage holds a sockaddr_in.
                 let sin = unsafe { &*(&raw const self.storage).cast::<libc::sockaddr_in>() };
                 let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-                Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    ip,
+                    u16::from_be(sin.sin_port),
+                )))
             }
             libc::AF_INET6 => {
                 // SAFETY: family says the storage holds a sockaddr_in6.
@@ -156,7 +176,13 @@ pub(crate) fn sock_addr(fd: RawFd, peer: bool) -> io::Result<RawAddr> {
     let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let p = (&raw mut storage).cast();
     // SAFETY: storage and len live for the call and describe the buffer.
-    cvt(unsafe { if peer { libc::getpeername(fd, p, &mut len) } else { libc::getsockname(fd, p, &mut len) } })?;
+    cvt(unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    })?;
     Ok(RawAddr { storage, len })
 }
 
@@ -229,7 +255,8 @@ pub fn process_cpu_time() -> std::time::Duration {
     // SAFETY: ru is a live rusage.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| {
-        std::time::Duration::from_secs(t.tv_sec as u64) + std::time::Duration::from_micros(t.tv_usec as u64)
+        std::time::Duration::from_secs(t.tv_sec as u64)
+            + std::time::Duration::from_micros(t.tv_usec as u64)
     };
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }

@@ -1,0 +1,258 @@
+//! The reactor: tasks, services, cross-thread wakes, and the multi-reactor server.
+#![allow(clippy::unwrap_used)]
+
+use ioxide::net::Stream;
+use ioxide::time::sleep;
+use ioxide::{Reactor, Server};
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+#[test]
+fn spawned_tasks_return_values_through_join_handles() {
+    let v = ioxide::block_on(async {
+        let a = ioxide::spawn(async { 20 });
+        let b = ioxide::spawn(async {
+            sleep(Duration::from_millis(10)).await;
+            22
+        });
+        a.await + b.await
+    });
+    assert_eq!(v, 42);
+}
+
+#[test]
+fn continuations_run_on_the_reactor_thread() {
+    let main = std::thread::current().id();
+    let ids = ioxide::block_on(async move {
+        let h = ioxide::spawn(async {
+            sleep(Duration::from_millis(5)).await;
+            std::thread::current().id()
+        });
+        h.await
+    });
+    assert_eq!(ids, main);
+}
+
+#[test]
+fn the_ring_uses_single_issuer_and_defer_taskrun_on_this_kernel() {
+    let defer = ioxide::block_on(async { Reactor::current().defer_taskrun() });
+    // Kernel 6.1+ has them; this machine runs 6.x.
+    assert!(defer);
+}
+
+#[test]
+fn one_enter_carries_a_whole_batch() {
+    let (enters, sqes) = ioxide::block_on(async {
+        let r = Reactor::current();
+        let before = r.ring_stats();
+        // 100 timers armed in one turn complete together.
+        let hs: Vec<_> = (0..100)
+            .map(|_| ioxide::spawn(sleep(Duration::from_millis(20))))
+            .collect();
+        for h in hs {
+            h.await;
+        }
+        let after = r.ring_stats();
+        (after.enters - before.enters, after.sqes - before.sqes)
+    });
+    assert!(sqes >= 100, "{sqes}");
+    assert!(enters <= 10, "100 timers took {enters} enters");
+}
+
+#[test]
+fn services_are_per_reactor() {
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            std::thread::spawn(move || {
+                ioxide::block_on(async move {
+                    let r = Reactor::current();
+                    assert!(r.try_service::<u64>().is_none());
+                    r.add_service(i as u64 * 100);
+                    sleep(Duration::from_millis(20)).await;
+                    *r.service::<u64>()
+                })
+            })
+        })
+        .collect();
+    let got: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(got, vec![0, 100]);
+}
+
+#[test]
+fn a_waker_fired_from_another_thread_resumes_the_task() {
+    let slot: Arc<Mutex<(bool, Option<Waker>)>> = Arc::new(Mutex::new((false, None)));
+    let s2 = slot.clone();
+    let waker_thread = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut g = s2.lock().unwrap();
+        g.0 = true;
+        if let Some(w) = g.1.take() {
+            w.wake();
+        }
+    });
+    let started = Instant::now();
+    ioxide::block_on(async move {
+        let s = slot.clone();
+        let task = ioxide::spawn(std::future::poll_fn(move |cx| {
+            let mut g = s.lock().unwrap();
+            if g.0 {
+                Poll::Ready(())
+            } else {
+                g.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }));
+        task.await;
+    });
+    waker_thread.join().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(95) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn remote_handle_requests_shutdown() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        ioxide::block_on(async move {
+            let r = Reactor::current();
+            tx.send(r.remote()).unwrap();
+            r.shutdown_requested().await;
+            r.is_shutting_down()
+        })
+    });
+    let remote = rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    remote.request_shutdown();
+    assert!(t.join().unwrap());
+}
+
+fn echo_index_server(reactors: usize) -> ioxide::ServerHandle {
+    Server::new()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .reactors(reactors)
+        .on_start(|r| {
+            r.add_service(format!("reactor-{}", r.index()));
+        })
+        .start(|s: Stream| async move {
+            let name = Reactor::current().service::<String>();
+            let (r, _) = s.send_all(name.as_bytes().to_vec()).await;
+            let _ = r;
+        })
+        .unwrap()
+}
+
+#[test]
+fn several_reactors_serve_one_port_with_connections_spread() {
+    let server = echo_index_server(2);
+    let addr = server.local_addr();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        *seen.entry(s).or_insert(0) += 1;
+    }
+    server.shutdown();
+    server.join().unwrap();
+    assert_eq!(seen.len(), 2, "connections were not spread: {seen:?}");
+    assert!(seen.contains_key("reactor-0") && seen.contains_key("reactor-1"));
+}
+
+#[test]
+fn graceful_shutdown_lets_in_flight_handlers_finish() {
+    let server = Server::new()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .reactors(1)
+        .shutdown_grace(Duration::from_secs(5))
+        .start(|s: Stream| async move {
+            let (r, b) = s.recv(Vec::with_capacity(64)).await;
+            if r.is_err() {
+                return;
+            }
+            sleep(Duration::from_millis(300)).await;
+            let _ = s.send_all(b).await;
+        })
+        .unwrap();
+    let addr = server.local_addr();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"slow").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    server.shutdown();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "slow", "the in-flight request was not finished");
+    server.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // No longer accepting.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn graceful_shutdown_drops_handlers_after_the_grace_period() {
+    let server = Server::new()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .reactors(1)
+        .shutdown_grace(Duration::from_millis(200))
+        .start(|s: Stream| async move {
+            // Never finishes on its own.
+            let _ = s.recv(Vec::with_capacity(64)).await;
+            sleep(Duration::from_secs(3600)).await;
+        })
+        .unwrap();
+    let c = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    server.shutdown();
+    server.join().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    drop(c);
+}
+
+#[test]
+fn sigterm_shuts_a_running_server_down_gracefully_with_exit_0() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ioxide-echo"))
+        .args(["0", "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    drop(c);
+    let started = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after exit"
+    );
+}
