@@ -1,0 +1,386 @@
+//! [`PgError`]: the one error type of the driver.
+//!
+//! Callers match on meaning through accessors (`sql_state()`, `is_timeout()`,
+//! `is_transport()`, …), never on our internals: the kind enum is private so it can grow.
+//!
+//! Every error also says whether the command it belongs to may have reached the server
+//! ([`PgError::was_sent`]). A pool may retry a command transparently only when the error says
+//! it was never sent.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+pub use crate::proto::db_error::{DbError, ErrorPosition, Severity};
+
+/// A boxed error source, as produced by `postgres-types` conversions.
+type Source = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Every failure the driver reports.
+///
+/// Opaque by design: use the accessors to learn what happened.
+///
+/// ```
+/// # use ioxide_pg::PgError;
+/// fn describe(e: &PgError) -> &'static str {
+///     if e.sql_state() == Some("42P01") {
+///         "missing table"
+///     } else if e.is_timeout() {
+///         "too slow"
+///     } else {
+///         "other"
+///     }
+/// }
+/// ```
+pub struct PgError {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    /// `false` only when the command is known never to have left this process.
+    sent: bool,
+    source: Option<Source>,
+}
+
+/// What an operation was waiting for when it timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// Opening the connection (connect, startup, authentication): `connect_timeout`.
+    Connect,
+    /// A command waiting for its reply: `command_timeout`.
+    Command,
+    /// Waiting to rent a connection from the pool: `acquire_timeout`.
+    Acquire,
+}
+
+impl fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Connect => "connect",
+            TimeoutKind::Command => "command",
+            TimeoutKind::Acquire => "acquire",
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// The server answered with an ErrorResponse.
+    Server(Box<DbError>),
+    /// The transport failed (reset, EOF, refused, …); `source` holds the `io::Error`.
+    Io { context: String },
+    /// The server sent bytes that make no sense: malformed framing or a message out of place.
+    Protocol(String),
+    /// A backend message announced a length above `max_message_bytes`.
+    MessageTooLarge { len: usize, max: usize },
+    /// A deadline passed.
+    Timeout { what: TimeoutKind, after: Duration },
+    /// Authentication could not proceed or the server failed to prove itself.
+    Auth(String),
+    /// An option is invalid.
+    Config {
+        field: String,
+        value: Option<String>,
+        msg: String,
+    },
+    /// A value could not be converted to or from its wire form, or a column does not exist.
+    Conversion(String),
+    /// The connection is closed or broken.
+    Closed(String),
+}
+
+impl PgError {
+    fn new(kind: Kind) -> PgError {
+        PgError {
+            inner: Box::new(Inner {
+                kind,
+                sent: true,
+                source: None,
+            }),
+        }
+    }
+
+    fn with_source(mut self, source: Source) -> PgError {
+        self.inner.source = Some(source);
+        self
+    }
+
+    /// A server error (an ErrorResponse), carrying every field the server sent.
+    pub fn server(err: impl Into<Box<DbError>>) -> PgError {
+        PgError::new(Kind::Server(err.into()))
+    }
+
+    /// A transport failure; `context` says what was being done (`"sending Query"`,
+    /// `"connecting to 127.0.0.1:5432"`).
+    pub fn io(context: impl Into<String>, err: io::Error) -> PgError {
+        PgError::new(Kind::Io {
+            context: context.into(),
+        })
+        .with_source(Box::new(err))
+    }
+
+    /// The server's bytes violate the protocol. `msg` says which message, in which state.
+    pub fn protocol(msg: impl Into<String>) -> PgError {
+        PgError::new(Kind::Protocol(msg.into()))
+    }
+
+    /// A backend message of `len` bytes exceeds `max` (`max_message_bytes`).
+    pub fn message_too_large(len: usize, max: usize) -> PgError {
+        PgError::new(Kind::MessageTooLarge { len, max })
+    }
+
+    /// `what` did not finish within `after`.
+    pub fn timeout(what: TimeoutKind, after: Duration) -> PgError {
+        PgError::new(Kind::Timeout { what, after })
+    }
+
+    /// Authentication failed or cannot be done.
+    pub fn auth(msg: impl Into<String>) -> PgError {
+        PgError::new(Kind::Auth(msg.into()))
+    }
+
+    /// The option `field` is invalid. `value` is the offending text, when it is safe to show
+    /// (never pass a password).
+    pub fn config(
+        field: impl Into<String>,
+        value: Option<&str>,
+        msg: impl Into<String>,
+    ) -> PgError {
+        PgError::new(Kind::Config {
+            field: field.into(),
+            value: value.map(str::to_owned),
+            msg: msg.into(),
+        })
+        .never_sent()
+    }
+
+    /// A value could not be converted, or a column index/name is wrong.
+    pub fn conversion(msg: impl Into<String>) -> PgError {
+        PgError::new(Kind::Conversion(msg.into()))
+    }
+
+    /// Like [`PgError::conversion`], keeping the underlying error as the source.
+    pub fn conversion_with(msg: impl Into<String>, source: Source) -> PgError {
+        PgError::conversion(msg).with_source(source)
+    }
+
+    /// The connection is closed or broken; `msg` says why.
+    pub fn closed(msg: impl Into<String>) -> PgError {
+        PgError::new(Kind::Closed(msg.into()))
+    }
+
+    /// Marks this error as belonging to a command that never left this process, so retrying it
+    /// on another connection cannot run it twice.
+    #[must_use]
+    pub fn never_sent(mut self) -> PgError {
+        self.inner.sent = false;
+        self
+    }
+
+    /// Marks this error as belonging to a command that may have reached the server (the
+    /// default).
+    #[must_use]
+    pub fn maybe_sent(mut self) -> PgError {
+        self.inner.sent = true;
+        self
+    }
+
+    /// `false` when the command is known never to have been sent — safe to retry; `true` when
+    /// it may have run on the server.
+    pub fn was_sent(&self) -> bool {
+        self.inner.sent
+    }
+
+    /// The SQLSTATE of a server error (`Some("42P01")`), `None` for other errors.
+    pub fn sql_state(&self) -> Option<&str> {
+        self.as_db_error().map(DbError::code)
+    }
+
+    /// The server error with all its fields, if this is one.
+    pub fn as_db_error(&self) -> Option<&DbError> {
+        match &self.inner.kind {
+            Kind::Server(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// A server error (ErrorResponse).
+    pub fn is_server(&self) -> bool {
+        matches!(self.inner.kind, Kind::Server(_))
+    }
+
+    /// A timeout of any kind; see [`PgError::timeout_kind`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.inner.kind, Kind::Timeout { .. })
+    }
+
+    /// What timed out, if this is a timeout.
+    pub fn timeout_kind(&self) -> Option<TimeoutKind> {
+        match self.inner.kind {
+            Kind::Timeout { what, .. } => Some(what),
+            _ => None,
+        }
+    }
+
+    /// A transport failure: I/O error, malformed framing, a message out of place or too
+    /// large. The connection that saw it is broken.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            Kind::Io { .. } | Kind::Protocol(_) | Kind::MessageTooLarge { .. }
+        )
+    }
+
+    /// The server violated the protocol (including an oversized message).
+    pub fn is_protocol(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            Kind::Protocol(_) | Kind::MessageTooLarge { .. }
+        )
+    }
+
+    /// The connection was closed or is broken.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.inner.kind, Kind::Closed(_))
+    }
+
+    /// Authentication failed or was refused (an unsupported method, `require_auth`, a bad
+    /// server signature). A wrong password is a server error (`28P01`), not this.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.inner.kind, Kind::Auth(_))
+    }
+
+    /// An invalid option.
+    pub fn is_config(&self) -> bool {
+        matches!(self.inner.kind, Kind::Config { .. })
+    }
+
+    /// The option an [`is_config`](PgError::is_config) error is about.
+    pub fn config_field(&self) -> Option<&str> {
+        match &self.inner.kind {
+            Kind::Config { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// A value conversion failed, or a column name/index is wrong.
+    pub fn is_conversion(&self) -> bool {
+        matches!(self.inner.kind, Kind::Conversion(_))
+    }
+}
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner.kind {
+            Kind::Server(e) => fmt::Display::fmt(e, f)?,
+            Kind::Io { context } => write!(f, "I/O error while {context}")?,
+            Kind::Protocol(msg) => write!(f, "protocol error: {msg}")?,
+            Kind::MessageTooLarge { len, max } => write!(
+                f,
+                "backend message of {len} bytes exceeds max_message_bytes ({max} bytes)"
+            )?,
+            Kind::Timeout { what, after } => write!(f, "{what} timed out after {after:?}")?,
+            Kind::Auth(msg) => write!(f, "authentication failed: {msg}")?,
+            Kind::Config {
+                field,
+                value: Some(value),
+                msg,
+            } => write!(f, "invalid {field} {value:?}: {msg}")?,
+            Kind::Config {
+                field,
+                value: None,
+                msg,
+            } => write!(f, "invalid {field}: {msg}")?,
+            Kind::Conversion(msg) => write!(f, "conversion error: {msg}")?,
+            Kind::Closed(msg) => write!(f, "connection closed: {msg}")?,
+        }
+        if let Some(source) = &self.inner.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgError")
+            .field("kind", &self.inner.kind)
+            .field("sent", &self.inner.sent)
+            .field("source", &self.inner.source)
+            .finish()
+    }
+}
+
+impl StdError for PgError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.inner.kind {
+            Kind::Server(e) => Some(&**e),
+            _ => self
+                .inner
+                .source
+                .as_deref()
+                .map(|s| s as &(dyn StdError + 'static)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_error_names_field_and_value() {
+        let e = PgError::config("port", Some("abc"), "invalid digit found in string");
+        assert_eq!(
+            e.to_string(),
+            "invalid port \"abc\": invalid digit found in string"
+        );
+        assert!(e.is_config());
+        assert_eq!(e.config_field(), Some("port"));
+        assert!(!e.was_sent());
+    }
+
+    #[test]
+    fn io_error_keeps_source_and_context() {
+        let e = PgError::io(
+            "reading from 127.0.0.1:5432",
+            io::ErrorKind::ConnectionReset.into(),
+        );
+        assert!(e.is_transport());
+        assert!(e
+            .to_string()
+            .starts_with("I/O error while reading from 127.0.0.1:5432: "));
+        let src = e.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(
+            src.map(io::Error::kind),
+            Some(io::ErrorKind::ConnectionReset)
+        );
+    }
+
+    #[test]
+    fn timeout_says_what_and_after_how_long() {
+        let e = PgError::timeout(TimeoutKind::Command, Duration::from_secs(30));
+        assert!(e.is_timeout() && !e.is_transport());
+        assert_eq!(e.timeout_kind(), Some(TimeoutKind::Command));
+        assert_eq!(e.to_string(), "command timed out after 30s");
+    }
+
+    #[test]
+    fn delivery_flag_round_trips() {
+        let e = PgError::closed("connection reset").never_sent();
+        assert!(!e.was_sent() && e.is_closed());
+        assert!(e.maybe_sent().was_sent());
+    }
+
+    #[test]
+    fn too_large_is_transport_and_protocol() {
+        let e = PgError::message_too_large(100, 10);
+        assert!(e.is_transport() && e.is_protocol());
+        assert_eq!(
+            e.to_string(),
+            "backend message of 100 bytes exceeds max_message_bytes (10 bytes)"
+        );
+    }
+}

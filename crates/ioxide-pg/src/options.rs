@@ -1,0 +1,641 @@
+//! [`PgOptions`]: how to reach the server and how the driver behaves.
+//!
+//! Built in code (`PgOptions::new().host("127.0.0.1").port(5432)`), from the libpq
+//! environment ([`PgOptions::from_env`]), from a `postgres://` URL ([`PgOptions::from_url`])
+//! or from a libpq `key=value` string ([`PgOptions::from_conninfo`]); [`str::parse`] picks
+//! between the last two. Option names follow libpq, so users bring what they know.
+//!
+//! Host names are resolved once, by [`PgOptions::resolve`], which blocks and is meant to run
+//! before the reactors start; reactors then only ever connect to addresses.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::proto::auth::RequireAuth;
+use crate::PgError;
+
+/// Where the server listens, before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A host name or an IP literal (IPv6 without brackets).
+    Tcp(String),
+    /// A directory holding the server's Unix socket (`/run/postgresql`).
+    Unix(PathBuf),
+}
+
+/// Where to connect, after [`PgOptions::resolve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// TCP addresses, to be tried in order.
+    Tcp(Vec<SocketAddr>),
+    /// The full Unix socket path, `<dir>/.s.PGSQL.<port>`.
+    Unix(PathBuf),
+}
+
+/// Connection and driver options. See the [module docs](self).
+///
+/// ```
+/// use std::time::Duration;
+/// use ioxide_pg::PgOptions;
+/// let opts = PgOptions::new()
+///     .host("127.0.0.1")
+///     .port(5432)
+///     .user("app")
+///     .password("secret")
+///     .database("appdb")
+///     .command_timeout(Duration::from_secs(5))
+///     .pool_size(4);
+/// assert_eq!(opts.get_database(), "appdb");
+/// assert!(!format!("{opts:?}").contains("secret"));
+/// ```
+#[derive(Clone)]
+pub struct PgOptions {
+    host: Host,
+    port: u16,
+    user: String,
+    password: Option<String>,
+    database: Option<String>,
+    application_name: Option<String>,
+    connect_timeout: Option<Duration>,
+    command_timeout: Option<Duration>,
+    max_message_bytes: usize,
+    statement_cache_capacity: usize,
+    require_auth: RequireAuth,
+    pool_size: usize,
+    pipeline_depth: usize,
+    acquire_timeout: Duration,
+}
+
+/// The smallest `max_message_bytes` [`PgOptions::validate`] accepts.
+pub const MIN_MESSAGE_BYTES: usize = 1024;
+
+fn non_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+impl Default for PgOptions {
+    fn default() -> PgOptions {
+        PgOptions::new()
+    }
+}
+
+impl PgOptions {
+    /// Defaults: host `localhost`, port 5432, user `$PGUSER`, else `$USER`, else `postgres`;
+    /// no password; database = user; connect_timeout 10 s; command_timeout 30 s;
+    /// max_message_bytes 64 MiB; statement_cache_capacity 256; every auth method allowed;
+    /// pool_size 8; pipeline_depth 1; acquire_timeout 5 s.
+    pub fn new() -> PgOptions {
+        PgOptions::with_user_from(&|k| std::env::var(k).ok())
+    }
+
+    fn with_user_from(lookup: &dyn Fn(&str) -> Option<String>) -> PgOptions {
+        let user = lookup("PGUSER")
+            .filter(|u| !u.is_empty())
+            .or_else(|| lookup("USER").filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "postgres".to_owned());
+        PgOptions {
+            host: Host::Tcp("localhost".to_owned()),
+            port: 5432,
+            user,
+            password: None,
+            database: None,
+            application_name: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            command_timeout: Some(Duration::from_secs(30)),
+            max_message_bytes: 64 * 1024 * 1024,
+            statement_cache_capacity: 256,
+            require_auth: RequireAuth::any(),
+            pool_size: 8,
+            pipeline_depth: 1,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// From the process environment; see [`PgOptions::from_env_with`].
+    pub fn from_env() -> Result<PgOptions, PgError> {
+        PgOptions::from_env_with(|k| std::env::var(k).ok())
+    }
+
+    /// From environment variables read through `lookup` (tests pass a map).
+    ///
+    /// Precedence: if `DATABASE_URL` is set and non-empty it wins outright — the options come
+    /// from that URL alone (plus the user default below) and the `PG*` variables are ignored.
+    /// Otherwise `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`,
+    /// `PGCONNECT_TIMEOUT` and `PGREQUIREAUTH` override the defaults. The user defaults to
+    /// `PGUSER`, then `USER`, then `postgres`. Errors name the variable.
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<PgOptions, PgError> {
+        let base = PgOptions::with_user_from(&lookup);
+        if let Some(url) = lookup("DATABASE_URL").filter(|u| !u.trim().is_empty()) {
+            return base.apply_url(url.trim());
+        }
+        const VARS: [(&str, &str); 8] = [
+            ("PGHOST", "host"),
+            ("PGPORT", "port"),
+            ("PGUSER", "user"),
+            ("PGPASSWORD", "password"),
+            ("PGDATABASE", "dbname"),
+            ("PGAPPNAME", "application_name"),
+            ("PGCONNECT_TIMEOUT", "connect_timeout"),
+            ("PGREQUIREAUTH", "require_auth"),
+        ];
+        let mut opts = base;
+        for (var, key) in VARS {
+            if let Some(value) = lookup(var).filter(|v| !v.is_empty()) {
+                opts = opts.apply(key, &value, var)?;
+            }
+        }
+        opts.validate()?;
+        Ok(opts)
+    }
+
+    /// From a URL: `postgres://user:pass@host:port/db?application_name=x&connect_timeout=5`.
+    ///
+    /// The scheme is `postgres` or `postgresql`; user, password and database are
+    /// percent-decoded; an IPv6 host is written `[::1]`; a Unix socket directory is given as
+    /// `?host=/run/postgresql` or percent-encoded in the host (`%2Frun%2Fpostgresql`). Query
+    /// parameters take the libpq `key=value` names ([`PgOptions::set`]).
+    pub fn from_url(url: &str) -> Result<PgOptions, PgError> {
+        PgOptions::new().apply_url(url)
+    }
+
+    fn apply_url(mut self, s: &str) -> Result<PgOptions, PgError> {
+        // Never echo the URL: it may hold a password.
+        let url = url::Url::parse(s).map_err(|e| PgError::config("url", None, e.to_string()))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(PgError::config(
+                "url",
+                None,
+                format!(
+                    "scheme {:?} is not postgres:// or postgresql://",
+                    url.scheme()
+                ),
+            ));
+        }
+        match url.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => {
+                self = self.apply("host", &percent_decode(d, "host")?, "host")?;
+            }
+            Some(url::Host::Ipv4(ip)) => self.host = Host::Tcp(ip.to_string()),
+            Some(url::Host::Ipv6(ip)) => self.host = Host::Tcp(ip.to_string()),
+            _ => {}
+        }
+        if let Some(port) = url.port() {
+            self = self.port(port);
+        }
+        if !url.username().is_empty() {
+            self.user = percent_decode(url.username(), "user")?;
+        }
+        if let Some(password) = url.password() {
+            self.password = Some(percent_decode(password, "password")?);
+        }
+        let db = percent_decode(url.path().trim_start_matches('/'), "dbname")?;
+        if !db.is_empty() {
+            self.database = Some(db);
+        }
+        for (key, value) in url.query_pairs() {
+            self = self.apply(&key, &value, &key)?;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// From a libpq connection string: `host=localhost port=5432 user=app password='a b'`.
+    ///
+    /// Values may be single-quoted; inside a value `\'` and `\\` stand for `'` and `\`.
+    /// Keys are those of [`PgOptions::set`].
+    pub fn from_conninfo(s: &str) -> Result<PgOptions, PgError> {
+        let mut opts = PgOptions::new();
+        for (key, value) in parse_conninfo(s)? {
+            opts = opts.apply(&key, &value, &key)?;
+        }
+        opts.validate()?;
+        Ok(opts)
+    }
+
+    /// Sets one option by its libpq name (`host`, `hostaddr`, `port`, `user`, `password`,
+    /// `dbname`, `application_name`, `fallback_application_name`, `connect_timeout` (seconds;
+    /// 0 = none), `require_auth`, `sslmode` (`disable`/`allow`/`prefer` only: no TLS),
+    /// `client_encoding` (`UTF8` only)) or by one of ours (`command_timeout` (seconds; 0 =
+    /// none), `acquire_timeout` (seconds), `max_message_bytes`, `statement_cache_capacity`,
+    /// `pool_size`, `pipeline_depth`). An unknown key or bad value is an error naming it.
+    pub fn set(self, key: &str, value: &str) -> Result<PgOptions, PgError> {
+        self.apply(key, value, key)
+    }
+
+    fn apply(mut self, key: &str, value: &str, label: &str) -> Result<PgOptions, PgError> {
+        let bad = |msg: &dyn fmt::Display| PgError::config(label, Some(value), msg.to_string());
+        match key {
+            "host" | "hostaddr" => {
+                if value.contains(',') {
+                    return Err(bad(&"multiple hosts are not supported"));
+                }
+                self = self.host(value);
+            }
+            "port" => self.port = value.trim().parse().map_err(|e| bad(&e))?,
+            "user" => self.user = value.to_owned(),
+            "password" => self.password = Some(value.to_owned()),
+            "dbname" | "database" => self.database = Some(value.to_owned()),
+            "application_name" => self.application_name = Some(value.to_owned()),
+            "fallback_application_name" => {
+                self.application_name
+                    .get_or_insert_with(|| value.to_owned());
+            }
+            "connect_timeout" => {
+                self.connect_timeout = non_zero(seconds(value).map_err(|e| bad(&e))?)
+            }
+            "command_timeout" => {
+                self.command_timeout = non_zero(seconds(value).map_err(|e| bad(&e))?)
+            }
+            "acquire_timeout" => self.acquire_timeout = seconds(value).map_err(|e| bad(&e))?,
+            "max_message_bytes" => self.max_message_bytes = value.parse().map_err(|e| bad(&e))?,
+            "statement_cache_capacity" => {
+                self.statement_cache_capacity = value.parse().map_err(|e| bad(&e))?
+            }
+            "pool_size" => self.pool_size = value.parse().map_err(|e| bad(&e))?,
+            "pipeline_depth" => self.pipeline_depth = value.parse().map_err(|e| bad(&e))?,
+            "require_auth" => {
+                self.require_auth = value
+                    .parse()
+                    .map_err(|e: PgError| PgError::config(label, Some(value), e.to_string()))?
+            }
+            "sslmode" => match value {
+                "disable" | "allow" | "prefer" => {}
+                _ => return Err(bad(&"TLS is not supported; use disable, allow or prefer")),
+            },
+            "client_encoding" => {
+                if !value.eq_ignore_ascii_case("utf8") && !value.eq_ignore_ascii_case("utf-8") {
+                    return Err(bad(&"only UTF8 is supported"));
+                }
+            }
+            _ => {
+                return Err(PgError::config(
+                    "option",
+                    Some(key),
+                    "unknown connection option",
+                ))
+            }
+        }
+        Ok(self)
+    }
+
+    /// Checks the options are usable: a non-empty host without commas, a non-zero port, a
+    /// non-empty user, `max_message_bytes` of at least [`MIN_MESSAGE_BYTES`], a `pool_size`
+    /// and `pipeline_depth` of at least 1. Errors name the field.
+    pub fn validate(&self) -> Result<(), PgError> {
+        match &self.host {
+            Host::Tcp(h) if h.is_empty() => return Err(PgError::config("host", None, "empty")),
+            Host::Tcp(h) if h.contains(',') => {
+                return Err(PgError::config(
+                    "host",
+                    Some(h),
+                    "multiple hosts are not supported",
+                ))
+            }
+            _ => {}
+        }
+        if self.port == 0 {
+            return Err(PgError::config("port", Some("0"), "must be 1..=65535"));
+        }
+        if self.user.is_empty() {
+            return Err(PgError::config("user", None, "empty"));
+        }
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            let v = self.max_message_bytes.to_string();
+            return Err(PgError::config(
+                "max_message_bytes",
+                Some(&v),
+                format!("must be at least {MIN_MESSAGE_BYTES}"),
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(PgError::config(
+                "pool_size",
+                Some("0"),
+                "must be at least 1",
+            ));
+        }
+        if self.pipeline_depth == 0 {
+            return Err(PgError::config(
+                "pipeline_depth",
+                Some("0"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates, then resolves the host: a Unix socket directory becomes
+    /// `<dir>/.s.PGSQL.<port>`, an IP literal becomes its address, and a host name is looked
+    /// up **with a blocking DNS query** — call this before the reactors start.
+    pub fn resolve(&self) -> Result<Target, PgError> {
+        self.validate()?;
+        match &self.host {
+            Host::Unix(dir) => Ok(Target::Unix(dir.join(format!(".s.PGSQL.{}", self.port)))),
+            Host::Tcp(h) => {
+                if let Ok(ip) = h.parse::<IpAddr>() {
+                    return Ok(Target::Tcp(vec![SocketAddr::new(ip, self.port)]));
+                }
+                let addrs: Vec<SocketAddr> = (h.as_str(), self.port)
+                    .to_socket_addrs()
+                    .map_err(|e| PgError::io(format!("resolving host {h:?}"), e))?
+                    .collect();
+                if addrs.is_empty() {
+                    return Err(PgError::config("host", Some(h), "resolves to no address"));
+                }
+                Ok(Target::Tcp(addrs))
+            }
+        }
+    }
+
+    /// The host: a name or IP literal (`[::1]` brackets are stripped), or, if it starts with
+    /// `/`, a Unix socket directory.
+    pub fn host(mut self, host: impl AsRef<str>) -> PgOptions {
+        let h = host.as_ref().trim();
+        self.host = if h.starts_with('/') {
+            Host::Unix(PathBuf::from(h))
+        } else {
+            let h = h
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(h);
+            Host::Tcp(h.to_owned())
+        };
+        self
+    }
+
+    /// The server port (also names the Unix socket file). Default 5432.
+    pub fn port(mut self, port: u16) -> PgOptions {
+        self.port = port;
+        self
+    }
+
+    /// The user to log in as.
+    pub fn user(mut self, user: impl Into<String>) -> PgOptions {
+        self.user = user.into();
+        self
+    }
+
+    /// The password, for cleartext, MD5 or SCRAM authentication.
+    pub fn password(mut self, password: impl Into<String>) -> PgOptions {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// The database. Default: the user name.
+    pub fn database(mut self, database: impl Into<String>) -> PgOptions {
+        self.database = Some(database.into());
+        self
+    }
+
+    /// `application_name`, shown in `pg_stat_activity`.
+    pub fn application_name(mut self, name: impl Into<String>) -> PgOptions {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// Bound on opening a connection (connect, startup, authentication). Zero: none.
+    pub fn connect_timeout(mut self, timeout: Duration) -> PgOptions {
+        self.connect_timeout = non_zero(timeout);
+        self
+    }
+
+    /// Bound on one command's reply; past it the command is cancelled. Zero: none.
+    pub fn command_timeout(mut self, timeout: Duration) -> PgOptions {
+        self.command_timeout = non_zero(timeout);
+        self
+    }
+
+    /// The largest backend message accepted, header included; the receive buffer never grows
+    /// beyond it. Default 64 MiB.
+    pub fn max_message_bytes(mut self, max: usize) -> PgOptions {
+        self.max_message_bytes = max;
+        self
+    }
+
+    /// Prepared statements cached per connection (least recently used evicted); 0 disables
+    /// caching. Default 256.
+    pub fn statement_cache_capacity(mut self, capacity: usize) -> PgOptions {
+        self.statement_cache_capacity = capacity;
+        self
+    }
+
+    /// Authentication methods to accept (libpq's `require_auth`).
+    pub fn require_auth(mut self, methods: RequireAuth) -> PgOptions {
+        self.require_auth = methods;
+        self
+    }
+
+    /// Connections per reactor in a pool. Default 8.
+    pub fn pool_size(mut self, size: usize) -> PgOptions {
+        self.pool_size = size;
+        self
+    }
+
+    /// Commands in flight per connection. Default 1.
+    pub fn pipeline_depth(mut self, depth: usize) -> PgOptions {
+        self.pipeline_depth = depth;
+        self
+    }
+
+    /// How long renting a pooled connection may wait. Default 5 s.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> PgOptions {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// The host.
+    pub fn get_host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The port.
+    pub fn get_port(&self) -> u16 {
+        self.port
+    }
+
+    /// The user.
+    pub fn get_user(&self) -> &str {
+        &self.user
+    }
+
+    /// The password, if any.
+    pub fn get_password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The database (the user name if none was set).
+    pub fn get_database(&self) -> &str {
+        self.database.as_deref().unwrap_or(&self.user)
+    }
+
+    /// The application name, if any.
+    pub fn get_application_name(&self) -> Option<&str> {
+        self.application_name.as_deref()
+    }
+
+    /// The connect timeout; `None`: none.
+    pub fn get_connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
+    }
+
+    /// The command timeout; `None`: none.
+    pub fn get_command_timeout(&self) -> Option<Duration> {
+        self.command_timeout
+    }
+
+    /// The message size limit.
+    pub fn get_max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// The statement cache capacity.
+    pub fn get_statement_cache_capacity(&self) -> usize {
+        self.statement_cache_capacity
+    }
+
+    /// The accepted authentication methods.
+    pub fn get_require_auth(&self) -> RequireAuth {
+        self.require_auth
+    }
+
+    /// The pool size per reactor.
+    pub fn get_pool_size(&self) -> usize {
+        self.pool_size
+    }
+
+    /// The pipeline depth.
+    pub fn get_pipeline_depth(&self) -> usize {
+        self.pipeline_depth
+    }
+
+    /// The acquire timeout.
+    pub fn get_acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
+    }
+}
+
+impl fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| Redacted))
+            .field("database", &self.get_database())
+            .field("application_name", &self.application_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("statement_cache_capacity", &self.statement_cache_capacity)
+            .field("require_auth", &self.require_auth)
+            .field("pool_size", &self.pool_size)
+            .field("pipeline_depth", &self.pipeline_depth)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl FromStr for PgOptions {
+    type Err = PgError;
+
+    /// A `postgres://` or `postgresql://` URL, else a libpq `key=value` string.
+    fn from_str(s: &str) -> Result<PgOptions, PgError> {
+        let s = s.trim();
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            PgOptions::from_url(s)
+        } else {
+            PgOptions::from_conninfo(s)
+        }
+    }
+}
+
+/// Decimal seconds (`10`, `2.5`), non-negative and finite.
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a number of seconds: {e}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("not a valid duration: {e}"))
+}
+
+fn percent_decode(s: &str, field: &str) -> Result<String, PgError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            let byte = hex
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| PgError::config(field, None, "bad percent-encoding in the URL"))?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| PgError::config(field, None, "percent-decodes to invalid UTF-8"))
+}
+
+/// Splits a libpq conninfo string into `(key, value)` pairs.
+fn parse_conninfo(s: &str) -> Result<Vec<(String, String)>, PgError> {
+    let bad = |msg: &str| PgError::config("conninfo", None, msg);
+    let mut pairs = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|&c| c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(PgError::config(
+                "conninfo",
+                Some(&key),
+                "missing \"=\" after key",
+            ));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\\') => {
+                        value.push(chars.next().ok_or_else(|| bad("dangling backslash"))?)
+                    }
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => return Err(bad("unterminated quoted value")),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.push(chars.next().ok_or_else(|| bad("dangling backslash"))?);
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+}

@@ -1,0 +1,313 @@
+//! The per-command reply state machine.
+//!
+//! Each command the connection sends ends with its own Sync (extended protocol) or is one
+//! Query (simple protocol), so each ends with exactly one ReadyForQuery. The connection keeps
+//! a FIFO of in-flight commands and feeds every backend message to the head command's
+//! [`Reply`]; when it returns [`ReplyEvent::Done`] the head is popped.
+//!
+//! A server error moves the machine to "skip to ReadyForQuery": the server discards the rest
+//! of that command up to its Sync, so the next command's replies start right after — one
+//! failing command in a pipeline never desynchronises the others.
+//!
+//! COPY is not supported: a CopyInResponse/CopyOutResponse/CopyBothResponse is a protocol
+//! error, and the connection must be marked broken (the server now waits for COPY data we
+//! will never send, or streams data we cannot route).
+
+use super::db_error::DbError;
+use super::message::{is_async, tag_name, BackendMessage, TxnStatus};
+use crate::PgError;
+
+/// Which extended-protocol messages a command sent before its Sync, in this order:
+/// Close (statement), Parse, Describe (statement), Bind, Execute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Steps {
+    /// Close of a statement: expect CloseComplete.
+    pub close: bool,
+    /// Parse: expect ParseComplete.
+    pub parse: bool,
+    /// Describe of a statement: expect ParameterDescription, then RowDescription or NoData.
+    pub describe: bool,
+    /// Bind: expect BindComplete.
+    pub bind: bool,
+    /// Execute: expect DataRow*, then CommandComplete, EmptyQueryResponse or
+    /// PortalSuspended.
+    pub execute: bool,
+}
+
+/// One element of the extended sequence, in wire order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ext {
+    CloseComplete,
+    ParseComplete,
+    ParameterDescription,
+    RowDescriptionOrNoData,
+    BindComplete,
+    Execute,
+}
+
+const EXT_ORDER: [Ext; 6] = [
+    Ext::CloseComplete,
+    Ext::ParseComplete,
+    Ext::ParameterDescription,
+    Ext::RowDescriptionOrNoData,
+    Ext::BindComplete,
+    Ext::Execute,
+];
+
+impl Steps {
+    fn includes(&self, e: Ext) -> bool {
+        match e {
+            Ext::CloseComplete => self.close,
+            Ext::ParseComplete => self.parse,
+            Ext::ParameterDescription | Ext::RowDescriptionOrNoData => self.describe,
+            Ext::BindComplete => self.bind,
+            Ext::Execute => self.execute,
+        }
+    }
+
+    /// The first included step after `after` (or from the start).
+    fn next(&self, after: Option<Ext>) -> State {
+        EXT_ORDER
+            .iter()
+            .copied()
+            .filter(|&e| after.is_none_or(|a| e > a))
+            .find(|&e| self.includes(e))
+            .map_or(State::AwaitReady { after_error: false }, State::Ext)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Simple query, between result sets.
+    SimpleIdle,
+    /// Simple query, inside a result set (after RowDescription).
+    SimpleRows,
+    /// Extended: expecting this step's message.
+    Ext(Ext),
+    /// Everything expected arrived, or the server reported an error: only ReadyForQuery may
+    /// follow (or, when `after_error` is false, an ErrorResponse from the implicit commit).
+    AwaitReady { after_error: bool },
+    /// ReadyForQuery arrived: this command is finished.
+    Done,
+}
+
+impl State {
+    fn expecting(&self) -> &'static str {
+        match self {
+            State::SimpleIdle => {
+                "RowDescription, CommandComplete, EmptyQueryResponse, ErrorResponse or ReadyForQuery"
+            }
+            State::SimpleRows => "DataRow, CommandComplete or ErrorResponse",
+            State::Ext(Ext::CloseComplete) => "CloseComplete",
+            State::Ext(Ext::ParseComplete) => "ParseComplete",
+            State::Ext(Ext::ParameterDescription) => "ParameterDescription",
+            State::Ext(Ext::RowDescriptionOrNoData) => "RowDescription or NoData",
+            State::Ext(Ext::BindComplete) => "BindComplete",
+            State::Ext(Ext::Execute) => {
+                "DataRow, CommandComplete, EmptyQueryResponse or PortalSuspended"
+            }
+            State::AwaitReady { .. } => "ReadyForQuery",
+            State::Done => "nothing (the reply is complete)",
+        }
+    }
+}
+
+/// What a backend message meant for the command. Bodies are borrowed from the receive buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyEvent<'a> {
+    /// An acknowledgement (ParseComplete, BindComplete, CloseComplete): nothing to do.
+    Nothing,
+    /// The statement's parameter types; read with [`super::row::parameter_types`].
+    ParameterDescription(&'a [u8]),
+    /// The columns of the rows that follow (or of the described statement); parse with
+    /// [`crate::Columns::parse`] or reuse a cached description.
+    RowDescription(&'a [u8]),
+    /// The described statement returns no rows.
+    NoData,
+    /// One row; read with [`crate::Row::new`].
+    DataRow(&'a [u8]),
+    /// A statement finished; the command tag (`SELECT 1`, `INSERT 0 3`, …).
+    CommandComplete(&'a str),
+    /// The query string was empty.
+    EmptyQuery,
+    /// Execute's row limit was reached; the portal could continue.
+    PortalSuspended,
+    /// The server reported an error. The machine now skips to ReadyForQuery; the error
+    /// belongs to this command and is reported once the command is [`Done`](Self::Done). If
+    /// [`DbError::is_fatal`], the server closes the connection instead.
+    ServerError(Box<DbError>),
+    /// ReadyForQuery: the command is finished and the next command's replies follow.
+    Done {
+        /// The session's transaction state now.
+        txn_status: TxnStatus,
+    },
+}
+
+/// The reply state machine for one command. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    steps: Option<Steps>,
+    state: State,
+    /// Set when the Describe in this command answered NoData: DataRow would be nonsense.
+    no_data: bool,
+    failed: bool,
+}
+
+impl Reply {
+    /// The reply to a Query message (simple protocol): zero or more result sets (RowDescription,
+    /// DataRow*, CommandComplete) or EmptyQueryResponse, possibly an ErrorResponse, then
+    /// ReadyForQuery.
+    pub fn simple() -> Reply {
+        Reply {
+            steps: None,
+            state: State::SimpleIdle,
+            no_data: false,
+            failed: false,
+        }
+    }
+
+    /// The reply to an extended-protocol command that sent `steps`, then Sync.
+    pub fn extended(steps: Steps) -> Reply {
+        Reply {
+            steps: Some(steps),
+            state: steps.next(None),
+            no_data: false,
+            failed: false,
+        }
+    }
+
+    /// Parse + Describe statement + Sync: preparing a statement.
+    pub fn prepare() -> Reply {
+        Reply::extended(Steps {
+            parse: true,
+            describe: true,
+            ..Steps::default()
+        })
+    }
+
+    /// Bind + Execute + Sync: running a prepared statement.
+    pub fn bind_execute() -> Reply {
+        Reply::extended(Steps {
+            bind: true,
+            execute: true,
+            ..Steps::default()
+        })
+    }
+
+    /// The steps of an extended command; `None` for a simple query.
+    pub fn steps(&self) -> Option<Steps> {
+        self.steps
+    }
+
+    /// ReadyForQuery arrived.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// A server error was reported for this command.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn unexpected(&self, tag: u8) -> PgError {
+        let kind = if self.steps.is_some() {
+            "extended-protocol"
+        } else {
+            "simple"
+        };
+        PgError::protocol(format!(
+            "unexpected {} in the reply to a {kind} command: expecting {}",
+            tag_name(tag),
+            self.state.expecting()
+        ))
+    }
+
+    /// Feeds the next backend message of this command (asynchronous messages must have been
+    /// taken out by [`super::message::classify_async`] first). An error is final: the stream
+    /// is out of sync and the connection must be discarded.
+    pub fn on_message<'a>(&mut self, tag: u8, body: &'a [u8]) -> Result<ReplyEvent<'a>, PgError> {
+        if is_async(tag) {
+            return Err(PgError::protocol(format!(
+                "asynchronous {} reached a reply machine; classify_async must take it first",
+                tag_name(tag)
+            )));
+        }
+        if self.state == State::Done {
+            return Err(self.unexpected(tag));
+        }
+        let msg = BackendMessage::decode(tag, body)?;
+        use BackendMessage as M;
+        match (self.state, msg) {
+            (_, M::CopyInResponse | M::CopyOutResponse | M::CopyBothResponse) => {
+                Err(PgError::protocol(format!(
+                    "COPY is not supported, but the server started it with {}",
+                    tag_name(tag)
+                )))
+            }
+            (State::AwaitReady { after_error: true }, M::ErrorResponse(_)) => {
+                Err(self.unexpected(tag))
+            }
+            (_, M::ErrorResponse(body)) => {
+                let err = DbError::parse(body)?;
+                self.failed = true;
+                self.state = State::AwaitReady { after_error: true };
+                Ok(ReplyEvent::ServerError(Box::new(err)))
+            }
+            (State::SimpleIdle | State::AwaitReady { .. }, M::ReadyForQuery(txn_status)) => {
+                self.state = State::Done;
+                Ok(ReplyEvent::Done { txn_status })
+            }
+            (State::SimpleIdle, M::RowDescription(body)) => {
+                self.state = State::SimpleRows;
+                Ok(ReplyEvent::RowDescription(body))
+            }
+            (State::SimpleIdle | State::SimpleRows, M::CommandComplete(tag)) => {
+                self.state = State::SimpleIdle;
+                Ok(ReplyEvent::CommandComplete(tag))
+            }
+            (State::SimpleIdle, M::EmptyQueryResponse) => Ok(ReplyEvent::EmptyQuery),
+            (State::SimpleRows, M::DataRow(body)) => Ok(ReplyEvent::DataRow(body)),
+            (State::Ext(step), msg) => self.on_extended(step, tag, msg),
+            _ => Err(self.unexpected(tag)),
+        }
+    }
+
+    fn on_extended<'a>(
+        &mut self,
+        step: Ext,
+        tag: u8,
+        msg: BackendMessage<'a>,
+    ) -> Result<ReplyEvent<'a>, PgError> {
+        use BackendMessage as M;
+        let event = match (step, msg) {
+            (Ext::CloseComplete, M::CloseComplete)
+            | (Ext::ParseComplete, M::ParseComplete)
+            | (Ext::BindComplete, M::BindComplete) => ReplyEvent::Nothing,
+            (Ext::ParameterDescription, M::ParameterDescription(body)) => {
+                ReplyEvent::ParameterDescription(body)
+            }
+            (Ext::RowDescriptionOrNoData, M::RowDescription(body)) => {
+                ReplyEvent::RowDescription(body)
+            }
+            (Ext::RowDescriptionOrNoData, M::NoData) => {
+                self.no_data = true;
+                ReplyEvent::NoData
+            }
+            (Ext::Execute, M::DataRow(body)) if !self.no_data => {
+                // stay in Execute: more rows may follow
+                return Ok(ReplyEvent::DataRow(body));
+            }
+            (Ext::Execute, M::CommandComplete(tag)) => ReplyEvent::CommandComplete(tag),
+            (Ext::Execute, M::EmptyQueryResponse) => ReplyEvent::EmptyQuery,
+            (Ext::Execute, M::PortalSuspended) => ReplyEvent::PortalSuspended,
+            _ => return Err(self.unexpected(tag)),
+        };
+        let steps = self.steps.unwrap_or_default();
+        self.state = steps.next(Some(step));
+        Ok(event)
+    }
+}
+
+#[cfg(test)]
+#[path = "reply_tests.rs"]
+mod tests;

@@ -1,0 +1,431 @@
+//! Result columns and zero-allocation row views.
+//!
+//! [`Columns`] is parsed once from a RowDescription and is meant to be cached per prepared
+//! statement (behind an `Rc`). A [`Row`] borrows one DataRow body plus the `Columns`; reading
+//! a field walks no allocation: the field offsets of the first [`INLINE_FIELDS`] columns are
+//! recorded on the stack when the row is validated, later ones are found by a short scan.
+
+use std::fmt;
+
+use postgres_types::{FromSql, Type};
+
+use super::cursor::Cursor;
+use crate::PgError;
+
+/// Fields whose offsets a [`Row`] records up front; later fields are found by scanning.
+pub const INLINE_FIELDS: usize = 16;
+
+/// The wire format of a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Text (code 0): what the simple query protocol always returns.
+    Text,
+    /// Binary (code 1): what our extended queries ask for, decoded by `FromSql`.
+    Binary,
+}
+
+impl Format {
+    /// The protocol's format code.
+    pub fn code(self) -> i16 {
+        match self {
+            Format::Text => 0,
+            Format::Binary => 1,
+        }
+    }
+}
+
+/// One result column, from a RowDescription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    name: String,
+    table_oid: u32,
+    column_id: i16,
+    type_: Type,
+    type_size: i16,
+    type_modifier: i32,
+    format: Format,
+}
+
+impl Column {
+    /// The column name (`?column?` for unnamed expressions).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// OID of the table the column comes from, or 0.
+    pub fn table_oid(&self) -> u32 {
+        self.table_oid
+    }
+
+    /// Attribute number of the column in that table, or 0.
+    pub fn column_id(&self) -> i16 {
+        self.column_id
+    }
+
+    /// The column type. Types `postgres-types` does not know get a placeholder named
+    /// `oid<N>` with the right OID.
+    pub fn type_(&self) -> &Type {
+        &self.type_
+    }
+
+    /// `pg_type.typlen` (negative for variable width).
+    pub fn type_size(&self) -> i16 {
+        self.type_size
+    }
+
+    /// `pg_attribute.atttypmod`.
+    pub fn type_modifier(&self) -> i32 {
+        self.type_modifier
+    }
+
+    /// The format values of this column arrive in.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+}
+
+/// A type for an OID, with a placeholder for types `postgres-types` does not know.
+pub fn type_for_oid(oid: u32) -> Type {
+    Type::from_oid(oid).unwrap_or_else(|| {
+        Type::new(
+            format!("oid{oid}"),
+            oid,
+            postgres_types::Kind::Simple,
+            "pg_catalog".into(),
+        )
+    })
+}
+
+/// The columns of a result, parsed from a RowDescription body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Columns {
+    columns: Vec<Column>,
+}
+
+impl Columns {
+    /// Parses a RowDescription (`T`) body.
+    pub fn parse(body: &[u8]) -> Result<Columns, PgError> {
+        let mut c = Cursor::new(body, "RowDescription");
+        let n = c.u16()? as usize;
+        // Each column takes at least 19 bytes: never trust `n` for an allocation size.
+        let mut columns = Vec::with_capacity(n.min(c.remaining() / 19));
+        for _ in 0..n {
+            let name = c.cstr()?.to_owned();
+            let table_oid = c.u32()?;
+            let column_id = c.i16()?;
+            let oid = c.u32()?;
+            let type_size = c.i16()?;
+            let type_modifier = c.i32()?;
+            let format = match c.i16()? {
+                0 => Format::Text,
+                1 => Format::Binary,
+                f => {
+                    return Err(PgError::protocol(format!(
+                        "RowDescription column {name:?} has unknown format code {f}"
+                    )))
+                }
+            };
+            let type_ = type_for_oid(oid);
+            columns.push(Column {
+                name,
+                table_oid,
+                column_id,
+                type_,
+                type_size,
+                type_modifier,
+                format,
+            });
+        }
+        c.finish()?;
+        Ok(Columns { columns })
+    }
+
+    /// Sets every column's format. A Describe of a statement reports format 0 (text) because
+    /// formats are chosen at Bind; a connection that binds with binary result formats calls
+    /// this on the cached description.
+    pub fn set_format(&mut self, format: Format) {
+        for col in &mut self.columns {
+            col.format = format;
+        }
+    }
+
+    /// Number of columns.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// No columns (a statement that returns no rows).
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// The column at `idx`.
+    pub fn get(&self, idx: usize) -> Option<&Column> {
+        self.columns.get(idx)
+    }
+
+    /// The columns in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Column> {
+        self.columns.iter()
+    }
+
+    /// The index of the first column named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+/// Parses a ParameterDescription (`t`) body into the parameter types.
+pub fn parameter_types(body: &[u8]) -> Result<Vec<Type>, PgError> {
+    let mut c = Cursor::new(body, "ParameterDescription");
+    let n = c.u16()? as usize;
+    let mut types = Vec::with_capacity(n.min(c.remaining() / 4));
+    for _ in 0..n {
+        types.push(type_for_oid(c.u32()?));
+    }
+    c.finish()?;
+    Ok(types)
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A column index: a position (`usize`) or a name (`&str`, `String`).
+pub trait RowIndex: sealed::Sealed {
+    /// The position of this column in `columns`, if there is one.
+    fn index(&self, columns: &Columns) -> Option<usize>;
+
+    /// How to name this index in an error message: `index 3` or `named "n"`.
+    fn describe(&self) -> String;
+}
+
+impl sealed::Sealed for usize {}
+impl RowIndex for usize {
+    fn index(&self, columns: &Columns) -> Option<usize> {
+        (*self < columns.len()).then_some(*self)
+    }
+
+    fn describe(&self) -> String {
+        format!("index {self}")
+    }
+}
+
+impl sealed::Sealed for str {}
+impl RowIndex for str {
+    fn index(&self, columns: &Columns) -> Option<usize> {
+        columns.index_of(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("named {self:?}")
+    }
+}
+
+impl sealed::Sealed for String {}
+impl RowIndex for String {
+    fn index(&self, columns: &Columns) -> Option<usize> {
+        columns.index_of(self)
+    }
+
+    fn describe(&self) -> String {
+        self.as_str().describe()
+    }
+}
+
+impl<T: RowIndex + ?Sized> sealed::Sealed for &T {}
+impl<T: RowIndex + ?Sized> RowIndex for &T {
+    fn index(&self, columns: &Columns) -> Option<usize> {
+        T::index(self, columns)
+    }
+
+    fn describe(&self) -> String {
+        T::describe(self)
+    }
+}
+
+/// One row of a result, borrowing the DataRow body and the result's [`Columns`].
+#[derive(Clone)]
+pub struct Row<'a> {
+    body: &'a [u8],
+    columns: &'a Columns,
+    /// Offset of each of the first `INLINE_FIELDS` fields' length prefix in `body`.
+    starts: [u32; INLINE_FIELDS],
+}
+
+impl fmt::Debug for Row<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut l = f.debug_list();
+        for i in 0..self.len() {
+            l.entry(&self.raw(i).map(|v| v.map(String::from_utf8_lossy)));
+        }
+        l.finish()
+    }
+}
+
+fn bad_row(msg: impl fmt::Display) -> PgError {
+    PgError::protocol(format!("malformed DataRow: {msg}"))
+}
+
+impl<'a> Row<'a> {
+    /// Validates a DataRow (`D`) body against `columns`: the field count must match and every
+    /// field must lie inside the body. After this, reading fields cannot fail on framing.
+    pub fn new(body: &'a [u8], columns: &'a Columns) -> Result<Row<'a>, PgError> {
+        let mut c = Cursor::new(body, "DataRow");
+        let n = c.u16()? as usize;
+        if n != columns.len() {
+            return Err(bad_row(format_args!(
+                "{n} fields but the row description has {} columns",
+                columns.len()
+            )));
+        }
+        let mut starts = [0u32; INLINE_FIELDS];
+        for i in 0..n {
+            if let Some(s) = starts.get_mut(i) {
+                // A body is at most max_message_bytes, far below u32::MAX.
+                *s = u32::try_from(c.pos()).map_err(|_| bad_row("body too long"))?;
+            }
+            let len = c.i32()?;
+            if len >= 0 {
+                c.bytes(len as usize)
+                    .map_err(|_| bad_row(format_args!("field {i} of {len} bytes is truncated")))?;
+            } else if len != -1 {
+                return Err(bad_row(format_args!("field {i} has negative length {len}")));
+            }
+        }
+        c.finish()
+            .map_err(|_| bad_row("trailing bytes after the last field"))?;
+        Ok(Row {
+            body,
+            columns,
+            starts,
+        })
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// No fields.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// The columns of this row.
+    pub fn columns(&self) -> &'a Columns {
+        self.columns
+    }
+
+    /// The raw bytes of field `idx`: `Some(None)` for NULL, `None` if out of range.
+    pub fn raw(&self, idx: usize) -> Option<Option<&'a [u8]>> {
+        if idx >= self.len() {
+            return None;
+        }
+        let (first, start) = match self.starts.get(idx) {
+            Some(&s) => (idx, s as usize),
+            None => (INLINE_FIELDS - 1, self.starts[INLINE_FIELDS - 1] as usize),
+        };
+        let mut c = Cursor::new(self.body.get(start..)?, "DataRow");
+        for _ in first..idx {
+            let len = c.i32().ok()?;
+            if len > 0 {
+                c.bytes(len as usize).ok()?;
+            }
+        }
+        let len = c.i32().ok()?;
+        if len < 0 {
+            return Some(None);
+        }
+        c.bytes(len as usize).ok().map(Some)
+    }
+
+    fn resolve(&self, idx: impl RowIndex) -> Result<(usize, &'a Column), PgError> {
+        let i = idx.index(self.columns).ok_or_else(|| {
+            let names: Vec<&str> = self.columns.iter().map(Column::name).collect();
+            PgError::conversion(format!(
+                "no column {} in a row of {} columns ({})",
+                idx.describe(),
+                self.len(),
+                names.join(", ")
+            ))
+        })?;
+        let col = self
+            .columns
+            .get(i)
+            .ok_or_else(|| PgError::conversion("column vanished"))?;
+        Ok((i, col))
+    }
+
+    /// Whether field `idx` is NULL. Errors on a bad index or name.
+    pub fn is_null(&self, idx: impl RowIndex) -> Result<bool, PgError> {
+        let (i, _) = self.resolve(idx)?;
+        Ok(matches!(self.raw(i), Some(None)))
+    }
+
+    /// Decodes field `idx` (a position or a column name) as `T`.
+    ///
+    /// Fails with a conversion error naming the column and the types when `T` cannot read the
+    /// column's type, when the value is NULL and `T` is not an `Option`, when the column is in
+    /// text format (use [`Row::get_text`]), or when decoding fails.
+    pub fn get<T: FromSql<'a>>(&self, idx: impl RowIndex) -> Result<T, PgError> {
+        let (i, col) = self.resolve(idx)?;
+        let rust = std::any::type_name::<T>();
+        if !T::accepts(col.type_()) {
+            return Err(PgError::conversion(format!(
+                "column {:?} (index {i}) has type {}, which cannot be read as {rust}",
+                col.name(),
+                col.type_().name()
+            )));
+        }
+        if col.format() != Format::Binary {
+            return Err(PgError::conversion(format!(
+                "column {:?} (index {i}) is in text format; read it with get_text",
+                col.name()
+            )));
+        }
+        let raw = self
+            .raw(i)
+            .ok_or_else(|| PgError::conversion("field vanished"))?;
+        T::from_sql_nullable(col.type_(), raw).map_err(|e| {
+            PgError::conversion_with(
+                format!(
+                    "column {:?} (index {i}, type {}) could not be read as {rust}",
+                    col.name(),
+                    col.type_().name()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// Same as [`Row::get`] (which already returns a `Result`); named for tokio-postgres users.
+    pub fn try_get<T: FromSql<'a>>(&self, idx: impl RowIndex) -> Result<T, PgError> {
+        self.get(idx)
+    }
+
+    /// The text of field `idx` in a text-format result (simple queries): `Ok(None)` for NULL.
+    /// Errors on a bad index, a binary-format column, or a value that is not UTF-8.
+    pub fn get_text(&self, idx: impl RowIndex) -> Result<Option<&'a str>, PgError> {
+        let (i, col) = self.resolve(idx)?;
+        if col.format() != Format::Text {
+            return Err(PgError::conversion(format!(
+                "column {:?} (index {i}) is in binary format; read it with get",
+                col.name()
+            )));
+        }
+        match self.raw(i) {
+            Some(Some(bytes)) => std::str::from_utf8(bytes).map(Some).map_err(|e| {
+                PgError::conversion_with(
+                    format!("column {:?} (index {i}) is not UTF-8 text", col.name()),
+                    Box::new(e),
+                )
+            }),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "row_tests.rs"]
+mod tests;

@@ -1,0 +1,390 @@
+//! The startup and authentication state machine.
+//!
+//! ```text
+//! start() ─► StartupMessage
+//! Auth ──R Ok──────────────────────────────────────────────► Params
+//!      ──R Cleartext/MD5 ─► PasswordMessage ─► AwaitOk ─R Ok─► Params
+//!      ──R SASL ─► SASLInitialResponse ─► Scram ─R SASLContinue─► SASLResponse ─►
+//!        ScramFinal ─R SASLFinal (server signature verified)─► AwaitOk ─R Ok─► Params
+//! Params ──S ParameterStatus / K BackendKeyData── Params ──Z─► Ready(ServerInfo)
+//! ```
+//!
+//! Every phase also accepts NoticeResponse (logged) and ErrorResponse (a server error, e.g.
+//! `28P01` for a wrong password; the server closes the connection after it). Anything else is
+//! a protocol error naming the message and the phase. `require_auth` is enforced when the
+//! server names its method, and when it lets the client in without asking for any.
+//!
+//! SCRAM's key derivation (PBKDF2, 4096 rounds by default, ~1 ms) runs inside
+//! [`Startup::handle`] on the calling thread.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
+
+use super::auth::{AuthMethod, RequireAuth};
+use super::cursor::Cursor;
+use super::db_error::DbError;
+use super::encode;
+use super::message::{log_notice, tag_name, AuthRequest, BackendMessage};
+use crate::{PgError, PgOptions};
+
+/// The key a CancelRequest for this session must carry (BackendKeyData).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    /// The backend's process id.
+    pub process_id: i32,
+    /// The secret key.
+    pub secret_key: i32,
+}
+
+impl BackendKey {
+    /// The 16-byte CancelRequest packet for this session, to send on a fresh connection.
+    pub fn cancel_request(&self) -> [u8; 16] {
+        encode::cancel_request(self.process_id, self.secret_key)
+    }
+}
+
+impl fmt::Debug for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendKey")
+            .field("process_id", &self.process_id)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What the server told us during startup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    parameters: BTreeMap<String, String>,
+    backend_key: Option<BackendKey>,
+}
+
+impl ServerInfo {
+    /// A run-time parameter the server reported (`server_version`, `client_encoding`,
+    /// `TimeZone`, `integer_datetimes`, …).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// All reported parameters.
+    pub fn parameters(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.parameters
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Records a ParameterStatus (the connection calls this for ones arriving later).
+    pub fn set_parameter(&mut self, name: &str, value: &str) {
+        self.parameters.insert(name.to_owned(), value.to_owned());
+    }
+
+    /// `server_version`, e.g. `16.2 (Debian 16.2-1)`.
+    pub fn server_version(&self) -> Option<&str> {
+        self.parameter("server_version")
+    }
+
+    /// The key for cancelling this session's queries; `None` if the server sent none (some
+    /// poolers don't).
+    pub fn backend_key(&self) -> Option<BackendKey> {
+        self.backend_key
+    }
+}
+
+/// What [`Startup::handle`] concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupStatus {
+    /// Keep reading (and send `out` if it grew).
+    Continue,
+    /// ReadyForQuery: the session is open.
+    Ready(ServerInfo),
+}
+
+enum Phase {
+    NotStarted,
+    Auth,
+    Scram(Box<ScramSha256>),
+    ScramFinal(Box<ScramSha256>),
+    AwaitOk,
+    Params,
+    Ready,
+    Failed,
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::NotStarted => "before the startup message",
+            Phase::Auth => "waiting for an authentication request",
+            Phase::Scram(_) => "waiting for SASLContinue",
+            Phase::ScramFinal(_) => "waiting for SASLFinal",
+            Phase::AwaitOk => "waiting for AuthenticationOk",
+            Phase::Params => "waiting for ParameterStatus, BackendKeyData or ReadyForQuery",
+            Phase::Ready => "after startup completed",
+            Phase::Failed => "after startup failed",
+        }
+    }
+}
+
+/// Drives the startup handshake and authentication. See the [module docs](self).
+pub struct Startup {
+    user: String,
+    password: Option<String>,
+    database: String,
+    application_name: Option<String>,
+    require_auth: RequireAuth,
+    phase: Phase,
+    info: ServerInfo,
+}
+
+impl fmt::Debug for Startup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Startup")
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .field("phase", &self.phase.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Startup {
+    /// A handshake for the user, password, database, application name and `require_auth`
+    /// of `opts`.
+    pub fn new(opts: &PgOptions) -> Startup {
+        Startup {
+            user: opts.get_user().to_owned(),
+            password: opts.get_password().map(str::to_owned),
+            database: opts.get_database().to_owned(),
+            application_name: opts.get_application_name().map(str::to_owned),
+            require_auth: opts.get_require_auth(),
+            phase: Phase::NotStarted,
+            info: ServerInfo::default(),
+        }
+    }
+
+    /// Appends the StartupMessage (protocol 3.0; user, database, application_name,
+    /// `client_encoding=UTF8`) to `out`.
+    pub fn start(&mut self, out: &mut BytesMut) -> Result<(), PgError> {
+        if !matches!(self.phase, Phase::NotStarted) {
+            return Err(PgError::protocol("startup message already sent"));
+        }
+        let mut params = vec![
+            ("user", self.user.as_str()),
+            ("database", self.database.as_str()),
+            ("client_encoding", "UTF8"),
+        ];
+        if let Some(app) = &self.application_name {
+            params.push(("application_name", app));
+        }
+        encode::startup(params, out)?;
+        self.phase = Phase::Auth;
+        Ok(())
+    }
+
+    /// Whether startup finished successfully.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.phase, Phase::Ready)
+    }
+
+    fn wrong_phase(&self, tag: u8) -> PgError {
+        PgError::protocol(format!(
+            "unexpected {} during startup, {}",
+            tag_name(tag),
+            self.phase.name()
+        ))
+    }
+
+    fn password(&self, method: AuthMethod) -> Result<&str, PgError> {
+        self.password.as_deref().ok_or_else(|| {
+            PgError::auth(format!(
+                "the server asked for {method} authentication but no password was configured"
+            ))
+        })
+    }
+
+    /// Feeds one backend message; responses (passwords, SASL messages) are appended to `out`.
+    /// An error is final: the connection must be closed.
+    pub fn handle(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<StartupStatus, PgError> {
+        let result = self.step(tag, body, out);
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result
+    }
+
+    fn step(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<StartupStatus, PgError> {
+        if matches!(self.phase, Phase::NotStarted | Phase::Ready | Phase::Failed) {
+            return Err(self.wrong_phase(tag));
+        }
+        let msg = BackendMessage::decode(tag, body)?;
+        match (&mut self.phase, msg) {
+            (_, BackendMessage::ErrorResponse(body)) => Err(PgError::server(DbError::parse(body)?)),
+            (_, BackendMessage::NoticeResponse(body)) => {
+                log_notice(&DbError::parse(body)?);
+                Ok(StartupStatus::Continue)
+            }
+            (
+                Phase::Auth,
+                BackendMessage::NegotiateProtocolVersion {
+                    newest_minor,
+                    unrecognized,
+                },
+            ) => {
+                tracing::info!(
+                    newest_minor,
+                    unrecognized,
+                    "server negotiated the protocol version down"
+                );
+                Ok(StartupStatus::Continue)
+            }
+            (Phase::Auth, BackendMessage::Authentication(req)) => {
+                self.on_auth_request(tag, req, out)
+            }
+            (
+                Phase::Scram(scram),
+                BackendMessage::Authentication(AuthRequest::SaslContinue(data)),
+            ) => {
+                scram.update(data).map_err(|e| {
+                    PgError::auth(format!("invalid SCRAM server-first message: {e}"))
+                })?;
+                encode::sasl_response(scram.message(), out)?;
+                let Phase::Scram(scram) = std::mem::replace(&mut self.phase, Phase::Failed) else {
+                    return Err(self.wrong_phase(tag));
+                };
+                self.phase = Phase::ScramFinal(scram);
+                Ok(StartupStatus::Continue)
+            }
+            (
+                Phase::ScramFinal(scram),
+                BackendMessage::Authentication(AuthRequest::SaslFinal(data)),
+            ) => {
+                scram.finish(data).map_err(|e| {
+                    PgError::auth(format!(
+                        "the server failed to prove it knows the password (SCRAM server signature): {e}"
+                    ))
+                })?;
+                self.phase = Phase::AwaitOk;
+                Ok(StartupStatus::Continue)
+            }
+            (Phase::AwaitOk, BackendMessage::Authentication(AuthRequest::Ok)) => {
+                self.phase = Phase::Params;
+                Ok(StartupStatus::Continue)
+            }
+            (Phase::Params, BackendMessage::ParameterStatus { name, value }) => {
+                self.info.set_parameter(name, value);
+                Ok(StartupStatus::Continue)
+            }
+            (
+                Phase::Params,
+                BackendMessage::BackendKeyData {
+                    process_id,
+                    secret_key,
+                },
+            ) => {
+                self.info.backend_key = Some(BackendKey {
+                    process_id,
+                    secret_key,
+                });
+                Ok(StartupStatus::Continue)
+            }
+            (Phase::Params, BackendMessage::ReadyForQuery(_)) => {
+                self.phase = Phase::Ready;
+                Ok(StartupStatus::Ready(std::mem::take(&mut self.info)))
+            }
+            _ => Err(self.wrong_phase(tag)),
+        }
+    }
+
+    fn on_auth_request(
+        &mut self,
+        tag: u8,
+        req: AuthRequest<'_>,
+        out: &mut BytesMut,
+    ) -> Result<StartupStatus, PgError> {
+        let unsupported = |name: &str| {
+            PgError::auth(format!(
+                "the server asked for {name} authentication, which ioxide-pg does not support"
+            ))
+        };
+        match req {
+            AuthRequest::Ok => {
+                self.require_auth.check(AuthMethod::None)?;
+                self.phase = Phase::Params;
+            }
+            AuthRequest::CleartextPassword => {
+                self.require_auth.check(AuthMethod::Password)?;
+                encode::password(self.password(AuthMethod::Password)?.as_bytes(), out)?;
+                self.phase = Phase::AwaitOk;
+            }
+            AuthRequest::Md5Password { salt } => {
+                self.require_auth.check(AuthMethod::Md5)?;
+                let password = self.password(AuthMethod::Md5)?;
+                let hash = md5_hash(self.user.as_bytes(), password.as_bytes(), salt);
+                encode::password(hash.as_bytes(), out)?;
+                self.phase = Phase::AwaitOk;
+            }
+            AuthRequest::Sasl { mechanisms } => {
+                self.require_auth.check(AuthMethod::ScramSha256)?;
+                let (scram, plus) = sasl_mechanisms(mechanisms)?;
+                if !scram {
+                    return Err(if plus {
+                        PgError::auth(
+                            "the server offers only SCRAM-SHA-256-PLUS, whose channel binding needs TLS, which ioxide-pg does not speak",
+                        )
+                    } else {
+                        PgError::auth("the server offers no SASL mechanism ioxide-pg supports (only SCRAM-SHA-256 is)")
+                    });
+                }
+                let password = self.password(AuthMethod::ScramSha256)?;
+                // No TLS, so no channel binding: the "n" GS2 flag.
+                let scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                encode::sasl_initial_response(SCRAM_SHA_256, scram.message(), out)?;
+                self.phase = Phase::Scram(Box::new(scram));
+            }
+            AuthRequest::KerberosV5 => return Err(unsupported("Kerberos V5")),
+            AuthRequest::ScmCredential => return Err(unsupported("SCM credential")),
+            AuthRequest::Gss | AuthRequest::GssContinue => {
+                self.require_auth.check(AuthMethod::Gss)?;
+                return Err(unsupported("GSSAPI"));
+            }
+            AuthRequest::Sspi => {
+                self.require_auth.check(AuthMethod::Sspi)?;
+                return Err(unsupported("SSPI"));
+            }
+            AuthRequest::SaslContinue(_) | AuthRequest::SaslFinal(_) => {
+                return Err(self.wrong_phase(tag))
+            }
+        }
+        Ok(StartupStatus::Continue)
+    }
+}
+
+/// Which of SCRAM-SHA-256 and SCRAM-SHA-256-PLUS an AuthenticationSASL body offers.
+fn sasl_mechanisms(body: &[u8]) -> Result<(bool, bool), PgError> {
+    let mut c = Cursor::new(body, "AuthenticationSASL");
+    let (mut scram, mut plus) = (false, false);
+    loop {
+        match c.cstr_bytes()? {
+            b"" => break,
+            m if m == SCRAM_SHA_256.as_bytes() => scram = true,
+            m if m == SCRAM_SHA_256_PLUS.as_bytes() => plus = true,
+            _ => {}
+        }
+    }
+    c.finish()?;
+    Ok((scram, plus))
+}
+
+#[cfg(test)]
+#[path = "startup_tests.rs"]
+mod tests;
