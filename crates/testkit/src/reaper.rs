@@ -22,6 +22,8 @@ trap '' INT HUP TERM QUIT PIPE
 while read -r _line; do :; done
 root="$1"
 data="$2"
+# Drop already cleaned up (the usual case): nothing to scan.
+[ -e "$root" ] || exit 0
 procs() {
   for p in /proc/[0-9]*; do
     if [ "$(readlink "$p/cwd" 2>/dev/null)" = "$data" ]; then echo "${p#/proc/}"; fi

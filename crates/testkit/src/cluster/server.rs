@@ -408,14 +408,60 @@ fn temp_base(as_other_user: bool) -> PathBuf {
     }
 }
 
-/// A loopback port nobody listens on right now (the kernel's choice for port 0).
+/// A loopback port nobody listens on right now.
+///
+/// Chosen at random *below* the kernel's ephemeral range, so the port cannot be handed out as
+/// the local port of some client connection (a pool reconnecting during `restart()`, say)
+/// while the server is down; ports already handed out by this process are skipped. Falls
+/// back to the kernel's choice (`bind :0`) if that range is unusable.
 fn free_port() -> Result<u16> {
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let (low, _) = ephemeral_range();
+    let floor = 10_000u16;
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if low > floor + 1000 {
+        let span = u64::from(low - floor);
+        for _ in 0..200 {
+            let offset = u16::try_from(random_u64() % span).unwrap_or(0);
+            let port = floor + offset;
+            if !taken.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                taken.push(port);
+                return Ok(port);
+            }
+        }
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| Error::io("binding 127.0.0.1:0 to pick a port", e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("reading the probe's address", e))?;
+    taken.push(addr.port());
     Ok(addr.port())
+}
+
+/// The kernel's ephemeral port range (Linux default 32768–60999).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+/// Randomness good enough to spread ports: std's per-process random hash keys, mixed with the
+/// time and pid so concurrent test processes differ.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
