@@ -213,7 +213,9 @@ impl Cluster {
         parse_count(&self.psql_in("postgres", &sql)?)
     }
 
-    /// How many client backends are connected, not counting the session asking.
+    /// How many client backends are connected, not counting the session asking. This
+    /// includes `psql` control sessions running concurrently in other threads; prefer
+    /// [`Cluster::backend_count_for`] with the test role to count a driver's connections.
     ///
     /// # Errors
     /// As [`Cluster::psql`].

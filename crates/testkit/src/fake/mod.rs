@@ -215,13 +215,26 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, script_for: &Arc<Sc
                     let _ = serve(stream, index, &script, &shared);
                 }));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(listener, POLL),
             Err(_) => std::thread::sleep(POLL),
         }
     }
     for worker in workers {
         let _ = worker.join();
     }
+}
+
+/// Blocks until the listener has a pending connection or `timeout` passes, so accepts are
+/// immediate while the stop flag is still checked every `POLL`.
+fn wait_readable(listener: &TcpListener, timeout: Duration) {
+    let mut fds = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is one valid, initialised pollfd for a live fd, and nfds is 1.
+    let _ = unsafe { libc::poll(&mut fds, 1, ms) };
 }
 
 /// Why a connection's script stopped early.
