@@ -211,12 +211,12 @@ impl Reply {
 
     fn unexpected(&self, tag: u8) -> PgError {
         let kind = if self.steps.is_some() {
-            "extended-protocol"
+            "an extended-protocol"
         } else {
-            "simple"
+            "a simple"
         };
         PgError::protocol(format!(
-            "unexpected {} in the reply to a {kind} command: expecting {}",
+            "unexpected {} in the reply to {kind} command: expecting {}",
             tag_name(tag),
             self.state.expecting()
         ))

@@ -1,1 +1,245 @@
+use super::*;
+use crate::AuthMethod;
 
+fn auth(code: i32, extra: &[u8]) -> Vec<u8> {
+    [&code.to_be_bytes()[..], extra].concat()
+}
+
+fn opts() -> PgOptions {
+    PgOptions::new()
+        .user("alice")
+        .database("db")
+        .application_name("app")
+        .password("pw")
+}
+
+fn started(opts: &PgOptions) -> (Startup, BytesMut) {
+    let mut s = Startup::new(opts);
+    let mut out = BytesMut::new();
+    s.start(&mut out).expect("start");
+    (s, out)
+}
+
+/// Feeds the post-authentication messages and expects Ready.
+fn finish(s: &mut Startup, out: &mut BytesMut) -> ServerInfo {
+    for (tag, body) in [
+        (b'S', &b"server_version\x0016.2\0"[..]),
+        (b'S', b"client_encoding\0UTF8\0"),
+        (b'K', &[0, 0, 0, 42, 0, 0, 0, 7]),
+    ] {
+        assert_eq!(s.handle(tag, body, out).ok(), Some(StartupStatus::Continue));
+    }
+    match s.handle(b'Z', b"I", out) {
+        Ok(StartupStatus::Ready(info)) => info,
+        other => panic!("expected Ready, got {other:?}"),
+    }
+}
+
+fn err_text(r: Result<StartupStatus, PgError>) -> String {
+    r.err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn startup_message_carries_user_database_encoding_and_app() {
+    let (_, out) = started(&opts());
+    let body = &out[8..];
+    let expected: &[u8] =
+        b"user\0alice\0database\0db\0client_encoding\0UTF8\0application_name\0app\0\0";
+    assert_eq!(body, expected);
+    assert_eq!(&out[4..8], &[0, 3, 0, 0], "protocol 3.0");
+    assert_eq!(
+        out.len(),
+        u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize
+    );
+}
+
+#[test]
+fn trust_goes_straight_to_parameters() {
+    let (mut s, mut out) = started(&opts());
+    out.clear();
+    assert_eq!(
+        s.handle(b'R', &auth(0, b""), &mut out).ok(),
+        Some(StartupStatus::Continue)
+    );
+    let info = finish(&mut s, &mut out);
+    assert!(out.is_empty());
+    assert!(s.is_ready());
+    assert_eq!(info.server_version(), Some("16.2"));
+    assert_eq!(info.parameter("client_encoding"), Some("UTF8"));
+    let key = info.backend_key().expect("key");
+    assert_eq!((key.process_id, key.secret_key), (42, 7));
+    assert!(!format!("{key:?}").contains('7'), "secret redacted");
+    assert!(
+        s.handle(b'Z', b"I", &mut out).is_err(),
+        "nothing after Ready"
+    );
+}
+
+#[test]
+fn cleartext_password_is_sent() {
+    let (mut s, mut out) = started(&opts());
+    out.clear();
+    assert!(s.handle(b'R', &auth(3, b""), &mut out).is_ok());
+    assert_eq!(&out[..], b"p\0\0\0\x07pw\0");
+    assert!(s.handle(b'R', &auth(0, b""), &mut out).is_ok());
+    finish(&mut s, &mut out);
+}
+
+#[test]
+fn md5_password_is_hashed_with_user_and_salt() {
+    let o = PgOptions::new().user("md5_user").password("password");
+    let (mut s, mut out) = started(&o);
+    out.clear();
+    assert!(s
+        .handle(b'R', &auth(5, &[0x2a, 0x3d, 0x8f, 0xe0]), &mut out)
+        .is_ok());
+    // known answer: md5(md5("password" + "md5_user") + salt)
+    assert_eq!(&out[5..], b"md562af4dd09bbb41884907a838a3233294\0");
+}
+
+#[test]
+fn missing_password_is_a_clear_error() {
+    let o = PgOptions::new().user("u");
+    for (code, extra) in [(3, &b""[..]), (5, b"salt"), (10, b"SCRAM-SHA-256\0\0")] {
+        let (mut s, mut out) = started(&o);
+        let body = auth(code, extra);
+        let e = err_text(s.handle(b'R', &body, &mut out));
+        assert!(e.contains("no password was configured"), "{code}: {e}");
+    }
+}
+
+#[test]
+fn require_auth_refuses_weaker_methods() {
+    let o = opts().require_auth(RequireAuth::only(&[AuthMethod::ScramSha256]));
+    for (body, needle) in [
+        (auth(0, b""), "did not ask for authentication"),
+        (auth(3, b""), "asked for password authentication"),
+        (auth(5, b"salt"), "asked for md5 authentication"),
+    ] {
+        let (mut s, mut out) = started(&o);
+        let before = out.len();
+        let e = err_text(s.handle(b'R', &body, &mut out));
+        assert!(e.contains(needle) && e.contains("require_auth"), "{e}");
+        assert_eq!(out.len(), before, "no password leaves when refused");
+    }
+}
+
+#[test]
+fn unsupported_methods_are_named() {
+    for (code, name) in [(2, "Kerberos V5"), (6, "SCM"), (7, "GSSAPI"), (9, "SSPI")] {
+        let (mut s, mut out) = started(&opts());
+        let e = s.handle(b'R', &auth(code, b""), &mut out).err();
+        assert!(e.as_ref().is_some_and(PgError::is_auth));
+        let e = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(name) && e.contains("not support"), "{e}");
+    }
+}
+
+#[test]
+fn sasl_without_plain_scram_explains_channel_binding() {
+    let (mut s, mut out) = started(&opts());
+    let e = err_text(s.handle(b'R', &auth(10, b"SCRAM-SHA-256-PLUS\0\0"), &mut out));
+    assert!(e.contains("SCRAM-SHA-256-PLUS") && e.contains("TLS"), "{e}");
+    let (mut s, mut out) = started(&opts());
+    let e = err_text(s.handle(b'R', &auth(10, b"OTHER\0\0"), &mut out));
+    assert!(e.contains("no SASL mechanism"), "{e}");
+    let (mut s, mut out) = started(&opts());
+    assert!(
+        s.handle(b'R', &auth(10, b"SCRAM-SHA-256"), &mut out)
+            .is_err(),
+        "unterminated"
+    );
+}
+
+#[test]
+fn sasl_picks_scram_sha_256() {
+    let (mut s, mut out) = started(&opts());
+    out.clear();
+    let body = auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+    assert!(s.handle(b'R', &body, &mut out).is_ok());
+    assert_eq!(out[0], b'p');
+    assert!(out[5..].starts_with(b"SCRAM-SHA-256\0"));
+    let client_first = &out[5 + 14 + 4..];
+    assert!(
+        client_first.starts_with(b"n,,n=,r="),
+        "{:?}",
+        String::from_utf8_lossy(client_first)
+    );
+}
+
+#[test]
+fn server_error_during_startup_is_a_server_error() {
+    let (mut s, mut out) = started(&opts());
+    let body = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user \"alice\"\0\0";
+    let e = s.handle(b'E', body, &mut out).err();
+    assert_eq!(e.as_ref().and_then(PgError::sql_state), Some("28P01"));
+    assert!(e
+        .as_ref()
+        .and_then(PgError::as_db_error)
+        .is_some_and(DbError::is_fatal));
+    assert!(
+        s.handle(b'R', &auth(0, b""), &mut out).is_err(),
+        "failed is final"
+    );
+}
+
+#[test]
+fn notices_and_protocol_negotiation_are_tolerated() {
+    let (mut s, mut out) = started(&opts());
+    let notice = b"SWARNING\0VWARNING\0C01000\0Mheads up\0\0";
+    assert_eq!(
+        s.handle(b'N', notice, &mut out).ok(),
+        Some(StartupStatus::Continue)
+    );
+    let npv = [
+        0, 0, 0, 0, 0, 0, 0, 1, b'_', b'p', b'q', b'_', b'.', b'x', 0,
+    ];
+    assert_eq!(
+        s.handle(b'v', &npv, &mut out).ok(),
+        Some(StartupStatus::Continue)
+    );
+    assert!(s.handle(b'R', &auth(0, b""), &mut out).is_ok());
+    assert_eq!(
+        s.handle(b'N', notice, &mut out).ok(),
+        Some(StartupStatus::Continue)
+    );
+    finish(&mut s, &mut out);
+}
+
+#[test]
+fn messages_in_the_wrong_phase_are_protocol_errors() {
+    let (mut s, mut out) = started(&opts());
+    let e = err_text(s.handle(b'Z', b"I", &mut out));
+    assert_eq!(
+        e,
+        "protocol error: unexpected ReadyForQuery ('Z') during startup, waiting for an authentication request"
+    );
+    let (mut s, mut out) = started(&opts());
+    assert!(
+        s.handle(b'K', &[0; 8], &mut out).is_err(),
+        "BackendKeyData before AuthenticationOk"
+    );
+    let (mut s, mut out) = started(&opts());
+    assert!(
+        s.handle(b'R', &auth(11, b"r=x"), &mut out).is_err(),
+        "SASLContinue unasked"
+    );
+    let (mut s, mut out) = started(&opts());
+    assert!(s.handle(b'R', &auth(3, b""), &mut out).is_ok());
+    assert!(
+        s.handle(b'R', &auth(3, b""), &mut out).is_err(),
+        "asked twice"
+    );
+    let (mut s, mut out) = started(&opts());
+    assert!(s.handle(b'D', b"\0\0", &mut out).is_err());
+    let mut fresh = Startup::new(&opts());
+    assert!(
+        fresh.handle(b'R', &auth(0, b""), &mut out).is_err(),
+        "before start"
+    );
+    let mut fresh = Startup::new(&opts());
+    assert!(
+        fresh.start(&mut out).is_ok() && fresh.start(&mut out).is_err(),
+        "start twice"
+    );
+}
