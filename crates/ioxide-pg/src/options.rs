@@ -162,8 +162,11 @@ impl PgOptions {
     }
 
     fn apply_url(mut self, s: &str) -> Result<PgOptions, PgError> {
+        // `postgres://user@/db?host=/dir` (no host, as libpq allows) does not parse as a URL:
+        // parse it with a placeholder host and ignore that host.
+        let (s, has_host) = fill_empty_host(s);
         // Never echo the URL: it may hold a password.
-        let url = url::Url::parse(s).map_err(|e| PgError::config("url", None, e.to_string()))?;
+        let url = url::Url::parse(&s).map_err(|e| PgError::config("url", None, e.to_string()))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(PgError::config(
                 "url",
@@ -174,7 +177,7 @@ impl PgOptions {
                 ),
             ));
         }
-        match url.host() {
+        match url.host().filter(|_| has_host) {
             Some(url::Host::Domain(d)) if !d.is_empty() => {
                 self = self.apply("host", &percent_decode(d, "host")?, "host")?;
             }
@@ -590,6 +593,26 @@ fn percent_decode(s: &str, field: &str) -> Result<String, PgError> {
     }
     String::from_utf8(out)
         .map_err(|_| PgError::config(field, None, "percent-decodes to invalid UTF-8"))
+}
+
+/// Returns `url` with a placeholder host if its authority has none, and whether it had one.
+fn fill_empty_host(url: &str) -> (std::borrow::Cow<'_, str>, bool) {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return (url.into(), true);
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
+    let host_and_port = &authority[host_start..];
+    if !host_and_port.is_empty() && !host_and_port.starts_with(':') {
+        return (url.into(), true);
+    }
+    let at = scheme_end + host_start;
+    (
+        format!("{}placeholder{}", &url[..at], &url[at..]).into(),
+        false,
+    )
 }
 
 /// Splits a libpq conninfo string into `(key, value)` pairs.

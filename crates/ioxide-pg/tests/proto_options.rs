@@ -1,0 +1,226 @@
+//! `PgOptions`: builders, env, URL, conninfo, validation, resolution, redaction.
+
+use std::collections::HashMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ioxide_pg::{AuthMethod, Host, PgError, PgOptions, Target};
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+fn err(r: Result<PgOptions, PgError>) -> String {
+    r.err()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "no error".into())
+}
+
+#[test]
+fn defaults_are_documented_values() {
+    let o = PgOptions::from_env_with(env(&[("USER", "os_user")])).expect("defaults");
+    assert_eq!(o.get_host(), &Host::Tcp("localhost".into()));
+    assert_eq!(o.get_port(), 5432);
+    assert_eq!(o.get_user(), "os_user");
+    assert_eq!(o.get_database(), "os_user");
+    assert_eq!(o.get_password(), None);
+    assert_eq!(o.get_connect_timeout(), Some(Duration::from_secs(10)));
+    assert_eq!(o.get_command_timeout(), Some(Duration::from_secs(30)));
+    assert_eq!(o.get_max_message_bytes(), 64 << 20);
+    assert_eq!(o.get_statement_cache_capacity(), 256);
+    assert_eq!(o.get_pool_size(), 8);
+    assert_eq!(o.get_pipeline_depth(), 1);
+    assert_eq!(o.get_acquire_timeout(), Duration::from_secs(5));
+    assert!(o.get_require_auth().allows(AuthMethod::None));
+    let o = PgOptions::from_env_with(env(&[])).expect("defaults");
+    assert_eq!(o.get_user(), "postgres");
+}
+
+#[test]
+fn libpq_environment_is_read() {
+    let o = PgOptions::from_env_with(env(&[
+        ("PGHOST", "db.internal"),
+        ("PGPORT", "6432"),
+        ("PGUSER", "app"),
+        ("USER", "ignored"),
+        ("PGPASSWORD", "s3cret"),
+        ("PGDATABASE", "appdb"),
+        ("PGAPPNAME", "svc"),
+        ("PGCONNECT_TIMEOUT", "3"),
+        ("PGREQUIREAUTH", "scram-sha-256"),
+    ]))
+    .expect("valid env");
+    assert_eq!(o.get_host(), &Host::Tcp("db.internal".into()));
+    assert_eq!(o.get_port(), 6432);
+    assert_eq!(o.get_user(), "app");
+    assert_eq!(o.get_password(), Some("s3cret"));
+    assert_eq!(o.get_database(), "appdb");
+    assert_eq!(o.get_application_name(), Some("svc"));
+    assert_eq!(o.get_connect_timeout(), Some(Duration::from_secs(3)));
+    assert!(!o.get_require_auth().allows(AuthMethod::Md5));
+}
+
+#[test]
+fn database_url_wins_over_pg_variables() {
+    let o = PgOptions::from_env_with(env(&[
+        ("DATABASE_URL", "postgres://u:p@h:1234/d"),
+        ("PGHOST", "other"),
+        ("PGPORT", "9999"),
+        ("PGPASSWORD", "other"),
+    ]))
+    .expect("valid");
+    assert_eq!(o.get_host(), &Host::Tcp("h".into()));
+    assert_eq!(
+        (o.get_port(), o.get_user(), o.get_database()),
+        (1234, "u", "d")
+    );
+    assert_eq!(o.get_password(), Some("p"));
+}
+
+#[test]
+fn bad_env_value_names_the_variable() {
+    let e = err(PgOptions::from_env_with(env(&[("PGPORT", "abc")])));
+    assert_eq!(e, "invalid PGPORT \"abc\": invalid digit found in string");
+    let e = err(PgOptions::from_env_with(env(&[(
+        "PGCONNECT_TIMEOUT",
+        "-1",
+    )])));
+    assert!(e.starts_with("invalid PGCONNECT_TIMEOUT \"-1\""), "{e}");
+}
+
+#[test]
+fn url_with_everything() {
+    let o = PgOptions::from_url(
+        "postgresql://us%40er:p%40ss%20word@db.example:5433/my%2Fdb?application_name=web&connect_timeout=2.5&command_timeout=0&pool_size=3&statement_cache_capacity=0",
+    )
+    .expect("valid url");
+    assert_eq!(o.get_user(), "us@er");
+    assert_eq!(o.get_password(), Some("p@ss word"));
+    assert_eq!(o.get_host(), &Host::Tcp("db.example".into()));
+    assert_eq!(o.get_port(), 5433);
+    assert_eq!(o.get_database(), "my/db");
+    assert_eq!(o.get_application_name(), Some("web"));
+    assert_eq!(o.get_connect_timeout(), Some(Duration::from_millis(2500)));
+    assert_eq!(o.get_command_timeout(), None, "0 = off");
+    assert_eq!(
+        (o.get_pool_size(), o.get_statement_cache_capacity()),
+        (3, 0)
+    );
+}
+
+#[test]
+fn url_ipv6_and_unix_socket_hosts() {
+    let o = PgOptions::from_url("postgres://u@[::1]:5433/d").expect("ipv6");
+    assert_eq!(o.get_host(), &Host::Tcp("::1".into()));
+    let target = o.resolve().expect("literal resolves without DNS");
+    assert_eq!(
+        target,
+        Target::Tcp(vec![SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 5433)])
+    );
+
+    let o = PgOptions::from_url("postgres://u@/d?host=/run/postgresql").expect("unix");
+    assert_eq!(o.get_host(), &Host::Unix("/run/postgresql".into()));
+    assert_eq!(
+        o.resolve().expect("unix"),
+        Target::Unix(PathBuf::from("/run/postgresql/.s.PGSQL.5432"))
+    );
+    let o = PgOptions::from_url("postgres://%2Ftmp%2Fpg:6000/d").expect("encoded unix host");
+    assert_eq!(
+        o.resolve().expect("unix"),
+        Target::Unix("/tmp/pg/.s.PGSQL.6000".into())
+    );
+}
+
+#[test]
+fn url_errors_name_the_field_and_never_echo_the_password() {
+    let e = err(PgOptions::from_url("mysql://u:hunter2@h/d"));
+    assert!(e.contains("scheme") && !e.contains("hunter2"), "{e}");
+    let e = err(PgOptions::from_url("postgres://u:hunter2@h:99999/d"));
+    assert!(
+        e.starts_with("invalid url") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = err(PgOptions::from_url("postgres://h/d?frobnicate=1"));
+    assert_eq!(
+        e,
+        "invalid option \"frobnicate\": unknown connection option"
+    );
+    let e = err(PgOptions::from_url("postgres://h/d?sslmode=require"));
+    assert!(e.contains("TLS is not supported"), "{e}");
+    let e = err(PgOptions::from_url("postgres://h1,h2/d"));
+    assert!(e.contains("multiple hosts"), "{e}");
+}
+
+#[test]
+fn conninfo_with_quotes_and_escapes() {
+    let o = PgOptions::from_conninfo(
+        r"host=10.0.0.1 port = 5434 user=bob password='a b\'c\\d' dbname=x application_name=it\ works",
+    )
+    .expect("valid conninfo");
+    assert_eq!(o.get_host(), &Host::Tcp("10.0.0.1".into()));
+    assert_eq!(o.get_port(), 5434);
+    assert_eq!(o.get_user(), "bob");
+    assert_eq!(o.get_password(), Some(r"a b'c\d"));
+    assert_eq!(o.get_database(), "x");
+    assert_eq!(o.get_application_name(), Some("it works"));
+    assert!(PgOptions::from_conninfo("").is_ok(), "empty = defaults");
+    assert!(PgOptions::from_conninfo("password=''").is_ok_and(|o| o.get_password() == Some("")));
+}
+
+#[test]
+fn conninfo_errors() {
+    assert_eq!(
+        err(PgOptions::from_conninfo("port=abc")),
+        "invalid port \"abc\": invalid digit found in string"
+    );
+    assert!(err(PgOptions::from_conninfo("host")).contains("missing \"=\""));
+    assert!(err(PgOptions::from_conninfo("password='open")).contains("unterminated"));
+    assert!(err(PgOptions::from_conninfo("port=0")).starts_with("invalid port"));
+    assert!(err(PgOptions::from_conninfo("pool_size=0")).starts_with("invalid pool_size"));
+    assert!(err(PgOptions::from_conninfo("max_message_bytes=10"))
+        .starts_with("invalid max_message_bytes"));
+    assert!(
+        err(PgOptions::from_conninfo("require_auth=kerberos")).starts_with("invalid require_auth")
+    );
+}
+
+#[test]
+fn from_str_picks_url_or_conninfo() {
+    let a: PgOptions = "postgres://u@h:1/d".parse().expect("url");
+    let b: PgOptions = "user=u host=h port=1 dbname=d".parse().expect("conninfo");
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+}
+
+#[test]
+fn debug_never_prints_the_password() {
+    let o = PgOptions::new().user("u").password("hunter2");
+    let d = format!("{o:?}");
+    assert!(
+        d.contains("password: Some(<redacted>)") && !d.contains("hunter2"),
+        "{d}"
+    );
+    let d = format!("{:?}", PgOptions::new());
+    assert!(d.contains("password: None"), "{d}");
+}
+
+#[test]
+fn builder_host_forms_and_resolution() {
+    let o = PgOptions::new().host("[::1]").port(1);
+    assert_eq!(o.get_host(), &Host::Tcp("::1".into()));
+    let o = PgOptions::new().host("127.0.0.1").port(5432);
+    assert_eq!(
+        o.resolve().ok(),
+        Some(Target::Tcp(vec!["127.0.0.1:5432".parse().expect("addr")]))
+    );
+    let o = PgOptions::new().host("localhost");
+    assert!(matches!(o.resolve(), Ok(Target::Tcp(a)) if !a.is_empty()));
+    let e = PgOptions::new().host("").resolve().err();
+    assert_eq!(e.as_ref().and_then(PgError::config_field), Some("host"));
+    let o = PgOptions::new().connect_timeout(Duration::ZERO);
+    assert_eq!(o.get_connect_timeout(), None);
+}
