@@ -13,6 +13,8 @@
 //! - [`reply`] is the per-command reply machine ([`reply::Reply`]).
 //! - [`encode`] appends frontend messages to a send buffer.
 //! - [`row`] and [`query_result`] read results without copying them.
+//! - [`driver`] is the reference routing loop below, as plain code: startup first, then
+//!   asynchronous messages out, then the head command. Property tests and fuzzers use it.
 //!
 //! # How a connection drives them
 //!
@@ -50,6 +52,7 @@
 pub mod auth;
 mod cursor;
 pub mod db_error;
+pub mod driver;
 pub mod encode;
 pub mod frame;
 pub mod message;

@@ -92,7 +92,8 @@ fn simple_error_skips_to_ready_for_query() {
 
 #[test]
 fn simple_out_of_place_messages_are_protocol_errors() {
-    let cases: [(&str, &[(u8, &[u8])], &str); 6] = [
+    type Case<'a> = (&'a str, &'a [(u8, &'a [u8])], &'a str);
+    let cases: [Case<'_>; 6] = [
         (
             "row before desc",
             &[(b'D', ROW)],
