@@ -9,10 +9,12 @@
 //!
 //! The ring-driven connection and the pool build on these.
 
+mod conn;
 pub mod error;
 pub mod options;
 pub mod proto;
 
+pub use conn::{Params, PgConnection, ResultSet};
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use options::{Host, PgOptions, Target};
 pub use proto::auth::{AuthMethod, RequireAuth};

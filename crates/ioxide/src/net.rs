@@ -86,8 +86,13 @@ impl Stream {
     /// Receives into the spare capacity of `buf` (after its initialised bytes), extending
     /// its length. `Ok(0)` means the peer closed. A buffer without spare capacity is an error
     /// (`ENOBUFS`), never a silent zero-length read.
-    pub async fn recv<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
-        ring::recv(self.fd.clone(), buf).await
+    ///
+    /// The op is submitted when this is called; the returned [`Recv`] is a nameable, `Unpin`
+    /// future, so a connection can keep one receive armed in its own state.
+    pub fn recv<B: IoBufMut>(&self, buf: B) -> Recv<B> {
+        Recv {
+            op: ring::recv(self.fd.clone(), buf),
+        }
     }
 
     /// Shuts down one or both directions. Pending receives complete (with 0) once the read
@@ -146,6 +151,28 @@ impl Stream {
 fn inet(addr: sys::RawAddr) -> io::Result<SocketAddr> {
     addr.to_inet()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an inet socket"))
+}
+
+/// A receive in flight (see [`Stream::recv`]). Dropping it cancels the op; the buffer stays
+/// with the ring until the kernel is done with it.
+pub struct Recv<B: IoBufMut> {
+    op: ring::Op<ring::RecvOp<B>>,
+}
+
+impl<B: IoBufMut> fmt::Debug for Recv<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Recv")
+    }
+}
+
+impl<B: IoBufMut> std::future::Future for Recv<B> {
+    type Output = (io::Result<usize>, B);
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.op).poll(cx)
+    }
 }
 
 /// A TCP listener whose connections arrive through one multishot accept op.

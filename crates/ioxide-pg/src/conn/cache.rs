@@ -1,0 +1,134 @@
+//! The per-connection statement cache: SQL text → server-side prepared statement, bounded,
+//! least recently used evicted.
+
+use crate::proto::row::Columns;
+use postgres_types::Type;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A statement prepared on the server.
+#[derive(Debug, Clone)]
+pub(crate) struct Statement {
+    pub(crate) name: Rc<str>,
+    pub(crate) params: Rc<[Type]>,
+    /// Result columns, formats set to binary (what Bind asks for).
+    pub(crate) columns: Rc<Columns>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    stmt: Statement,
+    last_used: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct StatementCache {
+    capacity: usize,
+    map: HashMap<Box<str>, Entry>,
+    clock: u64,
+    next_name: u64,
+}
+
+impl StatementCache {
+    pub(crate) fn new(capacity: usize) -> StatementCache {
+        StatementCache {
+            capacity,
+            map: HashMap::new(),
+            clock: 0,
+            next_name: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// A fresh statement name, unique on this connection.
+    pub(crate) fn new_name(&mut self) -> Rc<str> {
+        self.next_name += 1;
+        Rc::from(format!("ioxide_s{}", self.next_name))
+    }
+
+    pub(crate) fn get(&mut self, sql: &str) -> Option<Statement> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.map.get_mut(sql).map(|e| {
+            e.last_used = clock;
+            e.stmt.clone()
+        })
+    }
+
+    /// Inserts a statement. Returns the names of statements that must now be closed on the
+    /// server: the evicted least recently used one, or `stmt` itself when caching is off or
+    /// an entry for `sql` already exists (two first uses raced).
+    pub(crate) fn insert(&mut self, sql: &str, stmt: Statement) -> Option<Rc<str>> {
+        if self.capacity == 0 || self.map.contains_key(sql) {
+            return Some(stmt.name);
+        }
+        let mut evicted = None;
+        if self.map.len() >= self.capacity {
+            let lru = self
+                .map
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = lru {
+                evicted = self.map.remove(&k).map(|e| e.stmt.name);
+            }
+        }
+        self.clock += 1;
+        self.map.insert(
+            sql.into(),
+            Entry {
+                stmt,
+                last_used: self.clock,
+            },
+        );
+        evicted
+    }
+
+    /// Forgets `sql` (the server invalidated it); returns its name to close.
+    pub(crate) fn remove(&mut self, sql: &str) -> Option<Rc<str>> {
+        self.map.remove(sql).map(|e| e.stmt.name)
+    }
+
+    /// Forgets everything (the connection's server session is gone).
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stmt(c: &mut StatementCache) -> Statement {
+        Statement {
+            name: c.new_name(),
+            params: Rc::from(vec![]),
+            columns: Rc::new(Columns::default()),
+        }
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used() {
+        let mut c = StatementCache::new(2);
+        let a = stmt(&mut c);
+        let b = stmt(&mut c);
+        let x = stmt(&mut c);
+        assert_eq!(c.insert("a", a.clone()), None);
+        assert_eq!(c.insert("b", b), None);
+        assert!(c.get("a").is_some()); // b is now least recent
+        assert_eq!(c.insert("x", x).as_deref(), Some("ioxide_s2"));
+        assert!(c.get("b").is_none());
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn capacity_zero_caches_nothing() {
+        let mut c = StatementCache::new(0);
+        let a = stmt(&mut c);
+        assert_eq!(c.insert("a", a).as_deref(), Some("ioxide_s1"));
+        assert!(c.get("a").is_none());
+    }
+}

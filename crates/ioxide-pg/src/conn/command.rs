@@ -1,0 +1,166 @@
+//! The future of one command, and the consumers ("sinks") its reply events go to.
+
+use super::cache::Statement;
+use super::result::ResultSet;
+use super::state::{CmdErrors, Conn, Sink};
+use crate::proto::reply::ReplyEvent;
+use crate::proto::row::{parameter_types, Columns, Format, Row};
+use crate::PgError;
+use postgres_types::Type;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+/// Awaits command `seq`'s reply, feeding its events to `sink`. Dropping it before the end
+/// abandons the command: its reply is drained by the watcher and discarded, so the next
+/// command is never handed a stale reply.
+pub(crate) struct CmdFuture<'c, 's, S: Sink> {
+    conn: &'c Conn,
+    seq: u64,
+    sent_from: u64,
+    sink: &'s mut S,
+    errs: CmdErrors,
+    done: bool,
+}
+
+impl<'c, 's, S: Sink> CmdFuture<'c, 's, S> {
+    pub(crate) fn new(conn: &'c Conn, seq: u64, sent_from: u64, sink: &'s mut S) -> Self {
+        CmdFuture {
+            conn,
+            seq,
+            sent_from,
+            sink,
+            errs: CmdErrors::default(),
+            done: false,
+        }
+    }
+}
+
+impl<S: Sink> Unpin for CmdFuture<'_, '_, S> {}
+
+impl<S: Sink> Future for CmdFuture<'_, '_, S> {
+    type Output = Result<(), PgError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Err(PgError::closed("command polled after completion")));
+        }
+        let r = this
+            .conn
+            .poll_cmd(cx, this.seq, this.sent_from, this.sink, &mut this.errs);
+        if r.is_ready() {
+            this.done = true;
+        }
+        r
+    }
+}
+
+impl<S: Sink> Drop for CmdFuture<'_, '_, S> {
+    fn drop(&mut self) {
+        if !self.done {
+            abandon(self.conn, self.seq);
+        }
+    }
+}
+
+/// Marks command `seq` as having no future; if it is the head, the watcher takes over.
+pub(crate) fn abandon(conn: &Conn, seq: u64) {
+    let was_head = {
+        let mut st = conn.st.borrow_mut();
+        let Some(front) = st.queue.front().map(|c| c.seq) else {
+            return;
+        };
+        let pos = seq.wrapping_sub(front) as usize;
+        match st.queue.get_mut(pos) {
+            Some(cmd) => {
+                cmd.abandoned = true;
+                cmd.waker = None;
+                pos == 0
+            }
+            None => false,
+        }
+    };
+    if was_head {
+        conn.wake_driver();
+    }
+}
+
+/// Collects a Describe's ParameterDescription and RowDescription/NoData.
+#[derive(Default)]
+pub(crate) struct PrepareSink {
+    params: Option<Vec<Type>>,
+    columns: Option<Columns>,
+}
+
+impl Sink for PrepareSink {
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError> {
+        match ev {
+            ReplyEvent::ParameterDescription(body) => self.params = Some(parameter_types(body)?),
+            ReplyEvent::RowDescription(body) => {
+                let mut cols = Columns::parse(body)?;
+                // Bind asks for every result column in binary.
+                cols.set_format(Format::Binary);
+                self.columns = Some(cols);
+            }
+            ReplyEvent::NoData => self.columns = Some(Columns::default()),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl PrepareSink {
+    pub(crate) fn into_statement(self, name: Rc<str>) -> Result<Statement, PgError> {
+        match (self.params, self.columns) {
+            (Some(params), Some(columns)) => Ok(Statement {
+                name,
+                params: Rc::from(params),
+                columns: Rc::new(columns),
+            }),
+            _ => Err(PgError::protocol(
+                "the server did not describe the prepared statement",
+            )),
+        }
+    }
+}
+
+/// Collects every row into a [`ResultSet`].
+pub(crate) struct SetSink(pub(crate) ResultSet);
+
+impl Sink for SetSink {
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError> {
+        self.0.accept(ev)
+    }
+}
+
+/// Hands each row to a borrowed callback as it arrives.
+pub(crate) struct RowsSink<'f, F> {
+    pub(crate) columns: Rc<Columns>,
+    f: &'f mut F,
+    pub(crate) rows: u64,
+}
+
+impl<'f, F> RowsSink<'f, F> {
+    pub(crate) fn new(columns: Rc<Columns>, f: &'f mut F) -> Self {
+        RowsSink {
+            columns,
+            f,
+            rows: 0,
+        }
+    }
+}
+
+impl<F> Sink for RowsSink<'_, F>
+where
+    F: FnMut(Row<'_>) -> Result<(), PgError>,
+{
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError> {
+        if let ReplyEvent::DataRow(body) = ev {
+            let row = Row::new(body, &self.columns)?;
+            (self.f)(row)?;
+            self.rows += 1;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,447 @@
+//! `PgConnection`: one conversation with the server, driven by ring ops on the reactor that
+//! opened it. See `state` for who reads the socket, `tasks` for the writer, the watcher, the
+//! CancelRequest and the timeout sweep.
+
+mod cache;
+mod command;
+mod result;
+mod state;
+mod tasks;
+
+pub use result::ResultSet;
+
+use crate::proto::encode;
+use crate::proto::message::TxnStatus;
+use crate::proto::reply::{Reply, ReplyEvent};
+use crate::proto::startup::{BackendKey, ServerInfo, Startup, StartupStatus};
+use crate::proto::{frame, row::Row};
+use crate::{Host, PgError, PgOptions, QueryResult, Target, TimeoutKind};
+use bytes::BytesMut;
+use cache::StatementCache;
+use command::{CmdFuture, RowsSink, SetSink};
+use postgres_types::ToSql;
+use state::{Conn, State, RECV_BUF};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How long a timed-out command's connection may take to resync (the cancelled command
+/// reaching ReadyForQuery) before it is torn down.
+const CANCEL_GRACE: Duration = Duration::from_millis(500);
+
+/// A parameter list: `&[&41i64, &"text"]`.
+pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// One connection to PostgreSQL, on the current reactor.
+///
+/// Many commands may be in flight at once (pipelining): each ends with its own Sync, so an
+/// error stays with its command, and commands issued in the same loop turn leave in one send.
+/// A server error is returned after the stream resynchronised; the connection stays usable.
+/// A transport failure breaks it: every waiter fails and [`is_broken`](Self::is_broken) turns
+/// true.
+///
+/// Cloning gives another handle to the same connection; when the last handle is dropped the
+/// connection is closed (Terminate, then the socket).
+pub struct PgConnection {
+    conn: Rc<Conn>,
+}
+
+impl fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.conn.st.borrow();
+        f.debug_struct("PgConnection")
+            .field("backend_pid", &self.conn.key.map(|k| k.process_id))
+            .field("in_flight", &st.queue.len())
+            .field("broken", &st.broken)
+            .finish()
+    }
+}
+
+impl Clone for PgConnection {
+    fn clone(&self) -> Self {
+        self.conn.handles.set(self.conn.handles.get() + 1);
+        PgConnection {
+            conn: self.conn.clone(),
+        }
+    }
+}
+
+impl Drop for PgConnection {
+    fn drop(&mut self) {
+        let n = self.conn.handles.get() - 1;
+        self.conn.handles.set(n);
+        if n == 0 {
+            self.start_close();
+        }
+    }
+}
+
+impl PgConnection {
+    /// Connects with `opts`. The host must be an IP literal or a Unix socket directory: a host
+    /// name needs a DNS lookup, which must happen before the reactors start — resolve it with
+    /// [`PgOptions::resolve`] and use [`PgConnection::connect_to`].
+    pub async fn connect(opts: &PgOptions) -> Result<PgConnection, PgError> {
+        if let Host::Tcp(h) = opts.get_host() {
+            if h.parse::<IpAddr>().is_err() {
+                return Err(PgError::config(
+                    "host",
+                    Some(h),
+                    "a host name must be resolved before the reactors start: call \
+                     PgOptions::resolve() and PgConnection::connect_to()",
+                ));
+            }
+        }
+        let target = opts.resolve()?;
+        Self::connect_to(opts, target).await
+    }
+
+    /// Connects to an already resolved `target`, bounded by `connect_timeout`.
+    pub async fn connect_to(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError> {
+        let open = open(opts, target);
+        match opts.get_connect_timeout() {
+            Some(t) => match ioxide::time::timeout(t, open).await {
+                Ok(r) => r,
+                Err(_) => Err(PgError::timeout(TimeoutKind::Connect, t)),
+            },
+            None => open.await,
+        }
+    }
+
+    /// Runs `sql` with the simple protocol (several `;`-separated statements allowed; see
+    /// [`QueryResult`] for what is reported).
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
+    /// let r = conn.query("SELECT 42").await?;
+    /// assert_eq!((r.value(), r.rows(), r.command_tag()), (Some("42"), 1, "SELECT 1"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, PgError> {
+        let (seq, from) = self
+            .conn
+            .enqueue(Reply::simple(), |out| encode::query(sql, out))?;
+        let mut sink = QrSink(QueryResult::new());
+        CmdFuture::new(&self.conn, seq, from, &mut sink).await?;
+        Ok(sink.0)
+    }
+
+    /// Runs a parameterized statement (prepared and cached per connection) and collects its
+    /// rows. Values travel in binary; the first use of `sql` costs two round trips, later
+    /// ones one.
+    pub async fn query_params(&self, sql: &str, params: Params<'_>) -> Result<ResultSet, PgError> {
+        let mut sink = SetSink(ResultSet::new(Rc::default()));
+        self.run_cached(sql, params, &mut sink, &mut |s, stmt| {
+            s.0 = ResultSet::new(stmt.columns.clone());
+        })
+        .await?;
+        Ok(sink.0)
+    }
+
+    /// Runs a parameterized statement and hands each row to `f` as it arrives, borrowed from
+    /// the receive buffer (no allocation per row). Returns the number of rows. If `f` returns
+    /// an error, no more rows are delivered, the reply is drained, and that error is returned.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
+    /// let mut sum = 0i64;
+    /// let n = conn
+    ///     .query_rows("SELECT n FROM generate_series(1, 10) n", &[], |row| {
+    ///         sum += row.get::<i32>("n")? as i64;
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// assert_eq!((n, sum), (10, 55));
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_rows<F>(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+        mut f: F,
+    ) -> Result<u64, PgError>
+    where
+        F: FnMut(Row<'_>) -> Result<(), PgError>,
+    {
+        let mut sink = RowsSink::new(Rc::default(), &mut f);
+        self.run_cached(sql, params, &mut sink, &mut |s, stmt| {
+            s.columns = stmt.columns.clone();
+            s.rows = 0;
+        })
+        .await?;
+        Ok(sink.rows)
+    }
+
+    /// Runs a parameterized statement and returns the rows it affected.
+    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, PgError> {
+        self.query_params(sql, params)
+            .await
+            .map(|r| r.rows_affected())
+    }
+
+    /// Sends a CancelRequest for whatever this connection is running now (on a separate
+    /// connection, as the protocol requires) and waits until the server has acted on it.
+    pub async fn cancel(&self) -> Result<(), PgError> {
+        match self.conn.key {
+            Some(key) => tasks::send_cancel(&self.conn.target, key).await,
+            None => Err(PgError::closed(
+                "the server sent no BackendKeyData; cannot cancel",
+            )),
+        }
+    }
+
+    /// Closes gracefully: Terminate, then the socket. Commands in flight finish first.
+    pub async fn close(self) {
+        self.start_close();
+        let conn = self.conn.clone();
+        drop(self);
+        let wait = std::future::poll_fn(|cx| {
+            if conn.is_broken() {
+                std::task::Poll::Ready(())
+            } else {
+                conn.st.borrow_mut().close_waiters.push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        });
+        let _ = ioxide::time::timeout(Duration::from_secs(2), wait).await;
+        if !conn.is_broken() {
+            conn.fail(&PgError::closed("connection closed"));
+        }
+    }
+
+    fn start_close(&self) {
+        let mut st = self.conn.st.borrow_mut();
+        if st.closing || st.broken.is_some() {
+            return;
+        }
+        st.closing = true;
+        encode::terminate(&mut st.out);
+        st.queued_total += 5;
+        if let Some(w) = st.writer_waker.take() {
+            drop(st);
+            w.wake();
+        }
+    }
+
+    /// True once a transport failure (or close) ended this connection.
+    pub fn is_broken(&self) -> bool {
+        self.conn.is_broken()
+    }
+
+    /// Commands sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.conn.st.borrow().queue.len()
+    }
+
+    /// The session's transaction state after the last completed command.
+    pub fn transaction_status(&self) -> TxnStatus {
+        self.conn.st.borrow().txn
+    }
+
+    /// The server process serving this connection.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.conn.key.map(|k| k.process_id)
+    }
+
+    /// A server parameter (`server_version`, `client_encoding`, `TimeZone`, …), as last
+    /// reported.
+    pub fn parameter(&self, name: &str) -> Option<String> {
+        self.conn
+            .st
+            .borrow()
+            .info
+            .parameter(name)
+            .map(str::to_owned)
+    }
+
+    /// Statements currently in the cache.
+    pub fn cached_statements(&self) -> usize {
+        self.conn.st.borrow().cache.len()
+    }
+
+    /// Runs `sql` through the statement cache, re-preparing once if the server says the
+    /// cached statement is stale (`0A000` cached plan changed, `26000` no such statement).
+    async fn run_cached<S: state::Sink>(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+        sink: &mut S,
+        reset: &mut dyn FnMut(&mut S, &cache::Statement),
+    ) -> Result<(), PgError> {
+        let mut attempt = 0;
+        loop {
+            let (stmt, close_after) = self.statement(sql).await?;
+            let (seq, from) = self.conn.enqueue(Reply::bind_execute(), |out| {
+                encode::bind("", &stmt.name, params, &stmt.params, out)?;
+                encode::execute("", 0, out)?;
+                encode::sync(out);
+                Ok(())
+            })?;
+            if let Some(name) = close_after {
+                self.close_statement_detached(&name);
+            }
+            reset(sink, &stmt);
+            let r = CmdFuture::new(&self.conn, seq, from, sink).await;
+            match r {
+                Err(e) if attempt == 0 && is_stale_statement(&e) => {
+                    attempt += 1;
+                    let name = self.conn.st.borrow_mut().cache.remove(sql);
+                    if let Some(name) = name {
+                        self.close_statement_detached(&name);
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The prepared statement for `sql`: from the cache, or prepared now (Parse + Describe +
+    /// Sync). The second value names a statement to close after use (caching off, or a race
+    /// with another first use).
+    async fn statement(&self, sql: &str) -> Result<(cache::Statement, Option<Rc<str>>), PgError> {
+        if let Some(stmt) = self.conn.st.borrow_mut().cache.get(sql) {
+            return Ok((stmt, None));
+        }
+        let name = self.conn.st.borrow_mut().cache.new_name();
+        let (seq, from) = self.conn.enqueue(Reply::prepare(), |out| {
+            encode::parse(&name, sql, &[], out)?;
+            encode::describe(encode::Target::Statement, &name, out)?;
+            encode::sync(out);
+            Ok(())
+        })?;
+        let mut prep = command::PrepareSink::default();
+        CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
+        let stmt = prep.into_statement(name)?;
+        let extra = self.conn.st.borrow_mut().cache.insert(sql, stmt.clone());
+        let close_after = match extra {
+            Some(n) if n == stmt.name => Some(n),
+            Some(evicted) => {
+                self.close_statement_detached(&evicted);
+                None
+            }
+            None => None,
+        };
+        Ok((stmt, close_after))
+    }
+
+    /// Queues Close(statement) + Sync; nobody awaits it (the watcher drains its reply).
+    fn close_statement_detached(&self, name: &str) {
+        let steps = crate::proto::reply::Steps {
+            close: true,
+            ..Default::default()
+        };
+        let r = self.conn.enqueue(Reply::extended(steps), |out| {
+            encode::close(encode::Target::Statement, name, out)?;
+            encode::sync(out);
+            Ok(())
+        });
+        if let Ok((seq, _)) = r {
+            command::abandon(&self.conn, seq);
+        }
+    }
+}
+
+fn is_stale_statement(e: &PgError) -> bool {
+    match e.as_db_error() {
+        Some(db) => {
+            db.code() == "26000"
+                || (db.code() == "0A000" && db.message().contains("cached plan must not change"))
+        }
+        None => false,
+    }
+}
+
+struct QrSink(QueryResult);
+
+impl state::Sink for QrSink {
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError> {
+        self.0.accept(ev)
+    }
+}
+
+/// Connect, startup and authentication, then start the writer and watcher tasks.
+async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError> {
+    let max = opts.get_max_message_bytes();
+    let stream = tasks::connect_target(&target).await?;
+    let mut startup = Startup::new(opts);
+    let mut out = BytesMut::with_capacity(512);
+    startup.start(&mut out)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+    let info: ServerInfo = 'handshake: loop {
+        if !out.is_empty() {
+            let (r, b) = stream.send_all(out).await;
+            out = b;
+            r.map_err(|e| PgError::io("sending the startup handshake", e))?;
+            out.clear();
+        }
+        let mut pos = 0;
+        while let Some(f) = frame::next_frame(&buf[pos..], max)? {
+            let body = &buf[pos + frame::HEADER_LEN..pos + f.len];
+            pos += f.len;
+            if let StartupStatus::Ready(info) = startup.handle(f.tag, body, &mut out)? {
+                buf.drain(..pos);
+                break 'handshake info;
+            }
+        }
+        buf.drain(..pos);
+        if !out.is_empty() {
+            continue;
+        }
+        let needed = frame::bytes_needed(&buf, max)?;
+        buf.reserve(needed.max(1024));
+        let (r, b) = stream.recv(buf).await;
+        buf = b;
+        match r {
+            Ok(0) => {
+                return Err(PgError::io(
+                    "the server closed the connection during startup",
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(PgError::io("receiving the startup handshake", e)),
+        }
+    };
+    if !buf.is_empty() {
+        return Err(PgError::protocol(
+            "unexpected bytes after ReadyForQuery in startup",
+        ));
+    }
+    let key: Option<BackendKey> = info.backend_key();
+    let conn = Rc::new(Conn {
+        stream,
+        st: RefCell::new(State {
+            out: BytesMut::with_capacity(8 * 1024),
+            queued_total: 0,
+            handed_total: 0,
+            writer_waker: None,
+            watcher_waker: None,
+            rbuf: Some(buf),
+            recv: None,
+            queue: VecDeque::new(),
+            next_seq: 0,
+            broken: None,
+            broken_transport: false,
+            closing: false,
+            txn: TxnStatus::Idle,
+            cache: StatementCache::new(opts.get_statement_cache_capacity()),
+            cancelling: None,
+            info,
+            close_waiters: Vec::new(),
+        }),
+        target,
+        key,
+        max_message: max,
+        command_timeout: opts.get_command_timeout(),
+        cancel_grace: CANCEL_GRACE,
+        handles: Cell::new(1),
+    });
+    drop(ioxide::spawn(tasks::writer(conn.clone())));
+    drop(ioxide::spawn(tasks::watcher(conn.clone())));
+    if conn.command_timeout.is_some() {
+        tasks::Sweeper::register(&conn);
+    }
+    Ok(PgConnection { conn })
+}

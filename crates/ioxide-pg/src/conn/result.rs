@@ -1,0 +1,109 @@
+//! Owned results of extended-protocol queries: every row of a result set in one buffer.
+
+use crate::proto::query_result::rows_from_tag;
+use crate::proto::reply::ReplyEvent;
+use crate::proto::row::{Columns, Row};
+use crate::PgError;
+use postgres_types::FromSql;
+use std::ops::Range;
+use std::rc::Rc;
+
+/// The rows of one extended-protocol query, stored contiguously (one growing buffer for all
+/// DataRow bodies, not an allocation per row), with the statement's column description.
+///
+/// ```no_run
+/// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
+/// let rs = conn.query_params("SELECT $1::int8 + 1 AS n", &[&41i64]).await?;
+/// assert_eq!(rs.len(), 1);
+/// let n: i64 = rs.row(0)?.get("n")?;
+/// assert_eq!(n, 42);
+/// assert_eq!(rs.scalar::<i64>()?, 42);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ResultSet {
+    columns: Rc<Columns>,
+    data: Vec<u8>,
+    rows: Vec<Range<u32>>,
+    tag: String,
+}
+
+impl ResultSet {
+    pub(crate) fn new(columns: Rc<Columns>) -> ResultSet {
+        ResultSet {
+            columns,
+            data: Vec::new(),
+            rows: Vec::new(),
+            tag: String::new(),
+        }
+    }
+
+    pub(crate) fn accept(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError> {
+        match ev {
+            ReplyEvent::DataRow(body) => {
+                // Validate now so that reading later cannot fail on framing.
+                Row::new(body, &self.columns)?;
+                let start = u32::try_from(self.data.len())
+                    .map_err(|_| PgError::conversion("result set larger than 4 GiB"))?;
+                self.data.extend_from_slice(body);
+                let end = u32::try_from(self.data.len())
+                    .map_err(|_| PgError::conversion("result set larger than 4 GiB"))?;
+                self.rows.push(start..end);
+            }
+            ReplyEvent::CommandComplete(tag) => {
+                self.tag.clear();
+                self.tag.push_str(tag);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The column description.
+    pub fn columns(&self) -> &Columns {
+        &self.columns
+    }
+
+    /// Row `i`, or a conversion error naming the index when out of range.
+    pub fn row(&self, i: usize) -> Result<Row<'_>, PgError> {
+        let r = self.rows.get(i).ok_or_else(|| {
+            PgError::conversion(format!(
+                "row {i} out of range: the result has {} rows",
+                self.len()
+            ))
+        })?;
+        Row::new(&self.data[r.start as usize..r.end as usize], &self.columns)
+    }
+
+    /// Every row, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
+        self.rows.iter().filter_map(|r| {
+            Row::new(&self.data[r.start as usize..r.end as usize], &self.columns).ok()
+        })
+    }
+
+    /// The first column of the first row, typed. An error when there is no row.
+    pub fn scalar<'a, T: FromSql<'a>>(&'a self) -> Result<T, PgError> {
+        self.row(0)?.get(0)
+    }
+
+    /// The command tag (`SELECT 1`, `INSERT 0 3`, …).
+    pub fn command_tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Rows affected or returned, as the command tag reports.
+    pub fn rows_affected(&self) -> u64 {
+        rows_from_tag(&self.tag)
+    }
+}

@@ -1,0 +1,588 @@
+//! The connection's shared state and the driver that feeds backend messages to commands.
+//!
+//! # Who reads the socket
+//! One receive is kept armed on the socket at all times. Exactly one party *drives* it — polls
+//! that receive and processes what arrives:
+//! * the future of the **head command** (the oldest in flight), while it is alive: it parses
+//!   its own reply straight out of the receive buffer and hands rows to its consumer (a
+//!   borrowed callback may run here, with no lock held), then returns — no extra task hop;
+//! * otherwise the connection's **watcher task**: when nothing is in flight (so a server that
+//!   closes an idle connection is noticed at once) or when the head command's future was
+//!   dropped or timed out (its reply is drained and discarded, so the stream stays in sync).
+//!
+//! Whenever the head changes, the next driver is woken. Commands behind the head just wait.
+
+use super::cache::StatementCache;
+use crate::proto::frame;
+use crate::proto::message::{classify_async, log_notice, AsyncMessage, TxnStatus};
+use crate::proto::reply::{Reply, ReplyEvent};
+use crate::proto::startup::{BackendKey, ServerInfo};
+use crate::{DbError, PgError, Target, TimeoutKind};
+use bytes::BytesMut;
+use ioxide::net::{Recv, Stream};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Initial receive buffer capacity; it grows to the largest message and shrinks back.
+pub(crate) const RECV_BUF: usize = 16 * 1024;
+/// A receive buffer grown past this is shrunk back once drained (flat memory while
+/// streaming large results).
+const RECV_BUF_SHRINK: usize = 256 * 1024;
+
+/// One command in flight.
+pub(crate) struct Cmd {
+    pub(crate) seq: u64,
+    pub(crate) reply: Reply,
+    pub(crate) waker: Option<Waker>,
+    /// Its future is gone (dropped or timed out): the reply is drained and discarded.
+    pub(crate) abandoned: bool,
+    /// A result decided outside the reply (a command timeout) for the future to pick up.
+    pub(crate) outcome: Option<PgError>,
+    pub(crate) started: Instant,
+}
+
+/// What the cancel of a timed-out command is doing.
+pub(crate) struct Cancelling {
+    /// The timed-out command.
+    pub(crate) seq: u64,
+    /// Tear the connection down if it has not resynced by then.
+    pub(crate) deadline: Instant,
+    /// The CancelRequest connection finished (the server acted on it, or it failed).
+    pub(crate) cancel_done: bool,
+}
+
+pub(crate) struct State {
+    pub(crate) out: BytesMut,
+    /// Bytes ever appended to `out` / handed to the kernel.
+    pub(crate) queued_total: u64,
+    pub(crate) handed_total: u64,
+    pub(crate) writer_waker: Option<Waker>,
+    pub(crate) watcher_waker: Option<Waker>,
+    /// The receive buffer when no receive is in flight and no driver holds it.
+    pub(crate) rbuf: Option<Vec<u8>>,
+    pub(crate) recv: Option<Recv<Vec<u8>>>,
+    pub(crate) queue: VecDeque<Cmd>,
+    pub(crate) next_seq: u64,
+    pub(crate) broken: Option<String>,
+    /// The broken connection's error was a transport failure (vs a closed/terminated one).
+    pub(crate) broken_transport: bool,
+    pub(crate) closing: bool,
+    pub(crate) txn: TxnStatus,
+    pub(crate) cache: StatementCache,
+    pub(crate) cancelling: Option<Cancelling>,
+    pub(crate) info: ServerInfo,
+    /// Woken when the connection ends (graceful close waits on this).
+    pub(crate) close_waiters: Vec<Waker>,
+}
+
+/// A connection: the socket, its state, and what it needs to cancel.
+pub(crate) struct Conn {
+    pub(crate) stream: Stream,
+    pub(crate) st: RefCell<State>,
+    pub(crate) target: Target,
+    pub(crate) key: Option<BackendKey>,
+    pub(crate) max_message: usize,
+    pub(crate) command_timeout: Option<Duration>,
+    pub(crate) cancel_grace: Duration,
+    pub(crate) handles: Cell<usize>,
+}
+
+/// Where a driver's events go: the head command's consumer, or nowhere (drained replies).
+pub(crate) trait Sink {
+    /// One event of the head command's reply. An error stops delivery; the reply is still
+    /// drained to its ReadyForQuery and the command fails with this error.
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError>;
+}
+
+pub(crate) struct Discard;
+
+impl Sink for Discard {
+    fn event(&mut self, _: &ReplyEvent<'_>) -> Result<(), PgError> {
+        Ok(())
+    }
+}
+
+/// Errors seen while driving one command's reply.
+#[derive(Default)]
+pub(crate) struct CmdErrors {
+    pub(crate) server: Option<PgError>,
+    pub(crate) sink: Option<PgError>,
+}
+
+impl CmdErrors {
+    pub(crate) fn into_result(self) -> Result<(), PgError> {
+        match (self.server, self.sink) {
+            (Some(e), _) | (None, Some(e)) => Err(e),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// How driving went.
+enum Driven {
+    /// The head command reached ReadyForQuery.
+    HeadDone,
+    Pending,
+    Broken,
+}
+
+impl Conn {
+    /// Error for a command of this connection that finds it broken.
+    pub(crate) fn broken_error(&self, sent_from: u64) -> PgError {
+        let st = self.st.borrow();
+        let why = st
+            .broken
+            .clone()
+            .unwrap_or_else(|| "connection closed".into());
+        let e = if st.broken_transport {
+            PgError::io(
+                format!("connection broken: {why}"),
+                std::io::ErrorKind::BrokenPipe.into(),
+            )
+        } else {
+            PgError::closed(format!("connection closed: {why}"))
+        };
+        if sent_from >= st.handed_total {
+            e.never_sent()
+        } else {
+            e
+        }
+    }
+
+    /// Marks the connection broken, fails every waiter and stops its ops. Idempotent.
+    pub(crate) fn fail(&self, why: &PgError) {
+        let wakers = {
+            let mut st = self.st.borrow_mut();
+            if st.broken.is_some() {
+                return;
+            }
+            st.broken = Some(why.to_string());
+            st.broken_transport = why.is_transport() || why.is_timeout();
+            st.cache.clear();
+            let mut wakers: Vec<Waker> = st.queue.drain(..).filter_map(|c| c.waker).collect();
+            wakers.extend(st.writer_waker.take());
+            wakers.extend(st.watcher_waker.take());
+            wakers.append(&mut st.close_waiters);
+            wakers
+        };
+        if !self.st.borrow().closing {
+            tracing::debug!(error = %why, "postgres connection broken");
+        }
+        // Every op still in flight on the socket completes now (with ECANCELED).
+        self.stream.cancel_pending();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.st.borrow().broken.is_some()
+    }
+
+    /// Queues a command's bytes (encoded by `encode`) and its reply machine. Returns its seq
+    /// and the offset of its first byte.
+    pub(crate) fn enqueue(
+        &self,
+        reply: Reply,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), PgError>,
+    ) -> Result<(u64, u64), PgError> {
+        let mut st = self.st.borrow_mut();
+        if st.broken.is_some() || st.closing {
+            drop(st);
+            return Err(self.broken_error(u64::MAX));
+        }
+        let before = st.out.len();
+        if let Err(e) = encode(&mut st.out) {
+            st.out.truncate(before);
+            return Err(e.never_sent());
+        }
+        let added = (st.out.len() - before) as u64;
+        let sent_from = st.queued_total;
+        st.queued_total += added;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.queue.push_back(Cmd {
+            seq,
+            reply,
+            waker: None,
+            abandoned: false,
+            outcome: None,
+            started: Instant::now(),
+        });
+        if let Some(w) = st.writer_waker.take() {
+            drop(st);
+            w.wake();
+        }
+        Ok((seq, sent_from))
+    }
+
+    /// Wakes whoever must drive the socket now: the head command's future, or the watcher.
+    pub(crate) fn wake_driver(&self) {
+        let w = {
+            let mut st = self.st.borrow_mut();
+            match st.queue.front_mut() {
+                Some(head) if !head.abandoned => head.waker.take(),
+                _ => st.watcher_waker.take(),
+            }
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Polls command `seq` on behalf of its future, driving the socket when it is the head.
+    pub(crate) fn poll_cmd(
+        &self,
+        cx: &mut Context<'_>,
+        seq: u64,
+        sent_from: u64,
+        sink: &mut dyn Sink,
+        errs: &mut CmdErrors,
+    ) -> Poll<Result<(), PgError>> {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.broken.is_some() {
+                drop(st);
+                return Poll::Ready(Err(self.broken_error(sent_from)));
+            }
+            let Some(front) = st.queue.front() else {
+                drop(st);
+                return Poll::Ready(Err(self.broken_error(sent_from)));
+            };
+            let pos = seq.wrapping_sub(front.seq) as usize;
+            let Some(cmd) = st.queue.get_mut(pos) else {
+                drop(st);
+                return Poll::Ready(Err(PgError::closed("command no longer in flight")));
+            };
+            if let Some(e) = cmd.outcome.take() {
+                cmd.abandoned = true;
+                cmd.waker = None;
+                return Poll::Ready(Err(e));
+            }
+            if pos != 0 {
+                match &mut cmd.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            cmd.waker = Some(cx.waker().clone());
+        }
+        match self.drive(cx, sink, errs) {
+            Driven::HeadDone => {
+                let r = std::mem::take(errs).into_result();
+                self.pop_head();
+                Poll::Ready(r)
+            }
+            Driven::Pending => Poll::Pending,
+            Driven::Broken => Poll::Ready(Err(self.broken_error(sent_from))),
+        }
+    }
+
+    /// Removes the finished head command and hands the socket to the next driver.
+    fn pop_head(&self) {
+        {
+            let mut st = self.st.borrow_mut();
+            let done = st.queue.pop_front();
+            if let (Some(done), Some(c)) = (&done, &st.cancelling) {
+                if c.seq == done.seq && c.cancel_done {
+                    st.cancelling = None;
+                }
+            }
+            if st.cancelling.is_none() && !st.out.is_empty() {
+                if let Some(w) = st.writer_waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        self.wake_driver();
+    }
+
+    /// The watcher's turn: drive while nothing is in flight or the head is abandoned.
+    pub(crate) fn poll_watch(&self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            {
+                let mut st = self.st.borrow_mut();
+                if st.broken.is_some() {
+                    return Poll::Ready(());
+                }
+                match st.queue.front() {
+                    Some(head) if !head.abandoned => {
+                        st.watcher_waker = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    _ => st.watcher_waker = Some(cx.waker().clone()),
+                }
+            }
+            let mut errs = CmdErrors::default();
+            match self.drive(cx, &mut Discard, &mut errs) {
+                Driven::HeadDone => self.pop_head(),
+                Driven::Pending => return Poll::Pending,
+                Driven::Broken => return Poll::Ready(()),
+            }
+        }
+    }
+
+    /// Processes buffered messages for the head command (or, with an empty queue, messages
+    /// that may arrive while idle), receiving more as needed.
+    fn drive(&self, cx: &mut Context<'_>, sink: &mut dyn Sink, errs: &mut CmdErrors) -> Driven {
+        loop {
+            // Get the receive buffer: idle in the state, or back from a finished receive.
+            let (mut buf, mut pos) = {
+                let mut st = self.st.borrow_mut();
+                match st.rbuf.take() {
+                    Some(b) => (b, 0usize),
+                    None => {
+                        let Some(recv) = st.recv.as_mut() else {
+                            drop(st);
+                            self.fail(&PgError::protocol("receive buffer lost (driver bug)"));
+                            return Driven::Broken;
+                        };
+                        match Pin::new(recv).poll(cx) {
+                            Poll::Pending => return Driven::Pending,
+                            Poll::Ready((r, b)) => {
+                                st.recv = None;
+                                match r {
+                                    Ok(0) => {
+                                        drop(st);
+                                        self.fail_eof(&b);
+                                        return Driven::Broken;
+                                    }
+                                    Ok(_) => (b, 0),
+                                    Err(e) => {
+                                        drop(st);
+                                        let closing = self.st.borrow().closing;
+                                        let err = if closing {
+                                            PgError::closed("connection closed")
+                                        } else {
+                                            PgError::io("receiving from the server", e)
+                                        };
+                                        self.fail(&err);
+                                        return Driven::Broken;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            // Process every complete message for the head command.
+            let outcome = self.process(&buf, &mut pos, sink, errs);
+            match outcome {
+                Err(e) => {
+                    self.fail(&e);
+                    return Driven::Broken;
+                }
+                Ok(true) => {
+                    compact(&mut buf, pos);
+                    self.st.borrow_mut().rbuf = Some(buf);
+                    return Driven::HeadDone;
+                }
+                Ok(false) => {}
+            }
+            // Need more bytes: keep what is left, make room, and arm the receive.
+            let needed = match frame::bytes_needed(&buf[pos..], self.max_message) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.fail(&e);
+                    return Driven::Broken;
+                }
+            };
+            compact(&mut buf, pos);
+            let want = (buf.len() + needed).max(RECV_BUF);
+            if buf.capacity() < want {
+                buf.reserve(want - buf.len());
+            } else if buf.capacity() > RECV_BUF_SHRINK && buf.len() < RECV_BUF / 2 {
+                let mut small = Vec::with_capacity(want.max(RECV_BUF));
+                small.extend_from_slice(&buf);
+                buf = small;
+            }
+            if buf.capacity() - buf.len() < RECV_BUF / 4 {
+                buf.reserve(RECV_BUF);
+            }
+            let recv = self.stream.recv(buf);
+            self.st.borrow_mut().recv = Some(recv);
+        }
+    }
+
+    /// Feeds complete messages at `buf[*pos..]` to the head command. `Ok(true)` when the head
+    /// reached ReadyForQuery, `Ok(false)` when more bytes are needed, `Err` when the stream
+    /// is broken.
+    fn process(
+        &self,
+        buf: &[u8],
+        pos: &mut usize,
+        sink: &mut dyn Sink,
+        errs: &mut CmdErrors,
+    ) -> Result<bool, PgError> {
+        while let Some(f) = frame::next_frame(&buf[*pos..], self.max_message)? {
+            let body = &buf[*pos + frame::HEADER_LEN..*pos + f.len];
+            *pos += f.len;
+            if let Some(msg) = classify_async(f.tag, body)? {
+                self.on_async(msg);
+                continue;
+            }
+            let ev = {
+                let mut st = self.st.borrow_mut();
+                match st.queue.front_mut() {
+                    Some(head) => head.reply.on_message(f.tag, body)?,
+                    None => {
+                        drop(st);
+                        return Err(idle_message(f.tag, body));
+                    }
+                }
+            };
+            match ev {
+                ReplyEvent::ServerError(e) => {
+                    let fatal = e.is_fatal();
+                    let err = PgError::server(e);
+                    if fatal {
+                        return Err(err);
+                    }
+                    errs.server.get_or_insert(err);
+                }
+                ReplyEvent::Done { txn_status } => {
+                    self.st.borrow_mut().txn = txn_status;
+                    return Ok(true);
+                }
+                ev => {
+                    if errs.sink.is_none() && errs.server.is_none() {
+                        if let Err(e) = sink.event(&ev) {
+                            errs.sink = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn on_async(&self, msg: AsyncMessage<'_>) {
+        match msg {
+            AsyncMessage::Notice(n) => log_notice(&n),
+            AsyncMessage::ParameterStatus { name, value } => {
+                self.st.borrow_mut().info.set_parameter(name, value);
+            }
+            AsyncMessage::Notification {
+                process_id,
+                channel,
+                payload,
+            } => {
+                tracing::debug!(process_id, channel, payload, "notification (no listener)");
+            }
+        }
+    }
+
+    /// The server closed the connection. Say why if it told us (a FATAL error before EOF was
+    /// already turned into an error by `process`).
+    fn fail_eof(&self, _buf: &[u8]) {
+        let closing = self.st.borrow().closing;
+        let e = if closing {
+            PgError::closed("connection closed")
+        } else {
+            PgError::io(
+                "the server closed the connection",
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )
+        };
+        self.fail(&e);
+    }
+
+    /// Applies the command timeout to the oldest command (called by the per-reactor sweep).
+    /// Returns true when a CancelRequest should be sent now.
+    pub(crate) fn sweep(&self, now: Instant) -> bool {
+        let Some(limit) = self.command_timeout else {
+            return false;
+        };
+        let (wake, teardown, cancel) = {
+            let mut st = self.st.borrow_mut();
+            if st.broken.is_some() {
+                return false;
+            }
+            if let Some(c) = &st.cancelling {
+                let still_there = st.queue.front().is_some_and(|h| h.seq == c.seq);
+                (None, still_there && now >= c.deadline, false)
+            } else {
+                match st.queue.front_mut() {
+                    Some(head) if now.duration_since(head.started) >= limit => {
+                        let elapsed = now.duration_since(head.started);
+                        let seq = head.seq;
+                        let wake = head.waker.take();
+                        if !head.abandoned {
+                            head.outcome = Some(PgError::timeout(TimeoutKind::Command, elapsed));
+                        }
+                        head.abandoned = true;
+                        st.cancelling = Some(Cancelling {
+                            seq,
+                            deadline: now + self.cancel_grace,
+                            cancel_done: false,
+                        });
+                        (wake, false, true)
+                    }
+                    _ => (None, false, false),
+                }
+            }
+        };
+        if teardown {
+            self.fail(&PgError::timeout(TimeoutKind::Command, limit).maybe_sent());
+            return false;
+        }
+        if let Some(w) = wake {
+            w.wake();
+        }
+        if cancel {
+            self.wake_driver();
+        }
+        cancel
+    }
+
+    /// The CancelRequest for `seq` finished.
+    pub(crate) fn cancel_finished(&self, seq: u64) {
+        let mut st = self.st.borrow_mut();
+        let head_seq = st.queue.front().map(|h| h.seq);
+        if let Some(c) = &mut st.cancelling {
+            if c.seq == seq {
+                c.cancel_done = true;
+                if head_seq != Some(seq) {
+                    st.cancelling = None;
+                    if !st.out.is_empty() {
+                        if let Some(w) = st.writer_waker.take() {
+                            w.wake();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a message arriving with no command in flight means: a FATAL error before the server
+/// hangs up (restart, terminated backend, idle timeout), or nonsense.
+fn idle_message(tag: u8, body: &[u8]) -> PgError {
+    if tag == b'E' {
+        match DbError::parse(body) {
+            Ok(e) => PgError::server(Box::new(e)),
+            Err(e) => e,
+        }
+    } else {
+        PgError::protocol(format!(
+            "unexpected {} while no command was in flight",
+            crate::proto::message::tag_name(tag)
+        ))
+    }
+}
+
+/// Drops the consumed prefix of the receive buffer.
+fn compact(buf: &mut Vec<u8>, pos: usize) {
+    if pos == 0 {
+        return;
+    }
+    if pos >= buf.len() {
+        buf.clear();
+    } else {
+        buf.copy_within(pos.., 0);
+        buf.truncate(buf.len() - pos);
+    }
+}

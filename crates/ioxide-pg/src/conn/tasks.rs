@@ -1,0 +1,180 @@
+//! The connection's two tasks (writer, watcher), the CancelRequest, and the per-reactor
+//! sweep that applies command timeouts.
+
+use super::state::Conn;
+use crate::proto::startup::BackendKey;
+use crate::{PgError, Target};
+use bytes::BytesMut;
+use ioxide::net::{Shutdown, Stream};
+use ioxide::Reactor;
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// A send buffer grown past this is released after the batch went out.
+const SEND_BUF_SHRINK: usize = 1 << 20;
+
+/// Sends whatever commands have queued, one send per batch: every command issued before the
+/// writer runs in this loop turn leaves in the same send.
+pub(crate) async fn writer(conn: Rc<Conn>) {
+    let mut wbuf = BytesMut::with_capacity(8 * 1024);
+    loop {
+        let go = std::future::poll_fn(|cx| {
+            let mut st = conn.st.borrow_mut();
+            if st.broken.is_some() {
+                return Poll::Ready(None);
+            }
+            // While a cancel is pending, hold new commands back: a late CancelRequest must
+            // not hit a command sent after the one it was meant for.
+            let held = st.cancelling.is_some() && !st.closing;
+            if st.out.is_empty() || held {
+                if st.closing && st.out.is_empty() {
+                    return Poll::Ready(Some(false));
+                }
+                st.writer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            std::mem::swap(&mut st.out, &mut wbuf);
+            st.handed_total = st.queued_total;
+            Poll::Ready(Some(true))
+        })
+        .await;
+        match go {
+            None => return,
+            Some(false) => {
+                // Terminate went out: shut the socket so the watcher sees the end at once,
+                // even from a server that does not close its side.
+                let _ = conn.stream.shutdown(Shutdown::Both).await;
+                return;
+            }
+            Some(true) => {}
+        }
+        let (r, b) = conn.stream.send_all(wbuf).await;
+        wbuf = b;
+        wbuf.clear();
+        if wbuf.capacity() > SEND_BUF_SHRINK {
+            wbuf = BytesMut::with_capacity(8 * 1024);
+        }
+        if let Err(e) = r {
+            conn.fail(&PgError::io("sending to the server", e));
+            return;
+        }
+    }
+}
+
+/// Drives the socket whenever no live command does (see `state` module docs).
+pub(crate) async fn watcher(conn: Rc<Conn>) {
+    std::future::poll_fn(|cx| conn.poll_watch(cx)).await;
+}
+
+/// Opens a stream to the server (each TCP address in turn).
+pub(crate) async fn connect_target(target: &Target) -> Result<Stream, PgError> {
+    match target {
+        Target::Unix(path) => Stream::connect_unix(path)
+            .await
+            .map_err(|e| PgError::io(format!("connecting to {}", path.display()), e)),
+        Target::Tcp(addrs) => {
+            let mut last = None;
+            for addr in addrs {
+                match Stream::connect(*addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = Some(PgError::io(format!("connecting to {addr}"), e)),
+                }
+            }
+            Err(last.unwrap_or_else(|| PgError::config("host", None, "no address to connect to")))
+        }
+    }
+}
+
+/// How long a CancelRequest connection may take before we stop waiting for it.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
+/// Sends a CancelRequest on a fresh connection and waits until the server closes it (it does
+/// so after acting on the request).
+pub(crate) async fn send_cancel(target: &Target, key: BackendKey) -> Result<(), PgError> {
+    let work = async {
+        let s = connect_target(target).await?;
+        let (r, _) = s.send_all(key.cancel_request().to_vec()).await;
+        r.map_err(|e| PgError::io("sending a CancelRequest", e))?;
+        let (r, _) = s.recv(Vec::with_capacity(64)).await;
+        let _ = r;
+        Ok(())
+    };
+    match ioxide::time::timeout(CANCEL_WAIT, work).await {
+        Ok(r) => r,
+        Err(_) => Err(PgError::timeout(crate::TimeoutKind::Connect, CANCEL_WAIT)),
+    }
+}
+
+/// How often the sweep looks for commands past their timeout.
+pub(crate) const SWEEP_PERIOD: Duration = Duration::from_millis(100);
+
+/// Per-reactor registry of connections with a command timeout, swept by one ring ticker.
+#[derive(Default)]
+pub(crate) struct Sweeper {
+    conns: RefCell<Vec<Weak<Conn>>>,
+}
+
+impl Sweeper {
+    /// Registers a connection for command-timeout sweeps on the current reactor.
+    pub(crate) fn register(conn: &Rc<Conn>) {
+        let Some(reactor) = Reactor::try_current() else {
+            return;
+        };
+        let sweeper = match reactor.try_service::<Sweeper>() {
+            Some(s) => s,
+            None => {
+                let s = reactor.add_service(Sweeper::default());
+                let weak = Rc::downgrade(&s);
+                drop(ioxide::time::every(SWEEP_PERIOD, move || {
+                    match weak.upgrade() {
+                        Some(s) => {
+                            s.sweep();
+                            true
+                        }
+                        None => false,
+                    }
+                }));
+                s
+            }
+        };
+        sweeper.conns.borrow_mut().push(Rc::downgrade(conn));
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        let live: Vec<Rc<Conn>> = {
+            let mut conns = self.conns.borrow_mut();
+            conns.retain(|w| w.upgrade().is_some_and(|c| !c.is_broken()));
+            conns.iter().filter_map(Weak::upgrade).collect()
+        };
+        for conn in live {
+            if conn.sweep(now) {
+                spawn_cancel(&conn);
+            }
+        }
+    }
+}
+
+/// Sends the CancelRequest for the connection's timed-out command in the background.
+fn spawn_cancel(conn: &Rc<Conn>) {
+    let Some(key) = conn.key else {
+        return;
+    };
+    let seq = conn.st.borrow().cancelling.as_ref().map(|c| c.seq);
+    let Some(seq) = seq else { return };
+    let conn = Rc::downgrade(conn);
+    let target = match conn.upgrade() {
+        Some(c) => c.target.clone(),
+        None => return,
+    };
+    drop(ioxide::spawn(async move {
+        if let Err(e) = send_cancel(&target, key).await {
+            tracing::debug!(error = %e, "CancelRequest failed");
+        }
+        if let Some(c) = conn.upgrade() {
+            c.cancel_finished(seq);
+        }
+    }));
+}
