@@ -331,6 +331,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn errors_cross_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<PgError>();
+        assert_send_sync::<DbError>();
+    }
+
+    #[test]
     fn config_error_names_field_and_value() {
         let e = PgError::config("port", Some("abc"), "invalid digit found in string");
         assert_eq!(

@@ -17,6 +17,10 @@ use std::time::Duration;
 use crate::proto::auth::RequireAuth;
 use crate::PgError;
 
+mod parse;
+
+use parse::{fill_empty_host, parse_conninfo, percent_decode, seconds};
+
 /// Where the server listens, before resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -560,105 +564,5 @@ impl FromStr for PgOptions {
         } else {
             PgOptions::from_conninfo(s)
         }
-    }
-}
-
-/// Decimal seconds (`10`, `2.5`), non-negative and finite.
-fn seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("not a number of seconds: {e}"))?;
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("not a valid duration: {e}"))
-}
-
-fn percent_decode(s: &str, field: &str) -> Result<String, PgError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            let byte = hex
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| PgError::config(field, None, "bad percent-encoding in the URL"))?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| PgError::config(field, None, "percent-decodes to invalid UTF-8"))
-}
-
-/// Returns `url` with a placeholder host if its authority has none, and whether it had one.
-fn fill_empty_host(url: &str) -> (std::borrow::Cow<'_, str>, bool) {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return (url.into(), true);
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
-    let host_and_port = &authority[host_start..];
-    if !host_and_port.is_empty() && !host_and_port.starts_with(':') {
-        return (url.into(), true);
-    }
-    let at = scheme_end + host_start;
-    (
-        format!("{}placeholder{}", &url[..at], &url[at..]).into(),
-        false,
-    )
-}
-
-/// Splits a libpq conninfo string into `(key, value)` pairs.
-fn parse_conninfo(s: &str) -> Result<Vec<(String, String)>, PgError> {
-    let bad = |msg: &str| PgError::config("conninfo", None, msg);
-    let mut pairs = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(pairs);
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|&c| c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(PgError::config(
-                "conninfo",
-                Some(&key),
-                "missing \"=\" after key",
-            ));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    Some('\\') => {
-                        value.push(chars.next().ok_or_else(|| bad("dangling backslash"))?)
-                    }
-                    Some('\'') => break,
-                    Some(c) => value.push(c),
-                    None => return Err(bad("unterminated quoted value")),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.push(chars.next().ok_or_else(|| bad("dangling backslash"))?);
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        pairs.push((key, value));
     }
 }
