@@ -1,18 +1,11 @@
-//! Queries against a real server: simple, parameterized, typed, streamed, pipelined.
+//! Queries against a real server: simple, parameterized, typed, streamed, pipelined, errors.
 #![allow(clippy::unwrap_used)]
 
-use ioxide_pg::{PgConnection, PgOptions};
-use testkit::shared_cluster;
+mod common;
 
-fn opts() -> PgOptions {
-    let c = shared_cluster();
-    PgOptions::new()
-        .host(c.host())
-        .port(c.port())
-        .user(c.user())
-        .password(c.password())
-        .database(c.database())
-}
+use common::opts;
+use ioxide_pg::{PgConnection, TxnStatus};
+use std::rc::Rc;
 
 #[test]
 fn select_42_gives_value_rows_and_tag() {
@@ -22,11 +15,41 @@ fn select_42_gives_value_rows_and_tag() {
         assert_eq!(r.value(), Some("42"));
         assert_eq!(r.rows(), 1);
         assert_eq!(r.command_tag(), "SELECT 1");
+        assert!(conn.parameter("server_version").is_some());
+        assert_eq!(conn.parameter("client_encoding").as_deref(), Some("UTF8"));
     });
 }
 
 #[test]
-fn parameterized_query_round_trips_an_int8() {
+fn null_and_empty_results_have_no_value() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let r = conn.query("SELECT NULL").await.unwrap();
+        assert_eq!((r.value(), r.rows()), (None, 1));
+        let r = conn.query("SELECT 1 WHERE false").await.unwrap();
+        assert_eq!(
+            (r.value(), r.rows(), r.command_tag()),
+            (None, 0, "SELECT 0")
+        );
+    });
+}
+
+#[test]
+fn multi_statement_strings_report_the_last_tag() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let r = conn
+            .query("SELECT 1; SELECT 2, 3; SELECT 4 UNION SELECT 5")
+            .await
+            .unwrap();
+        assert_eq!(r.command_tag(), "SELECT 2");
+        assert_eq!(r.value(), Some("1"));
+        assert_eq!(r.statements(), 3);
+    });
+}
+
+#[test]
+fn parameterized_query_round_trips_an_int8_and_is_cached() {
     ioxide::block_on(async {
         let conn = PgConnection::connect(&opts()).await.unwrap();
         let rs = conn
@@ -35,11 +58,229 @@ fn parameterized_query_round_trips_an_int8() {
             .unwrap();
         assert_eq!(rs.scalar::<i64>().unwrap(), 42);
         assert_eq!(rs.row(0).unwrap().get::<i64>("n").unwrap(), 42);
+        assert_eq!(rs.command_tag(), "SELECT 1");
         assert_eq!(conn.cached_statements(), 1);
         let rs = conn
             .query_params("SELECT $1::int8 + 1 AS n", &[&1i64])
             .await
             .unwrap();
         assert_eq!(rs.scalar::<i64>().unwrap(), 2);
+        assert_eq!(conn.cached_statements(), 1);
+    });
+}
+
+#[test]
+fn bad_column_name_or_type_is_a_clear_conversion_error() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let rs = conn
+            .query_params("SELECT 1::int4 AS one", &[])
+            .await
+            .unwrap();
+        let row = rs.row(0).unwrap();
+        let e = row.get::<i32>("two").unwrap_err();
+        assert!(e.is_conversion() && e.to_string().contains("two"), "{e}");
+        let e = row.get::<String>("one").unwrap_err();
+        assert!(e.is_conversion() && e.to_string().contains("int4"), "{e}");
+        let e = rs.row(5).unwrap_err();
+        assert!(e.is_conversion(), "{e}");
+        // A parameter of the wrong type is refused before anything is sent.
+        let e = conn
+            .query_params("SELECT $1::int4", &[&"text"])
+            .await
+            .unwrap_err();
+        assert!(e.is_conversion() && !e.was_sent(), "{e}");
+        assert_eq!(conn.query("SELECT 1").await.unwrap().value(), Some("1"));
+    });
+}
+
+#[test]
+fn common_types_round_trip_in_binary() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let rs = conn
+            .query_params(
+                "SELECT $1::bool, $2::int2, $3::int4, $4::int8, $5::float4, $6::float8, \
+                 $7::text, $8::bytea, $9::timestamptz, $10::int4[], $11::text[], $12::int4, \
+                 '12345.678'::numeric::text",
+                &[
+                    &true,
+                    &-7i16,
+                    &123_456i32,
+                    &-9_000_000_000i64,
+                    &1.5f32,
+                    &-2.25f64,
+                    &"héllo",
+                    &vec![0u8, 255, 10],
+                    &std::time::UNIX_EPOCH,
+                    &vec![1i32, 2, 3],
+                    &vec!["a".to_string(), "b".to_string()],
+                    &None::<i32>,
+                ],
+            )
+            .await
+            .unwrap();
+        let r = rs.row(0).unwrap();
+        assert!(r.get::<bool>(0).unwrap());
+        assert_eq!(r.get::<i16>(1).unwrap(), -7);
+        assert_eq!(r.get::<i32>(2).unwrap(), 123_456);
+        assert_eq!(r.get::<i64>(3).unwrap(), -9_000_000_000);
+        assert_eq!(r.get::<f32>(4).unwrap(), 1.5);
+        assert_eq!(r.get::<f64>(5).unwrap(), -2.25);
+        assert_eq!(r.get::<&str>(6).unwrap(), "héllo");
+        assert_eq!(r.get::<&[u8]>(7).unwrap(), &[0u8, 255, 10]);
+        assert_eq!(
+            r.get::<std::time::SystemTime>(8).unwrap(),
+            std::time::UNIX_EPOCH
+        );
+        assert_eq!(r.get::<Vec<i32>>(9).unwrap(), vec![1, 2, 3]);
+        assert_eq!(r.get::<Vec<String>>(10).unwrap(), vec!["a", "b"]);
+        assert_eq!(r.get::<Option<i32>>(11).unwrap(), None);
+        assert!(r.is_null(11).unwrap());
+        assert_eq!(r.get::<&str>(12).unwrap(), "12345.678");
+    });
+}
+
+#[test]
+fn server_error_carries_fields_and_keeps_the_connection_usable() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let pid = conn.backend_pid();
+        let e = conn
+            .query("SELECT * FROM this_table_does_not_exist")
+            .await
+            .unwrap_err();
+        assert_eq!(e.sql_state(), Some("42P01"));
+        let db = e.as_db_error().unwrap();
+        assert_eq!(db.severity(), "ERROR");
+        assert!(db.message().contains("this_table_does_not_exist"));
+        assert!(db.position().is_some());
+        assert!(!conn.is_broken());
+        let e = conn
+            .query_params("SELECT 1/$1::int4", &[&0i32])
+            .await
+            .unwrap_err();
+        assert_eq!(e.sql_state(), Some("22012"));
+        let r = conn.query("SELECT pg_backend_pid()").await.unwrap();
+        assert_eq!(r.value().map(|v| v.parse::<i32>().unwrap()), pid);
+    });
+}
+
+#[test]
+fn transaction_status_follows_begin_and_commit() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        assert_eq!(conn.transaction_status(), TxnStatus::Idle);
+        conn.query("BEGIN").await.unwrap();
+        assert_eq!(conn.transaction_status(), TxnStatus::InTransaction);
+        let _ = conn.query("SELECT nope").await;
+        assert_eq!(conn.transaction_status(), TxnStatus::Failed);
+        conn.query("ROLLBACK").await.unwrap();
+        assert_eq!(conn.transaction_status(), TxnStatus::Idle);
+    });
+}
+
+#[test]
+fn rows_stream_to_a_borrowing_callback_by_index_and_name() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let mut squares = Vec::new();
+        let n = conn
+            .query_rows(
+                "SELECT n, n*n AS square FROM generate_series(1, $1::int4) n",
+                &[&5i32],
+                |row| {
+                    let n: i32 = row.get(0)?;
+                    let sq: i32 = row.get("square")?;
+                    squares.push((n, sq));
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(squares, vec![(1, 1), (2, 4), (3, 9), (4, 16), (5, 25)]);
+        // An error from the callback stops delivery, drains the reply, and is returned.
+        let mut seen = 0;
+        let e = conn
+            .query_rows("SELECT n FROM generate_series(1, 1000) n", &[], |_| {
+                seen += 1;
+                if seen == 3 {
+                    Err(ioxide_pg::PgError::conversion("stop"))
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(seen, 3);
+        assert!(e.to_string().contains("stop"));
+        assert_eq!(conn.query("SELECT 7").await.unwrap().value(), Some("7"));
+    });
+}
+
+#[test]
+fn a_thousand_pipelined_queries_each_get_their_own_answer() {
+    ioxide::block_on(async {
+        let conn = Rc::new(PgConnection::connect(&opts()).await.unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..1000i64 {
+            let conn = conn.clone();
+            tasks.push(ioxide::spawn(async move {
+                if i % 97 == 0 {
+                    conn.query_params("SELECT 1/($1::int8 - $1::int8)", &[&i])
+                        .await
+                        .map(|_| -1)
+                } else if i % 2 == 0 {
+                    conn.query_params("SELECT $1::int8 * 2", &[&i])
+                        .await
+                        .map(|r| r.scalar::<i64>().unwrap())
+                } else {
+                    conn.query(&format!("SELECT {i} * 2"))
+                        .await
+                        .map(|r| r.value().unwrap().parse().unwrap())
+                }
+            }));
+        }
+        let mut failures = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            let i = i as i64;
+            match t.await {
+                Ok(v) => assert_eq!(v, i * 2, "answer for query {i}"),
+                Err(e) => {
+                    assert_eq!(i % 97, 0, "unexpected failure for {i}: {e}");
+                    assert_eq!(e.sql_state(), Some("22012"));
+                    failures += 1;
+                }
+            }
+        }
+        assert_eq!(failures, 11);
+        assert!(!conn.is_broken());
+    });
+}
+
+#[test]
+fn commands_issued_in_one_turn_leave_in_one_send() {
+    ioxide::block_on(async {
+        let conn = Rc::new(PgConnection::connect(&opts()).await.unwrap());
+        conn.query("SELECT 1").await.unwrap();
+        let r = ioxide::Reactor::current();
+        let before = r.ring_stats();
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let c = conn.clone();
+                ioxide::spawn(async move { c.query("SELECT 1").await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        let after = r.ring_stats();
+        // 50 queries: a handful of sends and receives, not 100 ops.
+        assert!(
+            after.sqes - before.sqes < 20,
+            "{} SQEs for 50 queries",
+            after.sqes - before.sqes
+        );
     });
 }

@@ -1,0 +1,250 @@
+//! Statement cache, command timeouts with a real CancelRequest, broken connections, close.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{opts, opts_for};
+use ioxide_pg::PgConnection;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use testkit::Cluster;
+
+#[test]
+fn statement_cache_evicts_the_least_recently_used_and_closes_it_on_the_server() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts().statement_cache_capacity(2))
+            .await
+            .unwrap();
+        for i in 0..5i32 {
+            let sql = format!("SELECT $1::int4 + {i}");
+            let rs = conn.query_params(&sql, &[&1i32]).await.unwrap();
+            assert_eq!(rs.scalar::<i32>().unwrap(), 1 + i);
+        }
+        assert_eq!(conn.cached_statements(), 2);
+        // Closes are queued behind the last command; one more round trip settles them.
+        conn.query("SELECT 1").await.unwrap();
+        let n = conn
+            .query("SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .unwrap();
+        assert_eq!(
+            n.value(),
+            Some("2"),
+            "evicted statements must be closed on the server"
+        );
+    });
+}
+
+#[test]
+fn caching_off_still_runs_parameterized_queries_and_leaves_no_statement() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts().statement_cache_capacity(0))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let rs = conn.query_params("SELECT $1::text", &[&"x"]).await.unwrap();
+            assert_eq!(rs.scalar::<&str>().unwrap(), "x");
+        }
+        assert_eq!(conn.cached_statements(), 0);
+        conn.query("SELECT 1").await.unwrap();
+        let n = conn
+            .query("SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .unwrap();
+        assert_eq!(n.value(), Some("0"));
+    });
+}
+
+#[test]
+fn a_statement_invalidated_by_alter_table_is_reprepared_transparently() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        conn.query("CREATE TEMP TABLE inval (a int); INSERT INTO inval VALUES (1)")
+            .await
+            .unwrap();
+        let rs = conn
+            .query_params("SELECT * FROM inval WHERE a = $1", &[&1i32])
+            .await
+            .unwrap();
+        assert_eq!(rs.columns().len(), 1);
+        conn.query("ALTER TABLE inval ADD COLUMN b text DEFAULT 'x'")
+            .await
+            .unwrap();
+        let rs = conn
+            .query_params("SELECT * FROM inval WHERE a = $1", &[&1i32])
+            .await
+            .unwrap();
+        assert_eq!(rs.columns().len(), 2);
+        assert_eq!(rs.row(0).unwrap().get::<&str>("b").unwrap(), "x");
+    });
+}
+
+#[test]
+fn command_timeout_cancels_the_server_query_and_the_connection_stays_usable() {
+    let c = Cluster::new().unwrap();
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts_for(&c).command_timeout(Duration::from_millis(500)))
+            .await
+            .unwrap();
+        let pid = conn.backend_pid().unwrap();
+        let started = Instant::now();
+        let e = conn.query("SELECT pg_sleep(10)").await.unwrap_err();
+        let took = started.elapsed();
+        assert!(e.is_timeout(), "{e}");
+        assert!(e.to_string().contains("timed out"), "{e}");
+        assert!(
+            took >= Duration::from_millis(480) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // The cancel reaches the server: the backend is no longer sleeping.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let state = c
+                .psql(&format!("SELECT coalesce(state, '') || ':' || query FROM pg_stat_activity WHERE pid = {pid}"))
+                .unwrap();
+            if !state.starts_with("active:SELECT pg_sleep") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server query still running: {state}"
+            );
+            ioxide::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Same backend, still usable.
+        let r = conn.query("SELECT pg_backend_pid()").await.unwrap();
+        assert_eq!(r.value().unwrap().parse::<i32>().unwrap(), pid);
+        assert!(!conn.is_broken());
+    });
+}
+
+#[test]
+fn a_frozen_server_tears_the_timed_out_connection_down_promptly() {
+    let c = Cluster::new().unwrap();
+    ioxide::block_on(async {
+        let conn = Rc::new(
+            PgConnection::connect(&opts_for(&c).command_timeout(Duration::from_millis(400)))
+                .await
+                .unwrap(),
+        );
+        c.freeze().unwrap();
+        let started = Instant::now();
+        let a = {
+            let conn = conn.clone();
+            ioxide::spawn(async move { conn.query("SELECT 1").await })
+        };
+        let b = {
+            let conn = conn.clone();
+            ioxide::spawn(async move { conn.query("SELECT 2").await })
+        };
+        let ea = a.await.unwrap_err();
+        let eb = b.await.unwrap_err();
+        let took = started.elapsed();
+        assert!(ea.is_timeout(), "{ea}");
+        assert!(
+            eb.is_timeout() || eb.is_transport() || eb.is_closed(),
+            "{eb}"
+        );
+        // Timeout at ~0.4 s, teardown within the grace period after it.
+        assert!(took < Duration::from_millis(1600), "{took:?}");
+        assert!(conn.is_broken());
+        c.thaw();
+    });
+}
+
+#[test]
+fn streaming_100k_rows_keeps_memory_flat() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let rss_before = rss_kib();
+        let mut total = 0i64;
+        let mut bytes = 0usize;
+        let n = conn
+            .query_rows(
+                "SELECT n::int8, repeat('x', 200) AS pad FROM generate_series(1, 100000) n",
+                &[],
+                |row| {
+                    total += row.get::<i64>(0)?;
+                    bytes += row.get::<&str>("pad")?.len();
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap();
+        let grew = rss_kib().saturating_sub(rss_before);
+        assert_eq!(n, 100_000);
+        assert_eq!(total, 100_000 * 100_001 / 2);
+        assert_eq!(bytes, 200 * 100_000);
+        // ~21 MB went through; the connection may hold a buffer or two, not the result.
+        assert!(grew < 8 * 1024, "RSS grew by {grew} KiB while streaming");
+    });
+}
+
+fn rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn terminated_backend_breaks_the_connection_with_the_servers_reason() {
+    let c = Cluster::new().unwrap();
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts_for(&c)).await.unwrap();
+        conn.query("SELECT 1").await.unwrap();
+        assert_eq!(c.terminate_backends().unwrap(), 1);
+        // The idle connection notices on its own, without a query.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !conn.is_broken() {
+            assert!(
+                Instant::now() < deadline,
+                "idle connection did not notice the FATAL"
+            );
+            ioxide::time::sleep(Duration::from_millis(10)).await;
+        }
+        let e = conn.query("SELECT 1").await.unwrap_err();
+        assert!(
+            !e.was_sent(),
+            "a query on a dead connection was never sent: {e}"
+        );
+        assert!(
+            e.to_string().contains("57P01") || e.to_string().contains("terminat"),
+            "{e}"
+        );
+    });
+}
+
+#[test]
+fn close_sends_terminate_and_the_backend_goes_away() {
+    let c = Cluster::new().unwrap();
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts_for(&c)).await.unwrap();
+        conn.query("SELECT 1").await.unwrap();
+        assert_eq!(c.backend_count_for(c.user()).unwrap(), 1);
+        conn.close().await;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while c.backend_count_for(c.user()).unwrap() != 0 {
+            assert!(Instant::now() < deadline, "backend still there after close");
+            ioxide::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+#[test]
+fn explicit_cancel_stops_a_running_query() {
+    ioxide::block_on(async {
+        let conn = Rc::new(PgConnection::connect(&opts()).await.unwrap());
+        let c2 = conn.clone();
+        let q = ioxide::spawn(async move { c2.query("SELECT pg_sleep(5)").await });
+        ioxide::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        conn.cancel().await.unwrap();
+        let e = q.await.unwrap_err();
+        assert_eq!(e.sql_state(), Some("57014"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(conn.query("SELECT 3").await.unwrap().value(), Some("3"));
+    });
+}
