@@ -12,7 +12,9 @@ use ioxide_pg::{Columns, DbError, Row};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&m, stream)) = data.split_first() else { return };
+    let Some((&m, stream)) = data.split_first() else {
+        return;
+    };
     let max = 5 + usize::from(m) * 8;
     let mut frames = Frames::new(stream, max);
     let mut columns = Columns::default();

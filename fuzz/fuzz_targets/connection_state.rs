@@ -17,7 +17,9 @@ use libfuzzer_sys::fuzz_target;
 const STARTUP_OK: &[u8] = b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I";
 
 fuzz_target!(|data: &[u8]| {
-    let [m, cmds, chunk_seed, rest @ ..] = data else { return };
+    let [m, cmds, chunk_seed, rest @ ..] = data else {
+        return;
+    };
     let max = 5 + usize::from(*m) * 16;
     let mut stream = Vec::new();
     if cmds & 0x80 != 0 {
