@@ -12,9 +12,11 @@
 mod conn;
 pub mod error;
 pub mod options;
+mod pool;
 pub mod proto;
 
 pub use conn::{Params, PgConnection, ResultSet};
+pub use pool::{PgPool, PoolStats, PooledConn, Transaction};
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use options::{Host, PgOptions, Target};
 pub use proto::auth::{AuthMethod, RequireAuth};

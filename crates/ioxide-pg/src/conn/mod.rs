@@ -256,6 +256,24 @@ impl PgConnection {
             .map(str::to_owned)
     }
 
+    /// Queues a simple query nobody awaits (its reply is drained and discarded), ordered
+    /// before any command issued after it.
+    pub(crate) fn query_detached(&self, sql: &str) {
+        if let Ok((seq, _)) = self.conn.enqueue(Reply::simple(), |out| encode::query(sql, out)) {
+            command::abandon(&self.conn, seq);
+        }
+    }
+
+    /// Registers a callback run once when this connection breaks or closes.
+    pub(crate) fn on_broken(&self, f: impl FnOnce() + 'static) {
+        *self.conn.on_broken.borrow_mut() = Some(Box::new(f));
+    }
+
+    /// Whether two handles are the same connection.
+    pub fn same_as(&self, other: &PgConnection) -> bool {
+        Rc::ptr_eq(&self.conn, &other.conn)
+    }
+
     /// Statements currently in the cache.
     pub fn cached_statements(&self) -> usize {
         self.conn.st.borrow().cache.len()
@@ -437,6 +455,7 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
         command_timeout: opts.get_command_timeout(),
         cancel_grace: CANCEL_GRACE,
         handles: Cell::new(1),
+        on_broken: RefCell::new(None),
     });
     drop(ioxide::spawn(tasks::writer(conn.clone())));
     drop(ioxide::spawn(tasks::watcher(conn.clone())));

@@ -89,6 +89,8 @@ pub(crate) struct Conn {
     pub(crate) command_timeout: Option<Duration>,
     pub(crate) cancel_grace: Duration,
     pub(crate) handles: Cell<usize>,
+    /// Called once when the connection breaks (the pool replaces it at once).
+    pub(crate) on_broken: RefCell<Option<Box<dyn FnOnce()>>>,
 }
 
 /// Where a driver's events go: the head command's consumer, or nowhere (drained replies).
@@ -175,6 +177,10 @@ impl Conn {
         // Every op still in flight on the socket completes now (with ECANCELED).
         self.stream.cancel_pending();
         wakers.into_iter().for_each(Waker::wake);
+        let hook = self.on_broken.borrow_mut().take();
+        if let Some(hook) = hook {
+            hook();
+        }
     }
 
     pub(crate) fn is_broken(&self) -> bool {

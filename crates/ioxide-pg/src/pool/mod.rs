@@ -1,0 +1,315 @@
+//! `PgPool`: one pool per reactor, registered as a reactor service.
+//!
+//! The pool is the concurrency: `query` rents capacity, runs the command, gives it back —
+//! in one call. With `pipeline_depth` 1 a connection carries one command at a time; above 1,
+//! a command goes to the least-loaded healthy connection, so a slow query does not hold fast
+//! ones behind it while another connection has room. When every connection is at depth,
+//! requests queue FIFO and resume inline (on this reactor, in the loop turn the capacity
+//! frees up).
+//!
+//! Failure handling (the contract in ARCHITECTURE.md): a broken connection is discarded the
+//! moment it breaks — idle connections keep a receive armed, so a restarted server's goodbye is
+//! seen at once — and replaced in the background with capped, jittered exponential backoff
+//! (one probe at a time while connects fail). A request that finds no live connection starts a
+//! connect at once. Requests wait at most `acquire_timeout`; once the database has been
+//! unreachable for that long, new requests fail at once until a connect succeeds. A query
+//! whose connection broke before any byte of it was sent is retried once on another
+//! connection; one that may have reached the server never is.
+
+mod guard;
+mod state;
+
+pub use guard::{PooledConn, Transaction};
+pub use state::PoolStats;
+
+use crate::conn::Params;
+use crate::proto::row::Row;
+use crate::{PgConnection, PgError, PgOptions, QueryResult, ResultSet};
+use ioxide::Reactor;
+use state::{Inner, Waiter};
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// How often the pool sweeps: expire waiters, replenish toward `pool_size`.
+const SWEEP_PERIOD: Duration = Duration::from_millis(250);
+
+/// A per-reactor connection pool. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct PgPool {
+    inner: Rc<Inner>,
+}
+
+impl fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgPool").field("size", &self.inner.size).field("stats", &self.stats()).finish()
+    }
+}
+
+impl PgPool {
+    /// Starts a pool on `reactor` (call it on that reactor's thread, e.g. in `on_start`):
+    /// fires `pool_size` ring-native connects at once and returns immediately; registers the
+    /// pool as the reactor's `PgPool` service. Requests made before the first connection is
+    /// up wait in the queue.
+    ///
+    /// The host must be an IP literal or a Unix socket directory (no DNS on a reactor); for a
+    /// host name, resolve first and use [`PgPool::start_with_target`].
+    pub fn start(reactor: &Reactor, options: PgOptions) -> Result<Rc<PgPool>, PgError> {
+        if let crate::Host::Tcp(h) = options.get_host() {
+            if h.parse::<std::net::IpAddr>().is_err() {
+                return Err(PgError::config(
+                    "host",
+                    Some(h),
+                    "a host name must be resolved before the reactors start: call \
+                     PgOptions::resolve() and PgPool::start_with_target()",
+                ));
+            }
+        }
+        let target = options.resolve()?;
+        Ok(Self::start_with_target(reactor, options, target))
+    }
+
+    /// As [`PgPool::start`], with an already resolved target.
+    pub fn start_with_target(
+        reactor: &Reactor,
+        options: PgOptions,
+        target: crate::Target,
+    ) -> Rc<PgPool> {
+        let inner = Rc::new(Inner::new(options, target));
+        let pool = reactor.add_service(PgPool { inner: inner.clone() });
+        drop(reactor.spawn(maintenance(Rc::downgrade(&inner))));
+        replenish(&inner, Instant::now(), false);
+        pool
+    }
+
+    /// The current reactor's pool. Panics if none was started on it.
+    pub fn current() -> Rc<PgPool> {
+        Reactor::current().service::<PgPool>()
+    }
+
+    /// Counters: open, idle, in flight, waiting, totals.
+    pub fn stats(&self) -> PoolStats {
+        self.inner.stats()
+    }
+
+    /// The options the pool was started with.
+    pub fn options(&self) -> &PgOptions {
+        &self.inner.opts
+    }
+
+    /// Simple-protocol query: rent, run, return.
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, PgError> {
+        self.with_conn(|c| async move { c.query(sql).await }).await
+    }
+
+    /// Parameterized query (prepared and cached per connection), rows collected.
+    pub async fn query_params(&self, sql: &str, params: Params<'_>) -> Result<ResultSet, PgError> {
+        self.with_conn(|c| async move { c.query_params(sql, params).await }).await
+    }
+
+    /// Parameterized statement; returns the rows affected.
+    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, PgError> {
+        self.with_conn(|c| async move { c.execute(sql, params).await }).await
+    }
+
+    /// Parameterized query whose rows stream to `f`, borrowed (see
+    /// [`PgConnection::query_rows`]). Not retried: rows may already have been delivered.
+    pub async fn query_rows<F>(&self, sql: &str, params: Params<'_>, f: F) -> Result<u64, PgError>
+    where
+        F: FnMut(Row<'_>) -> Result<(), PgError>,
+    {
+        let lease = self.acquire(false).await?;
+        let r = lease.conn.query_rows(sql, params, f).await;
+        self.note_timeout(&r);
+        r
+    }
+
+    /// Rents a connection exclusively (for transactions and multi-statement work). It
+    /// returns to the pool when the guard drops; a guard dropped inside a transaction or with
+    /// a command in flight never hands a dirty connection to the next renter.
+    pub async fn rent(&self) -> Result<PooledConn, PgError> {
+        let lease = self.acquire(true).await?;
+        Ok(PooledConn::new(lease))
+    }
+
+    /// Closes every connection gracefully (Terminate) and stops replenishing; waiting and
+    /// later requests fail.
+    pub async fn close(&self) {
+        let conns: Vec<PgConnection> = {
+            let mut st = self.inner.st.borrow_mut();
+            st.closed = true;
+            st.slots.drain(..).map(|s| s.conn).collect()
+        };
+        self.inner.fail_waiters(&PgError::closed("the pool is closed"));
+        self.inner.poke();
+        for c in conns {
+            c.close().await;
+        }
+    }
+
+    /// Runs `f` on a connection with capacity; retries once, on another connection, when the
+    /// connection broke before the command was sent.
+    async fn with_conn<'a, T, F, Fut>(&'a self, f: F) -> Result<T, PgError>
+    where
+        F: Fn(PgConnection) -> Fut,
+        Fut: Future<Output = Result<T, PgError>> + 'a,
+    {
+        let mut retried = false;
+        loop {
+            let lease = self.acquire(false).await?;
+            let r = f(lease.conn.clone()).await;
+            drop(lease);
+            match r {
+                Err(e) if !retried && !e.was_sent() && (e.is_transport() || e.is_closed()) => {
+                    retried = true;
+                    self.inner.st.borrow_mut().stats.retries_total += 1;
+                }
+                r => {
+                    self.note_timeout(&r);
+                    return r;
+                }
+            }
+        }
+    }
+
+    fn note_timeout<T>(&self, r: &Result<T, PgError>) {
+        if let Err(e) = r {
+            if e.timeout_kind() == Some(crate::TimeoutKind::Command) {
+                self.inner.st.borrow_mut().stats.timeouts_total += 1;
+            }
+        }
+    }
+
+    /// Capacity on a connection: at once if free and nobody is queued, else FIFO.
+    async fn acquire(&self, exclusive: bool) -> Result<Lease, PgError> {
+        let inner = &self.inner;
+        let id = match inner.try_acquire(exclusive) {
+            Some(id) => id,
+            None => {
+                if inner.st.borrow().closed {
+                    return Err(PgError::closed("the pool is closed").never_sent());
+                }
+                // Down for long: wait only for the connect this request starts, so a dead
+                // database fails fast and a revived one serves at once.
+                let fail_fast = inner.down_for_long();
+                // Nothing live and nothing connecting: connect now, not after a backoff.
+                replenish(inner, Instant::now(), true);
+                let waiter = Rc::new(RefCell::new(Waiter {
+                    exclusive,
+                    deadline: Instant::now() + inner.acquire_timeout,
+                    waker: None,
+                    outcome: None,
+                    fail_fast,
+                }));
+                inner.st.borrow_mut().waiters.push_back(waiter.clone());
+                inner.dispatch();
+                let guard = WaiterGuard { inner: inner.clone(), waiter: waiter.clone() };
+                let r = std::future::poll_fn(|cx| {
+                    let mut w = waiter.borrow_mut();
+                    match w.outcome.take() {
+                        Some(r) => Poll::Ready(r),
+                        None => {
+                            w.waker = Some(cx.waker().clone());
+                            Poll::Pending
+                        }
+                    }
+                })
+                .await;
+                std::mem::forget(guard);
+                r?
+            }
+        };
+        match inner.conn(id) {
+            Some(conn) => Ok(Lease { inner: inner.clone(), id, exclusive, conn }),
+            None => Err(PgError::closed("connection vanished from the pool").never_sent()),
+        }
+    }
+}
+
+/// Removes a waiter whose request was dropped while queued, and passes on capacity it was
+/// already granted.
+struct WaiterGuard {
+    inner: Rc<Inner>,
+    waiter: Rc<RefCell<Waiter>>,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        let granted = self.waiter.borrow_mut().outcome.take();
+        let exclusive = self.waiter.borrow().exclusive;
+        self.inner.st.borrow_mut().waiters.retain(|w| !Rc::ptr_eq(w, &self.waiter));
+        if let Some(Ok(id)) = granted {
+            self.inner.release(id, exclusive);
+        }
+    }
+}
+
+/// Capacity on one connection; given back on drop.
+pub(crate) struct Lease {
+    inner: Rc<Inner>,
+    id: u64,
+    exclusive: bool,
+    pub(crate) conn: PgConnection,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.inner.release(self.id, self.exclusive);
+    }
+}
+
+impl Lease {
+    /// Takes the connection out of the pool for good (it is discarded and replaced).
+    pub(crate) fn discard(&self) {
+        let removed = {
+            let mut st = self.inner.st.borrow_mut();
+            let pos = st.slots.iter().position(|s| s.id == self.id);
+            pos.map(|p| st.slots.remove(p))
+        };
+        drop(removed);
+        self.inner.poke();
+    }
+}
+
+/// Starts connects to head back to `pool_size`.
+fn replenish(inner: &Rc<Inner>, now: Instant, urgent: bool) {
+    let n = inner.connects_to_start(now, urgent);
+    for _ in 0..n {
+        let inner = inner.clone();
+        drop(ioxide::spawn(async move {
+            let r = PgConnection::connect_to(&inner.opts, inner.target.clone()).await;
+            inner.connected(r);
+        }));
+    }
+}
+
+/// The pool's own task: on every poke (a connection broke, a connect finished) and every
+/// sweep period, drop broken connections, expire waiters and replenish.
+async fn maintenance(pool: std::rc::Weak<Inner>) {
+    let mut ticker = ioxide::time::Ticker::new(SWEEP_PERIOD);
+    loop {
+        let Some(inner) = pool.upgrade() else { return };
+        if inner.st.borrow().closed {
+            return;
+        }
+        let now = Instant::now();
+        inner.dirty.set(false);
+        inner.remove_broken();
+        inner.expire_waiters(now);
+        replenish(&inner, now, false);
+        inner.dispatch();
+        drop(inner);
+        let poked = std::future::poll_fn(|cx| match pool.upgrade() {
+            Some(i) if i.dirty.get() => Poll::Ready(()),
+            Some(i) => {
+                i.st.borrow_mut().maintenance = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(()),
+        });
+        let _ = ioxide::future::select(ticker.tick(), poked).await;
+    }
+}

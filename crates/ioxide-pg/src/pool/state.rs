@@ -1,0 +1,431 @@
+//! The pool's bookkeeping: live connections, the FIFO of waiters, connects and backoff.
+//!
+//! Everything here runs on the pool's reactor thread; `RefCell` borrows are never held across
+//! an await or while waking a task.
+
+use crate::{PgConnection, PgError, PgOptions, Target, TimeoutKind};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+/// First reconnect delay after a failed connect; doubles per failure up to `BACKOFF_CAP`.
+const BACKOFF_BASE: Duration = Duration::from_millis(25);
+/// Longest reconnect delay, so a restarted server is reused within about this long.
+const BACKOFF_CAP: Duration = Duration::from_millis(500);
+
+/// Pool counters, cheap to read (see [`super::PgPool::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Live connections.
+    pub open: usize,
+    /// Live connections with nothing in flight and not rented.
+    pub idle: usize,
+    /// Commands in flight through the pool (plus rented connections).
+    pub in_flight: usize,
+    /// Requests waiting for capacity.
+    pub waiting: usize,
+    /// Connects in progress.
+    pub connecting: usize,
+    /// Connections opened since start.
+    pub opened_total: u64,
+    /// Connections found broken and discarded since start.
+    pub broken_total: u64,
+    /// Requests failed by `acquire_timeout` or commands failed by `command_timeout`.
+    pub timeouts_total: u64,
+    /// Queries retried transparently because their connection broke before sending them.
+    pub retries_total: u64,
+    /// Failed connect attempts since start.
+    pub connect_failures_total: u64,
+}
+
+pub(crate) struct Slot {
+    pub(crate) id: u64,
+    pub(crate) conn: PgConnection,
+    /// Commands in flight through the pool on this connection.
+    pub(crate) inflight: usize,
+    /// Rented exclusively (a guard holds it).
+    pub(crate) rented: bool,
+}
+
+/// A request waiting for capacity.
+pub(crate) struct Waiter {
+    pub(crate) exclusive: bool,
+    pub(crate) deadline: Instant,
+    pub(crate) waker: Option<Waker>,
+    /// Set when capacity was handed to this waiter (slot id) or it failed.
+    pub(crate) outcome: Option<Result<u64, PgError>>,
+    /// The database has been unreachable for long: fail at the next failed connect instead
+    /// of waiting out `acquire_timeout`.
+    pub(crate) fail_fast: bool,
+}
+
+pub(crate) struct PoolState {
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) connecting: usize,
+    pub(crate) waiters: VecDeque<Rc<RefCell<Waiter>>>,
+    pub(crate) failures: u32,
+    pub(crate) failing_since: Option<Instant>,
+    pub(crate) next_attempt: Instant,
+    pub(crate) last_error: Option<String>,
+    pub(crate) next_id: u64,
+    pub(crate) closed: bool,
+    pub(crate) stats: PoolStats,
+    pub(crate) maintenance: Option<Waker>,
+    pub(crate) rng: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) opts: PgOptions,
+    pub(crate) target: Target,
+    pub(crate) size: usize,
+    pub(crate) depth: usize,
+    pub(crate) acquire_timeout: Duration,
+    pub(crate) st: RefCell<PoolState>,
+    pub(crate) dirty: Cell<bool>,
+}
+
+impl Inner {
+    pub(crate) fn new(opts: PgOptions, target: Target) -> Inner {
+        let size = opts.get_pool_size().max(1);
+        let depth = opts.get_pipeline_depth().max(1);
+        let acquire_timeout = opts.get_acquire_timeout();
+        Inner {
+            opts,
+            target,
+            size,
+            depth,
+            acquire_timeout,
+            st: RefCell::new(PoolState {
+                slots: Vec::with_capacity(size),
+                connecting: 0,
+                waiters: VecDeque::new(),
+                failures: 0,
+                failing_since: None,
+                next_attempt: Instant::now(),
+                last_error: None,
+                next_id: 1,
+                closed: false,
+                stats: PoolStats::default(),
+                maintenance: None,
+                rng: seed(),
+            }),
+            dirty: Cell::new(false),
+        }
+    }
+
+    /// The best slot for a new command: the least loaded healthy one under `depth` (or, for
+    /// an exclusive rent, an idle one).
+    fn pick(&self, st: &PoolState, exclusive: bool) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, s) in st.slots.iter().enumerate() {
+            if s.rented || s.conn.is_broken() {
+                continue;
+            }
+            if exclusive && s.inflight > 0 {
+                continue;
+            }
+            if s.inflight >= self.depth {
+                continue;
+            }
+            if s.inflight == 0 {
+                return Some(i);
+            }
+            if best.is_none_or(|(_, load)| s.inflight < load) {
+                best = Some((i, s.inflight));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn take(st: &mut PoolState, i: usize, exclusive: bool) -> u64 {
+        let s = &mut st.slots[i];
+        if exclusive {
+            s.rented = true;
+        } else {
+            s.inflight += 1;
+        }
+        s.id
+    }
+
+    /// Fast path: capacity now, if nobody is queued ahead.
+    pub(crate) fn try_acquire(&self, exclusive: bool) -> Option<u64> {
+        let mut st = self.st.borrow_mut();
+        if !st.waiters.is_empty() {
+            return None;
+        }
+        let i = self.pick(&st, exclusive)?;
+        Some(Self::take(&mut st, i, exclusive))
+    }
+
+    pub(crate) fn conn(&self, id: u64) -> Option<PgConnection> {
+        self.st.borrow().slots.iter().find(|s| s.id == id).map(|s| s.conn.clone())
+    }
+
+    /// Gives capacity back and hands it to queued waiters, in order.
+    pub(crate) fn release(&self, id: u64, exclusive: bool) {
+        {
+            let mut st = self.st.borrow_mut();
+            if let Some(s) = st.slots.iter_mut().find(|s| s.id == id) {
+                if exclusive {
+                    s.rented = false;
+                } else {
+                    s.inflight = s.inflight.saturating_sub(1);
+                }
+            }
+        }
+        self.dispatch();
+    }
+
+    /// Hands free capacity to the waiters at the head of the queue.
+    pub(crate) fn dispatch(&self) {
+        let mut wake = Vec::new();
+        {
+            let mut st = self.st.borrow_mut();
+            while let Some(w) = st.waiters.front().cloned() {
+                let exclusive = w.borrow().exclusive;
+                let Some(i) = self.pick(&st, exclusive) else { break };
+                let id = Self::take(&mut st, i, exclusive);
+                st.waiters.pop_front();
+                let mut w = w.borrow_mut();
+                w.outcome = Some(Ok(id));
+                wake.extend(w.waker.take());
+            }
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// Fails waiters whose acquire_timeout passed. Returns how many.
+    pub(crate) fn expire_waiters(&self, now: Instant) -> usize {
+        let mut wake = Vec::new();
+        {
+            let mut st = self.st.borrow_mut();
+            let last = st.last_error.clone();
+            let timeout = self.acquire_timeout;
+            st.waiters.retain(|w| {
+                let mut w = w.borrow_mut();
+                if now < w.deadline {
+                    return true;
+                }
+                w.outcome = Some(Err(acquire_error(timeout, last.as_deref())));
+                wake.extend(w.waker.take());
+                false
+            });
+            st.stats.timeouts_total += wake.len() as u64;
+        }
+        let n = wake.len();
+        wake.into_iter().for_each(Waker::wake);
+        n
+    }
+
+    /// Fails every waiter at once (a non-transient connect error, or the pool closed).
+    pub(crate) fn fail_waiters(&self, e: &PgError) {
+        let mut wake = Vec::new();
+        {
+            let mut st = self.st.borrow_mut();
+            for w in st.waiters.drain(..) {
+                let mut w = w.borrow_mut();
+                w.outcome = Some(Err(PgError::closed(e.to_string()).never_sent()));
+                wake.extend(w.waker.take());
+            }
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// A connect failed while the database is known to be down: fail the waiters that asked
+    /// to fail fast.
+    fn fail_fast_waiters(&self, e: &PgError) {
+        let mut wake = Vec::new();
+        {
+            let mut st = self.st.borrow_mut();
+            if !st.slots.is_empty() {
+                return;
+            }
+            st.waiters.retain(|w| {
+                let mut w = w.borrow_mut();
+                if !w.fail_fast {
+                    return true;
+                }
+                w.outcome = Some(Err(PgError::closed(format!("the database is unreachable: {e}")).never_sent()));
+                wake.extend(w.waker.take());
+                false
+            });
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// The pool has had no live connection and failed to connect for at least
+    /// `acquire_timeout`: new requests fail at once instead of waiting.
+    pub(crate) fn down_for_long(&self) -> bool {
+        let st = self.st.borrow();
+        st.slots.is_empty() && st.failing_since.is_some_and(|t| t.elapsed() >= self.acquire_timeout)
+    }
+
+    /// Drops broken connections. Returns how many.
+    pub(crate) fn remove_broken(&self) -> usize {
+        let removed: Vec<Slot> = {
+            let mut st = self.st.borrow_mut();
+            let (broken, live): (Vec<Slot>, Vec<Slot>) =
+                std::mem::take(&mut st.slots).into_iter().partition(|s| s.conn.is_broken());
+            st.slots = live;
+            st.stats.broken_total += broken.len() as u64;
+            broken
+        };
+        let n = removed.len();
+        drop(removed);
+        n
+    }
+
+    /// How many connects to start now to head back to `size`: all missing ones when healthy,
+    /// one probe at a time (after the backoff) while connects fail. `urgent` skips the backoff
+    /// when no connection is live and none is being opened.
+    pub(crate) fn connects_to_start(&self, now: Instant, urgent: bool) -> usize {
+        let mut st = self.st.borrow_mut();
+        if st.closed {
+            return 0;
+        }
+        let have = st.slots.len() + st.connecting;
+        if have >= self.size {
+            return 0;
+        }
+        let n = if st.failures == 0 {
+            self.size - have
+        } else if st.connecting == 0 && (now >= st.next_attempt || (urgent && st.slots.is_empty())) {
+            1
+        } else {
+            0
+        };
+        st.connecting += n;
+        n
+    }
+
+    /// Records a finished connect.
+    pub(crate) fn connected(self: &Rc<Self>, r: Result<PgConnection, PgError>) {
+        let mut st = self.st.borrow_mut();
+        st.connecting -= 1;
+        match r {
+            Ok(conn) => {
+                if st.closed {
+                    return;
+                }
+                let id = st.next_id;
+                st.next_id += 1;
+                let weak: Weak<Inner> = Rc::downgrade(self);
+                conn.on_broken(move || {
+                    if let Some(p) = weak.upgrade() {
+                        p.poke();
+                    }
+                });
+                st.slots.push(Slot { id, conn, inflight: 0, rented: false });
+                st.failures = 0;
+                st.failing_since = None;
+                st.stats.opened_total += 1;
+                drop(st);
+                self.dispatch();
+                self.poke();
+            }
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                st.stats.connect_failures_total += 1;
+                st.failing_since.get_or_insert_with(Instant::now);
+                let delay = backoff(st.failures, &mut st.rng);
+                st.next_attempt = Instant::now() + delay;
+                st.last_error = Some(e.to_string());
+                let fatal = !transient(&e);
+                tracing::debug!(error = %e, ?delay, "pool connect failed");
+                drop(st);
+                if fatal {
+                    self.fail_waiters(&e);
+                } else {
+                    self.fail_fast_waiters(&e);
+                }
+                self.poke();
+            }
+        }
+    }
+
+    /// Wakes the maintenance task (broken connection, connect finished, …).
+    pub(crate) fn poke(&self) {
+        self.dirty.set(true);
+        let w = self.st.borrow_mut().maintenance.take();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let st = self.st.borrow();
+        let mut s = st.stats;
+        s.open = st.slots.len();
+        s.idle = st.slots.iter().filter(|s| s.inflight == 0 && !s.rented && !s.conn.is_broken()).count();
+        s.in_flight = st.slots.iter().map(|s| s.inflight + usize::from(s.rented)).sum();
+        s.waiting = st.waiters.len();
+        s.connecting = st.connecting;
+        s
+    }
+}
+
+/// Connect errors worth retrying: the transport, or the server not ready yet (starting up,
+/// shutting down, too many connections). Authentication and configuration errors are not.
+fn transient(e: &PgError) -> bool {
+    if e.is_transport() || e.is_timeout() || e.is_closed() {
+        return true;
+    }
+    matches!(e.sql_state(), Some("57P01" | "57P02" | "57P03" | "53300" | "08006" | "08001"))
+}
+
+fn acquire_error(waited: Duration, last: Option<&str>) -> PgError {
+    let why = match last {
+        Some(e) => format!("; last connect error: {e}"),
+        None => String::new(),
+    };
+    if waited.is_zero() {
+        PgError::closed(format!("the database is unreachable{why}")).never_sent()
+    } else {
+        let e = PgError::timeout(TimeoutKind::Acquire, waited).never_sent();
+        if why.is_empty() {
+            e
+        } else {
+            PgError::closed(format!("{e}{why}")).never_sent()
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (std::process::id() as u64).rotate_left(32) | 1
+}
+
+/// Capped exponential backoff with ±50 % jitter (xorshift), so reactors and processes that
+/// lost the server together do not reconnect in lockstep.
+fn backoff(failures: u32, rng: &mut u64) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1 << failures.min(10).saturating_sub(1));
+    let base = exp.min(BACKOFF_CAP);
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let jitter = (*rng % 1000) as f64 / 1000.0; // 0..1
+    base.mul_f64(0.5 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let mut rng = 12345;
+        let first = backoff(1, &mut rng);
+        assert!(first >= BACKOFF_BASE / 2 && first <= BACKOFF_BASE * 3 / 2, "{first:?}");
+        for _ in 0..100 {
+            let d = backoff(30, &mut rng);
+            assert!(d >= BACKOFF_CAP / 2 && d <= BACKOFF_CAP * 3 / 2, "{d:?}");
+        }
+        let a = backoff(8, &mut rng);
+        let b = backoff(8, &mut rng);
+        assert_ne!(a, b, "no jitter");
+    }
+}
