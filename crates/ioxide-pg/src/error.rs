@@ -171,6 +171,44 @@ impl PgError {
         PgError::new(Kind::Closed(msg.into()))
     }
 
+    /// An equivalent error for another waiter: same kind, fields and message (an I/O cause is
+    /// carried over as text). A broken connection hands one to every command it fails, so each
+    /// keeps `is_transport()`, `sql_state()` and the rest.
+    pub fn replicate(&self) -> PgError {
+        let kind = match &self.inner.kind {
+            Kind::Server(e) => Kind::Server(e.clone()),
+            Kind::Io { context } => Kind::Io {
+                context: context.clone(),
+            },
+            Kind::Protocol(m) => Kind::Protocol(m.clone()),
+            Kind::MessageTooLarge { len, max } => Kind::MessageTooLarge {
+                len: *len,
+                max: *max,
+            },
+            Kind::Timeout { what, after } => Kind::Timeout {
+                what: *what,
+                after: *after,
+            },
+            Kind::Auth(m) => Kind::Auth(m.clone()),
+            Kind::Config { field, value, msg } => Kind::Config {
+                field: field.clone(),
+                value: value.clone(),
+                msg: msg.clone(),
+            },
+            Kind::Conversion(m) => Kind::Conversion(m.clone()),
+            Kind::Closed(m) => Kind::Closed(m.clone()),
+        };
+        let mut e = PgError::new(kind);
+        e.inner.sent = self.inner.sent;
+        if let Some(src) = &self.inner.source {
+            let kind = src
+                .downcast_ref::<io::Error>()
+                .map_or(io::ErrorKind::Other, io::Error::kind);
+            e = e.with_source(Box::new(io::Error::new(kind, src.to_string())));
+        }
+        e
+    }
+
     /// Marks this error as belonging to a command that never left this process, so retrying it
     /// on another connection cannot run it twice.
     #[must_use]

@@ -9,8 +9,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use crate::reactor::Shared;
 
@@ -55,13 +56,102 @@ fn schedule(shared: &Arc<Shared>, runnable: Runnable) {
     }
 }
 
+/// Every live task of a reactor, by the waker it was first polled with, so teardown can
+/// cancel tasks parked on anything (a channel, a waker stored in some state), not only those
+/// parked on ring ops — otherwise a task whose waker lives inside state the task itself keeps
+/// alive would never be dropped, and its sockets never closed.
+#[derive(Default)]
+pub(crate) struct TaskRegistry {
+    wakers: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl TaskRegistry {
+    fn register(&self, waker: Waker) -> usize {
+        let mut wakers = self.wakers.borrow_mut();
+        match self.free.borrow_mut().pop() {
+            Some(i) => {
+                wakers[i] = Some(waker);
+                i
+            }
+            None => {
+                wakers.push(Some(waker));
+                wakers.len() - 1
+            }
+        }
+    }
+
+    fn unregister(&self, i: usize) {
+        let w = self.wakers.borrow_mut().get_mut(i).and_then(Option::take);
+        if w.is_some() {
+            self.free.borrow_mut().push(i);
+        }
+        drop(w);
+    }
+
+    /// Clones of every live task's waker (teardown).
+    pub(crate) fn all_wakers(&self) -> Vec<Waker> {
+        self.wakers.borrow().iter().flatten().cloned().collect()
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.wakers.borrow().iter().flatten().count()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A spawned future, registered with its reactor's [`TaskRegistry`] from its first poll
+    /// until it completes or is dropped.
+    struct Tracked<F> {
+        #[pin]
+        future: F,
+        id: Option<usize>,
+        registry: Rc<TaskRegistry>,
+    }
+
+    impl<F> PinnedDrop for Tracked<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(id) = this.id.take() {
+                this.registry.unregister(id);
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if this.id.is_none() {
+            *this.id = Some(this.registry.register(cx.waker().clone()));
+        }
+        let out = this.future.poll(cx);
+        if out.is_ready() {
+            if let Some(id) = this.id.take() {
+                this.registry.unregister(id);
+            }
+        }
+        out
+    }
+}
+
 /// Spawns `future` as a task of the reactor described by `shared`.
-pub(crate) fn spawn_on<F>(shared: &Arc<Shared>, future: F) -> JoinHandle<F::Output>
+pub(crate) fn spawn_on<F>(
+    shared: &Arc<Shared>,
+    registry: &Rc<TaskRegistry>,
+    future: F,
+) -> JoinHandle<F::Output>
 where
     F: Future + 'static,
     F::Output: 'static,
 {
     let shared = shared.clone();
+    let future = Tracked {
+        future,
+        id: None,
+        registry: registry.clone(),
+    };
     let (runnable, task) = async_task::Builder::new()
         .propagate_panic(true)
         .spawn_local(move |()| future, move |r| schedule(&shared, r));

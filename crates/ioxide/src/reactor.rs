@@ -5,7 +5,7 @@
 //! belong to → again. All continuations of a batch therefore run before the next enter, on
 //! this thread, and one syscall carries everything they queued.
 
-use crate::executor::{self, JoinHandle, RemoteQueue, LOCAL_ID, RUN_QUEUE};
+use crate::executor::{self, JoinHandle, RemoteQueue, TaskRegistry, LOCAL_ID, RUN_QUEUE};
 use crate::ring::{self, Ring, RingConfig, RingError, RingStats};
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
@@ -63,6 +63,7 @@ pub(crate) struct Inner {
     services: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
     shutdown: Cell<bool>,
     shutdown_waiters: RefCell<Vec<Waker>>,
+    tasks: Rc<TaskRegistry>,
 }
 
 /// Runs `f` with the current reactor's ring, or returns None when this thread has no reactor
@@ -121,7 +122,7 @@ impl Reactor {
         F: Future + 'static,
         F::Output: 'static,
     {
-        executor::spawn_on(&self.inner.shared, future)
+        executor::spawn_on(&self.inner.shared, &self.inner.tasks, future)
     }
 
     /// Registers a per-reactor service, keyed by its type (replacing one of the same type).
@@ -306,6 +307,7 @@ impl Runtime {
             services: RefCell::new(HashMap::new()),
             shutdown: Cell::new(false),
             shutdown_waiters: RefCell::new(Vec::new()),
+            tasks: Rc::new(TaskRegistry::default()),
         });
         CURRENT.with(|c| {
             let mut c = c.borrow_mut();
@@ -407,17 +409,19 @@ impl Drop for Teardown {
         let services = std::mem::take(&mut *inner.services.borrow_mut());
         drop(services);
         inner.shutdown_waiters.borrow_mut().clear();
-        // 2. Cancel every task: wake the ones parked on ring ops and drop their runnables.
-        //    Dropping a task's future drops its ops, which hand their data to the records.
+        // 2. Cancel every task: wake each one (parked on a ring op or on anything else) and
+        //    drop its runnable. Dropping a task's future drops its ops, which hand their data
+        //    to the records, and its sockets, which close through the ring.
         for _ in 0..64 {
-            let wakers = inner.ring.borrow_mut().take_wakers();
+            let mut wakers = inner.ring.borrow_mut().take_wakers();
+            wakers.extend(inner.tasks.all_wakers());
             let woke = wakers.len();
             wakers.into_iter().for_each(Waker::wake);
             for r in inner.shared.remote.take() {
                 drop(r);
             }
             let dropped = executor::drop_ready();
-            if woke == 0 && dropped == 0 {
+            if dropped == 0 && (woke == 0 || inner.tasks.live() == 0) {
                 break;
             }
         }

@@ -111,3 +111,32 @@ fn teardown_with_tasks_parked_on_ops_drains_and_leaks_nothing() {
     drop(l);
     assert_eq!(open_fds(), before, "an fd leaked");
 }
+
+#[test]
+fn teardown_drops_tasks_parked_on_their_own_state_and_closes_their_sockets() {
+    let _g = FD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let before = open_fds();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    ioxide::block_on(async move {
+        for _ in 0..5 {
+            ioxide::spawn(async move {
+                let s = Stream::connect(addr).await.unwrap();
+                // The task's waker lives in state the task itself owns: a cycle that only
+                // teardown's task registry can break.
+                let cell: std::rc::Rc<std::cell::RefCell<Option<std::task::Waker>>> =
+                    Default::default();
+                let c2 = cell.clone();
+                std::future::poll_fn(move |cx| {
+                    *c2.borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::<()>::Pending
+                })
+                .await;
+                drop((s, cell));
+            });
+        }
+        sleep(Duration::from_millis(50)).await;
+    });
+    drop(l);
+    assert_eq!(open_fds(), before, "sockets of parked tasks leaked");
+}

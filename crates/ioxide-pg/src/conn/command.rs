@@ -2,7 +2,7 @@
 
 use super::cache::Statement;
 use super::result::ResultSet;
-use super::state::{CmdErrors, Conn, Sink};
+use super::state::{CmdErrors, Conn, Sink, SinkError};
 use crate::proto::reply::ReplyEvent;
 use crate::proto::row::{parameter_types, Columns, Format, Row};
 use crate::PgError;
@@ -94,7 +94,7 @@ pub(crate) struct PrepareSink {
 }
 
 impl Sink for PrepareSink {
-    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError> {
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), SinkError> {
         match ev {
             ReplyEvent::ParameterDescription(body) => self.params = Some(parameter_types(body)?),
             ReplyEvent::RowDescription(body) => {
@@ -129,8 +129,8 @@ impl PrepareSink {
 pub(crate) struct SetSink(pub(crate) ResultSet);
 
 impl Sink for SetSink {
-    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError> {
-        self.0.accept(ev)
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), SinkError> {
+        Ok(self.0.accept(ev)?)
     }
 }
 
@@ -155,10 +155,10 @@ impl<F> Sink for RowsSink<'_, F>
 where
     F: FnMut(Row<'_>) -> Result<(), PgError>,
 {
-    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError> {
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), SinkError> {
         if let ReplyEvent::DataRow(body) = ev {
             let row = Row::new(body, &self.columns)?;
-            (self.f)(row)?;
+            (self.f)(row).map_err(SinkError::User)?;
             self.rows += 1;
         }
         Ok(())

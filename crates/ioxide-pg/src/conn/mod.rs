@@ -230,6 +230,14 @@ impl PgConnection {
         self.conn.is_broken()
     }
 
+    /// Whether new commands may go to this connection now: not broken, not closing, and not
+    /// waiting for the outcome of a CancelRequest (a late cancel must never hit a command
+    /// that was not the one it was meant for).
+    pub fn accepts_commands(&self) -> bool {
+        let st = self.conn.st.borrow();
+        st.broken.is_none() && !st.closing && st.cancelling.is_none()
+    }
+
     /// Commands sent and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.conn.st.borrow().queue.len()
@@ -259,7 +267,10 @@ impl PgConnection {
     /// Queues a simple query nobody awaits (its reply is drained and discarded), ordered
     /// before any command issued after it.
     pub(crate) fn query_detached(&self, sql: &str) {
-        if let Ok((seq, _)) = self.conn.enqueue(Reply::simple(), |out| encode::query(sql, out)) {
+        if let Ok((seq, _)) = self
+            .conn
+            .enqueue(Reply::simple(), |out| encode::query(sql, out))
+        {
             command::abandon(&self.conn, seq);
         }
     }
@@ -374,8 +385,8 @@ fn is_stale_statement(e: &PgError) -> bool {
 struct QrSink(QueryResult);
 
 impl state::Sink for QrSink {
-    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError> {
-        self.0.accept(ev)
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), state::SinkError> {
+        Ok(self.0.accept(ev)?)
     }
 }
 
@@ -422,11 +433,8 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
             Err(e) => return Err(PgError::io("receiving the startup handshake", e)),
         }
     };
-    if !buf.is_empty() {
-        return Err(PgError::protocol(
-            "unexpected bytes after ReadyForQuery in startup",
-        ));
-    }
+    // Bytes that arrived with the final ReadyForQuery (a notice, a ParameterStatus, even a
+    // FATAL) stay in the receive buffer: the watcher handles them on its first poll.
     let key: Option<BackendKey> = info.backend_key();
     let conn = Rc::new(Conn {
         stream,
@@ -441,7 +449,6 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
             queue: VecDeque::new(),
             next_seq: 0,
             broken: None,
-            broken_transport: false,
             closing: false,
             txn: TxnStatus::Idle,
             cache: StatementCache::new(opts.get_statement_cache_capacity()),

@@ -67,9 +67,8 @@ pub(crate) struct State {
     pub(crate) recv: Option<Recv<Vec<u8>>>,
     pub(crate) queue: VecDeque<Cmd>,
     pub(crate) next_seq: u64,
-    pub(crate) broken: Option<String>,
-    /// The broken connection's error was a transport failure (vs a closed/terminated one).
-    pub(crate) broken_transport: bool,
+    /// Why the connection ended; every failed command gets a replica of it.
+    pub(crate) broken: Option<PgError>,
     pub(crate) closing: bool,
     pub(crate) txn: TxnStatus,
     pub(crate) cache: StatementCache,
@@ -95,15 +94,30 @@ pub(crate) struct Conn {
 
 /// Where a driver's events go: the head command's consumer, or nowhere (drained replies).
 pub(crate) trait Sink {
-    /// One event of the head command's reply. An error stops delivery; the reply is still
-    /// drained to its ReadyForQuery and the command fails with this error.
-    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), PgError>;
+    /// One event of the head command's reply. A `Stream` error (bytes that do not decode)
+    /// breaks the connection; a `User` error (a row callback's) stops delivery, the reply is
+    /// drained to its ReadyForQuery, and the command fails with it.
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), SinkError>;
+}
+
+/// Why a sink refused an event.
+pub(crate) enum SinkError {
+    /// The server's bytes are malformed: the connection cannot be trusted any more.
+    Stream(PgError),
+    /// The consumer gave up (a row callback returned an error).
+    User(PgError),
+}
+
+impl From<PgError> for SinkError {
+    fn from(e: PgError) -> SinkError {
+        SinkError::Stream(e)
+    }
 }
 
 pub(crate) struct Discard;
 
 impl Sink for Discard {
-    fn event(&mut self, _: &ReplyEvent<'_>) -> Result<(), PgError> {
+    fn event(&mut self, _: &ReplyEvent<'_>) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -133,20 +147,15 @@ enum Driven {
 }
 
 impl Conn {
-    /// Error for a command of this connection that finds it broken.
+    /// Error for a command of this connection that finds it broken: a replica of what broke
+    /// it (so a FATAL keeps its SQLSTATE, a protocol violation stays one), marked never sent
+    /// when the command's bytes never reached the kernel.
     pub(crate) fn broken_error(&self, sent_from: u64) -> PgError {
         let st = self.st.borrow();
-        let why = st
-            .broken
-            .clone()
-            .unwrap_or_else(|| "connection closed".into());
-        let e = if st.broken_transport {
-            PgError::io(
-                format!("connection broken: {why}"),
-                std::io::ErrorKind::BrokenPipe.into(),
-            )
-        } else {
-            PgError::closed(format!("connection closed: {why}"))
+        let e = match &st.broken {
+            Some(why) => why.replicate().maybe_sent(),
+            None if st.closing => PgError::closed("connection closed"),
+            None => PgError::closed("command no longer in flight"),
         };
         if sent_from >= st.handed_total {
             e.never_sent()
@@ -162,8 +171,7 @@ impl Conn {
             if st.broken.is_some() {
                 return;
             }
-            st.broken = Some(why.to_string());
-            st.broken_transport = why.is_transport() || why.is_timeout();
+            st.broken = Some(why.replicate());
             st.cache.clear();
             let mut wakers: Vec<Waker> = st.queue.drain(..).filter_map(|c| c.waker).collect();
             wakers.extend(st.writer_waker.take());
@@ -455,8 +463,10 @@ impl Conn {
                 }
                 ev => {
                     if errs.sink.is_none() && errs.server.is_none() {
-                        if let Err(e) = sink.event(&ev) {
-                            errs.sink = Some(e);
+                        match sink.event(&ev) {
+                            Ok(()) => {}
+                            Err(SinkError::Stream(e)) => return Err(e),
+                            Err(SinkError::User(e)) => errs.sink = Some(e),
                         }
                     }
                 }

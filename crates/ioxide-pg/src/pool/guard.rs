@@ -15,7 +15,9 @@ pub struct PooledConn {
 
 impl fmt::Debug for PooledConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PooledConn").field("conn", &self.lease.as_ref().map(|l| &l.conn)).finish()
+        f.debug_struct("PooledConn")
+            .field("conn", &self.lease.as_ref().map(|l| &l.conn))
+            .finish()
     }
 }
 
@@ -28,7 +30,10 @@ impl PooledConn {
     /// [`Transaction::commit`].
     pub async fn begin(&self) -> Result<Transaction<'_>, PgError> {
         self.query("BEGIN").await?;
-        Ok(Transaction { conn: self, done: false })
+        Ok(Transaction {
+            conn: self,
+            done: false,
+        })
     }
 }
 
@@ -50,7 +55,9 @@ fn unreachable_conn() -> &'static PgConnection {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else { return };
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
         let conn = &lease.conn;
         if conn.is_broken() || conn.in_flight() > 0 {
             lease.discard();
@@ -80,7 +87,9 @@ pub struct Transaction<'a> {
 
 impl fmt::Debug for Transaction<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transaction").field("done", &self.done).finish()
+        f.debug_struct("Transaction")
+            .field("done", &self.done)
+            .finish()
     }
 }
 

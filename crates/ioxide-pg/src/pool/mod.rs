@@ -45,7 +45,10 @@ pub struct PgPool {
 
 impl fmt::Debug for PgPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgPool").field("size", &self.inner.size).field("stats", &self.stats()).finish()
+        f.debug_struct("PgPool")
+            .field("size", &self.inner.size)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -79,7 +82,9 @@ impl PgPool {
         target: crate::Target,
     ) -> Rc<PgPool> {
         let inner = Rc::new(Inner::new(options, target));
-        let pool = reactor.add_service(PgPool { inner: inner.clone() });
+        let pool = reactor.add_service(PgPool {
+            inner: inner.clone(),
+        });
         drop(reactor.spawn(maintenance(Rc::downgrade(&inner))));
         replenish(&inner, Instant::now(), false);
         pool
@@ -107,12 +112,14 @@ impl PgPool {
 
     /// Parameterized query (prepared and cached per connection), rows collected.
     pub async fn query_params(&self, sql: &str, params: Params<'_>) -> Result<ResultSet, PgError> {
-        self.with_conn(|c| async move { c.query_params(sql, params).await }).await
+        self.with_conn(|c| async move { c.query_params(sql, params).await })
+            .await
     }
 
     /// Parameterized statement; returns the rows affected.
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, PgError> {
-        self.with_conn(|c| async move { c.execute(sql, params).await }).await
+        self.with_conn(|c| async move { c.execute(sql, params).await })
+            .await
     }
 
     /// Parameterized query whose rows stream to `f`, borrowed (see
@@ -143,7 +150,8 @@ impl PgPool {
             st.closed = true;
             st.slots.drain(..).map(|s| s.conn).collect()
         };
-        self.inner.fail_waiters(&PgError::closed("the pool is closed"));
+        self.inner
+            .fail_waiters(&PgError::closed("the pool is closed"));
         self.inner.poke();
         for c in conns {
             c.close().await;
@@ -158,8 +166,10 @@ impl PgPool {
         Fut: Future<Output = Result<T, PgError>> + 'a,
     {
         let mut retried = false;
+        // A retry keeps the original acquire deadline: one call waits at most acquire_timeout.
+        let deadline = Instant::now() + self.inner.acquire_timeout;
         loop {
-            let lease = self.acquire(false).await?;
+            let lease = self.acquire_by(false, deadline).await?;
             let r = f(lease.conn.clone()).await;
             drop(lease);
             match r {
@@ -185,6 +195,11 @@ impl PgPool {
 
     /// Capacity on a connection: at once if free and nobody is queued, else FIFO.
     async fn acquire(&self, exclusive: bool) -> Result<Lease, PgError> {
+        self.acquire_by(exclusive, Instant::now() + self.inner.acquire_timeout)
+            .await
+    }
+
+    async fn acquire_by(&self, exclusive: bool, deadline: Instant) -> Result<Lease, PgError> {
         let inner = &self.inner;
         let id = match inner.try_acquire(exclusive) {
             Some(id) => id,
@@ -199,14 +214,18 @@ impl PgPool {
                 replenish(inner, Instant::now(), true);
                 let waiter = Rc::new(RefCell::new(Waiter {
                     exclusive,
-                    deadline: Instant::now() + inner.acquire_timeout,
+                    deadline,
                     waker: None,
                     outcome: None,
                     fail_fast,
                 }));
                 inner.st.borrow_mut().waiters.push_back(waiter.clone());
                 inner.dispatch();
-                let guard = WaiterGuard { inner: inner.clone(), waiter: waiter.clone() };
+                let mut guard = WaiterGuard {
+                    inner: inner.clone(),
+                    waiter: waiter.clone(),
+                    armed: true,
+                };
                 let r = std::future::poll_fn(|cx| {
                     let mut w = waiter.borrow_mut();
                     match w.outcome.take() {
@@ -218,12 +237,17 @@ impl PgPool {
                     }
                 })
                 .await;
-                std::mem::forget(guard);
+                guard.armed = false;
                 r?
             }
         };
         match inner.conn(id) {
-            Some(conn) => Ok(Lease { inner: inner.clone(), id, exclusive, conn }),
+            Some(conn) => Ok(Lease {
+                inner: inner.clone(),
+                id,
+                exclusive,
+                conn,
+            }),
             None => Err(PgError::closed("connection vanished from the pool").never_sent()),
         }
     }
@@ -234,13 +258,22 @@ impl PgPool {
 struct WaiterGuard {
     inner: Rc<Inner>,
     waiter: Rc<RefCell<Waiter>>,
+    /// False once the request took its outcome.
+    armed: bool,
 }
 
 impl Drop for WaiterGuard {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let granted = self.waiter.borrow_mut().outcome.take();
         let exclusive = self.waiter.borrow().exclusive;
-        self.inner.st.borrow_mut().waiters.retain(|w| !Rc::ptr_eq(w, &self.waiter));
+        self.inner
+            .st
+            .borrow_mut()
+            .waiters
+            .retain(|w| !Rc::ptr_eq(w, &self.waiter));
         if let Some(Ok(id)) = granted {
             self.inner.release(id, exclusive);
         }

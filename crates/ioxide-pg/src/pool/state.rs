@@ -120,7 +120,7 @@ impl Inner {
     fn pick(&self, st: &PoolState, exclusive: bool) -> Option<usize> {
         let mut best: Option<(usize, usize)> = None;
         for (i, s) in st.slots.iter().enumerate() {
-            if s.rented || s.conn.is_broken() {
+            if s.rented || !s.conn.accepts_commands() {
                 continue;
             }
             if exclusive && s.inflight > 0 {
@@ -160,7 +160,12 @@ impl Inner {
     }
 
     pub(crate) fn conn(&self, id: u64) -> Option<PgConnection> {
-        self.st.borrow().slots.iter().find(|s| s.id == id).map(|s| s.conn.clone())
+        self.st
+            .borrow()
+            .slots
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.conn.clone())
     }
 
     /// Gives capacity back and hands it to queued waiters, in order.
@@ -185,7 +190,9 @@ impl Inner {
             let mut st = self.st.borrow_mut();
             while let Some(w) = st.waiters.front().cloned() {
                 let exclusive = w.borrow().exclusive;
-                let Some(i) = self.pick(&st, exclusive) else { break };
+                let Some(i) = self.pick(&st, exclusive) else {
+                    break;
+                };
                 let id = Self::take(&mut st, i, exclusive);
                 st.waiters.pop_front();
                 let mut w = w.borrow_mut();
@@ -247,7 +254,10 @@ impl Inner {
                 if !w.fail_fast {
                     return true;
                 }
-                w.outcome = Some(Err(PgError::closed(format!("the database is unreachable: {e}")).never_sent()));
+                w.outcome = Some(Err(PgError::closed(format!(
+                    "the database is unreachable: {e}"
+                ))
+                .never_sent()));
                 wake.extend(w.waker.take());
                 false
             });
@@ -259,15 +269,19 @@ impl Inner {
     /// `acquire_timeout`: new requests fail at once instead of waiting.
     pub(crate) fn down_for_long(&self) -> bool {
         let st = self.st.borrow();
-        st.slots.is_empty() && st.failing_since.is_some_and(|t| t.elapsed() >= self.acquire_timeout)
+        st.slots.is_empty()
+            && st
+                .failing_since
+                .is_some_and(|t| t.elapsed() >= self.acquire_timeout)
     }
 
     /// Drops broken connections. Returns how many.
     pub(crate) fn remove_broken(&self) -> usize {
         let removed: Vec<Slot> = {
             let mut st = self.st.borrow_mut();
-            let (broken, live): (Vec<Slot>, Vec<Slot>) =
-                std::mem::take(&mut st.slots).into_iter().partition(|s| s.conn.is_broken());
+            let (broken, live): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut st.slots)
+                .into_iter()
+                .partition(|s| s.conn.is_broken());
             st.slots = live;
             st.stats.broken_total += broken.len() as u64;
             broken
@@ -291,7 +305,8 @@ impl Inner {
         }
         let n = if st.failures == 0 {
             self.size - have
-        } else if st.connecting == 0 && (now >= st.next_attempt || (urgent && st.slots.is_empty())) {
+        } else if st.connecting == 0 && (now >= st.next_attempt || (urgent && st.slots.is_empty()))
+        {
             1
         } else {
             0
@@ -317,7 +332,12 @@ impl Inner {
                         p.poke();
                     }
                 });
-                st.slots.push(Slot { id, conn, inflight: 0, rented: false });
+                st.slots.push(Slot {
+                    id,
+                    conn,
+                    inflight: 0,
+                    rented: false,
+                });
                 st.failures = 0;
                 st.failing_since = None;
                 st.stats.opened_total += 1;
@@ -358,8 +378,16 @@ impl Inner {
         let st = self.st.borrow();
         let mut s = st.stats;
         s.open = st.slots.len();
-        s.idle = st.slots.iter().filter(|s| s.inflight == 0 && !s.rented && !s.conn.is_broken()).count();
-        s.in_flight = st.slots.iter().map(|s| s.inflight + usize::from(s.rented)).sum();
+        s.idle = st
+            .slots
+            .iter()
+            .filter(|s| s.inflight == 0 && !s.rented && !s.conn.is_broken())
+            .count();
+        s.in_flight = st
+            .slots
+            .iter()
+            .map(|s| s.inflight + usize::from(s.rented))
+            .sum();
         s.waiting = st.waiters.len();
         s.connecting = st.connecting;
         s
@@ -372,7 +400,10 @@ fn transient(e: &PgError) -> bool {
     if e.is_transport() || e.is_timeout() || e.is_closed() {
         return true;
     }
-    matches!(e.sql_state(), Some("57P01" | "57P02" | "57P03" | "53300" | "08006" | "08001"))
+    matches!(
+        e.sql_state(),
+        Some("57P01" | "57P02" | "57P03" | "53300" | "08006" | "08001")
+    )
 }
 
 fn acquire_error(waited: Duration, last: Option<&str>) -> PgError {
@@ -419,7 +450,10 @@ mod tests {
     fn backoff_grows_is_capped_and_jittered() {
         let mut rng = 12345;
         let first = backoff(1, &mut rng);
-        assert!(first >= BACKOFF_BASE / 2 && first <= BACKOFF_BASE * 3 / 2, "{first:?}");
+        assert!(
+            first >= BACKOFF_BASE / 2 && first <= BACKOFF_BASE * 3 / 2,
+            "{first:?}"
+        );
         for _ in 0..100 {
             let d = backoff(30, &mut rng);
             assert!(d >= BACKOFF_CAP / 2 && d <= BACKOFF_CAP * 3 / 2, "{d:?}");

@@ -88,16 +88,31 @@ impl QueryResult {
                 self.columns.map_or(0, usize::from)
             )));
         }
+        // Every row is checked whole, not only the one whose value we keep.
+        let mut first: Option<Option<&[u8]>> = None;
+        for i in 0..n {
+            let len = c.i32()?;
+            let field = if len >= 0 {
+                Some(c.bytes(len as usize)?)
+            } else if len == -1 {
+                None
+            } else {
+                return Err(PgError::protocol(format!(
+                    "malformed DataRow: field {i} has negative length {len}"
+                )));
+            };
+            if i == 0 {
+                first = Some(field);
+            }
+        }
+        c.finish().map_err(|_| {
+            PgError::protocol("malformed DataRow: trailing bytes after the last field")
+        })?;
         if self.have_value {
             return Ok(());
         }
         self.have_value = true;
-        if n == 0 {
-            return Ok(());
-        }
-        let len = c.i32()?;
-        if len >= 0 {
-            let bytes = c.bytes(len as usize)?;
+        if let Some(Some(bytes)) = first {
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| PgError::protocol(format!("DataRow text value is not UTF-8: {e}")))?;
             self.value = Some(text.to_owned());

@@ -1,0 +1,282 @@
+//! The pool against real clusters: warmup, overlap, rotation, FIFO, transactions, stats.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{opts, opts_for};
+use ioxide::Reactor;
+use ioxide_pg::{PgPool, TxnStatus};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use testkit::Cluster;
+
+#[test]
+fn first_query_during_warmup_succeeds_and_each_reactor_opens_pool_size() {
+    let c = Cluster::new().unwrap();
+    let o = opts_for(&c).pool_size(3);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let done_rx = std::sync::Arc::new(std::sync::Mutex::new(done_rx));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let o = o.clone();
+            let tx = tx.clone();
+            let done_rx = done_rx.clone();
+            std::thread::spawn(move || {
+                ioxide::block_on(async move {
+                    let pool = PgPool::start(&Reactor::current(), o).unwrap();
+                    // Issued before any connection is up: it waits in the queue.
+                    let r = pool.query("SELECT 42").await.unwrap();
+                    assert_eq!(r.value(), Some("42"));
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while pool.stats().open < 3 {
+                        assert!(Instant::now() < deadline, "pool did not warm up");
+                        ioxide::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    tx.send(()).unwrap();
+                    // Keep serving until the main thread has counted.
+                    while done_rx.lock().unwrap().try_recv().is_err() {
+                        ioxide::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+            })
+        })
+        .collect();
+    rx.recv().unwrap();
+    rx.recv().unwrap();
+    assert_eq!(
+        c.backend_count_for(c.user()).unwrap(),
+        6,
+        "pool_size x reactors"
+    );
+    drop(tx);
+    done_tx.send(()).unwrap();
+    done_tx.send(()).unwrap();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn eight_concurrent_100ms_queries_overlap_on_a_pool_of_eight() {
+    ioxide::block_on(async {
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(8)).unwrap();
+        pool.query("SELECT 1").await.unwrap();
+        while pool.stats().open < 8 {
+            ioxide::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                ioxide::spawn(
+                    async move { pool.query("SELECT 42 FROM pg_sleep(0.1)").await.unwrap() },
+                )
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.value(), Some("42"));
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(400),
+            "8 x 100 ms took {took:?}"
+        );
+    });
+}
+
+#[test]
+fn a_server_error_leaves_the_connection_in_rotation() {
+    ioxide::block_on(async {
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
+        let pid = pool
+            .query("SELECT pg_backend_pid()")
+            .await
+            .unwrap()
+            .value()
+            .unwrap()
+            .to_owned();
+        let e = pool
+            .query("SELECT * FROM this_table_does_not_exist")
+            .await
+            .unwrap_err();
+        assert_eq!(e.sql_state(), Some("42P01"));
+        let again = pool.query("SELECT pg_backend_pid()").await.unwrap();
+        assert_eq!(
+            again.value(),
+            Some(pid.as_str()),
+            "the same backend serves the next query"
+        );
+        assert_eq!(pool.stats().broken_total, 0);
+    });
+}
+
+#[test]
+fn exhaustion_queues_fifo_and_every_waiter_completes() {
+    ioxide::block_on(async {
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
+        let held = pool.rent().await.unwrap();
+        let order = Rc::new(RefCell::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let pool = pool.clone();
+            let order = order.clone();
+            tasks.push(ioxide::spawn(async move {
+                let c = pool.rent().await.unwrap();
+                order.borrow_mut().push(i);
+                c.query("SELECT 1").await.unwrap();
+            }));
+            ioxide::future::yield_now().await;
+        }
+        ioxide::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.stats().waiting, 5);
+        drop(held);
+        for t in tasks {
+            t.await;
+        }
+        assert_eq!(*order.borrow(), vec![0, 1, 2, 3, 4]);
+        // Many more queries than capacity, all complete.
+        let tasks: Vec<_> = (0..100)
+            .map(|i: i64| {
+                let pool = pool.clone();
+                ioxide::spawn(async move {
+                    pool.query_params("SELECT $1::int8", &[&i])
+                        .await
+                        .unwrap()
+                        .scalar::<i64>()
+                        .unwrap()
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await, i as i64);
+        }
+        assert_eq!(pool.stats().waiting, 0);
+    });
+}
+
+#[test]
+fn pipelined_pool_routes_past_a_slow_query_to_an_idle_connection() {
+    ioxide::block_on(async {
+        let pool =
+            PgPool::start(&Reactor::current(), opts().pool_size(2).pipeline_depth(8)).unwrap();
+        while pool.stats().open < 2 {
+            ioxide::time::sleep(Duration::from_millis(10)).await;
+        }
+        let slow = {
+            let pool = pool.clone();
+            ioxide::spawn(async move { pool.query("SELECT pg_sleep(0.5)").await.unwrap() })
+        };
+        ioxide::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        for _ in 0..20 {
+            pool.query("SELECT 1").await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "fast queries queued behind the slow one"
+        );
+        slow.await;
+    });
+}
+
+#[test]
+fn a_guard_dropped_inside_a_transaction_hands_over_a_clean_connection() {
+    let c = testkit::shared_cluster();
+    c.psql("CREATE TABLE IF NOT EXISTS pool_tx (v int)")
+        .unwrap();
+    ioxide::block_on(async {
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
+        {
+            let conn = pool.rent().await.unwrap();
+            conn.query("BEGIN").await.unwrap();
+            conn.query("INSERT INTO pool_tx VALUES (424242)")
+                .await
+                .unwrap();
+            assert_eq!(conn.transaction_status(), TxnStatus::InTransaction);
+        } // dropped without COMMIT
+        let conn = pool.rent().await.unwrap();
+        assert_eq!(conn.transaction_status(), TxnStatus::Idle);
+        let r = conn
+            .query("SELECT count(*) FROM pool_tx WHERE v = 424242")
+            .await
+            .unwrap();
+        assert_eq!(r.value(), Some("0"), "the uncommitted insert leaked");
+        // The helper: rollback on drop, commit when asked.
+        {
+            let tx = conn.begin().await.unwrap();
+            tx.query("INSERT INTO pool_tx VALUES (434343)")
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            conn.query("SELECT count(*) FROM pool_tx WHERE v = 434343")
+                .await
+                .unwrap()
+                .value(),
+            Some("0")
+        );
+        let tx = conn.begin().await.unwrap();
+        tx.query("INSERT INTO pool_tx VALUES (444444)")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            conn.query("SELECT count(*) FROM pool_tx WHERE v = 444444")
+                .await
+                .unwrap()
+                .value(),
+            Some("1")
+        );
+        assert_eq!(conn.transaction_status(), TxnStatus::Idle);
+    });
+}
+
+#[test]
+fn a_waiter_failed_in_a_sweep_can_query_again_at_once() {
+    ioxide::block_on(async {
+        let pool = PgPool::start(
+            &Reactor::current(),
+            opts()
+                .pool_size(1)
+                .acquire_timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+        let held = pool.rent().await.unwrap();
+        let p2 = pool.clone();
+        let waiter = ioxide::spawn(async move {
+            let e = p2.query("SELECT 1").await.unwrap_err();
+            assert!(e.is_timeout() && !e.was_sent(), "{e}");
+            // Re-entrant: straight back into the pool from the failure path.
+            p2.query("SELECT 2")
+                .await
+                .unwrap()
+                .value()
+                .map(str::to_owned)
+        });
+        ioxide::time::sleep(Duration::from_millis(700)).await;
+        drop(held);
+        assert_eq!(waiter.await.as_deref(), Some("2"));
+        assert!(pool.stats().timeouts_total >= 1);
+    });
+}
+
+#[test]
+fn stats_count_open_idle_and_in_flight() {
+    ioxide::block_on(async {
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(2)).unwrap();
+        pool.query("SELECT 1").await.unwrap();
+        while pool.stats().open < 2 {
+            ioxide::time::sleep(Duration::from_millis(10)).await;
+        }
+        let s = pool.stats();
+        assert_eq!((s.open, s.idle, s.in_flight, s.waiting), (2, 2, 0, 0));
+        assert_eq!(s.opened_total, 2);
+        let r = pool.rent().await.unwrap();
+        let s = pool.stats();
+        assert_eq!((s.idle, s.in_flight), (1, 1));
+        drop(r);
+        assert_eq!(pool.stats().idle, 2);
+    });
+}
