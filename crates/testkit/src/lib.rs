@@ -9,6 +9,10 @@
 //! * [`FakeServer`] — a loopback listener that plays a [`Step`] script to each client, with
 //!   byte builders for [`backend`] and [`frontend`] messages, for protocol-abuse tests.
 //!
+//! The clusters live in the `pg-throwaway` crate (so non-test binaries such as the playground
+//! can use them); this crate re-exports that API unchanged and adds the per-binary
+//! [`shared_cluster`] and the fake servers.
+//!
 //! Server binaries are found via `$PG_BIN`, `pg_config --bindir`, `$PATH`, or
 //! `/usr/lib/postgresql/*/bin`. When the tests run as root, the server runs as the
 //! `postgres` OS user.
@@ -19,21 +23,16 @@
 //! println!("connect to {}", cluster.url());
 //! ```
 
-mod binaries;
-mod cluster;
-mod error;
 mod fake;
-mod os;
-mod reaper;
 
 use std::sync::OnceLock;
 
-pub use binaries::server_bin_dir;
-pub use cluster::{Auth, Cluster, ClusterBuilder, SUPERUSER};
-pub use error::{Error, ErrorKind, Result};
 pub use fake::messages::{backend, frontend};
 pub use fake::{ConnectionLog, FakeServer, Step};
-pub use os::process_alive;
+pub use pg_throwaway::{
+    process_alive, server_bin_dir, Auth, Cluster, ClusterBuilder, Error, ErrorKind, Result,
+    DEFAULT_DIR_PREFIX, SUPERUSER,
+};
 
 /// One trust-auth cluster with the default role and database, started on first use and
 /// shared by every test in this test binary.

@@ -1,4 +1,4 @@
-//! A watchdog that cleans a cluster up when the test process dies without running `Drop`
+//! A watchdog that cleans a cluster up when the owning process dies without running `Drop`
 //! (a `static` cluster, `std::process::exit`, SIGKILL, a timed-out CI job).
 //!
 //! The reaper is a tiny `sh` script started with the cluster. Its stdin is a pipe whose write
@@ -62,14 +62,14 @@ impl Reaper {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(SCRIPT)
-            .arg("testkit-reaper")
+            .arg("pg-throwaway-reaper")
             .arg(root)
             .arg(data_dir)
             .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // Own process group: a terminal Ctrl-C aimed at the test run must not kill the
+        // Own process group: a terminal Ctrl-C aimed at the owning process must not kill the
         // reaper before it has done its job.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd

@@ -1,4 +1,4 @@
-//! What a test does to a running cluster: SQL through `psql`, stop/start/restart/crash,
+//! What a caller does to a running cluster: SQL through `psql`, stop/start/restart/crash,
 //! freeze/thaw, and backend bookkeeping.
 
 use std::io::{Read, Write};
@@ -74,7 +74,7 @@ impl Cluster {
         .arg(self.port.to_string());
         os::scrub_pg_env(&mut cmd);
         cmd.env("PGPASSFILE", self.root.join("no-such-pgpass"))
-            .env("PGAPPNAME", "testkit")
+            .env("PGAPPNAME", "pg-throwaway")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

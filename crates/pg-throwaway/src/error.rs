@@ -1,9 +1,9 @@
-//! The one error type of the test kit.
+//! The one error type of the crate.
 
 use std::fmt;
 use std::io;
 
-/// What went wrong, coarsely, so a test can match on meaning.
+/// What went wrong, coarsely, so a caller can match on meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -19,8 +19,8 @@ pub enum ErrorKind {
     ServerExited,
 }
 
-/// An error from the test kit. Its `Display` text is written for a human reading a failed
-/// test: it names the step, and carries the helper's stderr or the server log tail.
+/// An error starting or driving a cluster. Its `Display` text is written for a human (a
+/// failed test, a terminal): it names the step, and carries the helper's stderr or the server log tail.
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
@@ -75,5 +75,5 @@ impl std::error::Error for Error {
     }
 }
 
-/// The result type of the test kit.
+/// The result type of the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

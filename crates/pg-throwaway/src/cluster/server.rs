@@ -25,6 +25,8 @@ pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const PORT_ATTEMPTS: u32 = 5;
 /// The Unix socket path (`<root>/.s.PGSQL.<port>`) must fit in `sun_path` (108 bytes).
 const MAX_ROOT_LEN: usize = 80;
+/// Longest temp dir name prefix (the socket path must stay short, see `MAX_ROOT_LEN`).
+const MAX_PREFIX_LEN: usize = 24;
 
 /// The postmaster as this process sees it.
 #[derive(Debug, Default)]
@@ -62,6 +64,18 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
             )));
         }
     }
+    if b.dir_prefix.is_empty()
+        || b.dir_prefix.len() > MAX_PREFIX_LEN
+        || !b
+            .dir_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(format!(
+            "invalid temp dir prefix {:?}: use 1 to {MAX_PREFIX_LEN} ASCII letters, digits,              `-` or `_`",
+            b.dir_prefix
+        )));
+    }
     let bins = binaries()?;
     let run_as = if os::running_as_root() {
         Some(os::lookup_user(SERVER_OS_USER).ok_or_else(|| {
@@ -79,8 +93,8 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
     };
 
     let temp = tempfile::Builder::new()
-        .prefix("testkit-pg-")
-        .tempdir_in(temp_base(run_as.is_some()))
+        .prefix(&b.dir_prefix)
+        .tempdir_in(temp_base(run_as.is_some(), b.dir_prefix.len()))
         .map_err(|e| Error::io("creating the cluster temp dir", e))?;
     let root = temp
         .path()
@@ -177,7 +191,7 @@ impl Cluster {
     /// Our settings, appended to the initdb-generated `postgresql.conf` (later lines win).
     fn conf_block(&self, extra: &[(String, String)]) -> String {
         let mut s = format!(
-            "\n# ---- written by testkit ----\n\
+            "\n# ---- written by pg-throwaway ----\n\
              listen_addresses = '127.0.0.1'\n\
              port = {}\n\
              unix_socket_directories = {}\n\
@@ -252,7 +266,7 @@ impl Cluster {
             .current_dir(&self.data_dir)
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
-            // Keep terminal signals (Ctrl-C) for the test process; the reaper cleans up.
+            // Keep terminal signals (Ctrl-C) for the owning process; the reaper cleans up.
             .process_group(0);
         let child = prepare(&mut cmd, self.run_as)
             .spawn()
@@ -396,12 +410,13 @@ pub(super) fn prepare(cmd: &mut Command, run_as: Option<(u32, u32)>) -> &mut Com
 
 /// Where temp roots go: `$TMPDIR` (std's `temp_dir`) unless the server user could not
 /// traverse it or the socket path would get too long; then `/tmp`.
-fn temp_base(as_other_user: bool) -> PathBuf {
+fn temp_base(as_other_user: bool, prefix_len: usize) -> PathBuf {
     let base = std::env::temp_dir();
     let traversable = std::fs::metadata(&base)
         .map(|m| !as_other_user || m.permissions().mode() & 0o001 != 0)
         .unwrap_or(false);
-    if traversable && base.as_os_str().len() + 20 < MAX_ROOT_LEN {
+    // `/` + prefix + 6 random characters.
+    if traversable && base.as_os_str().len() + prefix_len + 8 < MAX_ROOT_LEN {
         base
     } else {
         PathBuf::from("/tmp")
@@ -453,7 +468,7 @@ fn ephemeral_range() -> (u16, u16) {
 }
 
 /// Randomness good enough to spread ports: std's per-process random hash keys, mixed with the
-/// time and pid so concurrent test processes differ.
+/// time and pid so concurrent processes differ.
 fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -473,7 +488,7 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 fn hba_conf(auth: super::Auth) -> String {
     let m = auth.hba_method();
     format!(
-        "# written by testkit\n\
+        "# written by pg-throwaway\n\
          # TYPE  DATABASE  USER      ADDRESS        METHOD\n\
          local   all       {SUPERUSER}                 trust\n\
          host    all       {SUPERUSER}  127.0.0.1/32   trust\n\

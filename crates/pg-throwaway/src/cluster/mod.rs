@@ -1,4 +1,4 @@
-//! Throwaway PostgreSQL clusters: one temp directory, one postmaster, one test role.
+//! Throwaway PostgreSQL clusters: one temp directory, one postmaster, one role.
 
 mod control;
 mod server;
@@ -12,10 +12,10 @@ use crate::reaper::Reaper;
 pub(crate) use server::State;
 
 /// The superuser every cluster is initialised with. It is always trusted over the cluster's
-/// Unix socket and over loopback TCP, so control works whatever [`Auth`] the test picked.
+/// Unix socket and over loopback TCP, so control works whatever [`Auth`] the caller picked.
 pub const SUPERUSER: &str = "postgres";
 
-/// The OS user that runs the server when the tests run as root (PostgreSQL refuses root).
+/// The OS user that runs the server when we run as root (PostgreSQL refuses root).
 const SERVER_OS_USER: &str = "postgres";
 
 /// How the test role must authenticate (the `pg_hba.conf` method for everyone but the
@@ -62,7 +62,11 @@ pub struct ClusterBuilder {
     password: String,
     database: String,
     settings: Vec<(String, String)>,
+    dir_prefix: String,
 }
+
+/// The default name prefix of a cluster's temp directory.
+pub const DEFAULT_DIR_PREFIX: &str = "pg-throwaway-";
 
 impl Default for ClusterBuilder {
     fn default() -> Self {
@@ -72,6 +76,7 @@ impl Default for ClusterBuilder {
             password: "ioxide-secret".to_owned(),
             database: "ioxide".to_owned(),
             settings: Vec::new(),
+            dir_prefix: DEFAULT_DIR_PREFIX.to_owned(),
         }
     }
 }
@@ -108,6 +113,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// The name prefix of the cluster's temp directory (default `pg-throwaway-`), so whoever
+    /// lists `/tmp` sees whose cluster it is. ASCII letters, digits, `-` and `_`, at most 24.
+    pub fn dir_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.dir_prefix = prefix.into();
+        self
+    }
+
     /// Creates the temp directory, runs `initdb`, starts the server, creates the role and
     /// database, and returns once the server accepts connections.
     ///
@@ -131,13 +143,13 @@ impl ClusterBuilder {
 /// [`Cluster::freeze`] while another thread is blocked in a query).
 ///
 /// ```no_run
-/// let cluster = testkit::Cluster::builder()
-///     .auth(testkit::Auth::ScramSha256)
+/// let cluster = pg_throwaway::Cluster::builder()
+///     .auth(pg_throwaway::Auth::ScramSha256)
 ///     .start()?;
 /// assert_eq!(cluster.psql("SELECT 40 + 2")?, "42");
 /// assert_eq!(cluster.psql_as(cluster.user(), cluster.password(), "SELECT current_user")?,
 ///            "ioxide");
-/// # Ok::<(), testkit::Error>(())
+/// # Ok::<(), pg_throwaway::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct Cluster {
@@ -320,6 +332,17 @@ mod tests {
     fn encodes_userinfo() {
         assert_eq!(encode("a b@c:d/é"), "a%20b%40c%3Ad%2F%C3%A9");
         assert_eq!(encode("ioxide-secret"), "ioxide-secret");
+    }
+
+    #[test]
+    fn rejects_a_dir_prefix_that_could_escape_the_temp_dir() {
+        for bad in ["", "../up", "a/b", "with space", "x".repeat(25).as_str()] {
+            let Err(err) = Cluster::builder().dir_prefix(bad).start() else {
+                panic!("{bad:?}: a bad prefix must be refused before anything starts");
+            };
+            assert_eq!(err.kind(), ErrorKind::CommandFailed, "{bad:?}: {err}");
+            assert!(err.message().contains("temp dir prefix"), "{err}");
+        }
     }
 
     #[test]
