@@ -445,6 +445,7 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
             writer_waker: None,
             watcher_waker: None,
             rbuf: Some(buf),
+            rpos: 0,
             recv: None,
             queue: VecDeque::new(),
             next_seq: 0,

@@ -64,6 +64,9 @@ pub(crate) struct State {
     pub(crate) watcher_waker: Option<Waker>,
     /// The receive buffer when no receive is in flight and no driver holds it.
     pub(crate) rbuf: Option<Vec<u8>>,
+    /// Bytes of `rbuf` already consumed. The buffer is compacted only before a receive, not
+    /// after every command, so draining a pipelined batch moves no bytes.
+    pub(crate) rpos: usize,
     pub(crate) recv: Option<Recv<Vec<u8>>>,
     pub(crate) queue: VecDeque<Cmd>,
     pub(crate) next_seq: u64,
@@ -347,7 +350,7 @@ impl Conn {
             let (mut buf, mut pos) = {
                 let mut st = self.st.borrow_mut();
                 match st.rbuf.take() {
-                    Some(b) => (b, 0usize),
+                    Some(b) => (b, std::mem::take(&mut st.rpos)),
                     None => {
                         let Some(recv) = st.recv.as_mut() else {
                             drop(st);
@@ -390,8 +393,10 @@ impl Conn {
                     return Driven::Broken;
                 }
                 Ok(true) => {
-                    compact(&mut buf, pos);
-                    self.st.borrow_mut().rbuf = Some(buf);
+                    let mut st = self.st.borrow_mut();
+                    st.rbuf = Some(buf);
+                    st.rpos = pos;
+                    drop(st);
                     return Driven::HeadDone;
                 }
                 Ok(false) => {}
