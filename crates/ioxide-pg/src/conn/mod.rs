@@ -84,17 +84,7 @@ impl PgConnection {
     /// name needs a DNS lookup, which must happen before the reactors start — resolve it with
     /// [`PgOptions::resolve`] and use [`PgConnection::connect_to`].
     pub async fn connect(opts: &PgOptions) -> Result<PgConnection, PgError> {
-        if let Host::Tcp(h) = opts.get_host() {
-            if h.parse::<IpAddr>().is_err() {
-                return Err(PgError::config(
-                    "host",
-                    Some(h),
-                    "a host name must be resolved before the reactors start: call \
-                     PgOptions::resolve() and PgConnection::connect_to()",
-                ));
-            }
-        }
-        let target = opts.resolve()?;
+        let target = resolve_without_dns(opts)?;
         Self::connect_to(opts, target).await
     }
 
@@ -370,6 +360,23 @@ impl PgConnection {
             command::abandon(&self.conn, seq);
         }
     }
+}
+
+/// Resolves `opts` where no DNS lookup may happen (on a reactor): an IP literal or a Unix
+/// socket directory. A host name is a configuration error that says what to do instead.
+pub(crate) fn resolve_without_dns(opts: &PgOptions) -> Result<Target, PgError> {
+    if let Host::Tcp(h) = opts.get_host() {
+        if h.parse::<IpAddr>().is_err() {
+            return Err(PgError::config(
+                "host",
+                Some(h),
+                "a host name must be resolved before the reactors start: call \
+                 PgOptions::resolve() and pass the target (PgConnection::connect_to, \
+                 PgPool::start_with_target)",
+            ));
+        }
+    }
+    opts.resolve()
 }
 
 fn is_stale_statement(e: &PgError) -> bool {

@@ -61,17 +61,7 @@ impl PgPool {
     /// The host must be an IP literal or a Unix socket directory (no DNS on a reactor); for a
     /// host name, resolve first and use [`PgPool::start_with_target`].
     pub fn start(reactor: &Reactor, options: PgOptions) -> Result<Rc<PgPool>, PgError> {
-        if let crate::Host::Tcp(h) = options.get_host() {
-            if h.parse::<std::net::IpAddr>().is_err() {
-                return Err(PgError::config(
-                    "host",
-                    Some(h),
-                    "a host name must be resolved before the reactors start: call \
-                     PgOptions::resolve() and PgPool::start_with_target()",
-                ));
-            }
-        }
-        let target = options.resolve()?;
+        let target = crate::conn::resolve_without_dns(&options)?;
         Ok(Self::start_with_target(reactor, options, target))
     }
 
