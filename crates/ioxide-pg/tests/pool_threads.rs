@@ -42,12 +42,23 @@ fn main() {
                             let checked = checked.clone();
                             ioxide::spawn(async move {
                                 for j in 0..25 {
-                                    let r = pool.query_params("SELECT $1::int8", &[&(i * 100 + j)]).await.unwrap();
+                                    let r = pool
+                                        .query_params("SELECT $1::int8", &[&(i * 100 + j)])
+                                        .await
+                                        .unwrap();
                                     assert_eq!(r.scalar::<i64>().unwrap(), i * 100 + j);
-                                    assert_eq!(std::thread::current().id(), me, "resumed on another thread");
+                                    assert_eq!(
+                                        std::thread::current().id(),
+                                        me,
+                                        "resumed on another thread"
+                                    );
                                     let r = pool.query("SELECT 1").await.unwrap();
                                     assert_eq!(r.value(), Some("1"));
-                                    assert_eq!(std::thread::current().id(), me, "resumed on another thread");
+                                    assert_eq!(
+                                        std::thread::current().id(),
+                                        me,
+                                        "resumed on another thread"
+                                    );
                                     checked.set(checked.get() + 2);
                                 }
                             })
@@ -80,7 +91,11 @@ fn main() {
         r.join().unwrap();
     }
     assert_eq!(checked, REACTORS * 16 * 25 * 2);
-    assert_eq!(during, REACTORS + 1, "expected {REACTORS} reactor threads + main, found {during}");
+    assert_eq!(
+        during,
+        REACTORS + 1,
+        "expected {REACTORS} reactor threads + main, found {during}"
+    );
     drop(cluster);
     println!("pool_threads: {checked} continuations on their reactor's thread, {during} threads");
     println!("2 passed, 0 failed");
