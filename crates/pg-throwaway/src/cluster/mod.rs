@@ -63,6 +63,7 @@ pub struct ClusterBuilder {
     database: String,
     settings: Vec<(String, String)>,
     dir_prefix: String,
+    locale: String,
 }
 
 /// The default name prefix of a cluster's temp directory.
@@ -77,6 +78,7 @@ impl Default for ClusterBuilder {
             database: "ioxide".to_owned(),
             settings: Vec::new(),
             dir_prefix: DEFAULT_DIR_PREFIX.to_owned(),
+            locale: "C".to_owned(),
         }
     }
 }
@@ -117,6 +119,14 @@ impl ClusterBuilder {
     /// lists `/tmp` sees whose cluster it is. ASCII letters, digits, `-` and `_`, at most 24.
     pub fn dir_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.dir_prefix = prefix.into();
+        self
+    }
+
+    /// The cluster's locale (`initdb --locale`, default `C`). `C` sorts bytewise and
+    /// upper-cases ASCII only; `C.UTF-8` (where the OS has it) keeps the bytewise sort and
+    /// gives `upper()`/`lower()` all of Unicode. Letters, digits, `.`, `_`, `-`, `@` only.
+    pub fn locale(mut self, locale: impl Into<String>) -> Self {
+        self.locale = locale.into();
         self
     }
 
@@ -342,6 +352,16 @@ mod tests {
             };
             assert_eq!(err.kind(), ErrorKind::CommandFailed, "{bad:?}: {err}");
             assert!(err.message().contains("temp dir prefix"), "{err}");
+        }
+    }
+
+    #[test]
+    fn rejects_a_locale_that_is_not_a_plain_name() {
+        for bad in ["", "C; rm", "../x", "C UTF-8"] {
+            let Err(err) = Cluster::builder().locale(bad).start() else {
+                panic!("{bad:?}: a bad locale must be refused before anything starts");
+            };
+            assert!(err.message().contains("invalid locale"), "{err}");
         }
     }
 

@@ -76,6 +76,14 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
             b.dir_prefix
         )));
     }
+    if b.locale.is_empty()
+        || !b
+            .locale
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+    {
+        return Err(invalid(format!("invalid locale {:?}", b.locale)));
+    }
     let bins = binaries()?;
     let run_as = if os::running_as_root() {
         Some(os::lookup_user(SERVER_OS_USER).ok_or_else(|| {
@@ -114,16 +122,8 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
     initdb
         .arg("-D")
         .arg(&data_dir)
-        .args([
-            "-U",
-            SUPERUSER,
-            "-A",
-            "trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ])
+        .args(["-U", SUPERUSER, "-A", "trust", "--no-sync", "-E", "UTF8"])
+        .arg(format!("--locale={}", b.locale))
         .current_dir(&root);
     let out = prepare(&mut initdb, run_as)
         .output()

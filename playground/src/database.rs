@@ -1,0 +1,152 @@
+//! Which PostgreSQL the playground talks to: the one the environment names (libpq variables or
+//! `DATABASE_URL`), or — with neither `PGHOST` nor `DATABASE_URL` set — a throwaway cluster
+//! started from the installed server binaries and deleted on exit.
+
+use crate::config::Config;
+use ioxide_pg::{Host, PgOptions, Target};
+use pg_throwaway::Cluster;
+use std::fmt;
+
+/// The role and database created in a throwaway cluster.
+const THROWAWAY_NAME: &str = "playground";
+/// Name prefix of the throwaway cluster's temp directory, so `ls /tmp` says whose it is.
+const THROWAWAY_DIR_PREFIX: &str = "playground-pg-";
+/// Server connections kept free beyond the pools (psql, monitoring).
+const SPARE_SERVER_CONNECTIONS: usize = 20;
+/// The throwaway cluster's locale when the OS has it (`upper()` of all of Unicode, bytewise
+/// sort); otherwise `C` (ASCII-only `upper()`).
+const THROWAWAY_LOCALE: (&str, &str) = ("C.UTF-8", "/usr/lib/locale/C.utf8");
+/// `application_name` the pools report when the environment names none.
+const APPLICATION_NAME: &str = "playground";
+
+/// Why the database could not be set up.
+#[derive(Debug)]
+pub enum DbError {
+    /// A bad setting (a libpq variable, `DATABASE_URL`): exit code 2.
+    Config(String),
+    /// Anything else (no server binaries, the cluster failed to start, DNS): exit code 1.
+    Start(String),
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbError::Config(m) | DbError::Start(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The database the pools connect to.
+#[derive(Debug)]
+pub struct Database {
+    /// Connection and pool options (the playground's knobs applied).
+    pub options: PgOptions,
+    /// Resolved once, here, so no reactor ever does DNS.
+    pub target: Target,
+    /// The throwaway cluster, if we started one; dropping it stops the server and deletes
+    /// its directory.
+    pub cluster: Option<Cluster>,
+}
+
+/// Whether the environment names a database (a non-empty `PGHOST` or `DATABASE_URL`).
+pub fn configured_in_env() -> bool {
+    ["PGHOST", "DATABASE_URL"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+}
+
+impl Database {
+    /// The environment's database, or a new throwaway cluster. `announce` is called with a
+    /// line to print before a throwaway cluster starts (it takes a few seconds).
+    pub fn open(config: &Config, announce: impl FnOnce(&str)) -> Result<Database, DbError> {
+        let (options, cluster) = if configured_in_env() {
+            let opts = PgOptions::from_env()
+                .map_err(|e| DbError::Config(format!("bad database setting: {e}")))?;
+            (opts, None)
+        } else {
+            announce(
+                "playground: no PGHOST or DATABASE_URL set; starting a throwaway PostgreSQL \
+                 (initdb takes a few seconds)",
+            );
+            let cluster = start_throwaway(config)?;
+            let opts = PgOptions::new()
+                .host(cluster.host())
+                .port(cluster.port())
+                .user(cluster.user())
+                .database(cluster.database());
+            (opts, Some(cluster))
+        };
+        let options = apply_knobs(options, config);
+        options
+            .validate()
+            .map_err(|e| DbError::Config(format!("bad database setting: {e}")))?;
+        let target = options
+            .resolve()
+            .map_err(|e| DbError::Start(format!("cannot resolve the database host: {e}")))?;
+        Ok(Database {
+            options,
+            target,
+            cluster,
+        })
+    }
+
+    /// `127.0.0.1:5432/db`, `[::1]:5432/db`, `/run/postgresql/.s.PGSQL.5432/db`, with
+    /// ` (throwaway)` for ours. Never a password.
+    pub fn describe(&self) -> String {
+        let o = &self.options;
+        let place = match o.get_host() {
+            Host::Tcp(h) if h.contains(':') => format!("[{h}]:{}", o.get_port()),
+            Host::Tcp(h) => format!("{h}:{}", o.get_port()),
+            Host::Unix(dir) => dir
+                .join(format!(".s.PGSQL.{}", o.get_port()))
+                .display()
+                .to_string(),
+        };
+        let kind = if self.cluster.is_some() {
+            " (throwaway)"
+        } else {
+            ""
+        };
+        format!("{place}/{}{kind}", o.get_database())
+    }
+}
+
+/// The playground's pool knobs win over the driver defaults (and over `pool_size=` and the
+/// like in `DATABASE_URL`), so the startup line tells the truth.
+fn apply_knobs(mut o: PgOptions, config: &Config) -> PgOptions {
+    if o.get_application_name().is_none() {
+        o = o.application_name(APPLICATION_NAME);
+    }
+    o = o
+        .pool_size(config.pool_size)
+        .command_timeout(config.command_timeout)
+        .acquire_timeout(config.acquire_timeout);
+    if let Some(depth) = config.pipeline_depth {
+        o = o.pipeline_depth(depth);
+    }
+    o
+}
+
+fn start_throwaway(config: &Config) -> Result<Cluster, DbError> {
+    let needed = config
+        .pool_size
+        .saturating_mul(config.reactors)
+        .saturating_add(SPARE_SERVER_CONNECTIONS);
+    Cluster::builder()
+        .user(THROWAWAY_NAME)
+        .database(THROWAWAY_NAME)
+        .dir_prefix(THROWAWAY_DIR_PREFIX)
+        .setting("max_connections", needed.max(100).to_string())
+        .locale(if std::path::Path::new(THROWAWAY_LOCALE.1).exists() {
+            THROWAWAY_LOCALE.0
+        } else {
+            "C"
+        })
+        .start()
+        .map_err(|e| {
+            DbError::Start(format!(
+                "cannot start a throwaway PostgreSQL (set PGHOST or DATABASE_URL to use a \
+                 running server instead): {e}"
+            ))
+        })
+}
