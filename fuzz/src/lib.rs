@@ -95,6 +95,7 @@ pub fn connection_state(data: &[u8]) {
                 describe: true,
                 bind: true,
                 execute: true,
+                row_limit: false,
             }),
         });
     }

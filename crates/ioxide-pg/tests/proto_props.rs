@@ -134,6 +134,7 @@ fn command() -> impl Strategy<Value = (Reply, Vec<Msg>)> {
             describe,
             bind: exec,
             execute: exec,
+            row_limit: false,
         },
     );
     let extended = (

@@ -114,7 +114,16 @@ impl DbError {
     /// Fails (protocol error) when the body is malformed or lacks the severity, SQLSTATE or
     /// message that every PostgreSQL since 9.x sends.
     pub fn parse(body: &[u8]) -> Result<DbError, PgError> {
-        let mut c = Cursor::new(body, "ErrorResponse");
+        Self::parse_message(body, "ErrorResponse")
+    }
+
+    /// Parses a NoticeResponse body (errors name the NoticeResponse).
+    pub fn parse_notice(body: &[u8]) -> Result<DbError, PgError> {
+        Self::parse_message(body, "NoticeResponse")
+    }
+
+    fn parse_message(body: &[u8], what: &'static str) -> Result<DbError, PgError> {
+        let mut c = Cursor::new(body, what);
         let mut severity = None;
         let mut code = None;
         let mut message = None;
@@ -171,7 +180,7 @@ impl DbError {
             let query = internal_query.unwrap_or_default();
             e.position = Some(ErrorPosition::Internal { position, query });
         }
-        let missing = |f: &str| PgError::protocol(format!("ErrorResponse lacks the {f} field"));
+        let missing = |f: &str| PgError::protocol(format!("{what} lacks the {f} field"));
         e.severity = severity.ok_or_else(|| missing("severity (S)"))?;
         e.code = code.ok_or_else(|| missing("SQLSTATE (C)"))?;
         e.message = message.ok_or_else(|| missing("message (M)"))?;

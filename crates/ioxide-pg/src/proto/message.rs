@@ -381,7 +381,7 @@ pub fn classify_async(tag: u8, body: &[u8]) -> Result<Option<AsyncMessage<'_>>, 
     }
     Ok(Some(match BackendMessage::decode(tag, body)? {
         BackendMessage::NoticeResponse(body) => {
-            AsyncMessage::Notice(Box::new(DbError::parse(body)?))
+            AsyncMessage::Notice(Box::new(DbError::parse_notice(body)?))
         }
         BackendMessage::NotificationResponse {
             process_id,

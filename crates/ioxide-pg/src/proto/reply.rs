@@ -29,9 +29,13 @@ pub struct Steps {
     pub describe: bool,
     /// Bind: expect BindComplete.
     pub bind: bool,
-    /// Execute: expect DataRow*, then CommandComplete, EmptyQueryResponse or
-    /// PortalSuspended.
+    /// Execute: expect DataRow*, then CommandComplete or EmptyQueryResponse (or
+    /// PortalSuspended when `row_limit`).
     pub execute: bool,
+    /// The Execute asked for a row limit, so PortalSuspended may end it. Without one (the
+    /// driver always executes to completion) a PortalSuspended would silently truncate the
+    /// result: it is a protocol error.
+    pub row_limit: bool,
 }
 
 /// One element of the extended sequence, in wire order.
@@ -299,7 +303,9 @@ impl Reply {
             }
             (Ext::Execute, M::CommandComplete(tag)) => ReplyEvent::CommandComplete(tag),
             (Ext::Execute, M::EmptyQueryResponse) => ReplyEvent::EmptyQuery,
-            (Ext::Execute, M::PortalSuspended) => ReplyEvent::PortalSuspended,
+            (Ext::Execute, M::PortalSuspended) if self.steps.is_some_and(|s| s.row_limit) => {
+                ReplyEvent::PortalSuspended
+            }
             _ => return Err(self.unexpected(tag)),
         };
         let steps = self.steps.unwrap_or_default();

@@ -154,11 +154,24 @@ fn bind_execute_streams_rows() {
         got,
         names(&["ack", "row", "row", "complete:SELECT 2", "done:I"])
     );
+    // PortalSuspended ends an Execute only when it asked for a row limit…
+    let limited = Steps {
+        bind: true,
+        execute: true,
+        row_limit: true,
+        ..Steps::default()
+    };
+    let got = run(
+        &mut Reply::extended(limited),
+        &[(b'2', b""), (b'D', ROW), (b's', b""), (b'Z', b"T")],
+    );
+    assert_eq!(got, names(&["ack", "row", "suspended", "done:T"]));
+    // …otherwise it would silently truncate the result.
     let got = run(
         &mut Reply::bind_execute(),
         &[(b'2', b""), (b'D', ROW), (b's', b""), (b'Z', b"T")],
     );
-    assert_eq!(got, names(&["ack", "row", "suspended", "done:T"]));
+    assert!(got.is_err(), "{got:?}");
     let got = run(
         &mut Reply::bind_execute(),
         &[(b'2', b""), (b'I', b""), (b'Z', b"I")],
@@ -174,6 +187,7 @@ fn every_step_in_wire_order() {
         describe: true,
         bind: true,
         execute: true,
+        row_limit: false,
     };
     let got = run(
         &mut Reply::extended(steps),
@@ -214,6 +228,7 @@ fn extended_error_resyncs_at_ready_for_query() {
         describe: true,
         bind: true,
         execute: true,
+        row_limit: false,
         close: false,
     });
     let got = run(&mut r, &[(b'E', &e), (b'Z', b"I")]);
@@ -262,6 +277,7 @@ fn extended_out_of_place_messages_are_protocol_errors() {
         describe: true,
         bind: true,
         execute: true,
+        row_limit: false,
         close: false,
     };
     let got = run(
