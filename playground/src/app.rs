@@ -15,10 +15,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often each reactor publishes its pool statistics for `/stats` on other reactors.
 pub const STATS_REFRESH: Duration = Duration::from_millis(250);
+/// How often, at most, a reactor whose pool has no connection warns about it.
+const DOWN_WARNING_PERIOD: Duration = Duration::from_secs(10);
 
 /// What every reactor gets, built once in `main`.
 #[derive(Debug, Clone)]
@@ -68,10 +70,23 @@ pub fn start(reactor: &Reactor, shared: &Shared) {
         next_waiter: Cell::new(0),
     });
     let publisher = app.clone();
+    let mut warned: Option<Instant> = None;
     drop(ioxide::time::every(STATS_REFRESH, move || {
-        publisher
-            .board
-            .publish(publisher.index, publisher.pool.stats());
+        let stats = publisher.pool.stats();
+        publisher.board.publish(publisher.index, stats);
+        // Say so when the database cannot be reached (requests meanwhile get 503s).
+        if stats.open == 0 && stats.connect_failures_total > 0 && !publisher.is_draining() {
+            if warned.is_none_or(|at| at.elapsed() >= DOWN_WARNING_PERIOD) {
+                tracing::warn!(
+                    reactor = publisher.index,
+                    failed_connects = stats.connect_failures_total,
+                    "no connection to the database; requests answer 503 until it is reachable"
+                );
+                warned = Some(Instant::now());
+            }
+        } else if stats.open > 0 && warned.take().is_some() {
+            tracing::info!(reactor = publisher.index, "connected to the database again");
+        }
         true
     }));
     drop(reactor.spawn(crate::shutdown::drain(app, shared.lifecycle.clone())));
