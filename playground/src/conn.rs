@@ -194,8 +194,13 @@ impl Conn {
                     self.recv = None;
                     match res {
                         Ok(n) if n > 0 => {
+                            // Keep listening for a hang-up only while no complete request
+                            // waits in the buffer: one that does is answered next round.
+                            let complete = !matches!(http::parse(&buf), Parsed::Partial);
                             self.buf = Some(buf);
-                            self.arm_recv();
+                            if !complete {
+                                self.arm_recv();
+                            }
                         }
                         _ => {
                             tracing::debug!(

@@ -32,6 +32,22 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn a_request_sent_while_the_previous_one_runs_is_answered_too() {
+    let p = Playground::start(&shared_env(&[]));
+    let mut s = p.connect();
+    let start = Instant::now();
+    s.write_all(b"GET /sleep HTTP/1.1\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    // Arrives while /sleep runs; the client then waits for both answers.
+    s.write_all(b"GET /add/1 HTTP/1.1\r\n\r\nGET /add/2 HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let (r, _) = read_responses(&mut s, 3);
+    let bodies: Vec<&str> = r.iter().map(|r| r.body.as_str()).collect();
+    assert_eq!(bodies, ["42", "2", "3"]);
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+}
+
+#[test]
 fn pipelined_requests_run_concurrently() {
     let p = Playground::start(&shared_env(&[("PG_POOL_SIZE", "4")]));
     assert_eq!(p.get("/").body, "42");
