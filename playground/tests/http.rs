@@ -44,7 +44,11 @@ fn a_request_sent_while_the_previous_one_runs_is_answered_too() {
     let (r, _) = read_responses(&mut s, 3);
     let bodies: Vec<&str> = r.iter().map(|r| r.body.as_str()).collect();
     assert_eq!(bodies, ["42", "2", "3"]);
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
