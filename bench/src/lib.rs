@@ -1,6 +1,11 @@
-//! Side-by-side benchmarks against the Rust peers (echo, pgload) land here.
+//! Side-by-side benchmarks against the Rust peers: `echo` (runtime), `pgload` (drivers).
 //!
 //! Shared pieces: a fixed-size latency histogram and small statistics helpers.
+
+pub mod http;
+pub mod pgload;
+pub mod report;
+pub mod suite;
 
 use std::time::Duration;
 

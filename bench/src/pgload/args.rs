@@ -1,0 +1,210 @@
+//! Command-line settings of one `pgload` run.
+
+use ioxide_pg::PgOptions;
+
+/// The client under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// Our `PgPool` on `--reactors` reactor threads.
+    IoxidePg,
+    /// tokio-postgres: `--conns` clients, statements prepared once per client, the
+    /// concurrent queries spread round-robin over the clients (pipelined on each).
+    TokioPostgres,
+    /// deadpool-postgres: a pool of `--conns`, one query per rented client, `prepare_cached`.
+    Deadpool,
+    /// sqlx `PgPool` of `--conns` (its own statement cache).
+    Sqlx,
+}
+
+impl Driver {
+    /// The name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::IoxidePg => "ioxide-pg",
+            Driver::TokioPostgres => "tokio-postgres",
+            Driver::Deadpool => "deadpool",
+            Driver::Sqlx => "sqlx",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Driver, String> {
+        Ok(match s {
+            "ioxide-pg" => Driver::IoxidePg,
+            "tokio-postgres" => Driver::TokioPostgres,
+            "deadpool" => Driver::Deadpool,
+            "sqlx" => Driver::Sqlx,
+            _ => {
+                return Err(format!(
+                    "unknown driver {s} (ioxide-pg|tokio-postgres|deadpool|sqlx)"
+                ))
+            }
+        })
+    }
+}
+
+/// The statement every task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// `SELECT 42`.
+    Select42,
+    /// `SELECT $1::int8 + 1`.
+    Param,
+    /// 100 rows of `generate_series`, read fully.
+    Rows100,
+}
+
+impl Query {
+    /// The name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Query::Select42 => "select42",
+            Query::Param => "param",
+            Query::Rows100 => "rows100",
+        }
+    }
+
+    /// The SQL text.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Query::Select42 => super::SQL_SELECT42,
+            Query::Param => super::SQL_PARAM,
+            Query::Rows100 => super::SQL_ROWS100,
+        }
+    }
+
+    fn parse(s: &str) -> Result<Query, String> {
+        Ok(match s {
+            "select42" => Query::Select42,
+            "param" => Query::Param,
+            "rows100" => Query::Rows100,
+            _ => return Err(format!("unknown query {s} (select42|param|rows100)")),
+        })
+    }
+}
+
+/// The tokio scheduler the peers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `new_current_thread()`: everything on one thread.
+    CurrentThread,
+    /// `new_multi_thread().worker_threads(1)`.
+    MultiThread1,
+}
+
+impl Flavor {
+    /// The name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::CurrentThread => "current_thread",
+            Flavor::MultiThread1 => "multi_thread_1",
+        }
+    }
+}
+
+/// Every setting of one run.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub driver: Driver,
+    /// Total server connections.
+    pub conns: usize,
+    /// Queries in flight (closed-loop tasks).
+    pub concurrency: usize,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Warm-up seconds before the window.
+    pub warmup: f64,
+    pub query: Query,
+    /// ioxide-pg: reactor threads; the connections are split evenly over them.
+    pub reactors: usize,
+    /// ioxide-pg: commands in flight per connection.
+    pub pipeline_depth: usize,
+    /// Peers: the tokio scheduler.
+    pub flavor: Flavor,
+    /// sqlx: ping every connection on acquire (sqlx's default; off = its best).
+    pub sqlx_test_before_acquire: bool,
+    /// Run exactly this many queries (no warm-up, no timed window), for instruction counts.
+    pub fixed_queries: Option<u64>,
+    pub options: PgOptions,
+}
+
+/// The usage line.
+pub const USAGE: &str = "\
+usage: pgload --driver ioxide-pg|tokio-postgres|deadpool|sqlx [--conns N] [--concurrency C]
+              [--seconds S] [--warmup W] [--query select42|param|rows100]
+              [--reactors R] [--pipeline-depth D]                      (ioxide-pg)
+              [--runtime current_thread|multi_thread_1]                (peers)
+              [--sqlx-test-before-acquire]                             (sqlx)
+              [--fixed-queries N] [--url postgres://...]
+Without --url the libpq environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) or
+DATABASE_URL is used. Prints one JSON line.";
+
+impl Args {
+    /// Parses the command line (without the program name).
+    pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut driver = None;
+        let mut a = Args {
+            driver: Driver::IoxidePg,
+            conns: 2,
+            concurrency: 64,
+            seconds: 5.0,
+            warmup: 1.0,
+            query: Query::Select42,
+            reactors: 1,
+            pipeline_depth: 1,
+            flavor: Flavor::CurrentThread,
+            sqlx_test_before_acquire: false,
+            fixed_queries: None,
+            options: PgOptions::new(),
+        };
+        let mut url = None;
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--driver" => driver = Some(Driver::parse(&value()?)?),
+                "--conns" => a.conns = num(&flag, &value()?)?,
+                "--concurrency" => a.concurrency = num(&flag, &value()?)?,
+                "--seconds" => a.seconds = num(&flag, &value()?)?,
+                "--warmup" => a.warmup = num(&flag, &value()?)?,
+                "--query" => a.query = Query::parse(&value()?)?,
+                "--reactors" => a.reactors = num(&flag, &value()?)?,
+                "--pipeline-depth" => a.pipeline_depth = num(&flag, &value()?)?,
+                "--runtime" => {
+                    a.flavor = match value()?.as_str() {
+                        "current_thread" => Flavor::CurrentThread,
+                        "multi_thread_1" => Flavor::MultiThread1,
+                        other => return Err(format!("unknown runtime {other}")),
+                    }
+                }
+                "--sqlx-test-before-acquire" => a.sqlx_test_before_acquire = true,
+                "--fixed-queries" => a.fixed_queries = Some(num(&flag, &value()?)?),
+                "--url" => url = Some(value()?),
+                "-h" | "--help" => return Err(USAGE.into()),
+                other => return Err(format!("unknown argument {other}\n{USAGE}")),
+            }
+        }
+        a.driver = driver.ok_or_else(|| format!("--driver is required\n{USAGE}"))?;
+        a.options = match url {
+            Some(u) => PgOptions::from_url(&u),
+            None => PgOptions::from_env(),
+        }
+        .map_err(|e| format!("connection options: {e}"))?;
+        if a.conns == 0 || a.concurrency == 0 || a.reactors == 0 || a.pipeline_depth == 0 {
+            return Err("--conns, --concurrency, --reactors, --pipeline-depth must be >= 1".into());
+        }
+        if a.driver == Driver::IoxidePg && a.conns % a.reactors != 0 {
+            return Err(format!(
+                "--conns {} must be a multiple of --reactors {} (pool_size = conns / reactors)",
+                a.conns, a.reactors
+            ));
+        }
+        if !(a.seconds > 0.0 && a.warmup >= 0.0) {
+            return Err("--seconds must be > 0 and --warmup >= 0".into());
+        }
+        Ok(a)
+    }
+}
+
+fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: not a valid number: {v}"))
+}

@@ -1,0 +1,258 @@
+//! The peers at their idiomatic best, on one tokio runtime (`--runtime`):
+//!
+//! * tokio-postgres: `conns` clients, each with its statement prepared once; task `i` uses
+//!   client `i % conns`, so with concurrency > conns many queries are pipelined on a client;
+//! * deadpool-postgres: a pool of `conns` (`RecyclingMethod::Fast`), each query rents a
+//!   client, `prepare_cached`, runs, returns it;
+//! * sqlx: a `PgPool` of `conns` (its per-connection statement cache; `test_before_acquire`
+//!   off unless `--sqlx-test-before-acquire`).
+
+use super::{control, report, Args, Ctl, Driver, Flavor, Outcome, Query};
+use crate::{closed_loop, Histogram};
+use ioxide_pg::{Host, PgOptions};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// Runs one measurement.
+pub fn run(args: &Args) -> Result<Value, String> {
+    let ctl = Arc::new(Ctl::new(args.concurrency, args.fixed_queries));
+    let exited = Arc::new(AtomicBool::new(false));
+    let rt = match args.flavor {
+        Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Flavor::MultiThread1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build(),
+    }
+    .map_err(|e| format!("building the tokio runtime: {e}"))?;
+    let thread = {
+        let (ctl, exited, a) = (ctl.clone(), exited.clone(), args.clone());
+        std::thread::Builder::new()
+            .name("load".into())
+            .spawn(move || {
+                let r = rt.block_on(load(a, ctl.clone()));
+                if let Err(e) = &r {
+                    ctl.setup_failed(e);
+                }
+                exited.store(true, Ordering::Release);
+                r
+            })
+            .map_err(|e| format!("spawning the load thread: {e}"))?
+    };
+    let window = control(&ctl, args, 1, &|| exited.load(Ordering::Acquire));
+    if window.is_err() {
+        ctl.setup_failed("aborted");
+    }
+    let rss = super::rss_kib();
+    let hist = thread
+        .join()
+        .map_err(|_| "the load thread panicked".to_string())??;
+    let out = Outcome { hist, ring: None };
+    let mut v = report(args, &window?, &out, rss);
+    super::add_errors(&mut v, &ctl);
+    Ok(v)
+}
+
+fn tp_config(o: &PgOptions) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    match o.get_host() {
+        Host::Tcp(h) => c.host(h),
+        Host::Unix(dir) => c.host_path(dir),
+    };
+    c.port(o.get_port())
+        .user(o.get_user())
+        .dbname(o.get_database());
+    if let Some(p) = o.get_password() {
+        c.password(p);
+    }
+    c
+}
+
+fn sqlx_options(o: &PgOptions) -> sqlx::postgres::PgConnectOptions {
+    let mut c = sqlx::postgres::PgConnectOptions::new_without_pgpass()
+        .port(o.get_port())
+        .username(o.get_user())
+        .database(o.get_database());
+    c = match o.get_host() {
+        Host::Tcp(h) => c.host(h),
+        Host::Unix(dir) => c.socket(dir),
+    };
+    if let Some(p) = o.get_password() {
+        c = c.password(p);
+    }
+    c
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Opens the connections, reports ready, runs the tasks, merges their histograms.
+async fn load(args: Args, ctl: Arc<Ctl>) -> Result<Histogram, String> {
+    let (q, sql) = (args.query, args.query.sql());
+    let mut handles = Vec::with_capacity(args.concurrency);
+    match args.driver {
+        Driver::TokioPostgres => {
+            let cfg = tp_config(&args.options);
+            let mut clients = Vec::with_capacity(args.conns);
+            for _ in 0..args.conns {
+                let (client, conn) = cfg.connect(NoTls).await.map_err(err)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                let stmt = client.prepare(sql).await.map_err(err)?;
+                clients.push(Arc::new((client, stmt)));
+            }
+            ctl.ready();
+            for task in 0..args.concurrency {
+                let (ctl, c) = (ctl.clone(), clients[task % args.conns].clone());
+                handles.push(tokio::spawn(async move {
+                    closed_loop!(&ctl, task, |n| tp_one(&c.0, &c.1, q, n).await)
+                }));
+            }
+        }
+        Driver::Deadpool => {
+            use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+            let mgr = Manager::from_config(
+                tp_config(&args.options),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            let pool = Pool::builder(mgr)
+                .max_size(args.conns)
+                .build()
+                .map_err(err)?;
+            // Open every connection and warm its statement cache.
+            let mut held = Vec::with_capacity(args.conns);
+            for _ in 0..args.conns {
+                let c = pool.get().await.map_err(err)?;
+                c.prepare_cached(sql).await.map_err(err)?;
+                held.push(c);
+            }
+            drop(held);
+            ctl.ready();
+            for task in 0..args.concurrency {
+                let (ctl, pool) = (ctl.clone(), pool.clone());
+                handles.push(tokio::spawn(async move {
+                    closed_loop!(&ctl, task, |n| async {
+                        let c = pool.get().await.map_err(err)?;
+                        let s = c.prepare_cached(sql).await.map_err(err)?;
+                        tp_one(&c, &s, q, n).await
+                    }
+                    .await)
+                }));
+            }
+        }
+        Driver::Sqlx => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(args.conns as u32)
+                .min_connections(args.conns as u32)
+                .test_before_acquire(args.sqlx_test_before_acquire)
+                .connect_with(sqlx_options(&args.options))
+                .await
+                .map_err(err)?;
+            let mut held = Vec::with_capacity(args.conns);
+            for _ in 0..args.conns {
+                let mut c = pool.acquire().await.map_err(err)?;
+                sqlx_one_on(&mut c, q).await?;
+                held.push(c);
+            }
+            drop(held);
+            ctl.ready();
+            for task in 0..args.concurrency {
+                let (ctl, pool) = (ctl.clone(), pool.clone());
+                handles.push(tokio::spawn(async move {
+                    closed_loop!(&ctl, task, |n| sqlx_one(&pool, q, n).await)
+                }));
+            }
+        }
+        Driver::IoxidePg => unreachable!("ioxide-pg runs on its own reactors"),
+    }
+    let mut hist = Histogram::new();
+    for h in handles {
+        hist.merge(&h.await.map_err(|e| format!("a load task failed: {e}"))?);
+    }
+    Ok(hist)
+}
+
+/// One tokio-postgres query on `c` with the prepared `s`, checked.
+async fn tp_one(c: &Client, s: &Statement, q: Query, n: i64) -> Result<bool, String> {
+    match q {
+        Query::Select42 => {
+            let row = c.query_one(s, &[]).await.map_err(err)?;
+            Ok(row.try_get::<_, i32>(0).map_err(err)? == 42)
+        }
+        Query::Param => {
+            let row = c.query_one(s, &[&n]).await.map_err(err)?;
+            Ok(row.try_get::<_, i64>(0).map_err(err)? == n + 1)
+        }
+        Query::Rows100 => {
+            let rows = c.query(s, &[]).await.map_err(err)?;
+            let mut sum = 0i64;
+            for r in &rows {
+                sum += i64::from(r.try_get::<_, i32>(0).map_err(err)?);
+            }
+            Ok(rows.len() == 100 && sum == super::ROWS100_SUM)
+        }
+    }
+}
+
+/// One sqlx query through the pool, checked.
+async fn sqlx_one(pool: &sqlx::PgPool, q: Query, n: i64) -> Result<bool, String> {
+    match q {
+        Query::Select42 => {
+            let v: i32 = sqlx::query_scalar(q.sql())
+                .fetch_one(pool)
+                .await
+                .map_err(err)?;
+            Ok(v == 42)
+        }
+        Query::Param => {
+            let v: i64 = sqlx::query_scalar(q.sql())
+                .bind(n)
+                .fetch_one(pool)
+                .await
+                .map_err(err)?;
+            Ok(v == n + 1)
+        }
+        Query::Rows100 => {
+            let v: Vec<i32> = sqlx::query_scalar(q.sql())
+                .fetch_all(pool)
+                .await
+                .map_err(err)?;
+            Ok(
+                v.len() == 100
+                    && v.iter().map(|&x| i64::from(x)).sum::<i64>() == super::ROWS100_SUM,
+            )
+        }
+    }
+}
+
+/// Warms one sqlx connection's statement cache.
+async fn sqlx_one_on(
+    c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+    q: Query,
+) -> Result<(), String> {
+    match q {
+        Query::Param => {
+            sqlx::query_scalar::<_, i64>(q.sql())
+                .bind(1i64)
+                .fetch_one(&mut **c)
+                .await
+                .map_err(err)?;
+        }
+        _ => {
+            sqlx::query_scalar::<_, i32>(q.sql())
+                .fetch_all(&mut **c)
+                .await
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,586 @@
+//! `BENCHMARKS.md` and the chart, regenerated from one results JSON of `bench-run`.
+//!
+//! The markdown holds: the targets with their measured ratios, the tables of medians, the
+//! ratios of ioxide-pg against each peer, HTTP end to end, the pipeline-depth and reactor
+//! sweeps, and — verbatim — `bench/FINDINGS.md`, the hand-written analysis (profiles, syscall
+//! counts) that a generator cannot produce.
+
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The label of pipelined ioxide-pg in the suite.
+fn pipelined(r: &Value) -> String {
+    format!(
+        "ioxide-pg d={}",
+        r["settings"]["pipelined_depth"].as_u64().unwrap_or(256)
+    )
+}
+
+/// The median row of `label` in `group` at a setting.
+fn find<'a>(
+    r: &'a Value,
+    group: &str,
+    query: &str,
+    conns: u64,
+    conc: u64,
+    label: &str,
+) -> Option<&'a Value> {
+    r["medians"].as_array()?.iter().find(|m| {
+        m["group"] == group
+            && m["query"] == query
+            && m["conns"].as_u64() == Some(conns)
+            && m["concurrency"].as_u64() == Some(conc)
+            && m["label"] == label
+    })
+}
+
+/// Like [`find`], looking in the matrix and then in the one-connection cases.
+fn find_any<'a>(
+    r: &'a Value,
+    query: &str,
+    conns: u64,
+    conc: u64,
+    label: &str,
+) -> Option<&'a Value> {
+    find(r, "matrix", query, conns, conc, label)
+        .or_else(|| find(r, "one_conn", query, conns, conc, label))
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(f64::NAN)
+}
+
+fn num(x: f64) -> String {
+    if x.is_nan() {
+        "—".into()
+    } else if x >= 1000.0 {
+        let s = format!("{:.0}", x);
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(' ');
+            }
+            out.push(c);
+        }
+        out
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    a / b
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**missed**"
+    }
+}
+
+/// One target line: `what | target | measured | verdict`.
+struct Target {
+    what: String,
+    target: String,
+    measured: String,
+    ok: Option<bool>,
+}
+
+fn targets(r: &Value) -> Vec<Target> {
+    let mut t = Vec::new();
+    let p = pipelined(r);
+    for query in ["select42", "param"] {
+        // tokio-postgres at its best connection count (by q/s) at concurrency 64.
+        let best = [1u64, 2, 8]
+            .into_iter()
+            .filter_map(|c| find_any(r, query, c, 64, "tokio-postgres").map(|m| (c, m)))
+            .max_by(|a, b| f(a.1, "qps").total_cmp(&f(b.1, "qps")));
+        if let Some((c, tp)) = best {
+            if let Some(io) = find_any(r, query, c, 64, &p) {
+                let q = ratio(f(io, "qps"), f(tp, "qps"));
+                let cpu = ratio(
+                    f(io, "client_cpu_us_per_query"),
+                    f(tp, "client_cpu_us_per_query"),
+                );
+                let p99 = ratio(f(io, "p99_us"), f(tp, "p99_us"));
+                t.push(Target {
+                    what: format!("pipelined ioxide-pg vs tokio-postgres at its best ({c} conns), `{query}`, 64 in flight"),
+                    target: "≥ 1.5× q/s; ≤ 0.33× CPU/query; p99 ≤ 1×".into(),
+                    measured: format!("{q:.2}× q/s; {cpu:.2}× CPU; p99 {p99:.2}×"),
+                    ok: Some(q >= 1.5 && cpu <= 1.0 / 3.0 && p99 <= 1.0),
+                });
+            }
+        }
+        for conns in [2u64, 8] {
+            if let (Some(io), Some(dp)) = (
+                find(r, "matrix", query, conns, 64, "ioxide-pg d=1"),
+                find(r, "matrix", query, conns, 64, "deadpool"),
+            ) {
+                let q = ratio(f(io, "qps"), f(dp, "qps"));
+                let cpu = ratio(
+                    f(io, "client_cpu_us_per_query"),
+                    f(dp, "client_cpu_us_per_query"),
+                );
+                t.push(Target {
+                    what: format!(
+                        "depth-1 ioxide-pg vs deadpool, pool of {conns}, `{query}`, 64 in flight"
+                    ),
+                    target: "≥ 1.5× q/s; ≤ 0.33× CPU/query".into(),
+                    measured: format!("{q:.2}× q/s; {cpu:.2}× CPU"),
+                    ok: Some(q >= 1.5 && cpu <= 1.0 / 3.0),
+                });
+            }
+        }
+        if let (Some(io), Some(tp)) = (
+            find(r, "one_conn", query, 1, 64, &p),
+            find(r, "one_conn", query, 1, 64, "tokio-postgres"),
+        ) {
+            let q = ratio(f(io, "qps"), f(tp, "qps"));
+            let cpu = ratio(
+                f(io, "client_cpu_us_per_query"),
+                f(tp, "client_cpu_us_per_query"),
+            );
+            t.push(Target {
+                what: format!("one connection, pipelined, ioxide-pg vs tokio-postgres, `{query}`, 64 in flight"),
+                target: "≤ 0.33× CPU/query".into(),
+                measured: format!("{cpu:.2}× CPU ({q:.2}× q/s)"),
+                ok: Some(cpu <= 1.0 / 3.0),
+            });
+        }
+    }
+    for path in ["/", "/add/41"] {
+        let h = |s: &str| {
+            r["http"]
+                .as_array()
+                .and_then(|a| a.iter().find(|m| m["server"] == s && m["path"] == path))
+        };
+        if let (Some(pg), Some(ax)) = (h("playground"), h("axum+deadpool")) {
+            let q = ratio(f(pg, "rps"), f(ax, "rps"));
+            let cpu = ratio(
+                f(pg, "server_cpu_us_per_request"),
+                f(ax, "server_cpu_us_per_request"),
+            );
+            let is_root = path == "/";
+            t.push(Target {
+                what: format!("HTTP `{path}`: playground vs axum + deadpool"),
+                target: if is_root {
+                    "≥ 1.5× req/s at lower CPU/request".into()
+                } else {
+                    "(no target; reported)".into()
+                },
+                measured: format!("{q:.2}× req/s; {cpu:.2}× CPU/request"),
+                ok: is_root.then_some(q >= 1.5 && cpu < 1.0),
+            });
+        }
+    }
+    if r["http"].as_array().is_none_or(|a| a.is_empty()) {
+        t.push(Target {
+            what: "HTTP `/`: playground vs axum + deadpool".into(),
+            target: "≥ 1.5× req/s at lower CPU/request".into(),
+            measured: format!(
+                "not measured: {}",
+                r["http_note"].as_str().unwrap_or("HTTP part not run")
+            ),
+            ok: None,
+        });
+    }
+    t
+}
+
+fn table_header(s: &mut String, cols: &[&str]) {
+    let _ = writeln!(s, "| {} |", cols.join(" | "));
+    let _ = writeln!(
+        s,
+        "|{}",
+        cols.iter()
+            .enumerate()
+            .map(|(i, _)| if i < 3 { " --- |" } else { " ---: |" })
+            .collect::<String>()
+    );
+}
+
+/// The whole markdown. `findings` is appended verbatim; `chart` is the SVG's path relative
+/// to the repository root.
+pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
+    let mut s = String::new();
+    let st = &r["settings"];
+    let m = &r["machine"];
+    let p = pipelined(r);
+    let _ = writeln!(
+        s,
+        "# Benchmarks: ioxide-pg side by side with the Rust peers\n"
+    );
+    let _ = writeln!(
+        s,
+        "_Generated by `bench/run.sh` (`bench-report`) from `{}`; the analysis at the end is \
+         `bench/FINDINGS.md`. Do not edit by hand._\n",
+        r["source"].as_str().unwrap_or("bench/results/*.json")
+    );
+    let _ = writeln!(
+        s,
+        "Run {} at commit `{}` on {} ({} CPUs, Linux {}), PostgreSQL {} on the same host \
+         (loopback TCP). Every setting: {} rounds, interleaved (each round runs every variant of \
+         a setting back to back, alternating the order), {} s measured after a {} s warm-up; the \
+         tables show the **median** over rounds. Client CPU is getrusage user+sys of the load \
+         generator process over the window ÷ queries; the server's CPU is not in it. The machine \
+         is shared and noisy: compare **ratios within this run**, never absolute figures across \
+         runs.\n",
+        r["date"].as_str().unwrap_or("?"),
+        r["commit"].as_str().unwrap_or("?"),
+        m["cpu"].as_str().unwrap_or("?"),
+        m["nproc"],
+        m["kernel"].as_str().unwrap_or("?"),
+        r["postgres"].as_str().unwrap_or("?"),
+        st["rounds"],
+        st["seconds"],
+        st["warmup"],
+    );
+    let _ = writeln!(
+        s,
+        "Drivers: **{p}** = `PgPool` pipelined (every in-flight query goes straight to a \
+         connection, like tokio-postgres), **ioxide-pg d=1** = one command per connection at a \
+         time (the classic pool), both on 1 reactor thread, `pool.query(\"SELECT 42\")` (simple \
+         protocol) / `pool.query_params` / `pool.query_rows`; **tokio-postgres** = N clients, \
+         statements prepared once per client, concurrent queries spread over the clients \
+         (pipelined), on a current-thread runtime (faster here than multi-thread with one \
+         worker: ~1.7× q/s at 2 conns); **deadpool** = deadpool-postgres, `RecyclingMethod::Fast`, \
+         rent per query, `prepare_cached`; **sqlx** = `PgPool` (its statement cache, \
+         `test_before_acquire(false)`: the default `true` pings on every acquire and costs ~30 %). \
+         The peers run on a tokio current-thread runtime. Queries: `select42` = `SELECT 42`, \
+         `param` = `SELECT $1::int8 + 1`, `rows100` = 100 rows of `generate_series`, read fully. \
+         Every answer is checked.\n"
+    );
+
+    let _ = writeln!(s, "## Targets\n");
+    table_header(
+        &mut s,
+        &["comparison", "target", "measured (median ratio)", "verdict"],
+    );
+    for t in targets(r) {
+        let v = match t.ok {
+            Some(ok) => verdict(ok),
+            None => "—",
+        };
+        let _ = writeln!(s, "| {} | {} | {} | {} |", t.what, t.target, t.measured, v);
+    }
+    let _ = writeln!(s);
+
+    for c in charts {
+        let _ = writeln!(s, "![queries/s and CPU per query by concurrency]({c})\n");
+    }
+
+    for query in ["select42", "param"] {
+        let _ = writeln!(s, "## `{query}`: medians\n");
+        table_header(
+            &mut s,
+            &[
+                "conns",
+                "in flight",
+                "driver",
+                "q/s",
+                "CPU µs/query",
+                "p50 µs",
+                "p99 µs",
+                "errors",
+            ],
+        );
+        for row in rows(r, &["matrix", "one_conn"], query) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                row["conns"],
+                row["concurrency"],
+                row["label"].as_str().unwrap_or(""),
+                num(f(row, "qps")),
+                num(f(row, "client_cpu_us_per_query")),
+                num(f(row, "p50_us")),
+                num(f(row, "p99_us")),
+                row["errors"]
+            );
+        }
+        let _ = writeln!(s);
+        ratio_table(&mut s, r, query);
+    }
+
+    let _ = writeln!(s, "## `rows100` (2 conns, 64 in flight)\n");
+    table_header(
+        &mut s,
+        &[
+            "conns",
+            "in flight",
+            "driver",
+            "q/s",
+            "CPU µs/query",
+            "p50 µs",
+            "p99 µs",
+            "errors",
+        ],
+    );
+    for row in rows(r, &["rows100"], "rows100") {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row["conns"],
+            row["concurrency"],
+            row["label"].as_str().unwrap_or(""),
+            num(f(row, "qps")),
+            num(f(row, "client_cpu_us_per_query")),
+            num(f(row, "p50_us")),
+            num(f(row, "p99_us")),
+            row["errors"]
+        );
+    }
+    let _ = writeln!(s);
+
+    let _ = writeln!(
+        s,
+        "## Pipeline depth and reactors (`select42`, 8 conns, 64 in flight)\n"
+    );
+    table_header(
+        &mut s,
+        &[
+            "group",
+            "setting",
+            "driver",
+            "q/s",
+            "CPU µs/query",
+            "p50 µs",
+            "p99 µs",
+            "enters/query",
+        ],
+    );
+    for row in rows(r, &["depth", "reactors"], "select42") {
+        let _ = writeln!(
+            s,
+            "| {} | {}×{} | {} | {} | {} | {} | {} | {} |",
+            row["group"].as_str().unwrap_or(""),
+            row["conns"],
+            row["concurrency"],
+            row["label"].as_str().unwrap_or(""),
+            num(f(row, "qps")),
+            num(f(row, "client_cpu_us_per_query")),
+            num(f(row, "p50_us")),
+            num(f(row, "p99_us")),
+            num(f(row, "enters_per_query")),
+        );
+    }
+    let _ = writeln!(s);
+
+    let _ = writeln!(s, "## HTTP end to end\n");
+    match r["http"].as_array().filter(|a| !a.is_empty()) {
+        Some(h) => {
+            let _ = writeln!(
+                s,
+                "`wrk -t1 -c{} -d{}s` per route and server, both servers up at once, 1 reactor / 1 \
+                 tokio worker, pool of {} connections each; server CPU from /proc/<pid>/stat \
+                 (utime+stime) over the wrk run ÷ requests.\n",
+                st["http_conns"], st["http_seconds"], st["http_pool_size"]
+            );
+            table_header(
+                &mut s,
+                &[
+                    "route",
+                    "server",
+                    "-",
+                    "req/s",
+                    "server CPU µs/request",
+                    "p50 µs",
+                    "p99 µs",
+                    "errors",
+                ],
+            );
+            for row in h {
+                let _ = writeln!(
+                    s,
+                    "| `{}` | {} | | {} | {} | {} | {} | {} |",
+                    row["path"].as_str().unwrap_or(""),
+                    row["server"].as_str().unwrap_or(""),
+                    num(f(row, "rps")),
+                    num(f(row, "server_cpu_us_per_request")),
+                    num(f(row, "p50_us")),
+                    num(f(row, "p99_us")),
+                    row["errors"]
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "Not measured in this run: {}.",
+                r["http_note"].as_str().unwrap_or("HTTP part not run")
+            );
+        }
+    }
+    let _ = writeln!(s);
+    s.push_str(findings);
+    s
+}
+
+fn rows<'a>(r: &'a Value, groups: &[&str], query: &str) -> Vec<&'a Value> {
+    let mut v: Vec<&Value> = r["medians"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|m| groups.iter().any(|g| m["group"] == *g) && m["query"] == query)
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by_key(|m| (m["conns"].as_u64(), m["concurrency"].as_u64()));
+    v
+}
+
+fn ratio_table(s: &mut String, r: &Value, query: &str) {
+    let p = pipelined(r);
+    let _ = writeln!(
+        s,
+        "Ratios (median ioxide-pg ÷ median peer, same setting): q/s (higher is better) and CPU \
+         per query (lower is better); `{p}` against every peer, and `d=1` against deadpool.\n"
+    );
+    table_header(
+        s,
+        &[
+            "conns",
+            "in flight",
+            "ours",
+            "vs tokio-postgres q/s",
+            "CPU",
+            "vs deadpool q/s",
+            "CPU",
+            "vs sqlx q/s",
+            "CPU",
+        ],
+    );
+    let mut settings: Vec<(u64, u64)> = rows(r, &["matrix", "one_conn"], query)
+        .iter()
+        .filter_map(|m| Some((m["conns"].as_u64()?, m["concurrency"].as_u64()?)))
+        .collect();
+    settings.dedup();
+    for (conns, conc) in settings {
+        for ours in [p.as_str(), "ioxide-pg d=1"] {
+            let Some(io) = find_any(r, query, conns, conc, ours) else {
+                continue;
+            };
+            let mut line = format!("| {conns} | {conc} | {ours} |");
+            for peer in ["tokio-postgres", "deadpool", "sqlx"] {
+                match find_any(r, query, conns, conc, peer) {
+                    Some(pm) => {
+                        let _ = write!(
+                            line,
+                            " {:.2}× | {:.2}× |",
+                            f(io, "qps") / f(pm, "qps"),
+                            f(io, "client_cpu_us_per_query") / f(pm, "client_cpu_us_per_query")
+                        );
+                    }
+                    None => line.push_str(" — | — |"),
+                }
+            }
+            let _ = writeln!(s, "{line}");
+        }
+    }
+    let _ = writeln!(s);
+}
+
+/// Draws queries/s and CPU µs per query by concurrency, per connection count, for `query`.
+pub fn chart(r: &Value, query: &str, path: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let labels: Vec<String> = {
+        let mut l: Vec<String> = rows(r, &["matrix"], query)
+            .iter()
+            .filter_map(|m| m["label"].as_str().map(str::to_string))
+            .collect();
+        l.sort();
+        l.dedup();
+        l
+    };
+    let root = SVGBackend::new(path, (1200, 860)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(
+            &format!(
+                "{query}: queries/s and client CPU µs/query by concurrency (median of rounds)"
+            ),
+            ("sans-serif", 22),
+        )
+        .map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((2, 2));
+    let palette = [RED, BLUE, GREEN, MAGENTA, BLACK, CYAN];
+    for (pi, panel) in panels.iter().enumerate() {
+        let conns = if pi < 2 { 2u64 } else { 8 };
+        let metric = if pi % 2 == 0 {
+            "qps"
+        } else {
+            "client_cpu_us_per_query"
+        };
+        let series: Vec<(String, Vec<(f64, f64)>)> = labels
+            .iter()
+            .map(|l| {
+                let pts = rows(r, &["matrix"], query)
+                    .iter()
+                    .filter(|m| m["conns"].as_u64() == Some(conns) && m["label"] == l.as_str())
+                    .filter_map(|m| {
+                        Some(((m["concurrency"].as_f64()?).log2(), m[metric].as_f64()?))
+                    })
+                    .collect();
+                (l.clone(), pts)
+            })
+            .filter(|(_, p): &(String, Vec<(f64, f64)>)| !p.is_empty())
+            .collect();
+        let ymax = series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|x| x.1))
+            .fold(0.0f64, f64::max)
+            * 1.1;
+        let title = format!(
+            "{} conns — {}",
+            conns,
+            if metric == "qps" {
+                "queries/s"
+            } else {
+                "client CPU µs per query"
+            }
+        );
+        let mut ch = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(-0.3f64..8.3f64, 0f64..ymax.max(1.0))
+            .map_err(|e| e.to_string())?;
+        ch.configure_mesh()
+            .x_desc("queries in flight")
+            .x_labels(9)
+            .x_label_formatter(&|x| format!("{}", 2f64.powf(x.round()) as u64))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (label, pts)) in series.iter().enumerate() {
+            let color = palette[i % palette.len()];
+            ch.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            ch.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        ch.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(if metric == "qps" {
+                SeriesLabelPosition::UpperLeft
+            } else {
+                SeriesLabelPosition::UpperRight
+            })
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}
