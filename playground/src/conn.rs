@@ -58,6 +58,7 @@ pub async fn serve(stream: Stream) {
         buf: Some(Vec::with_capacity(READ_CHUNK)),
         recv: None,
         out: Vec::with_capacity(1024),
+        partial_since: None,
     };
     if conn.run().await == End::Linger {
         conn.linger().await;
@@ -82,6 +83,9 @@ struct Conn {
     recv: Option<Recv<Vec<u8>>>,
     /// Responses waiting to be sent (reused).
     out: Vec<u8>,
+    /// When the unfinished request at the front of the buffer began arriving: a request
+    /// must be complete within one idle timeout of its first byte, however slowly it drips.
+    partial_since: Option<Instant>,
 }
 
 /// What `take_batch` found in the buffer.
@@ -166,6 +170,13 @@ impl Conn {
             }
         }
         buf.drain(..off);
+        self.partial_since = if buf.is_empty() {
+            None
+        } else if off > 0 {
+            Some(Instant::now())
+        } else {
+            self.partial_since.or_else(|| Some(Instant::now()))
+        };
         batch
     }
 
@@ -246,7 +257,12 @@ impl Conn {
             // The buffer is full without a complete request: parse would have refused it.
             return false;
         };
-        let idle = app.config.idle_timeout;
+        let idle = match self.partial_since {
+            Some(since) => {
+                (since + app.config.idle_timeout).saturating_duration_since(Instant::now())
+            }
+            None => app.config.idle_timeout,
+        };
         match select(app.drained(), ioxide::time::timeout(idle, recv)).await {
             Either::Left(()) => false,
             Either::Right(Err(_)) => {

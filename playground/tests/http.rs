@@ -173,10 +173,32 @@ fn idle_keep_alive_connection_is_closed_after_the_timeout() {
         idle >= Duration::from_millis(250) && idle < Duration::from_secs(3),
         "closed after {idle:?}"
     );
-    // A half-sent request counts as idle too (slow clients cannot hold a connection).
+    // A half-sent request counts as idle too, and dripping it byte by byte does not extend
+    // the limit: a request must be complete within one timeout of its first byte.
     let mut s = p.connect();
-    s.write_all(b"GET / HTT").unwrap();
-    assert!(closed_within(&mut s, Duration::from_secs(5)));
+    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let start = Instant::now();
+    let mut closed_after = None;
+    let drip = b"GET / HTTP/1.1\r\nX-Slow: "
+        .iter()
+        .chain([b'a'; 200].iter());
+    for b in drip {
+        let mut probe = [0u8; 1];
+        let gone = s.write_all(&[*b]).is_err()
+            || matches!(std::io::Read::read(&mut s, &mut probe), Ok(0))
+            || matches!(std::io::Read::read(&mut s, &mut probe),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+        if gone {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let closed_after = closed_after.expect("a dripping request held the connection open");
+    assert!(
+        closed_after < Duration::from_millis(1500),
+        "closed after {closed_after:?}"
+    );
 }
 
 #[test]
