@@ -280,3 +280,43 @@ fn stats_count_open_idle_and_in_flight() {
         assert_eq!(pool.stats().idle, 2);
     });
 }
+
+#[test]
+fn a_dropped_query_keeps_its_connection_busy_until_drained() {
+    ioxide::block_on(async {
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(2)).unwrap();
+        while pool.stats().open < 2 {
+            ioxide::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Abandon a slow query: its connection stays busy until the reply is drained.
+        let r = ioxide::time::timeout(
+            Duration::from_millis(50),
+            pool.query("SELECT pg_sleep(0.6)"),
+        )
+        .await;
+        assert!(r.is_err());
+        let started = Instant::now();
+        for _ in 0..5 {
+            pool.query("SELECT 1").await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "queued behind the abandoned query: {:?}",
+            started.elapsed()
+        );
+        // With every connection busy draining, a request waits and is dispatched the moment
+        // the drain finishes.
+        let p1 = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
+        p1.query("SELECT 1").await.unwrap();
+        let r = ioxide::time::timeout(Duration::from_millis(50), p1.query("SELECT pg_sleep(0.4)"))
+            .await;
+        assert!(r.is_err());
+        let started = Instant::now();
+        p1.query("SELECT 2").await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(600),
+            "{took:?}"
+        );
+    });
+}

@@ -16,6 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 type OnStart = Arc<dyn Fn(&Reactor) + Send + Sync>;
+type OnStop = Arc<dyn Fn(Reactor) -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
 
 /// Builds and starts a server. See [`Server::run`] and [`Server::start`].
 #[derive(Clone)]
@@ -24,6 +25,7 @@ pub struct Server {
     reactors: usize,
     ring: RingConfig,
     on_start: Option<OnStart>,
+    on_stop: Option<OnStop>,
     grace: Duration,
 }
 
@@ -51,6 +53,7 @@ impl Server {
             reactors: thread::available_parallelism().map_or(1, usize::from),
             ring: RingConfig::default(),
             on_start: None,
+            on_stop: None,
             grace: Duration::from_secs(5),
         }
     }
@@ -82,6 +85,19 @@ impl Server {
     /// A hook run on each reactor thread before it serves (register services here).
     pub fn on_start(mut self, f: impl Fn(&Reactor) + Send + Sync + 'static) -> Server {
         self.on_start = Some(Arc::new(f));
+        self
+    }
+
+    /// An async hook run on each reactor thread after it stopped accepting and its
+    /// connections finished (or the grace period ran out), before its tasks are cancelled:
+    /// the place for services to close cleanly (a pool sending Terminate, say). Bounded by the
+    /// grace period too.
+    pub fn on_stop<F, Fut>(mut self, f: F) -> Server
+    where
+        F: Fn(Reactor) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.on_stop = Some(Arc::new(move |r| Box::pin(f(r))));
         self
     }
 
@@ -119,6 +135,7 @@ impl Server {
             let ready = ready_tx.clone();
             let cfg = self.ring.clone();
             let on_start = self.on_start.clone();
+            let on_stop = self.on_stop.clone();
             let handler = handler.clone();
             let grace = self.grace;
             let t = thread::Builder::new()
@@ -139,7 +156,20 @@ impl Server {
                         }
                         let _ = ready.send(Ok(reactor.remote()));
                         drop(ready);
-                        serve(reactor, TcpListener::from_fd(listener_fd), handler, grace).await;
+                        serve(
+                            reactor.clone(),
+                            TcpListener::from_fd(listener_fd),
+                            handler,
+                            grace,
+                        )
+                        .await;
+                        if let Some(f) = on_stop {
+                            if crate::time::timeout(grace, f(reactor)).await.is_err() {
+                                tracing::warn!(
+                                    "on_stop hook did not finish within the grace period"
+                                );
+                            }
+                        }
                     });
                 });
             match t {

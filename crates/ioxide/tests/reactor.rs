@@ -256,3 +256,27 @@ fn sigterm_shuts_a_running_server_down_gracefully_with_exit_0() {
         "still accepting after exit"
     );
 }
+
+#[test]
+fn on_stop_runs_async_cleanup_on_each_reactor_before_teardown() {
+    let stopped = Arc::new(Mutex::new(Vec::new()));
+    let s2 = stopped.clone();
+    let server = Server::new()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .reactors(2)
+        .on_stop(move |r: Reactor| {
+            let s2 = s2.clone();
+            async move {
+                // Async work (a ring timer) completes before the reactor's tasks are cancelled.
+                sleep(Duration::from_millis(50)).await;
+                s2.lock().unwrap().push(r.index());
+            }
+        })
+        .start(|_s: Stream| async move {})
+        .unwrap();
+    server.shutdown();
+    server.join().unwrap();
+    let mut got = stopped.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1]);
+}

@@ -270,6 +270,11 @@ impl PgConnection {
         *self.conn.on_broken.borrow_mut() = Some(Box::new(f));
     }
 
+    /// Registers a callback run whenever an abandoned command finished draining.
+    pub(crate) fn on_drained(&self, f: impl Fn() + 'static) {
+        *self.conn.on_drained.borrow_mut() = Some(Box::new(f));
+    }
+
     /// Whether two handles are the same connection.
     pub fn same_as(&self, other: &PgConnection) -> bool {
         Rc::ptr_eq(&self.conn, &other.conn)
@@ -471,6 +476,7 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
         cancel_grace: CANCEL_GRACE,
         handles: Cell::new(1),
         on_broken: RefCell::new(None),
+        on_drained: RefCell::new(None),
     });
     drop(ioxide::spawn(tasks::writer(conn.clone())));
     drop(ioxide::spawn(tasks::watcher(conn.clone())));

@@ -93,6 +93,9 @@ pub(crate) struct Conn {
     pub(crate) handles: Cell<usize>,
     /// Called once when the connection breaks (the pool replaces it at once).
     pub(crate) on_broken: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// Called when an abandoned command (its future dropped, timed out, or a detached
+    /// Close/ROLLBACK) has been drained: the connection has room again.
+    pub(crate) on_drained: RefCell<Option<Box<dyn Fn()>>>,
 }
 
 /// Where a driver's events go: the head command's consumer, or nowhere (drained replies).
@@ -300,9 +303,10 @@ impl Conn {
 
     /// Removes the finished head command and hands the socket to the next driver.
     fn pop_head(&self) {
-        {
+        let abandoned = {
             let mut st = self.st.borrow_mut();
             let done = st.queue.pop_front();
+            let abandoned = done.as_ref().is_some_and(|d| d.abandoned);
             if let (Some(done), Some(c)) = (&done, &st.cancelling) {
                 if c.seq == done.seq && c.cancel_done {
                     st.cancelling = None;
@@ -313,8 +317,15 @@ impl Conn {
                     w.wake();
                 }
             }
-        }
+            abandoned
+        };
         self.wake_driver();
+        if abandoned {
+            // Nobody awaited this command, so nobody gives its capacity back: tell the pool.
+            if let Some(hook) = self.on_drained.borrow().as_ref() {
+                hook();
+            }
+        }
     }
 
     /// The watcher's turn: drive while nothing is in flight or the head is abandoned.
@@ -528,11 +539,10 @@ impl Conn {
             } else {
                 match st.queue.front_mut() {
                     Some(head) if now.duration_since(head.started) >= limit => {
-                        let elapsed = now.duration_since(head.started);
                         let seq = head.seq;
                         let wake = head.waker.take();
                         if !head.abandoned {
-                            head.outcome = Some(PgError::timeout(TimeoutKind::Command, elapsed));
+                            head.outcome = Some(PgError::timeout(TimeoutKind::Command, limit));
                         }
                         head.abandoned = true;
                         st.cancelling = Some(Cancelling {

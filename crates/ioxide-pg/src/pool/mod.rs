@@ -143,8 +143,13 @@ impl PgPool {
         self.inner
             .fail_waiters(&PgError::closed("the pool is closed"));
         self.inner.poke();
-        for c in conns {
-            c.close().await;
+        // All at once: each close waits for its Terminate to go out and the socket to end.
+        let closing: Vec<_> = conns
+            .into_iter()
+            .map(|c| ioxide::spawn(c.close()))
+            .collect();
+        for c in closing {
+            c.await;
         }
     }
 

@@ -123,17 +123,19 @@ impl Inner {
             if s.rented || !s.conn.accepts_commands() {
                 continue;
             }
-            if exclusive && s.inflight > 0 {
+            // Commands whose futures were dropped still occupy the connection until drained.
+            let load = s.inflight.max(s.conn.in_flight());
+            if exclusive && load > 0 {
                 continue;
             }
-            if s.inflight >= self.depth {
+            if load >= self.depth {
                 continue;
             }
-            if s.inflight == 0 {
+            if load == 0 {
                 return Some(i);
             }
-            if best.is_none_or(|(_, load)| s.inflight < load) {
-                best = Some((i, s.inflight));
+            if best.is_none_or(|(_, l)| load < l) {
+                best = Some((i, load));
             }
         }
         best.map(|(i, _)| i)
@@ -332,6 +334,12 @@ impl Inner {
                         p.poke();
                     }
                 });
+                let weak: Weak<Inner> = Rc::downgrade(self);
+                conn.on_drained(move || {
+                    if let Some(p) = weak.upgrade() {
+                        p.dispatch();
+                    }
+                });
                 st.slots.push(Slot {
                     id,
                     conn,
@@ -353,7 +361,12 @@ impl Inner {
                 st.next_attempt = Instant::now() + delay;
                 st.last_error = Some(e.to_string());
                 let fatal = !transient(&e);
-                tracing::debug!(error = %e, ?delay, "pool connect failed");
+                // Warn on the first failure and then at powers of two, not on every probe.
+                if st.failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures = st.failures, ?delay, "pool connect failed");
+                } else {
+                    tracing::debug!(error = %e, failures = st.failures, ?delay, "pool connect failed");
+                }
                 drop(st);
                 if fatal {
                     self.fail_waiters(&e);
