@@ -171,6 +171,12 @@ impl PgError {
         PgError::new(Kind::Closed(msg.into()))
     }
 
+    /// Attaches a cause, shown after the error's own message and returned by `source()`.
+    #[must_use]
+    pub fn with_cause(self, cause: impl Into<String>) -> PgError {
+        self.with_source(Box::new(io::Error::other(cause.into())))
+    }
+
     /// An equivalent error for another waiter: same kind, fields and message (an I/O cause is
     /// carried over as text). A broken connection hands one to every command it fails, so each
     /// keeps `is_transport()`, `sql_state()` and the rest.

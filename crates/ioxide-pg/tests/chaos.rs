@@ -719,7 +719,6 @@ fn chaos_long_faults_repeated_for_minutes() {
 /// only connection rented) must say so — a timeout, `TimeoutKind::Acquire` — not
 /// "unreachable" with a connect error from the healed outage.
 #[test]
-#[ignore = "BUG: pool/state.rs keeps last_error after connects succeed again; acquire_error() then turns every later acquire timeout into a Closed error (is_timeout() false) quoting the stale connect error"]
 fn an_acquire_timeout_after_the_pool_healed_is_a_timeout_not_a_stale_connect_error() {
     let c = Cluster::new().unwrap();
     let o = opts_for(&c)

@@ -276,11 +276,13 @@ fn an_unreachable_server_fails_queries_quickly_and_serves_again_after_it_starts(
             e.to_string().contains("connect") || e.to_string().contains("unreachable"),
             "{e}"
         );
-        // Down for longer than acquire_timeout: later requests fail fast.
+        // Down for longer than acquire_timeout: later requests fail fast — they wait only for
+        // the one (refused) connect they start, not for acquire_timeout (2 s). The bound is
+        // generous for a loaded 2-core machine.
         let started = Instant::now();
         let _ = pool.query("SELECT 1").await.unwrap_err();
         assert!(
-            started.elapsed() < Duration::from_millis(500),
+            started.elapsed() < Duration::from_millis(1200),
             "{:?}",
             started.elapsed()
         );

@@ -127,16 +127,21 @@ fn command() -> impl Strategy<Value = (Reply, Vec<Msg>)> {
             msgs.push(ready(b'I'));
             (Reply::simple(), msgs)
         });
-    let steps = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-        |(close, parse, describe, exec)| Steps {
+    let steps = (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(close, parse, describe, exec, limit)| Steps {
             close,
             parse,
             describe,
             bind: exec,
             execute: exec,
-            row_limit: false,
-        },
-    );
+            row_limit: exec && limit,
+        });
     let extended = (
         steps,
         0u16..3,
@@ -175,7 +180,9 @@ fn command() -> impl Strategy<Value = (Reply, Vec<Msg>)> {
                 msgs.push(match end {
                     0 => complete(&format!("SELECT {}", rows.len())),
                     1 => (b'I', vec![]),
-                    _ => (b's', vec![]),
+                    // PortalSuspended may end only an Execute that asked for a row limit.
+                    _ if steps.row_limit => (b's', vec![]),
+                    _ => complete(&format!("SELECT {}", rows.len())),
                 });
             }
             if let Some(at) = err {

@@ -348,6 +348,7 @@ impl Inner {
                 });
                 st.failures = 0;
                 st.failing_since = None;
+                st.last_error = None;
                 st.stats.opened_total += 1;
                 drop(st);
                 self.dispatch();
@@ -419,20 +420,14 @@ fn transient(e: &PgError) -> bool {
     )
 }
 
+/// An acquire timeout (never sent), carrying the last connect error when the pool is failing
+/// to connect (cleared by the next successful connect, so a healed pool reports plain
+/// exhaustion).
 fn acquire_error(waited: Duration, last: Option<&str>) -> PgError {
-    let why = match last {
-        Some(e) => format!("; last connect error: {e}"),
-        None => String::new(),
-    };
-    if waited.is_zero() {
-        PgError::closed(format!("the database is unreachable{why}")).never_sent()
-    } else {
-        let e = PgError::timeout(TimeoutKind::Acquire, waited).never_sent();
-        if why.is_empty() {
-            e
-        } else {
-            PgError::closed(format!("{e}{why}")).never_sent()
-        }
+    let e = PgError::timeout(TimeoutKind::Acquire, waited).never_sent();
+    match last {
+        Some(cause) => e.with_cause(format!("last connect error: {cause}")),
+        None => e,
     }
 }
 

@@ -108,7 +108,7 @@ impl State {
             State::Ext(Ext::RowDescriptionOrNoData) => "RowDescription or NoData",
             State::Ext(Ext::BindComplete) => "BindComplete",
             State::Ext(Ext::Execute) => {
-                "DataRow, CommandComplete, EmptyQueryResponse or PortalSuspended"
+                "DataRow, CommandComplete or EmptyQueryResponse (PortalSuspended only after a row limit)"
             }
             State::AwaitReady { .. } => "ReadyForQuery",
             State::Done => "nothing (the reply is complete)",
