@@ -24,16 +24,18 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Starts `bin` with `PORT`, `REACTORS`, `PG_POOL_SIZE` (the libpq variables are
-    /// inherited) and waits until `GET /` answers `42`.
+    /// Starts `bin` with `PORT`, `REACTORS`, `PG_POOL_SIZE` and `env` (the libpq variables
+    /// are inherited) and waits until `GET /` answers `42`.
     pub fn start(
         label: &str,
         bin: &Path,
         port: u16,
         reactors: usize,
         pool: usize,
+        env: &[(&str, String)],
     ) -> Result<Server, String> {
         let child = Command::new(bin)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("PORT", port.to_string())
             .env("REACTORS", reactors.to_string())
             .env("PG_POOL_SIZE", pool.to_string())

@@ -1,7 +1,7 @@
 //! `BENCHMARKS.md` and the chart, regenerated from one results JSON of `bench-run`.
 //!
 //! The markdown holds: the targets with their measured ratios, the tables of medians, the
-//! ratios of ioxide-pg against each peer, HTTP end to end, the pipeline-depth and reactor
+//! ratios of ioxide-pg against each peer, HTTP end to end, the pipeline-depth, protocol and reactor
 //! sweeps, and — verbatim — `bench/FINDINGS.md`, the hand-written analysis (profiles, syscall
 //! counts) that a generator cannot produce.
 
@@ -161,7 +161,23 @@ fn targets(r: &Value) -> Vec<Target> {
                 .as_array()
                 .and_then(|a| a.iter().find(|m| m["server"] == s && m["path"] == path))
         };
-        if let (Some(pg), Some(ax)) = (h("playground"), h("axum+deadpool")) {
+        let Some(ax) = h("axum+deadpool") else {
+            continue;
+        };
+        let playgrounds: Vec<&Value> = r["http"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|m| {
+                        m["path"] == path
+                            && m["server"]
+                                .as_str()
+                                .is_some_and(|s| s.starts_with("playground"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for pg in playgrounds {
             let q = ratio(f(pg, "rps"), f(ax, "rps"));
             let cpu = ratio(
                 f(pg, "server_cpu_us_per_request"),
@@ -169,7 +185,10 @@ fn targets(r: &Value) -> Vec<Target> {
             );
             let is_root = path == "/";
             t.push(Target {
-                what: format!("HTTP `{path}`: playground vs axum + deadpool"),
+                what: format!(
+                    "HTTP `{path}`: {} vs axum + deadpool",
+                    pg["server"].as_str().unwrap_or("")
+                ),
                 target: if is_root {
                     "≥ 1.5× req/s at lower CPU/request".into()
                 } else {
@@ -341,13 +360,17 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
 
     let _ = writeln!(
         s,
-        "## Pipeline depth and reactors (`select42`, 8 conns, 64 in flight)\n"
+        "## Pipeline depth, protocol, reactors\n\n`depth`: `select42`, 8 conns × 64 in flight, \
+         ioxide-pg at several `pipeline_depth`s. `protocol`: `SELECT 42` prepared for every \
+         driver (ioxide-pg through `query_params`), 2 conns × 64 — the same statement the peers \
+         run in `select42`. `reactors`: 8 conns × 64 on 1 or 2 reactor threads.\n"
     );
     table_header(
         &mut s,
         &[
             "group",
-            "setting",
+            "query",
+            "conns × in flight",
             "driver",
             "q/s",
             "CPU µs/query",
@@ -356,20 +379,27 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
             "enters/query",
         ],
     );
-    for row in rows(r, &["depth", "reactors"], "select42") {
-        let _ = writeln!(
-            s,
-            "| {} | {}×{} | {} | {} | {} | {} | {} | {} |",
-            row["group"].as_str().unwrap_or(""),
-            row["conns"],
-            row["concurrency"],
-            row["label"].as_str().unwrap_or(""),
-            num(f(row, "qps")),
-            num(f(row, "client_cpu_us_per_query")),
-            num(f(row, "p50_us")),
-            num(f(row, "p99_us")),
-            num(f(row, "enters_per_query")),
-        );
+    for (group, query) in [
+        ("depth", "select42"),
+        ("protocol", "select42-prepared"),
+        ("reactors", "select42"),
+    ] {
+        for row in rows(r, &[group], query) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {}×{} | {} | {} | {} | {} | {} | {} |",
+                group,
+                query,
+                row["conns"],
+                row["concurrency"],
+                row["label"].as_str().unwrap_or(""),
+                num(f(row, "qps")),
+                num(f(row, "client_cpu_us_per_query")),
+                num(f(row, "p50_us")),
+                num(f(row, "p99_us")),
+                num(f(row, "enters_per_query")),
+            );
+        }
     }
     let _ = writeln!(s);
 
@@ -378,9 +408,10 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
         Some(h) => {
             let _ = writeln!(
                 s,
-                "`wrk -t1 -c{} -d{}s` per route and server, both servers up at once, 1 reactor / 1 \
-                 tokio worker, pool of {} connections each; server CPU from /proc/<pid>/stat \
-                 (utime+stime) over the wrk run ÷ requests.\n",
+                "`wrk -t1 -c{} -d{}s` per route and server, all servers up at once, 1 reactor / 1 \
+                 tokio worker, pool of {} connections each; the playground at the driver's \
+                 default `PG_PIPELINE_DEPTH=1` and pipelined (`d=8`); server CPU from \
+                 /proc/<pid>/stat (utime+stime) over the wrk run ÷ requests.\n",
                 st["http_conns"], st["http_seconds"], st["http_pool_size"]
             );
             table_header(

@@ -20,7 +20,7 @@ pub struct Variant {
 /// One setting compared across variants.
 #[derive(Debug, Clone)]
 pub struct Case {
-    /// What the case is for: `matrix`, `one_conn`, `rows100`, `depth`, `reactors`.
+    /// What the case is for: `matrix`, `one_conn`, `rows100`, `depth`, `protocol`, `reactors`.
     pub group: &'static str,
     pub query: &'static str,
     pub conns: usize,
@@ -105,6 +105,17 @@ pub fn plan() -> Vec<Case> {
         conns: 8,
         concurrency: 64,
         variants: [1, 2, 4, 8, 16, 64].into_iter().map(ioxide).collect(),
+    });
+    // The same `SELECT 42` prepared for every driver: separates the simple protocol's server
+    // cost (parse + plan per query) from the driver's own cost.
+    let mut variants = vec![ioxide(PIPELINED_DEPTH), ioxide(1)];
+    variants.extend(peers().into_iter().take(2));
+    cases.push(Case {
+        group: "protocol",
+        query: "select42-prepared",
+        conns: 2,
+        concurrency: 64,
+        variants,
     });
     let d = PIPELINED_DEPTH.to_string();
     cases.push(Case {

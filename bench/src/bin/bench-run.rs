@@ -13,6 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// The pipelined playground's `PG_PIPELINE_DEPTH` (the depth recommended as the default).
+const PLAYGROUND_DEPTH: usize = 8;
+
 struct Opts {
     out: PathBuf,
     rounds: usize,
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
             "http_conns": o.http_conns,
             "http_pool_size": o.http_pool,
             "http_reactors": 1,
+            "http_playground_depths": [1, PLAYGROUND_DEPTH],
             "wall_seconds": started.elapsed().as_secs(),
         },
         "medians": med,
@@ -203,17 +207,35 @@ fn http_round(o: &Opts, dir: &std::path::Path) -> Result<Vec<Value>, String> {
     if !playground.exists() {
         return Err(format!("no playground binary at {}", playground.display()));
     }
+    // The playground at the driver's default depth (1) and pipelined (PLAYGROUND_DEPTH).
+    let depth = |d: usize| [("PG_PIPELINE_DEPTH", d.to_string())];
     let servers = [
-        Server::start("playground", &playground, free_port()?, 1, o.http_pool)?,
+        Server::start(
+            "playground d=1",
+            &playground,
+            free_port()?,
+            1,
+            o.http_pool,
+            &depth(1),
+        )?,
+        Server::start(
+            &format!("playground d={PLAYGROUND_DEPTH}"),
+            &playground,
+            free_port()?,
+            1,
+            o.http_pool,
+            &depth(PLAYGROUND_DEPTH),
+        )?,
         Server::start(
             "axum+deadpool",
             &dir.join("axum-pg"),
             free_port()?,
             1,
             o.http_pool,
+            &[],
         )?,
     ];
-    // Warm both (statement caches, wrk's connections).
+    // Warm all (statement caches, wrk's connections).
     for s in &servers {
         let _ = http::wrk(s, "/", "42", o.http_conns, 1);
         let _ = http::wrk(s, "/add/41", "42", o.http_conns, 1);

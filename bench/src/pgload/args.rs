@@ -47,6 +47,10 @@ impl Driver {
 pub enum Query {
     /// `SELECT 42`.
     Select42,
+    /// `SELECT 42` as a prepared statement for every driver (ioxide-pg: `query_params` with
+    /// no parameters instead of the simple protocol), to separate protocol cost from driver
+    /// cost.
+    Select42Prepared,
     /// `SELECT $1::int8 + 1`.
     Param,
     /// 100 rows of `generate_series`, read fully.
@@ -58,6 +62,7 @@ impl Query {
     pub fn name(self) -> &'static str {
         match self {
             Query::Select42 => "select42",
+            Query::Select42Prepared => "select42-prepared",
             Query::Param => "param",
             Query::Rows100 => "rows100",
         }
@@ -66,7 +71,7 @@ impl Query {
     /// The SQL text.
     pub fn sql(self) -> &'static str {
         match self {
-            Query::Select42 => super::SQL_SELECT42,
+            Query::Select42 | Query::Select42Prepared => super::SQL_SELECT42,
             Query::Param => super::SQL_PARAM,
             Query::Rows100 => super::SQL_ROWS100,
         }
@@ -75,9 +80,14 @@ impl Query {
     fn parse(s: &str) -> Result<Query, String> {
         Ok(match s {
             "select42" => Query::Select42,
+            "select42-prepared" => Query::Select42Prepared,
             "param" => Query::Param,
             "rows100" => Query::Rows100,
-            _ => return Err(format!("unknown query {s} (select42|param|rows100)")),
+            _ => {
+                return Err(format!(
+                    "unknown query {s} (select42|select42-prepared|param|rows100)"
+                ))
+            }
         })
     }
 }
@@ -130,7 +140,7 @@ pub struct Args {
 /// The usage line.
 pub const USAGE: &str = "\
 usage: pgload --driver ioxide-pg|tokio-postgres|deadpool|sqlx [--conns N] [--concurrency C]
-              [--seconds S] [--warmup W] [--query select42|param|rows100]
+              [--seconds S] [--warmup W] [--query select42|select42-prepared|param|rows100]
               [--reactors R] [--pipeline-depth D]                      (ioxide-pg)
               [--runtime current_thread|multi_thread_1]                (peers)
               [--sqlx-test-before-acquire]                             (sqlx)

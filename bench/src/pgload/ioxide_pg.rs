@@ -195,6 +195,13 @@ async fn one(pool: &PgPool, q: Query, n: i64) -> Result<bool, String> {
             let r = pool.query(q.sql()).await.map_err(|e| e.to_string())?;
             Ok(r.value() == Some("42"))
         }
+        Query::Select42Prepared => {
+            let r = pool
+                .query_params(q.sql(), &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(r.scalar::<i32>().map_err(|e| e.to_string())? == 42)
+        }
         Query::Param => {
             let r = pool
                 .query_params(q.sql(), &[&n])

@@ -184,7 +184,7 @@ async fn load(args: Args, ctl: Arc<Ctl>) -> Result<Histogram, String> {
 /// One tokio-postgres query on `c` with the prepared `s`, checked.
 async fn tp_one(c: &Client, s: &Statement, q: Query, n: i64) -> Result<bool, String> {
     match q {
-        Query::Select42 => {
+        Query::Select42 | Query::Select42Prepared => {
             let row = c.query_one(s, &[]).await.map_err(err)?;
             Ok(row.try_get::<_, i32>(0).map_err(err)? == 42)
         }
@@ -206,7 +206,7 @@ async fn tp_one(c: &Client, s: &Statement, q: Query, n: i64) -> Result<bool, Str
 /// One sqlx query through the pool, checked.
 async fn sqlx_one(pool: &sqlx::PgPool, q: Query, n: i64) -> Result<bool, String> {
     match q {
-        Query::Select42 => {
+        Query::Select42 | Query::Select42Prepared => {
             let v: i32 = sqlx::query_scalar(q.sql())
                 .fetch_one(pool)
                 .await
