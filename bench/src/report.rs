@@ -588,6 +588,13 @@ pub fn chart(r: &Value, query: &str, path: &Path) -> Result<(), String> {
             .x_desc("queries in flight")
             .x_labels(9)
             .x_label_formatter(&|x| format!("{}", 2f64.powf(x.round()) as u64))
+            .y_label_formatter(&|y| {
+                if metric == "qps" {
+                    format!("{:.0}k", y / 1000.0)
+                } else {
+                    format!("{y:.0}")
+                }
+            })
             .draw()
             .map_err(|e| e.to_string())?;
         for (i, (label, pts)) in series.iter().enumerate() {
