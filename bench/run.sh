@@ -8,8 +8,8 @@
 # Uses the server in PGHOST/PGPORT/PGUSER/PGDATABASE (or DATABASE_URL) if set; otherwise
 # starts one throwaway PostgreSQL cluster for the whole invocation (bench/cluster.sh).
 # Writes bench/results/<UTC date>.json, bench/results/<date>-{select42,param}.svg and
-# BENCHMARKS.md. Knobs: ROUNDS, SECONDS_PER_RUN, HTTP_SECONDS, GROUPS (comma list of
-# matrix,one_conn,rows100,depth,reactors), CARGO_TARGET_DIR.
+# BENCHMARKS.md. Knobs: ROUNDS, SECONDS_PER_RUN, HTTP_SECONDS, BENCH_GROUPS (comma list of
+# matrix,one_conn,rows100,depth,protocol,reactors; default all), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +42,7 @@ STAMP=$(date -u +%Y-%m-%d-%H%M)
 [ "${QUICK:-0}" = 1 ] && STAMP=$STAMP-quick
 OUT=bench/results/$STAMP.json
 GROUP_ARGS=()
-[ -n "${GROUPS_:-${GROUPS_TO_RUN:-}}" ] && GROUP_ARGS=(--groups "${GROUPS_:-$GROUPS_TO_RUN}")
+[ -n "${BENCH_GROUPS:-}" ] && GROUP_ARGS=(--groups "$BENCH_GROUPS")
 "$BIN/bench-run" --out "$OUT" --rounds "$ROUNDS" --seconds "$SECONDS_PER_RUN" \
     --http-seconds "$HTTP_SECONDS" "${PLAYGROUND_ARGS[@]}" "${GROUP_ARGS[@]}"
 "$BIN/bench-report" "$OUT" --md BENCHMARKS.md --findings bench/FINDINGS.md

@@ -187,3 +187,30 @@ fn latency(out: &str, pct: &str) -> Option<f64> {
     };
     Some(num.parse::<f64>().ok()? * scale)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 3s test @ http://127.0.0.1:18080/
+  1 threads and 64 connections
+  Latency Distribution
+     50%    3.20ms
+     75%    3.55ms
+     90%    4.95ms
+     99%  812.00us
+  55573 requests in 3.01s, 6.25MB read
+  Non-2xx or 3xx responses: 7
+Requests/sec:  18463.40
+Transfer/sec:      2.08MB
+";
+
+    #[test]
+    fn parses_wrk_output() {
+        assert_eq!(field(WRK, "Requests/sec:"), Some(18463.40));
+        assert_eq!(field(WRK, "Non-2xx or 3xx responses:"), Some(7.0));
+        assert_eq!(latency(WRK, "50%"), Some(3200.0));
+        assert_eq!(latency(WRK, "99%"), Some(812.0));
+        assert_eq!(latency(WRK, "42%"), None);
+    }
+}

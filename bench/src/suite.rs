@@ -241,3 +241,31 @@ pub fn commit() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_has_every_group_once_per_setting() {
+        let plan = plan();
+        let mut seen = std::collections::HashSet::new();
+        for c in &plan {
+            assert!(
+                seen.insert((c.group, c.query, c.conns, c.concurrency)),
+                "{c:?}"
+            );
+            assert!(!c.variants.is_empty());
+        }
+        for g in [
+            "matrix", "one_conn", "rows100", "depth", "protocol", "reactors",
+        ] {
+            assert!(plan.iter().any(|c| c.group == g), "{g}");
+        }
+        // Depth 1 only where it differs from the pipelined run.
+        for c in plan.iter().filter(|c| c.group == "matrix") {
+            let has_d1 = c.variants.iter().any(|v| v.label == "ioxide-pg d=1");
+            assert_eq!(has_d1, c.concurrency > c.conns, "{c:?}");
+        }
+    }
+}

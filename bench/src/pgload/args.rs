@@ -218,3 +218,44 @@ fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
     v.parse()
         .map_err(|_| format!("{flag}: not a valid number: {v}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Args, String> {
+        Args::parse(s.split_whitespace().map(str::to_string))
+    }
+
+    #[test]
+    fn parses_a_full_command_line() {
+        let a = parse(
+            "--driver ioxide-pg --conns 8 --concurrency 256 --seconds 2 --query param \
+             --reactors 2 --pipeline-depth 16 --url postgres://u@127.0.0.1:5433/db",
+        )
+        .expect("valid");
+        assert_eq!(
+            (a.driver, a.conns, a.concurrency, a.reactors),
+            (Driver::IoxidePg, 8, 256, 2)
+        );
+        assert_eq!(
+            (a.query, a.pipeline_depth, a.seconds),
+            (Query::Param, 16, 2.0)
+        );
+        assert_eq!(a.options.get_port(), 5433);
+        assert_eq!(a.fixed_queries, None);
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let url = "--url postgres://u@127.0.0.1/db";
+        assert!(
+            parse(&format!("--conns 2 {url}")).is_err(),
+            "driver is required"
+        );
+        assert!(parse(&format!("--driver mysql {url}")).is_err());
+        assert!(parse(&format!("--driver ioxide-pg --conns 3 --reactors 2 {url}")).is_err());
+        assert!(parse(&format!("--driver sqlx --concurrency 0 {url}")).is_err());
+        assert!(parse(&format!("--driver sqlx --query select43 {url}")).is_err());
+    }
+}
