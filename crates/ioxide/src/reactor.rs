@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     shutdown: Cell<bool>,
     shutdown_waiters: RefCell<Vec<Waker>>,
     tasks: Rc<TaskRegistry>,
+    /// Tasks waiting for the end of this loop turn (see [`end_of_turn`]).
+    end_of_turn: RefCell<Vec<Waker>>,
 }
 
 /// Runs `f` with the current reactor's ring, or returns None when this thread has no reactor
@@ -204,6 +206,26 @@ impl Reactor {
     }
 }
 
+/// Resolves at the end of the current loop turn: after every task that is ready now (and
+/// every task those wake) has run, just before the reactor enters the kernel. A writer that
+/// awaits this before sending puts everything the turn produced into one send.
+pub fn end_of_turn() -> impl Future<Output = ()> {
+    let mut queued = false;
+    std::future::poll_fn(move |cx| {
+        if queued {
+            return Poll::Ready(());
+        }
+        match Reactor::try_current() {
+            Some(r) => {
+                r.inner.end_of_turn.borrow_mut().push(cx.waker().clone());
+                queued = true;
+                Poll::Pending
+            }
+            None => Poll::Ready(()),
+        }
+    })
+}
+
 /// Spawns a task on the current thread's reactor. Panics outside a reactor.
 pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
 where
@@ -308,6 +330,7 @@ impl Runtime {
             shutdown: Cell::new(false),
             shutdown_waiters: RefCell::new(Vec::new()),
             tasks: Rc::new(TaskRegistry::default()),
+            end_of_turn: RefCell::new(Vec::new()),
         });
         CURRENT.with(|c| {
             let mut c = c.borrow_mut();
@@ -377,7 +400,13 @@ fn run_loop<F: Future>(reactor: &Reactor, shared: &Arc<Shared>, future: F) -> F:
                 break;
             }
             if ran == 0 && !progressed {
-                break;
+                // Nothing else is ready: release the end-of-turn waiters (writers flushing
+                // everything this turn queued), then run them before entering.
+                let waiters = std::mem::take(&mut *reactor.inner.end_of_turn.borrow_mut());
+                if waiters.is_empty() {
+                    break;
+                }
+                waiters.into_iter().for_each(Waker::wake);
             }
         }
         let wait = !executor::has_ready() && !shared.root_woken.load(Ordering::Acquire);
@@ -409,6 +438,7 @@ impl Drop for Teardown {
         let services = std::mem::take(&mut *inner.services.borrow_mut());
         drop(services);
         inner.shutdown_waiters.borrow_mut().clear();
+        inner.end_of_turn.borrow_mut().clear();
         // 2. Cancel every task: wake each one (parked on a ring op or on anything else) and
         //    drop its runnable. Dropping a task's future drops its ops, which hand their data
         //    to the records, and its sockets, which close through the ring.
