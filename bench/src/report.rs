@@ -409,8 +409,8 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
             let _ = writeln!(
                 s,
                 "`wrk -t1 -c{} -d{}s` per route and server, all servers up at once, 1 reactor / 1 \
-                 tokio worker, pool of {} connections each; the playground at the driver's \
-                 default `PG_PIPELINE_DEPTH=1` and pipelined (`d=8`); server CPU from \
+                 tokio worker, pool of {} connections each; the playground with one command per \
+                 connection (`PG_PIPELINE_DEPTH=1`) and pipelined (`d=8`); server CPU from \
                  /proc/<pid>/stat (utime+stime) over the wrk run ÷ requests.\n",
                 st["http_conns"], st["http_seconds"], st["http_pool_size"]
             );

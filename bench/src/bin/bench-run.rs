@@ -207,7 +207,7 @@ fn http_round(o: &Opts, dir: &std::path::Path) -> Result<Vec<Value>, String> {
     if !playground.exists() {
         return Err(format!("no playground binary at {}", playground.display()));
     }
-    // The playground at the driver's default depth (1) and pipelined (PLAYGROUND_DEPTH).
+    // The playground with one command per connection (depth 1) and pipelined (PLAYGROUND_DEPTH).
     let depth = |d: usize| [("PG_PIPELINE_DEPTH", d.to_string())];
     let servers = [
         Server::start(
