@@ -34,7 +34,7 @@ fn defaults_are_documented_values() {
     assert_eq!(o.get_max_message_bytes(), 64 << 20);
     assert_eq!(o.get_statement_cache_capacity(), 256);
     assert_eq!(o.get_pool_size(), 8);
-    assert_eq!(o.get_pipeline_depth(), 1);
+    assert_eq!(o.get_pipeline_depth(), 8);
     assert_eq!(o.get_acquire_timeout(), Duration::from_secs(5));
     assert!(o.get_require_auth().allows(AuthMethod::None));
     let o = PgOptions::from_env_with(env(&[])).expect("defaults");
