@@ -53,8 +53,15 @@ fn a_request_sent_while_the_previous_one_runs_is_answered_too() {
 
 #[test]
 fn pipelined_requests_run_concurrently() {
-    let p = Playground::start(&shared_env(&[("PG_POOL_SIZE", "4")]));
+    let p = Playground::start(&shared_env(&[("PG_POOL_SIZE", "4"), ("REACTORS", "1")]));
     assert_eq!(p.get("/").body, "42");
+    // Wait for the warm-up to finish: with fewer connections open, pipelining would put the
+    // sleeps on one connection, one after another.
+    let warm = Instant::now() + Duration::from_secs(5);
+    while !p.get("/stats").body.contains("\"total\":{\"open\":4,") {
+        assert!(Instant::now() < warm, "pool did not warm up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut s = p.connect();
     let start = Instant::now();
     s.write_all(&b"GET /sleep HTTP/1.1\r\n\r\n".repeat(3))

@@ -228,6 +228,11 @@ impl PgConnection {
         st.broken.is_none() && !st.closing && st.cancelling.is_none()
     }
 
+    /// When the oldest command in flight was issued, if any.
+    pub(crate) fn oldest_in_flight(&self) -> Option<std::time::Instant> {
+        self.conn.st.borrow().queue.front().map(|c| c.started)
+    }
+
     /// Commands sent and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.conn.st.borrow().queue.len()

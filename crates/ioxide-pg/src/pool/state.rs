@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 /// First reconnect delay after a failed connect; doubles per failure up to `BACKOFF_CAP`.
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
+/// A connection whose oldest command has run longer than this takes no more pipelined
+/// commands until it finishes: requests wait for another connection rather than queue behind
+/// a slow query.
+const PIPELINE_BEHIND_LIMIT: Duration = Duration::from_millis(20);
 /// Longest reconnect delay, so a restarted server is reused within about this long.
 const BACKOFF_CAP: Duration = Duration::from_millis(500);
 
@@ -119,6 +123,7 @@ impl Inner {
     /// an exclusive rent, an idle one).
     fn pick(&self, st: &PoolState, exclusive: bool) -> Option<usize> {
         let mut best: Option<(usize, usize)> = None;
+        let now = Instant::now();
         for (i, s) in st.slots.iter().enumerate() {
             if s.rented || !s.conn.accepts_commands() {
                 continue;
@@ -129,6 +134,15 @@ impl Inner {
                 continue;
             }
             if load >= self.depth {
+                continue;
+            }
+            // Never pipeline behind a command that has been running for a while (a slow
+            // query): wait for a connection instead of queueing behind it.
+            if load > 0
+                && s.conn
+                    .oldest_in_flight()
+                    .is_some_and(|t| now.duration_since(t) > PIPELINE_BEHIND_LIMIT)
+            {
                 continue;
             }
             if load == 0 {
