@@ -71,7 +71,11 @@ pub struct PgOptions {
     pool_size: usize,
     pipeline_depth: usize,
     acquire_timeout: Duration,
+    reply_batch_window: Duration,
 }
+
+/// Default for [`PgOptions::reply_batch_window`].
+pub const DEFAULT_REPLY_BATCH_WINDOW: Duration = Duration::from_micros(100);
 
 /// The smallest `max_message_bytes` [`PgOptions::validate`] accepts.
 pub const MIN_MESSAGE_BYTES: usize = 1024;
@@ -115,6 +119,7 @@ impl PgOptions {
             pool_size: 8,
             pipeline_depth: 8,
             acquire_timeout: Duration::from_secs(5),
+            reply_batch_window: DEFAULT_REPLY_BATCH_WINDOW,
         }
     }
 
@@ -227,7 +232,7 @@ impl PgOptions {
     /// 0 = none), `require_auth`, `sslmode` (`disable`/`allow`/`prefer` only: no TLS),
     /// `client_encoding` (`UTF8` only)) or by one of ours (`command_timeout` (seconds; 0 =
     /// none), `acquire_timeout` (seconds), `max_message_bytes`, `statement_cache_capacity`,
-    /// `pool_size`, `pipeline_depth`). An unknown key or bad value is an error naming it.
+    /// `pool_size`, `pipeline_depth`, `reply_batch_window_us`). An unknown key or bad value is an error naming it.
     pub fn set(self, key: &str, value: &str) -> Result<PgOptions, PgError> {
         self.apply(key, value, key)
     }
@@ -263,6 +268,9 @@ impl PgOptions {
             }
             "pool_size" => self.pool_size = value.parse().map_err(|e| bad(&e))?,
             "pipeline_depth" => self.pipeline_depth = value.parse().map_err(|e| bad(&e))?,
+            "reply_batch_window_us" => {
+                self.reply_batch_window = Duration::from_micros(value.parse().map_err(|e| bad(&e))?)
+            }
             "require_auth" => {
                 self.require_auth = value
                     .parse()
@@ -290,7 +298,8 @@ impl PgOptions {
 
     /// Checks the options are usable: a non-empty host without commas, a non-zero port, a
     /// non-empty user, `max_message_bytes` of at least [`MIN_MESSAGE_BYTES`], a `pool_size`
-    /// and `pipeline_depth` of at least 1. Errors name the field.
+    /// and `pipeline_depth` of at least 1, a `reply_batch_window` of at most 10 ms. Errors name the
+    /// field.
     pub fn validate(&self) -> Result<(), PgError> {
         match &self.host {
             Host::Tcp(h) if h.is_empty() => return Err(PgError::config("host", None, "empty")),
@@ -329,6 +338,14 @@ impl PgOptions {
                 "pipeline_depth",
                 Some("0"),
                 "must be at least 1",
+            ));
+        }
+        if self.reply_batch_window > Duration::from_millis(10) {
+            let v = format!("{:?}", self.reply_batch_window);
+            return Err(PgError::config(
+                "reply_batch_window",
+                Some(&v),
+                "must be at most 10 ms",
             ));
         }
         Ok(())
@@ -452,6 +469,23 @@ impl PgOptions {
         self
     }
 
+    /// Reply batching: the longest a connection with several commands in flight lets the
+    /// reactor wait before waking for their replies ([`ioxide::batch_wait`]), so one
+    /// wake-up, one receive and one send serve a batch of replies instead of one each.
+    ///
+    /// The window actually used is a quarter of the time the oldest command in flight has
+    /// waited so far, capped by this value: replies that queue behind each other on the server
+    /// anyway gather, while a connection answered in microseconds is hardly delayed, and a
+    /// lone command in flight (a depth-1 pool, a sequential caller) never is. With a kernel
+    /// that has `min_wait_usec` (6.12+) a reply that takes longer than the window wakes the
+    /// reactor at once. Measured on one connection × 64 pipelined `SELECT 42`: client CPU per
+    /// query 7.6–8.0 µs without, 2.2–2.8 µs with 100 µs, same queries/s (BENCHMARKS.md).
+    /// Default 100 µs; zero turns batching off; at most 10 ms. Key `reply_batch_window_us`.
+    pub fn reply_batch_window(mut self, window: Duration) -> PgOptions {
+        self.reply_batch_window = window;
+        self
+    }
+
     /// How long renting a pooled connection may wait. Default 5 s.
     pub fn acquire_timeout(mut self, timeout: Duration) -> PgOptions {
         self.acquire_timeout = timeout;
@@ -527,6 +561,11 @@ impl PgOptions {
     pub fn get_acquire_timeout(&self) -> Duration {
         self.acquire_timeout
     }
+
+    /// The reply batching window (zero: off).
+    pub fn get_reply_batch_window(&self) -> Duration {
+        self.reply_batch_window
+    }
 }
 
 impl fmt::Debug for PgOptions {
@@ -546,6 +585,7 @@ impl fmt::Debug for PgOptions {
             .field("pool_size", &self.pool_size)
             .field("pipeline_depth", &self.pipeline_depth)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("reply_batch_window", &self.reply_batch_window)
             .finish()
     }
 }

@@ -4,8 +4,9 @@
 mod common;
 
 use common::opts;
-use ioxide_pg::{PgConnection, TxnStatus};
+use ioxide_pg::{PgConnection, PgOptions, TxnStatus};
 use std::rc::Rc;
+use std::time::Duration;
 
 #[test]
 fn select_42_gives_value_rows_and_tag() {
@@ -257,6 +258,50 @@ fn a_thousand_pipelined_queries_each_get_their_own_answer() {
         assert_eq!(failures, 11);
         assert!(!conn.is_broken());
     });
+}
+
+/// 64 closed-loop callers × 20 queries on one connection: every answer checked; returns the
+/// reactor's (enters, batched waits) over the run.
+fn closed_loop_on_one_connection(opts: PgOptions) -> (u64, u64) {
+    ioxide::block_on(async move {
+        let conn = Rc::new(PgConnection::connect(&opts).await.unwrap());
+        let r = ioxide::Reactor::current();
+        let before = r.ring_stats();
+        let tasks: Vec<_> = (0..64i64)
+            .map(|t| {
+                let c = conn.clone();
+                ioxide::spawn(async move {
+                    for i in 0..20i64 {
+                        let n = t * 100 + i;
+                        let v = c.query_params("SELECT $1::int8 + 1", &[&n]).await.unwrap();
+                        assert_eq!(v.scalar::<i64>().unwrap(), n + 1);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        let after = r.ring_stats();
+        (
+            after.enters - before.enters,
+            after.batched_waits - before.batched_waits,
+        )
+    })
+}
+
+#[test]
+fn deep_pipelines_batch_replies_into_fewer_wake_ups() {
+    let queries = 64 * 20;
+    let (enters, batched) = closed_loop_on_one_connection(opts());
+    assert!(batched > 0, "no batched wait with 64 in flight");
+    assert!(
+        enters < queries / 2,
+        "{enters} enters for {queries} pipelined queries"
+    );
+    // Off: never a batched wait, and still every answer right.
+    let (_, batched) = closed_loop_on_one_connection(opts().reply_batch_window(Duration::ZERO));
+    assert_eq!(batched, 0);
 }
 
 #[test]

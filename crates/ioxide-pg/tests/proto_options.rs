@@ -36,6 +36,7 @@ fn defaults_are_documented_values() {
     assert_eq!(o.get_pool_size(), 8);
     assert_eq!(o.get_pipeline_depth(), 8);
     assert_eq!(o.get_acquire_timeout(), Duration::from_secs(5));
+    assert_eq!(o.get_reply_batch_window(), Duration::from_micros(100));
     assert!(o.get_require_auth().allows(AuthMethod::None));
     let o = PgOptions::from_env_with(env(&[])).expect("defaults");
     assert_eq!(o.get_user(), "postgres");
@@ -223,4 +224,30 @@ fn builder_host_forms_and_resolution() {
     assert_eq!(e.as_ref().and_then(PgError::config_field), Some("host"));
     let o = PgOptions::new().connect_timeout(Duration::ZERO);
     assert_eq!(o.get_connect_timeout(), None);
+}
+
+#[test]
+fn reply_batch_window_from_url_and_conninfo_and_bounded() {
+    let o =
+        PgOptions::from_url("postgres://u@127.0.0.1/db?reply_batch_window_us=250").expect("valid");
+    assert_eq!(o.get_reply_batch_window(), Duration::from_micros(250));
+    let o: PgOptions = "host=127.0.0.1 user=u reply_batch_window_us=0"
+        .parse()
+        .expect("valid");
+    assert_eq!(o.get_reply_batch_window(), Duration::ZERO);
+    let e = err(PgOptions::from_url(
+        "postgres://u@127.0.0.1/db?reply_batch_window_us=fast",
+    ));
+    assert!(e.contains("reply_batch_window_us"), "{e}");
+    let e = PgOptions::new()
+        .reply_batch_window(Duration::from_millis(11))
+        .validate()
+        .expect_err("over 10 ms")
+        .to_string();
+    assert!(
+        e.contains("reply_batch_window") && e.contains("10 ms"),
+        "{e}"
+    );
+    let dbg = format!("{:?}", PgOptions::new());
+    assert!(dbg.contains("reply_batch_window"), "{dbg}");
 }

@@ -26,6 +26,6 @@ pub mod server;
 pub mod time;
 
 pub use executor::JoinHandle;
-pub use reactor::{block_on, end_of_turn, spawn, Reactor, RemoteHandle, Runtime};
+pub use reactor::{batch_wait, block_on, end_of_turn, spawn, Reactor, RemoteHandle, Runtime};
 pub use ring::{process_cpu_time, IoBuf, IoBufMut, RingConfig, RingError, RingStats};
 pub use server::{Server, ServerHandle};

@@ -66,6 +66,18 @@ pub(crate) struct Inner {
     tasks: Rc<TaskRegistry>,
     /// Tasks waiting for the end of this loop turn (see [`end_of_turn`]).
     end_of_turn: RefCell<Vec<Waker>>,
+    /// The shortest batching window asked for this turn (see [`batch_wait`]).
+    batch_window: Cell<Option<Duration>>,
+    /// When this loop turn began (see [`crate::time::now`]).
+    pub(crate) turn_time: Cell<Instant>,
+}
+
+/// Runs `f` with the current reactor's state, or returns None outside a reactor.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Inner) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|c| c.borrow().as_ref().map(|inner| f(inner)))
+        .ok()
+        .flatten()
 }
 
 /// Runs `f` with the current reactor's ring, or returns None when this thread has no reactor
@@ -226,6 +238,30 @@ pub fn end_of_turn() -> impl Future<Output = ()> {
     })
 }
 
+/// Tells the reactor that more completions are expected shortly (say, replies to commands
+/// already pipelined on a socket), so its next wait may gather them into one wake-up.
+///
+/// When the loop turn ends with nothing ready, the reactor waits for at least `window` before
+/// waking for a completion (unless a timer or a cross-thread wake comes first, and never
+/// longer than `window` once something has completed); the receives that became ready in the
+/// meantime then run once each and copy everything that arrived. This trades up to `window`
+/// of latency for fewer wake-ups, receives and sends per message. The hint lasts for one wait;
+/// the shortest window asked for in a turn wins. Outside a reactor it does nothing.
+pub fn batch_wait(window: Duration) {
+    if window.is_zero() {
+        return;
+    }
+    CURRENT.with(|c| {
+        if let Some(inner) = c.borrow().as_ref() {
+            let w = match inner.batch_window.get() {
+                Some(old) if old <= window => old,
+                _ => window,
+            };
+            inner.batch_window.set(Some(w));
+        }
+    });
+}
+
 /// Spawns a task on the current thread's reactor. Panics outside a reactor.
 pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
 where
@@ -331,6 +367,8 @@ impl Runtime {
             shutdown_waiters: RefCell::new(Vec::new()),
             tasks: Rc::new(TaskRegistry::default()),
             end_of_turn: RefCell::new(Vec::new()),
+            batch_window: Cell::new(None),
+            turn_time: Cell::new(Instant::now()),
         });
         CURRENT.with(|c| {
             let mut c = c.borrow_mut();
@@ -410,11 +448,16 @@ fn run_loop<F: Future>(reactor: &Reactor, shared: &Arc<Shared>, future: F) -> F:
             }
         }
         let wait = !executor::has_ready() && !shared.root_woken.load(Ordering::Acquire);
-        let entered = reactor.inner.ring.borrow_mut().enter(wait, None);
+        let window = reactor.inner.batch_window.take();
+        let entered = match window {
+            Some(w) if wait => reactor.inner.ring.borrow_mut().enter_batched(w),
+            _ => reactor.inner.ring.borrow_mut().enter(wait, None),
+        };
         if let Err(e) = entered {
             // The ring itself failed (not an op): nothing can make progress any more.
             panic!("ioxide: io_uring_enter failed: {e}");
         }
+        reactor.inner.turn_time.set(Instant::now());
         reap_and_complete(&reactor.inner, &mut cqes);
     }
 }

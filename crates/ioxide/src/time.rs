@@ -8,6 +8,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// The time the current loop turn began (when the reactor last returned from the kernel):
+/// one clock read per turn instead of one per call, for deadlines and ages that do not need
+/// better than a turn's precision (a turn is normally microseconds; the reactor's run budget
+/// bounds it). Outside a reactor, `Instant::now()`.
+pub fn now() -> Instant {
+    crate::reactor::with_current(|inner| inner.turn_time.get()).unwrap_or_else(Instant::now)
+}
+
 /// A future that completes after a duration. The ring timeout is armed on first poll (so a
 /// `Sleep` may be created outside the reactor that awaits it); dropping it cancels the timeout.
 pub struct Sleep {

@@ -280,3 +280,92 @@ fn on_stop_runs_async_cleanup_on_each_reactor_before_teardown() {
     got.sort_unstable();
     assert_eq!(got, vec![0, 1]);
 }
+
+/// Accepts one connection from a helper thread that writes `msgs` messages of 8 bytes,
+/// `gap` apart, starting `delay` after the reactor says go; the reactor arms one receive with
+/// `batch_wait(window)` and reports the bytes that receive got and how long it took.
+fn one_batched_receive(
+    window: Duration,
+    delay: Duration,
+    msgs: usize,
+    gap: Duration,
+) -> (usize, Duration, bool) {
+    ioxide::block_on(async move {
+        let mut listener =
+            ioxide::net::TcpListener::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            go_rx.recv().unwrap();
+            std::thread::sleep(delay);
+            for _ in 0..msgs {
+                s.write_all(b"12345678").unwrap();
+                std::thread::sleep(gap);
+            }
+            // Keep the socket open until the reactor is done.
+            let _ = go_rx.recv();
+        });
+        let stream = listener.accept().await.unwrap();
+        let started = Instant::now();
+        let recv = stream.recv(Vec::with_capacity(4096));
+        ioxide::batch_wait(window);
+        go_tx.send(()).unwrap();
+        let (r, buf) = recv.await;
+        let elapsed = started.elapsed();
+        let n = r.unwrap();
+        assert_eq!(buf.len(), n);
+        drop(go_tx);
+        writer.join().unwrap();
+        (n, elapsed, Reactor::current().defer_taskrun())
+    })
+}
+
+#[test]
+fn batch_wait_gathers_messages_arriving_within_the_window_into_one_receive() {
+    // 5 messages 2 ms apart arrive well inside a 100 ms window: the reactor does not wake per
+    // message, so the one receive runs at the end of the window and gets all of them.
+    let (n, elapsed, defer) = one_batched_receive(
+        Duration::from_millis(100),
+        Duration::ZERO,
+        5,
+        Duration::from_millis(2),
+    );
+    assert!(
+        elapsed >= Duration::from_millis(60),
+        "woke early: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    if defer {
+        // Only DEFER_TASKRUN defers the receive itself to the end of the wait.
+        assert_eq!(n, 40, "one receive should carry all 5 messages");
+    }
+}
+
+#[test]
+fn batch_wait_does_not_delay_a_completion_that_comes_after_the_window() {
+    // The window (10 ms) passes with nothing completed; the message at 150 ms wakes the
+    // reactor at once, not a window later.
+    let (n, elapsed, _) = one_batched_receive(
+        Duration::from_millis(10),
+        Duration::from_millis(150),
+        1,
+        Duration::ZERO,
+    );
+    assert_eq!(n, 8);
+    assert!(elapsed >= Duration::from_millis(140), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(400), "{elapsed:?}");
+}
+
+#[test]
+fn without_batch_wait_a_receive_completes_at_the_first_message() {
+    let (n, elapsed, _) = one_batched_receive(
+        Duration::ZERO,
+        Duration::ZERO,
+        2,
+        Duration::from_millis(300),
+    );
+    assert_eq!(n, 8, "the first message alone");
+    assert!(elapsed < Duration::from_millis(250), "{elapsed:?}");
+}

@@ -477,6 +477,7 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
         target,
         key,
         max_message: max,
+        batch_window: opts.get_reply_batch_window(),
         command_timeout: opts.get_command_timeout(),
         cancel_grace: CANCEL_GRACE,
         handles: Cell::new(1),

@@ -33,6 +33,14 @@ pub(crate) const RECV_BUF: usize = 16 * 1024;
 /// streaming large results).
 const RECV_BUF_SHRINK: usize = 256 * 1024;
 
+/// Replies are batched (`PgOptions::reply_batch_window`) only while at least this many
+/// commands are in flight on the connection. Measured (BENCHMARKS.md): with 8 connections ×
+/// depth 8, batching every connection that had 2+ in flight cost 15–20 % q/s and more CPU per
+/// query — the backends ran dry during the window and each refill had to wake a sleeping
+/// process — while one or two connections with 32–64 in flight gain 2–3× less CPU per query at
+/// the same or better q/s. A backend with 16+ queries queued does not run dry in 100 µs.
+const BATCH_MIN_IN_FLIGHT: usize = 16;
+
 /// One command in flight.
 pub(crate) struct Cmd {
     pub(crate) seq: u64,
@@ -88,6 +96,8 @@ pub(crate) struct Conn {
     pub(crate) target: Target,
     pub(crate) key: Option<BackendKey>,
     pub(crate) max_message: usize,
+    /// Reply batching (see `PgOptions::reply_batch_window`): the window, zero when off.
+    pub(crate) batch_window: Duration,
     pub(crate) command_timeout: Option<Duration>,
     pub(crate) cancel_grace: Duration,
     pub(crate) handles: Cell<usize>,
@@ -229,7 +239,7 @@ impl Conn {
             waker: None,
             abandoned: false,
             outcome: None,
-            started: Instant::now(),
+            started: ioxide::time::now(),
         });
         if let Some(w) = st.writer_waker.take() {
             drop(st);
@@ -433,7 +443,18 @@ impl Conn {
                 buf.reserve(RECV_BUF);
             }
             let recv = self.stream.recv(buf);
-            self.st.borrow_mut().recv = Some(recv);
+            let mut st = self.st.borrow_mut();
+            st.recv = Some(recv);
+            if st.queue.len() >= BATCH_MIN_IN_FLIGHT && !self.batch_window.is_zero() {
+                if let Some(head) = st.queue.front() {
+                    // Replies are queued behind each other on the server: let them gather
+                    // for a quarter of the time the oldest has already waited (so batching
+                    // adds at most ~25 % to its latency), capped by the option.
+                    let age = ioxide::time::now().saturating_duration_since(head.started);
+                    let window = (age / 4).min(self.batch_window);
+                    ioxide::batch_wait(window);
+                }
+            }
         }
     }
 

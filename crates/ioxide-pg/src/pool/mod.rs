@@ -162,7 +162,7 @@ impl PgPool {
     {
         let mut retried = false;
         // A retry keeps the original acquire deadline: one call waits at most acquire_timeout.
-        let deadline = Instant::now() + self.inner.acquire_timeout;
+        let deadline = ioxide::time::now() + self.inner.acquire_timeout;
         loop {
             let lease = self.acquire_by(false, deadline).await?;
             let r = f(lease.conn.clone()).await;

@@ -123,7 +123,7 @@ impl Inner {
     /// an exclusive rent, an idle one).
     fn pick(&self, st: &PoolState, exclusive: bool) -> Option<usize> {
         let mut best: Option<(usize, usize)> = None;
-        let now = Instant::now();
+        let now = ioxide::time::now();
         for (i, s) in st.slots.iter().enumerate() {
             if s.rented || !s.conn.accepts_commands() {
                 continue;
@@ -141,7 +141,7 @@ impl Inner {
             if load > 0
                 && s.conn
                     .oldest_in_flight()
-                    .is_some_and(|t| now.duration_since(t) > PIPELINE_BEHIND_LIMIT)
+                    .is_some_and(|t| now.saturating_duration_since(t) > PIPELINE_BEHIND_LIMIT)
             {
                 continue;
             }

@@ -73,6 +73,8 @@ pub struct RingStats {
     pub sqes: u64,
     /// CQEs reaped.
     pub cqes: u64,
+    /// Waits that batched completions (see [`crate::batch_wait`]).
+    pub batched_waits: u64,
 }
 
 /// Work the caller performs after releasing its borrow of the ring: waking may run scheduler
@@ -103,6 +105,8 @@ pub(crate) struct Ring {
     backlog: Vec<(u64, i32, u32)>,
     pub(crate) stats: RingStats,
     pub(crate) defer_taskrun: bool,
+    /// The kernel honours `min_wait_usec` in the enter arguments (6.12+).
+    min_timeout: bool,
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -113,6 +117,7 @@ impl Ring {
     pub(crate) fn new(config: &RingConfig) -> Result<Ring, RingError> {
         let (uring, flags) = setup::build(config)?;
         Ok(Ring {
+            min_timeout: uring.params().is_feature_min_timeout(),
             uring,
             slots: Vec::with_capacity(256),
             free_head: NO_SLOT,
@@ -397,6 +402,50 @@ impl Ring {
                     )
                 }
             }
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR | libc::ETIME) => Ok(()),
+                Some(libc::EBUSY | libc::EAGAIN) => {
+                    self.reap_into_backlog();
+                    Ok(())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Enters the kernel to wait with completion batching: returns once `window` has passed
+    /// with at least one completion, or at the first completion after it.
+    ///
+    /// The wait asks for more completions than can arrive, so the kernel does not wake this
+    /// thread for each one: with DEFER_TASKRUN a readiness event only queues task work, and the
+    /// waiter is woken when the queued work reaches the number it waits for (timers and other
+    /// non-lazy completions still wake it at once). A receive armed on a socket therefore runs
+    /// once, at the end of the window, and copies everything that arrived meanwhile — one
+    /// wake-up, one receive and (after the tasks ran) one send for a batch of replies.
+    ///
+    /// With `min_wait_usec` (6.12+) the kernel stops waiting for the batch after `window` and
+    /// returns at the next completion, all in one enter. Older kernels get a plain timed wait
+    /// for the window; the loop then enters again with an ordinary wait if nothing came.
+    pub(crate) fn enter_batched(&mut self, window: Duration) -> io::Result<()> {
+        self.stats.enters += 1;
+        self.stats.batched_waits += 1;
+        let want = self.uring.params().cq_entries() as usize;
+        let r = if self.min_timeout {
+            // The overall timeout only bounds a wait with nothing in flight; the loop enters
+            // again when it expires.
+            let ts = io_uring::types::Timespec::from(Duration::from_secs(3600));
+            let usec = u32::try_from(window.as_micros()).unwrap_or(u32::MAX).max(1);
+            let args = io_uring::types::SubmitArgs::new()
+                .timespec(&ts)
+                .min_wait_usec(usec);
+            self.uring.submitter().submit_with_args(want, &args)
+        } else {
+            let ts = io_uring::types::Timespec::from(window);
+            let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+            self.uring.submitter().submit_with_args(want, &args)
         };
         match r {
             Ok(_) => Ok(()),
