@@ -3,7 +3,6 @@
 
 use crate::proto::row::Columns;
 use postgres_types::Type;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 /// A statement prepared on the server.
@@ -24,7 +23,9 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct StatementCache {
     capacity: usize,
-    map: HashMap<Box<str>, Entry>,
+    /// foldhash, not SipHash: hashing the SQL text was 213 instructions of a 5 860-instruction
+    /// parameterized query (callgrind). Keys are the application's SQL, bounded in number.
+    map: foldhash::HashMap<Box<str>, Entry>,
     clock: u64,
     next_name: u64,
 }
@@ -33,7 +34,7 @@ impl StatementCache {
     pub(crate) fn new(capacity: usize) -> StatementCache {
         StatementCache {
             capacity,
-            map: HashMap::new(),
+            map: foldhash::HashMap::default(),
             clock: 0,
             next_name: 0,
         }

@@ -4,6 +4,7 @@ use crate::proto::query_result::rows_from_tag;
 use crate::proto::reply::ReplyEvent;
 use crate::proto::row::{Columns, Row};
 use crate::PgError;
+use compact_str::CompactString;
 use postgres_types::FromSql;
 use std::ops::Range;
 use std::rc::Rc;
@@ -24,8 +25,10 @@ use std::rc::Rc;
 pub struct ResultSet {
     columns: Rc<Columns>,
     data: Vec<u8>,
-    rows: Vec<Range<u32>>,
-    tag: String,
+    /// The first row's range inline (most results have one row, or none), the rest after.
+    first: Option<Range<u32>>,
+    rest: Vec<Range<u32>>,
+    tag: CompactString,
 }
 
 impl ResultSet {
@@ -33,8 +36,9 @@ impl ResultSet {
         ResultSet {
             columns,
             data: Vec::new(),
-            rows: Vec::new(),
-            tag: String::new(),
+            first: None,
+            rest: Vec::new(),
+            tag: CompactString::default(),
         }
     }
 
@@ -48,7 +52,11 @@ impl ResultSet {
                 self.data.extend_from_slice(body);
                 let end = u32::try_from(self.data.len())
                     .map_err(|_| PgError::conversion("result set larger than 4 GiB"))?;
-                self.rows.push(start..end);
+                if self.first.is_none() {
+                    self.first = Some(start..end);
+                } else {
+                    self.rest.push(start..end);
+                }
             }
             ReplyEvent::CommandComplete(tag) => {
                 self.tag.clear();
@@ -61,12 +69,19 @@ impl ResultSet {
 
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        usize::from(self.first.is_some()) + self.rest.len()
     }
 
     /// No rows.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.first.is_none()
+    }
+
+    fn range(&self, i: usize) -> Option<&Range<u32>> {
+        match i {
+            0 => self.first.as_ref(),
+            _ => self.rest.get(i - 1),
+        }
     }
 
     /// The column description.
@@ -76,7 +91,7 @@ impl ResultSet {
 
     /// Row `i`, or a conversion error naming the index when out of range.
     pub fn row(&self, i: usize) -> Result<Row<'_>, PgError> {
-        let r = self.rows.get(i).ok_or_else(|| {
+        let r = self.range(i).ok_or_else(|| {
             PgError::conversion(format!(
                 "row {i} out of range: the result has {} rows",
                 self.len()
@@ -87,7 +102,7 @@ impl ResultSet {
 
     /// Every row, in order.
     pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
-        self.rows.iter().filter_map(|r| {
+        self.first.iter().chain(&self.rest).filter_map(|r| {
             Row::new(&self.data[r.start as usize..r.end as usize], &self.columns).ok()
         })
     }

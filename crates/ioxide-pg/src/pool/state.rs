@@ -71,6 +71,10 @@ pub(crate) struct PoolState {
     pub(crate) waiters: VecDeque<Rc<RefCell<Waiter>>>,
     pub(crate) failures: u32,
     pub(crate) failing_since: Option<Instant>,
+    /// A request already waited out acquire_timeout while nothing could connect: the
+    /// database is down "for long" even if the first failed connect came a little later
+    /// than that request (its refusal took a while).
+    pub(crate) timed_out_while_down: bool,
     pub(crate) next_attempt: Instant,
     pub(crate) last_error: Option<String>,
     pub(crate) next_id: u64,
@@ -107,6 +111,7 @@ impl Inner {
                 waiters: VecDeque::new(),
                 failures: 0,
                 failing_since: None,
+                timed_out_while_down: false,
                 next_attempt: Instant::now(),
                 last_error: None,
                 next_id: 1,
@@ -236,6 +241,9 @@ impl Inner {
                 false
             });
             st.stats.timeouts_total += wake.len() as u64;
+            if !wake.is_empty() && st.slots.is_empty() && st.failing_since.is_some() {
+                st.timed_out_while_down = true;
+            }
         }
         let n = wake.len();
         wake.into_iter().for_each(Waker::wake);
@@ -282,13 +290,15 @@ impl Inner {
     }
 
     /// The pool has had no live connection and failed to connect for at least
-    /// `acquire_timeout`: new requests fail at once instead of waiting.
+    /// `acquire_timeout` (or a request already timed out meanwhile): new requests fail at once
+    /// instead of waiting.
     pub(crate) fn down_for_long(&self) -> bool {
         let st = self.st.borrow();
         st.slots.is_empty()
-            && st
-                .failing_since
-                .is_some_and(|t| t.elapsed() >= self.acquire_timeout)
+            && (st.timed_out_while_down
+                || st
+                    .failing_since
+                    .is_some_and(|t| t.elapsed() >= self.acquire_timeout))
     }
 
     /// Drops broken connections. Returns how many.
@@ -362,6 +372,7 @@ impl Inner {
                 });
                 st.failures = 0;
                 st.failing_since = None;
+                st.timed_out_while_down = false;
                 st.last_error = None;
                 st.stats.opened_total += 1;
                 drop(st);

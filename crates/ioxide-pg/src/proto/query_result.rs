@@ -12,6 +12,7 @@
 use super::cursor::Cursor;
 use super::reply::ReplyEvent;
 use crate::PgError;
+use compact_str::CompactString;
 
 /// The result of a simple query: first value, row count and command tag.
 ///
@@ -28,13 +29,13 @@ use crate::PgError;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryResult {
-    value: Option<String>,
+    /// Inline up to 24 bytes: a typical value or tag costs no allocation.
+    value: Option<CompactString>,
     /// A row has been seen in some result set: `value` is final.
     have_value: bool,
     /// Column count of the current result set, to validate its DataRows.
     columns: Option<u16>,
-    tag: String,
-    rows: u64,
+    tag: CompactString,
     statements: usize,
     empty_query: bool,
 }
@@ -69,7 +70,6 @@ impl QueryResult {
             ReplyEvent::CommandComplete(tag) => {
                 self.tag.clear();
                 self.tag.push_str(tag);
-                self.rows = rows_from_tag(tag);
                 self.statements += 1;
                 self.columns = None;
             }
@@ -115,7 +115,7 @@ impl QueryResult {
         if let Some(Some(bytes)) = first {
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| PgError::protocol(format!("DataRow text value is not UTF-8: {e}")))?;
-            self.value = Some(text.to_owned());
+            self.value = Some(CompactString::from(text));
         }
         Ok(())
     }
@@ -129,7 +129,7 @@ impl QueryResult {
     /// The row count the last statement's command tag reports (`SELECT 3` → 3, `INSERT 0 5`
     /// → 5; 0 for tags without a count such as `CREATE TABLE`).
     pub fn rows(&self) -> u64 {
-        self.rows
+        rows_from_tag(&self.tag)
     }
 
     /// The command tag of the last statement that completed (`""` if none did).
