@@ -248,3 +248,91 @@ fn explicit_cancel_stops_a_running_query() {
         assert_eq!(conn.query("SELECT 3").await.unwrap().value(), Some("3"));
     });
 }
+
+/// 64 closed-loop callers on one connection (deep enough that replies are batched): each
+/// runs `SELECT $1::int8 + 1` until a query fails, checking every answer. Returns, per
+/// caller, the successes and the error that stopped it.
+async fn deep_pipeline_until_failure(conn: Rc<PgConnection>) -> Vec<(u64, ioxide_pg::PgError)> {
+    let tasks: Vec<_> = (0..64i64)
+        .map(|t| {
+            let c = conn.clone();
+            ioxide::spawn(async move {
+                let mut ok = 0u64;
+                loop {
+                    let n = t * 1_000_000 + ok as i64;
+                    match c.query_params("SELECT $1::int8 + 1", &[&n]).await {
+                        Ok(rs) => {
+                            assert_eq!(rs.scalar::<i64>().unwrap(), n + 1);
+                            ok += 1;
+                        }
+                        Err(e) => return (ok, e),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await);
+    }
+    out
+}
+
+#[test]
+fn a_deep_batched_pipeline_fails_every_caller_promptly_when_the_backend_is_terminated() {
+    let c = Cluster::new().unwrap();
+    ioxide::block_on(async {
+        let conn = Rc::new(PgConnection::connect(&opts_for(&c)).await.unwrap());
+        let before = ioxide::Reactor::current().ring_stats().batched_waits;
+        let load = ioxide::spawn(deep_pipeline_until_failure(conn.clone()));
+        ioxide::time::sleep(Duration::from_millis(300)).await;
+        let batched = ioxide::Reactor::current().ring_stats().batched_waits - before;
+        let killed_at = Instant::now();
+        assert_eq!(c.terminate_backends().unwrap(), 1);
+        let results = ioxide::time::timeout(Duration::from_secs(5), load)
+            .await
+            .expect("every caller resolves after the termination");
+        let took = killed_at.elapsed();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(batched > 0, "the load never batched its replies");
+        let ok: u64 = results.iter().map(|(n, _)| n).sum();
+        assert!(
+            ok > 64,
+            "only {ok} queries succeeded before the termination"
+        );
+        for (_, e) in &results {
+            assert!(
+                e.is_transport() || e.is_closed() || e.sql_state() == Some("57P01"),
+                "{e}"
+            );
+        }
+        assert!(conn.is_broken());
+    });
+}
+
+#[test]
+fn a_deep_batched_pipeline_on_a_frozen_server_resolves_within_the_command_timeout() {
+    let c = Cluster::new().unwrap();
+    ioxide::block_on(async {
+        let conn = Rc::new(
+            PgConnection::connect(&opts_for(&c).command_timeout(Duration::from_millis(400)))
+                .await
+                .unwrap(),
+        );
+        let load = ioxide::spawn(deep_pipeline_until_failure(conn.clone()));
+        ioxide::time::sleep(Duration::from_millis(200)).await;
+        c.freeze().unwrap();
+        let frozen_at = Instant::now();
+        let results = ioxide::time::timeout(Duration::from_secs(5), load).await;
+        let took = frozen_at.elapsed();
+        c.thaw();
+        let results = results.expect("every caller resolves while the server is frozen");
+        // Timeout at 0.4 s, the 500 ms resync grace, then teardown; generous for CI.
+        assert!(took < Duration::from_millis(1900), "{took:?}");
+        assert!(results.iter().any(|(_, e)| e.is_timeout()));
+        for (_, e) in &results {
+            assert!(e.is_timeout() || e.is_transport() || e.is_closed(), "{e}");
+        }
+        assert!(conn.is_broken());
+    });
+}

@@ -295,10 +295,15 @@ fn one_batched_receive(
             ioxide::net::TcpListener::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let addr = listener.local_addr().unwrap();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        // "<pid>/task/<tid>" of the reactor thread.
+        let me = std::fs::read_link("/proc/thread-self").unwrap();
         let writer = std::thread::spawn(move || {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             s.set_nodelay(true).unwrap();
             go_rx.recv().unwrap();
+            // Write only once the reactor sleeps in its wait, so the receive is armed and the
+            // data cannot race the submission.
+            wait_until_sleeping(&me);
             std::thread::sleep(delay);
             for _ in 0..msgs {
                 s.write_all(b"12345678").unwrap();
@@ -320,6 +325,23 @@ fn one_batched_receive(
         writer.join().unwrap();
         (n, elapsed, Reactor::current().defer_taskrun())
     })
+}
+
+/// Polls a thread's state in /proc until it sleeps (at most 2 s).
+fn wait_until_sleeping(task: &std::path::Path) {
+    let stat = std::path::Path::new("/proc").join(task).join("stat");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(&stat).unwrap_or_default();
+        // The state is the first field after the parenthesised command name.
+        let state = text
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if state == Some('S') {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 #[test]
