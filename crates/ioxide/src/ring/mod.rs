@@ -403,17 +403,7 @@ impl Ring {
                 }
             }
         };
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EINTR | libc::ETIME) => Ok(()),
-                Some(libc::EBUSY | libc::EAGAIN) => {
-                    self.reap_into_backlog();
-                    Ok(())
-                }
-                _ => Err(e),
-            },
-        }
+        self.entered(r)
     }
 
     /// Enters the kernel to wait with completion batching: returns once `window` has passed
@@ -447,6 +437,12 @@ impl Ring {
             let args = io_uring::types::SubmitArgs::new().timespec(&ts);
             self.uring.submitter().submit_with_args(want, &args)
         };
+        self.entered(r)
+    }
+
+    /// Interprets an enter's result: an interrupted or timed-out wait is fine, and a full
+    /// CQ (`EBUSY`/`EAGAIN`) is drained into the backlog so the next enter can proceed.
+    fn entered(&mut self, r: io::Result<usize>) -> io::Result<()> {
         match r {
             Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
