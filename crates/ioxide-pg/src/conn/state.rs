@@ -14,7 +14,7 @@
 
 use super::cache::StatementCache;
 use crate::proto::frame;
-use crate::proto::message::{classify_async, log_notice, AsyncMessage, TxnStatus};
+use crate::proto::message::{classify_async, is_async, log_notice, AsyncMessage, TxnStatus};
 use crate::proto::reply::{Reply, ReplyEvent};
 use crate::proto::startup::{BackendKey, ServerInfo};
 use crate::{DbError, PgError, Target, TimeoutKind};
@@ -471,9 +471,11 @@ impl Conn {
         while let Some(f) = frame::next_frame(&buf[*pos..], self.max_message)? {
             let body = &buf[*pos + frame::HEADER_LEN..*pos + f.len];
             *pos += f.len;
-            if let Some(msg) = classify_async(f.tag, body)? {
-                self.on_async(msg);
-                continue;
+            if is_async(f.tag) {
+                if let Some(msg) = classify_async(f.tag, body)? {
+                    self.on_async(msg);
+                    continue;
+                }
             }
             let ev = {
                 let mut st = self.st.borrow_mut();

@@ -37,30 +37,37 @@ impl Frame {
 /// What the header at the start of `buf` announces: `Ok(None)` if fewer than 5 bytes are
 /// there, else the total message length, validated against `max` (the total, header
 /// included, may not exceed `max`).
+#[inline]
 fn announced_len(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, PgError> {
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
     let tag = header[0];
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    if len < 4 {
-        return Err(PgError::protocol(format!(
-            "message {} announces length {len}, below the minimum of 4",
-            super::message::tag_name(tag)
-        )));
-    }
-    if len > i32::MAX as u32 {
-        return Err(PgError::protocol(format!(
-            "message {} announces length {len}, which overflows a signed 32-bit length",
-            super::message::tag_name(tag)
-        )));
-    }
-    // len <= i32::MAX, so this cannot overflow even on 32-bit targets.
+    // len <= i32::MAX, so the total cannot overflow even on 32-bit targets.
     let total = len as usize + 1;
-    if total > max {
-        return Err(PgError::message_too_large(total, max));
+    if len < 4 || len > i32::MAX as u32 || total > max {
+        return Err(bad_length(tag, len, max));
     }
     Ok(Some((tag, total)))
+}
+
+/// The error for a header [`announced_len`] refuses (kept out of the hot path).
+#[cold]
+#[inline(never)]
+fn bad_length(tag: u8, len: u32, max: usize) -> PgError {
+    let name = super::message::tag_name(tag);
+    if len < 4 {
+        PgError::protocol(format!(
+            "message {name} announces length {len}, below the minimum of 4"
+        ))
+    } else if len > i32::MAX as u32 {
+        PgError::protocol(format!(
+            "message {name} announces length {len}, which overflows a signed 32-bit length"
+        ))
+    } else {
+        PgError::message_too_large(len as usize + 1, max)
+    }
 }
 
 /// Finds the next complete message at the start of `buf`.
@@ -75,6 +82,7 @@ fn announced_len(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, PgError>
 /// assert_eq!((frame.tag, frame.len, frame.body(buf)), (b'Z', 6, &b"I"[..]));
 /// assert!(next_frame(&buf[..3], 1024).unwrap().is_none());
 /// ```
+#[inline]
 pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<Frame>, PgError> {
     match announced_len(buf, max)? {
         Some((tag, len)) if buf.len() >= len => Ok(Some(Frame { tag, len })),
