@@ -15,6 +15,11 @@
 //! });
 //! ```
 //!
+//! Two hooks shape how work is grouped around the kernel: [`end_of_turn`] resolves just before
+//! the reactor enters the kernel (a writer awaits it to put a whole turn's output into one
+//! send), and [`batch_wait`] lets a task that expects more completions soon ask the next wait
+//! to gather them into one wake-up.
+//!
 //! The only `unsafe` code lives in the `ring` module; see ARCHITECTURE.md, "The ring layer".
 
 mod executor;
