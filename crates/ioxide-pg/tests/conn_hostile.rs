@@ -12,71 +12,18 @@
 
 #[path = "hostile/scram.rs"]
 mod scram;
+#[path = "hostile/support.rs"]
+mod support;
 
 use ioxide_pg::{PgConnection, PgError, PgOptions, TimeoutKind};
-use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use support::*;
 use testkit::{backend, frontend, FakeServer, Step};
-
-/// The hard bound on every test body.
-const TEST_LIMIT: Duration = Duration::from_secs(5);
-/// A failure detected from the bytes themselves must surface within this (far below the
-/// 3 s connect/command timeouts the tests configure, so waiting for a timer would show).
-const FAST: Duration = Duration::from_secs(1);
-
-fn run<T>(f: impl Future<Output = T>) -> T {
-    ioxide::block_on(async {
-        match ioxide::time::timeout(TEST_LIMIT, f).await {
-            Ok(v) => v,
-            Err(e) => panic!("test body did not finish: {e}"),
-        }
-    })
-}
-
-fn opts(port: u16) -> PgOptions {
-    PgOptions::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("u")
-        .password("p")
-        .connect_timeout(Duration::from_secs(3))
-        .command_timeout(Duration::from_secs(3))
-}
-
-#[track_caller]
-fn assert_mentions(e: &PgError, needles: &[&str]) {
-    let text = e.to_string();
-    for n in needles {
-        assert!(text.contains(n), "error {text:?} should mention {n:?}");
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Startup phase
 // ---------------------------------------------------------------------------------------
-
-/// Connects to a fake playing `steps`; returns the connect error and how long it took.
-fn startup_error_with(
-    steps: Vec<Step>,
-    tweak: impl FnOnce(PgOptions) -> PgOptions,
-) -> (PgError, Duration, FakeServer) {
-    let fake = FakeServer::start(steps).unwrap();
-    let o = tweak(opts(fake.port()));
-    let started = Instant::now();
-    let e = run(PgConnection::connect(&o)).unwrap_err();
-    (e, started.elapsed(), fake)
-}
-
-fn startup_error(steps: Vec<Step>) -> (PgError, Duration, FakeServer) {
-    startup_error_with(steps, |o| o)
-}
-
-#[track_caller]
-fn assert_fast(e: &PgError, took: Duration) {
-    assert!(!e.is_timeout(), "detected by a timer, not the bytes: {e}");
-    assert!(took < FAST, "took {took:?} to fail: {e}");
-}
 
 #[test]
 fn startup_length_below_four_is_a_protocol_error() {

@@ -4,32 +4,20 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::BytesMut;
-use hmac::{Hmac, KeyInit, Mac};
 use ioxide_pg::proto::frame::Frames;
 use ioxide_pg::proto::startup::{Startup, StartupStatus};
 use ioxide_pg::{PgError, PgOptions};
 use sha2::{Digest, Sha256};
 
+// The SCRAM primitives (HMAC, Hi) shared with the hostile SCRAM fake server.
+#[allow(dead_code)]
+#[path = "hostile/scram.rs"]
+mod scram;
+use scram::{hi, hmac};
+
 const PASSWORD: &str = "pencil";
 const SALT: &[u8] = b"NaCl-and-pepper!";
 const ITERATIONS: u32 = 4096;
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
-    m.update(data);
-    m.finalize().into_bytes().into()
-}
-
-/// PBKDF2-HMAC-SHA-256 with one output block: SCRAM's Hi().
-fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
-    let mut u = hmac(password, &[salt, &[0, 0, 0, 1]].concat());
-    let mut out = u;
-    for _ in 1..iterations {
-        u = hmac(password, &u);
-        out.iter_mut().zip(u).for_each(|(o, x)| *o ^= x);
-    }
-    out
-}
 
 fn auth(code: i32, data: &[u8]) -> Vec<u8> {
     [&code.to_be_bytes()[..], data].concat()

@@ -29,14 +29,15 @@ pub struct Outcome {
     pub bytes_after_final: usize,
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+/// HMAC-SHA-256.
+pub fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     m.update(data);
     m.finalize().into_bytes().into()
 }
 
 /// PBKDF2-HMAC-SHA-256 with one output block: SCRAM's Hi().
-fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+pub fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     let mut u = hmac(password, &[salt, &[0, 0, 0, 1]].concat());
     let mut out = u;
     for _ in 1..iterations {
