@@ -257,6 +257,32 @@ mod on_ioxide {
 
     /// Echo server side of one connection: recv into the buffer, send it back, reuse it.
     pub(super) async fn serve(s: Stream, cap: usize) {
+        if std::env::var_os("ECHO_PLAIN_RECV").is_some() {
+            return serve_plain(s, cap).await;
+        }
+        // One multishot receive stays armed; each chunk is copied out and its buffer returned
+        // before the echo goes back.
+        let mut rx = s.recv_stream();
+        let mut buf = Vec::with_capacity(cap);
+        loop {
+            match rx.next().await {
+                Ok(Some(chunk)) => {
+                    buf.clear();
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) | Err(_) => break,
+            }
+            let (r, b) = s.send_all(buf).await;
+            buf = b;
+            if r.is_err() {
+                break;
+            }
+        }
+        drop(rx);
+        let _ = s.close().await;
+    }
+
+    async fn serve_plain(s: Stream, cap: usize) {
         let mut buf = Vec::with_capacity(cap);
         loop {
             buf.clear();
@@ -277,6 +303,32 @@ mod on_ioxide {
 
     /// Closed-loop client: send `msg` bytes, read `msg` bytes back, count, repeat.
     pub(super) async fn client(s: Stream, ctl: Arc<Ctl>, msg: usize) -> io::Result<Histogram> {
+        if std::env::var_os("ECHO_PLAIN_RECV").is_some() {
+            return client_plain(s, ctl, msg).await;
+        }
+        let mut hist = Histogram::new();
+        let mut out = vec![0xa5u8; msg];
+        let mut rx = s.recv_stream();
+        while !ctl.stopped() {
+            let started = Instant::now();
+            let (r, b) = s.send_all(out).await;
+            out = b;
+            r?;
+            let mut got = 0;
+            while got < msg {
+                match rx.next().await? {
+                    Some(chunk) => got += chunk.len(),
+                    None => return Err(eof()),
+                }
+            }
+            ctl.done(&mut hist, started);
+        }
+        drop(rx);
+        let _ = s.close().await;
+        Ok(hist)
+    }
+
+    async fn client_plain(s: Stream, ctl: Arc<Ctl>, msg: usize) -> io::Result<Histogram> {
         let mut hist = Histogram::new();
         let mut out = vec![0xa5u8; msg];
         let mut inb = Vec::with_capacity(msg);

@@ -32,5 +32,5 @@ pub mod time;
 
 pub use executor::JoinHandle;
 pub use reactor::{batch_wait, block_on, end_of_turn, spawn, Reactor, RemoteHandle, Runtime};
-pub use ring::{process_cpu_time, IoBuf, IoBufMut, RingConfig, RingError, RingStats};
+pub use ring::{process_cpu_time, IoBuf, IoBufMut, RecvBuf, RingConfig, RingError, RingStats};
 pub use server::{Server, ServerHandle};

@@ -2,7 +2,7 @@
 //! io_uring ops. Only listener setup at server start (bind/listen) and socket options are plain
 //! syscalls; none of them blocks.
 
-use crate::ring::{self, sys, Fd, IoBuf, IoBufMut, MultiOp};
+use crate::ring::{self, sys, Fd, IoBuf, IoBufMut, MultiOp, RecvBuf};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -95,6 +95,17 @@ impl Stream {
         }
     }
 
+    /// A stream of received chunks from one multishot receive with provided buffers: no SQE
+    /// and no poll re-arm per chunk (see [`RecvStream`]). Only one receive (of either kind)
+    /// should be in flight on a socket at a time, or the data interleaves unpredictably.
+    pub fn recv_stream(&self) -> RecvStream {
+        RecvStream {
+            fd: self.fd.clone(),
+            op: None,
+            starved: false,
+        }
+    }
+
     /// Shuts down one or both directions. Pending receives complete (with 0) once the read
     /// side is shut.
     pub async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
@@ -172,6 +183,68 @@ impl<B: IoBufMut> std::future::Future for Recv<B> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         std::pin::Pin::new(&mut self.op).poll(cx)
+    }
+}
+
+/// Received data as a stream of chunks, from one multishot receive that stays armed on the
+/// socket and fills buffers from the reactor's provided-buffer ring (5.19+; 6.0+ for
+/// multishot). Each chunk is a [`RecvBuf`] that derefs to the bytes and hands its buffer back
+/// when dropped — so drop chunks promptly: a reactor has 256 buffers of 4 KiB for all its
+/// streams. When the consumer holds them all, the kernel ends the receive (`ENOBUFS`) and
+/// [`next`](RecvStream::next) re-arms it after a loop turn. Dropping the stream cancels the
+/// receive; chunks it had queued go back to the ring.
+pub struct RecvStream {
+    fd: Rc<Fd>,
+    op: Option<MultiOp<Rc<Fd>>>,
+    /// The last arm ended for lack of buffers: let the consumer run before re-arming.
+    starved: bool,
+}
+
+impl fmt::Debug for RecvStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvStream")
+            .field("fd", &self.fd.raw())
+            .finish()
+    }
+}
+
+impl RecvStream {
+    /// The next chunk; `Ok(None)` once the peer closed its side.
+    pub async fn next(&mut self) -> io::Result<Option<RecvBuf>> {
+        loop {
+            if self.op.as_ref().is_none_or(MultiOp::ended) {
+                if std::mem::take(&mut self.starved) {
+                    crate::future::yield_now().await;
+                }
+                self.op = Some(ring::recv_multi(self.fd.clone())?);
+            }
+            let (res, flags) = match self.op.as_mut() {
+                Some(op) => std::future::poll_fn(|cx| op.poll_next(cx)).await,
+                None => continue,
+            };
+            if res > 0 {
+                let len = res as usize;
+                let buf = crate::reactor::with_ring(|id, ring| ring.take_buffer(id, flags, len))
+                    .flatten();
+                match buf {
+                    Some(b) => return Ok(Some(b)),
+                    None => {
+                        return Err(io::Error::other(
+                            "multishot receive completed without a usable provided buffer",
+                        ))
+                    }
+                }
+            }
+            if res == 0 {
+                return Ok(None);
+            }
+            match -res {
+                libc::ENOBUFS => self.starved = true,
+                // The op ended (cancelled by the kernel, or interrupted): re-arm.
+                libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
+                errno => return Err(io::Error::from_raw_os_error(errno)),
+            }
+        }
     }
 }
 

@@ -17,12 +17,14 @@
 //! dropped future never leaks an fd. See ARCHITECTURE.md, "The ring layer".
 
 mod buf;
+mod bufring;
 mod op;
 mod ops;
 mod setup;
 pub(crate) mod sys;
 
 pub use buf::{IoBuf, IoBufMut};
+pub use bufring::RecvBuf;
 pub(crate) use op::{MultiOp, Op};
 pub(crate) use ops::*;
 pub use setup::{RingConfig, RingError};
@@ -107,6 +109,9 @@ pub(crate) struct Ring {
     pub(crate) defer_taskrun: bool,
     /// The kernel honours `min_wait_usec` in the enter arguments (6.12+).
     min_timeout: bool,
+    /// Provided buffers for multishot receives, registered on first use. Declared after
+    /// `uring` so the io_uring is closed before the memory is freed.
+    buf_ring: Option<bufring::BufRing>,
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -126,6 +131,7 @@ impl Ring {
             backlog: Vec::new(),
             stats: RingStats::default(),
             defer_taskrun: flags.defer_taskrun,
+            buf_ring: None,
         })
     }
 
@@ -133,6 +139,42 @@ impl Ring {
     /// detached ops in flight.
     pub(crate) fn in_flight(&self) -> usize {
         self.live_slots + self.detached_in_flight
+    }
+
+    /// Registers the provided-buffer ring if it is not yet (multishot receives need it).
+    pub(crate) fn provided_buffers(&mut self) -> io::Result<u16> {
+        if self.buf_ring.is_none() {
+            self.buf_ring = Some(bufring::BufRing::register(self)?);
+        }
+        Ok(bufring::GROUP)
+    }
+
+    /// Gives a provided buffer back to the kernel.
+    pub(crate) fn recycle_buffer(&mut self, bid: u16) {
+        if let Some(br) = self.buf_ring.as_mut() {
+            br.recycle(bid);
+        }
+    }
+
+    /// The consumer's handle on the provided buffer a CQE named, or None (and the buffer is
+    /// recycled) when it does not fit.
+    pub(crate) fn take_buffer(&mut self, reactor: u64, flags: u32, len: usize) -> Option<RecvBuf> {
+        let bid = cqueue::buffer_select(flags)?;
+        let taken = self
+            .buf_ring
+            .as_ref()
+            .and_then(|br| br.take(reactor, bid, len));
+        if taken.is_none() {
+            self.recycle_buffer(bid);
+        }
+        taken
+    }
+
+    /// A CQE nobody will consume: give back the buffer it names, if any.
+    fn drop_cqe_buffer(&mut self, flags: u32) {
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            self.recycle_buffer(bid);
+        }
     }
 
     fn alloc(&mut self, state: SlotState) -> u64 {
@@ -356,12 +398,11 @@ impl Ring {
                     self.cancel(ud);
                     None
                 };
-                if closes_fd {
-                    for (res, _) in queued {
-                        if res >= 0 {
-                            self.close_detached(res);
-                        }
+                for (res, flags) in queued {
+                    if closes_fd && res >= 0 {
+                        self.close_detached(res);
                     }
+                    self.drop_cqe_buffer(flags);
                 }
                 leftover
             }
@@ -472,6 +513,9 @@ impl Ring {
             return AfterCompletion::default();
         }
         let more = cqueue::more(flags);
+        if self.slot_mut(ud).is_none() {
+            self.drop_cqe_buffer(flags);
+        }
         let Some(state) = self.slot_mut(ud) else {
             tracing::warn!(
                 user_data = ud,
@@ -507,6 +551,7 @@ impl Ring {
                 if *closes_fd && res >= 0 {
                     self.close_detached(res);
                 }
+                self.drop_cqe_buffer(flags);
                 if more {
                     return AfterCompletion::default();
                 }

@@ -281,3 +281,19 @@ pub(crate) fn accept_multi(listener: Rc<Fd>) -> MultiOp<Rc<Fd>> {
         })
     }
 }
+
+/// Multishot `IORING_OP_RECV` with provided buffers (`bufring`): one CQE per chunk of data,
+/// each naming the buffer it filled, until EOF, an error, or the kernel ends it (`ENOBUFS`
+/// when the consumer holds every buffer). Errors if the buffer ring cannot be registered.
+pub(crate) fn recv_multi(fd: Rc<Fd>) -> io::Result<MultiOp<Rc<Fd>>> {
+    let raw = fd.raw();
+    let group = crate::reactor::with_ring(|_, ring| ring.provided_buffers())
+        .ok_or_else(|| io::Error::other("no reactor on this thread"))??;
+    // SAFETY: the SQE carries only the fd (kept open by the Rc in the op data) and a buffer
+    // group id; the buffers it selects belong to the ring, which outlives every op.
+    Ok(unsafe {
+        MultiOp::submit(fd, false, |_| {
+            opcode::RecvMulti::new(types::Fd(raw), group).build()
+        })
+    })
+}
