@@ -31,6 +31,8 @@ pub mod server;
 pub mod time;
 
 pub use executor::JoinHandle;
-pub use reactor::{batch_wait, block_on, end_of_turn, spawn, Reactor, RemoteHandle, Runtime};
+pub use reactor::{
+    batch_wait, block_on, end_of_turn, spawn, Reactor, RemoteHandle, Runtime, MAX_BATCH_WINDOW,
+};
 pub use ring::{process_cpu_time, IoBuf, IoBufMut, RecvBuf, RingConfig, RingError, RingStats};
 pub use server::{Server, ServerHandle};

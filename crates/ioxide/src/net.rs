@@ -190,9 +190,11 @@ impl<B: IoBufMut> std::future::Future for Recv<B> {
 /// socket and fills buffers from the reactor's provided-buffer ring (5.19+; 6.0+ for
 /// multishot). Each chunk is a [`RecvBuf`] that derefs to the bytes and hands its buffer back
 /// when dropped — so drop chunks promptly: a reactor has 256 buffers of 4 KiB for all its
-/// streams. When the consumer holds them all, the kernel ends the receive (`ENOBUFS`) and
-/// [`next`](RecvStream::next) re-arms it after a loop turn. Dropping the stream cancels the
-/// receive; chunks it had queued go back to the ring.
+/// streams, and an armed stream keeps filling buffers while its consumer is busy elsewhere.
+/// When none is left, the kernel ends the receive (`ENOBUFS`) and [`next`](RecvStream::next)
+/// waits for a buffer to be given back before re-arming (a consumer that holds every buffer
+/// itself and awaits `next` waits forever). A cancel of the socket's ops is returned as an
+/// error. Dropping the stream cancels the receive; chunks it had queued go back to the ring.
 pub struct RecvStream {
     fd: Rc<Fd>,
     op: Option<MultiOp<Rc<Fd>>>,
@@ -214,7 +216,19 @@ impl RecvStream {
         loop {
             if self.op.as_ref().is_none_or(MultiOp::ended) {
                 if std::mem::take(&mut self.starved) {
-                    crate::future::yield_now().await;
+                    // Every provided buffer is out: wait until one comes back, not in a loop.
+                    std::future::poll_fn(|cx| {
+                        let ready = crate::reactor::with_ring(|_, ring| {
+                            ring.poll_buffer_available(cx.waker())
+                        })
+                        .unwrap_or(true);
+                        if ready {
+                            std::task::Poll::Ready(())
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    })
+                    .await;
                 }
                 self.op = Some(ring::recv_multi(self.fd.clone())?);
             }
@@ -235,13 +249,15 @@ impl RecvStream {
                     }
                 }
             }
+            // A completion without data should not carry a buffer; give it back if it does.
+            crate::reactor::with_ring(|_, ring| ring.drop_cqe_buffer(flags));
             if res == 0 {
                 return Ok(None);
             }
             match -res {
                 libc::ENOBUFS => self.starved = true,
-                // The op ended (cancelled by the kernel, or interrupted): re-arm.
-                libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
+                // Interrupted: re-arm. A cancel (`ECANCELED`) is reported like any error.
+                libc::EINTR | libc::EAGAIN => {}
                 errno => return Err(io::Error::from_raw_os_error(errno)),
             }
         }

@@ -238,20 +238,27 @@ pub fn end_of_turn() -> impl Future<Output = ()> {
     })
 }
 
+/// The longest window [`batch_wait`] accepts; longer requests are clamped to it.
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_millis(10);
+
 /// Tells the reactor that more completions are expected shortly (say, replies to commands
 /// already pipelined on a socket), so its next wait may gather them into one wake-up.
 ///
-/// When the loop turn ends with nothing ready, the reactor waits for at least `window` before
-/// waking for a completion (unless a timer or a cross-thread wake comes first, and never
-/// longer than `window` once something has completed); the receives that became ready in the
-/// meantime then run once each and copy everything that arrived. This trades up to `window`
-/// of latency for fewer wake-ups, receives and sends per message. The hint lasts for one wait;
-/// the shortest window asked for in a turn wins. Outside a reactor it does nothing.
+/// When the loop turn ends with nothing ready, the reactor waits for at least `window`
+/// (clamped to [`MAX_BATCH_WINDOW`]) before waking for a completion, and never longer than
+/// `window` once something has completed; a completion after the window wakes it at once.
+/// Timers end the wait early; readiness-driven completions do not — socket receives, and also
+/// the eventfd doorbell, so a wake or shutdown request from another thread is seen up to
+/// `window` late. The receives that became ready meanwhile then run once each and copy
+/// everything that arrived: fewer wake-ups, receives and sends per message for up to `window`
+/// of latency. The hint lasts for one wait; the shortest window asked for in a turn wins.
+/// Outside a reactor it does nothing.
 pub fn batch_wait(window: Duration) {
     if window.is_zero() {
         return;
     }
-    CURRENT.with(|c| {
+    let window = window.min(MAX_BATCH_WINDOW);
+    let _ = CURRENT.try_with(|c| {
         if let Some(inner) = c.borrow().as_ref() {
             let w = match inner.batch_window.get() {
                 Some(old) if old <= window => old,

@@ -446,3 +446,79 @@ fn a_chunk_kept_after_its_reactor_ended_still_reads_its_bytes() {
     assert!(!chunk.is_empty());
     assert!(chunk.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
 }
+
+#[test]
+fn a_starved_recv_stream_waits_for_a_buffer_instead_of_spinning() {
+    // Hold every provided buffer, then ask for more: the stream must park (few enters) until
+    // another task gives the buffers back, then go on and deliver every byte.
+    let (addr, writer) = pattern_writer(1_000_000, 1000);
+    let (total, enters_while_starved) = ioxide::block_on(async move {
+        let s = Stream::connect(addr).await.unwrap();
+        let mut rx = s.recv_stream();
+        let mut held = Vec::new();
+        let mut total = 0usize;
+        while held.len() < 256 {
+            let c = rx.next().await.unwrap().expect("data before EOF");
+            total += c.len();
+            held.push(c);
+        }
+        let r = ioxide::Reactor::current();
+        let before = r.ring_stats().enters;
+        let release = ioxide::spawn(async move {
+            sleep(Duration::from_millis(200)).await;
+            drop(held);
+        });
+        let waited = Instant::now();
+        let next = rx.next().await.unwrap().expect("data after the release");
+        let enters = r.ring_stats().enters - before;
+        assert!(
+            waited.elapsed() >= Duration::from_millis(150),
+            "next() did not starve: {:?}",
+            waited.elapsed()
+        );
+        total += next.len();
+        drop(next);
+        release.await;
+        while let Some(c) = rx.next().await.unwrap() {
+            total += c.len();
+        }
+        (total, enters)
+    });
+    writer.join().unwrap();
+    assert_eq!(total, 1_000_000);
+    assert!(
+        enters_while_starved < 1000,
+        "{enters_while_starved} enters while starved: the stream spun"
+    );
+}
+
+#[test]
+fn cancelling_a_sockets_ops_ends_a_recv_stream_with_an_error() {
+    let (l, addr) = std_listener();
+    let peer = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        drop(s);
+    });
+    let r = ioxide::block_on(async move {
+        let s = std::rc::Rc::new(Stream::connect(addr).await.unwrap());
+        let s2 = s.clone();
+        let canceller = ioxide::spawn(async move {
+            sleep(Duration::from_millis(50)).await;
+            s2.cancel_pending();
+        });
+        let mut rx = s.recv_stream();
+        let r = timeout(Duration::from_secs(2), rx.next()).await;
+        canceller.await;
+        r
+    });
+    peer.join().unwrap();
+    let e = r
+        .expect("the cancel must end next(), not leave it waiting")
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc_ecanceled()), "{e}");
+}
+
+fn libc_ecanceled() -> i32 {
+    125
+}

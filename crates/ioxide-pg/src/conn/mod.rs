@@ -477,7 +477,8 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
         target,
         key,
         max_message: max,
-        batch_window: opts.get_reply_batch_window(),
+        // validate() refuses more than 10 ms; clamp for options that skipped it.
+        batch_window: opts.get_reply_batch_window().min(Duration::from_millis(10)),
         command_timeout: opts.get_command_timeout(),
         cancel_grace: CANCEL_GRACE,
         handles: Cell::new(1),

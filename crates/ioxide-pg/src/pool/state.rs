@@ -16,6 +16,9 @@ const BACKOFF_BASE: Duration = Duration::from_millis(25);
 /// commands until it finishes: requests wait for another connection rather than queue behind
 /// a slow query.
 const PIPELINE_BEHIND_LIMIT: Duration = Duration::from_millis(20);
+/// How long after a request began waiting the first failed connect may come and still count
+/// as "the database was already down" (a refused or timed-out connect takes a moment).
+const DOWN_SLACK: Duration = Duration::from_millis(500);
 /// Longest reconnect delay, so a restarted server is reused within about this long.
 const BACKOFF_CAP: Duration = Duration::from_millis(500);
 
@@ -231,17 +234,27 @@ impl Inner {
             let mut st = self.st.borrow_mut();
             let last = st.last_error.clone();
             let timeout = self.acquire_timeout;
+            let mut earliest_start: Option<Instant> = None;
             st.waiters.retain(|w| {
                 let mut w = w.borrow_mut();
                 if now < w.deadline {
                     return true;
                 }
+                let started = w.deadline.checked_sub(timeout).unwrap_or(w.deadline);
+                earliest_start = Some(earliest_start.map_or(started, |e| e.min(started)));
                 w.outcome = Some(Err(acquire_error(timeout, last.as_deref())));
                 wake.extend(w.waker.take());
                 false
             });
             st.stats.timeouts_total += wake.len() as u64;
-            if !wake.is_empty() && st.slots.is_empty() && st.failing_since.is_some() {
+            // Down "for long" only if connects were already failing (give or take the time a
+            // refusal takes) when a request that just timed out began waiting — not when a
+            // busy pool lost its connections moments before that request's deadline.
+            let failing_all_along = match (st.failing_since, earliest_start) {
+                (Some(since), Some(started)) => since <= started + DOWN_SLACK,
+                _ => false,
+            };
+            if st.slots.is_empty() && failing_all_along {
                 st.timed_out_while_down = true;
             }
         }

@@ -44,9 +44,12 @@ fn announced_len(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, PgError>
     };
     let tag = header[0];
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    // len <= i32::MAX, so the total cannot overflow even on 32-bit targets.
+    if len < 4 || len > i32::MAX as u32 {
+        return Err(bad_length(tag, len, max));
+    }
+    // len <= i32::MAX, so this cannot overflow even on 32-bit targets.
     let total = len as usize + 1;
-    if len < 4 || len > i32::MAX as u32 || total > max {
+    if total > max {
         return Err(bad_length(tag, len, max));
     }
     Ok(Some((tag, total)))

@@ -23,6 +23,7 @@ use std::ops::Deref;
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::task::Waker;
 
 /// Buffers in the ring (a power of two, at most 32768).
 pub(crate) const BUFFERS: u16 = 256;
@@ -61,6 +62,10 @@ pub(crate) struct BufRing {
     buffers: Rc<RawMem>,
     /// Our copy of the tail; published to the kernel with a release store.
     tail: u16,
+    /// Buffers in the kernel's hands, as far as reaped CQEs tell (an upper bound).
+    in_kernel: u16,
+    /// Starved receives waiting for a buffer to come back.
+    waiters: Vec<Waker>,
 }
 
 impl fmt::Debug for BufRing {
@@ -72,15 +77,23 @@ impl fmt::Debug for BufRing {
 impl BufRing {
     /// Allocates and registers the ring with every buffer in it.
     pub(crate) fn register(ring: &Ring) -> io::Result<BufRing> {
+        // SAFETY: sysconf only reads a system constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096);
+        // The descriptor ring must be page-aligned.
         let entries = RawMem::new(
-            usize::from(BUFFERS) * std::mem::size_of::<BufRingEntry>(),
-            4096,
+            (usize::from(BUFFERS) * std::mem::size_of::<BufRingEntry>()).max(page),
+            page,
         )?;
         let buffers = Rc::new(RawMem::new(usize::from(BUFFERS) * BUFFER_SIZE, 64)?);
         let mut br = BufRing {
             entries,
             buffers,
             tail: 0,
+            in_kernel: BUFFERS,
+            waiters: Vec::new(),
         };
         for bid in 0..BUFFERS {
             br.write_entry(bid);
@@ -130,12 +143,30 @@ impl BufRing {
         }
     }
 
-    /// Gives buffer `bid` back to the kernel.
+    /// Gives buffer `bid` back to the kernel, and wakes the receives starved for one.
     pub(crate) fn recycle(&mut self, bid: u16) {
         if bid < BUFFERS {
             self.write_entry(bid);
             self.publish();
+            self.in_kernel = self.in_kernel.saturating_add(1).min(BUFFERS);
+            self.waiters.drain(..).for_each(Waker::wake);
         }
+    }
+
+    /// A CQE named a buffer: the kernel has one fewer.
+    pub(crate) fn consumed(&mut self) {
+        self.in_kernel = self.in_kernel.saturating_sub(1);
+    }
+
+    /// True if the kernel holds a buffer; else the waker is stored for the next recycle.
+    pub(crate) fn poll_available(&mut self, waker: &Waker) -> bool {
+        if self.in_kernel > 0 {
+            return true;
+        }
+        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
+            self.waiters.push(waker.clone());
+        }
+        false
     }
 
     /// A consumer's handle on buffer `bid` holding `len` bytes.

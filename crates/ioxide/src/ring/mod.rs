@@ -156,6 +156,15 @@ impl Ring {
         }
     }
 
+    /// Ready when the kernel has at least one provided buffer (a starved multishot receive
+    /// waits for this before re-arming); otherwise stores the waker for the next recycle.
+    pub(crate) fn poll_buffer_available(&mut self, waker: &Waker) -> bool {
+        match self.buf_ring.as_mut() {
+            Some(br) => br.poll_available(waker),
+            None => true,
+        }
+    }
+
     /// The consumer's handle on the provided buffer a CQE named, or None (and the buffer is
     /// recycled) when it does not fit.
     pub(crate) fn take_buffer(&mut self, reactor: u64, flags: u32, len: usize) -> Option<RecvBuf> {
@@ -171,7 +180,7 @@ impl Ring {
     }
 
     /// A CQE nobody will consume: give back the buffer it names, if any.
-    fn drop_cqe_buffer(&mut self, flags: u32) {
+    pub(crate) fn drop_cqe_buffer(&mut self, flags: u32) {
         if let Some(bid) = cqueue::buffer_select(flags) {
             self.recycle_buffer(bid);
         }
@@ -512,6 +521,11 @@ impl Ring {
             self.detached_in_flight = self.detached_in_flight.saturating_sub(1);
             return AfterCompletion::default();
         }
+        if cqueue::buffer_select(flags).is_some() {
+            if let Some(br) = self.buf_ring.as_mut() {
+                br.consumed();
+            }
+        }
         let more = cqueue::more(flags);
         if self.slot_mut(ud).is_none() {
             self.drop_cqe_buffer(flags);
@@ -590,5 +604,10 @@ impl Ring {
         }
         self.live_slots = 0;
         self.detached_in_flight = 0;
+        // An op still in flight may be a multishot receive that can select and fill provided
+        // buffers: leak them (and their descriptor ring) too.
+        if let Some(br) = self.buf_ring.take() {
+            std::mem::forget(br);
+        }
     }
 }
