@@ -297,65 +297,13 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
 
     for query in ["select42", "param"] {
         let _ = writeln!(s, "## `{query}`: medians\n");
-        table_header(
-            &mut s,
-            &[
-                "conns",
-                "in flight",
-                "driver",
-                "q/s",
-                "CPU µs/query",
-                "p50 µs",
-                "p99 µs",
-                "errors",
-            ],
-        );
-        for row in rows(r, &["matrix", "one_conn"], query) {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                row["conns"],
-                row["concurrency"],
-                row["label"].as_str().unwrap_or(""),
-                num(f(row, "qps")),
-                num(f(row, "client_cpu_us_per_query")),
-                num(f(row, "p50_us")),
-                num(f(row, "p99_us")),
-                row["errors"]
-            );
-        }
+        medians_table(&mut s, &rows(r, &["matrix", "one_conn"], query));
         let _ = writeln!(s);
         ratio_table(&mut s, r, query);
     }
 
     let _ = writeln!(s, "## `rows100` (2 conns, 64 in flight)\n");
-    table_header(
-        &mut s,
-        &[
-            "conns",
-            "in flight",
-            "driver",
-            "q/s",
-            "CPU µs/query",
-            "p50 µs",
-            "p99 µs",
-            "errors",
-        ],
-    );
-    for row in rows(r, &["rows100"], "rows100") {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            row["conns"],
-            row["concurrency"],
-            row["label"].as_str().unwrap_or(""),
-            num(f(row, "qps")),
-            num(f(row, "client_cpu_us_per_query")),
-            num(f(row, "p50_us")),
-            num(f(row, "p99_us")),
-            row["errors"]
-        );
-    }
+    medians_table(&mut s, &rows(r, &["rows100"], "rows100"));
     let _ = writeln!(s);
 
     let _ = writeln!(
@@ -452,6 +400,37 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
     let _ = writeln!(s);
     s.push_str(findings);
     s
+}
+
+/// One line per driver and setting: conns, in flight, driver, q/s, CPU, p50, p99, errors.
+fn medians_table(s: &mut String, rows: &[&Value]) {
+    table_header(
+        s,
+        &[
+            "conns",
+            "in flight",
+            "driver",
+            "q/s",
+            "CPU µs/query",
+            "p50 µs",
+            "p99 µs",
+            "errors",
+        ],
+    );
+    for row in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row["conns"],
+            row["concurrency"],
+            row["label"].as_str().unwrap_or(""),
+            num(f(row, "qps")),
+            num(f(row, "client_cpu_us_per_query")),
+            num(f(row, "p50_us")),
+            num(f(row, "p99_us")),
+            row["errors"]
+        );
+    }
 }
 
 fn rows<'a>(r: &'a Value, groups: &[&str], query: &str) -> Vec<&'a Value> {
