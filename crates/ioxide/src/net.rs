@@ -190,8 +190,10 @@ impl<B: IoBufMut> std::future::Future for Recv<B> {
 /// socket and fills buffers from the reactor's provided-buffer ring (5.19+; 6.0+ for
 /// multishot). Each chunk is a [`RecvBuf`] that derefs to the bytes and hands its buffer back
 /// when dropped — so drop chunks promptly: a reactor has 256 buffers of 4 KiB for all its
-/// streams, and an armed stream keeps filling buffers while its consumer is busy elsewhere.
-/// When none is left, the kernel ends the receive (`ENOBUFS`) and [`next`](RecvStream::next)
+/// streams. An armed stream keeps filling buffers while its consumer is busy elsewhere, up to
+/// 32 queued chunks: then the ring stops its receive (so one lagging stream cannot take the
+/// buffers every other stream needs) and [`next`](RecvStream::next) re-arms it once the queue
+/// is drained. When none is left, the kernel ends the receive (`ENOBUFS`) and [`next`](RecvStream::next)
 /// waits for a buffer to be given back before re-arming (a consumer that holds every buffer
 /// itself and awaits `next` waits forever). A cancel of the socket's ops is returned as an
 /// error. Dropping the stream cancels the receive; chunks it had queued go back to the ring.

@@ -522,3 +522,38 @@ fn cancelling_a_sockets_ops_ends_a_recv_stream_with_an_error() {
 fn libc_ecanceled() -> i32 {
     125
 }
+
+#[test]
+fn a_lagging_recv_stream_cannot_take_every_buffer_from_the_others() {
+    // Stream A is armed, then left alone while its peer sends 2 MB; stream B on the same
+    // reactor must still receive its 1 MB (A's receive is stopped after a bounded number of
+    // queued chunks instead of taking all 256 buffers), and A still gets all its data later.
+    let (addr_a, wa) = pattern_writer(2_000_000, 4000);
+    let (addr_b, wb) = pattern_writer(1_000_000, 1000);
+    let (a_total, b_total) = ioxide::block_on(async move {
+        let body = async move {
+            let sa = Stream::connect(addr_a).await.unwrap();
+            let mut rxa = sa.recv_stream();
+            let mut a_total = rxa.next().await.unwrap().unwrap().len();
+            // Let A's peer fill everything it can while nobody reads A.
+            sleep(Duration::from_millis(200)).await;
+            let sb = Stream::connect(addr_b).await.unwrap();
+            let mut rxb = sb.recv_stream();
+            let mut b_total = 0usize;
+            while let Some(c) = rxb.next().await.unwrap() {
+                b_total += c.len();
+            }
+            while let Some(c) = rxa.next().await.unwrap() {
+                a_total += c.len();
+            }
+            (a_total, b_total)
+        };
+        timeout(Duration::from_secs(20), body)
+            .await
+            .expect("stream B starved behind the lagging stream A")
+    });
+    wa.join().unwrap();
+    wb.join().unwrap();
+    assert_eq!(b_total, 1_000_000);
+    assert_eq!(a_total, 2_000_000);
+}

@@ -38,6 +38,10 @@ use std::os::fd::RawFd;
 use std::task::Waker;
 use std::time::Duration;
 
+/// Chunks a multishot receive may queue (each holding a provided buffer) before the ring
+/// cancels it; the consumer re-arms once it has caught up.
+pub(crate) const MULTI_BUFFERED_CAP: usize = 32;
+
 /// `user_data` of fire-and-forget SQEs (cancels, closes of fds nobody owns any more).
 pub(crate) const DETACHED: u64 = u64::MAX;
 
@@ -54,6 +58,9 @@ pub(crate) enum SlotState {
         queue: VecDeque<(i32, u32)>,
         waker: Option<Waker>,
         ended: bool,
+        /// Cancelled by the ring because its consumer let too many buffers queue up; its
+        /// final `ECANCELED` is reported as `EAGAIN` (re-arm when caught up).
+        capped: bool,
     },
     Ignored {
         data: Box<dyn Any>,
@@ -274,6 +281,7 @@ impl Ring {
                 queue: VecDeque::new(),
                 waker: None,
                 ended: false,
+                capped: false,
             }
         } else {
             SlotState::Pending(None)
@@ -288,6 +296,7 @@ impl Ring {
                         queue: VecDeque::from([(res, 0)]),
                         waker: None,
                         ended: true,
+                        capped: false,
                     }
                 } else {
                     SlotState::Done { res, flags: 0 }
@@ -363,6 +372,7 @@ impl Ring {
                 queue,
                 waker: w,
                 ended,
+                ..
             }) => {
                 if let Some(item) = queue.pop_front() {
                     if *ended && queue.is_empty() {
@@ -551,13 +561,32 @@ impl Ring {
                 queue,
                 waker,
                 ended,
+                capped,
             } => {
+                let res = if !more && *capped && res == -libc::ECANCELED {
+                    -libc::EAGAIN
+                } else {
+                    res
+                };
                 queue.push_back((res, flags));
                 if !more {
                     *ended = true;
                 }
+                // A multishot receive whose consumer lags holds a buffer per queued chunk:
+                // stop it before it takes the buffers every other stream needs.
+                let cap = more
+                    && !*capped
+                    && queue.len() >= MULTI_BUFFERED_CAP
+                    && cqueue::buffer_select(flags).is_some();
+                if cap {
+                    *capped = true;
+                }
+                let wake = waker.take();
+                if cap {
+                    self.cancel(ud);
+                }
                 AfterCompletion {
-                    wake: waker.take(),
+                    wake,
                     drop_data: None,
                 }
             }
