@@ -75,7 +75,7 @@ pub struct PgOptions {
 }
 
 /// Default for [`PgOptions::reply_batch_window`].
-pub const DEFAULT_REPLY_BATCH_WINDOW: Duration = Duration::from_micros(100);
+pub const DEFAULT_REPLY_BATCH_WINDOW: Duration = Duration::from_micros(150);
 
 /// The smallest `max_message_bytes` [`PgOptions::validate`] accepts.
 pub const MIN_MESSAGE_BYTES: usize = 1024;
@@ -473,14 +473,17 @@ impl PgOptions {
     /// reactor wait before waking for their replies ([`ioxide::batch_wait`]), so one
     /// wake-up, one receive and one send serve a batch of replies instead of one each.
     ///
-    /// The window actually used is a quarter of the time the oldest command in flight has
+    /// The window actually used is a third of the time the oldest command in flight has
     /// waited so far, capped by this value: replies that queue behind each other on the server
     /// anyway gather, while a connection answered in microseconds is hardly delayed, and a
     /// lone command in flight (a depth-1 pool, a sequential caller) never is. With a kernel
     /// that has `min_wait_usec` (6.12+) a reply that takes longer than the window wakes the
     /// reactor at once. Measured on one connection × 64 pipelined `SELECT 42`: client CPU per
-    /// query 7.6–8.0 µs without, 2.2–2.8 µs with 100 µs, same queries/s (BENCHMARKS.md).
-    /// Default 100 µs; zero turns batching off; at most 10 ms. Key `reply_batch_window_us`.
+    /// query 7.6–8.0 µs without, 2.2–2.8 µs with 100 µs, same queries/s (BENCHMARKS.md);
+    /// a third of the age capped at 150 µs used another 7–9 % less than a quarter capped at
+    /// 100 µs. Only connections with 16+ commands in flight batch (fewer, and the server
+    /// runs out of queued work during the window).
+    /// Default 150 µs; zero turns batching off; at most 10 ms. Key `reply_batch_window_us`.
     pub fn reply_batch_window(mut self, window: Duration) -> PgOptions {
         self.reply_batch_window = window;
         self

@@ -36,7 +36,7 @@ fn defaults_are_documented_values() {
     assert_eq!(o.get_pool_size(), 8);
     assert_eq!(o.get_pipeline_depth(), 8);
     assert_eq!(o.get_acquire_timeout(), Duration::from_secs(5));
-    assert_eq!(o.get_reply_batch_window(), Duration::from_micros(100));
+    assert_eq!(o.get_reply_batch_window(), Duration::from_micros(150));
     assert!(o.get_require_auth().allows(AuthMethod::None));
     let o = PgOptions::from_env_with(env(&[])).expect("defaults");
     assert_eq!(o.get_user(), "postgres");

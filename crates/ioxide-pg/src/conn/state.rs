@@ -38,8 +38,16 @@ const RECV_BUF_SHRINK: usize = 256 * 1024;
 /// depth 8, batching every connection that had 2+ in flight cost 15–20 % q/s and more CPU per
 /// query — the backends ran dry during the window and each refill had to wake a sleeping
 /// process — while one or two connections with 32–64 in flight gain 2–3× less CPU per query at
-/// the same or better q/s. A backend with 16+ queries queued does not run dry in 100 µs.
+/// the same or better q/s. A backend with 16+ queries queued does not run dry in 150 µs.
 const BATCH_MIN_IN_FLIGHT: usize = 16;
+
+/// A batched wait lasts the oldest in-flight command's age divided by this (then capped by
+/// `PgOptions::reply_batch_window`), so batching adds at most a third to its latency. Measured
+/// on one connection × 64 `SELECT 42` / `param` (8 interleaved rounds against tokio-postgres,
+/// bench/FINDINGS.md): a third with a 150 µs cap used 7–9 % less CPU per query than a quarter
+/// with 100 µs at the same q/s; a half with 250 µs used no less CPU than a third and lost
+/// 10–15 % q/s (the backend's queue ran short while replies waited in our socket).
+const BATCH_AGE_DIVISOR: u32 = 3;
 
 /// One command in flight.
 pub(crate) struct Cmd {
@@ -448,10 +456,10 @@ impl Conn {
             if st.queue.len() >= BATCH_MIN_IN_FLIGHT && !self.batch_window.is_zero() {
                 if let Some(head) = st.queue.front() {
                     // Replies are queued behind each other on the server: let them gather
-                    // for a quarter of the time the oldest has already waited (so batching
-                    // adds at most ~25 % to its latency), capped by the option.
+                    // for a third of the time the oldest has already waited (so batching
+                    // adds at most a third to its latency), capped by the option.
                     let age = ioxide::time::now().saturating_duration_since(head.started);
-                    let window = (age / 4).min(self.batch_window);
+                    let window = (age / BATCH_AGE_DIVISOR).min(self.batch_window);
                     ioxide::batch_wait(window);
                 }
             }
