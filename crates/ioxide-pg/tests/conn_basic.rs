@@ -71,6 +71,34 @@ fn parameterized_query_round_trips_an_int8_and_is_cached() {
 }
 
 #[test]
+fn result_sets_of_every_size_read_back_whole() {
+    // A ResultSet keeps small results inline and moves to the heap past 48 bytes of rows:
+    // one small row, one large row, and many rows must all read back exactly.
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let sql = "SELECT n::int8, repeat('x', n) AS pad FROM generate_series(1, $1::int4) n";
+        for count in [0i32, 1, 2, 5, 40, 300] {
+            let rs = conn.query_params(sql, &[&count]).await.unwrap();
+            assert_eq!(rs.len(), count as usize);
+            assert_eq!(rs.is_empty(), count == 0);
+            assert_eq!(rs.rows_affected(), count as u64);
+            for (i, row) in rs.iter().enumerate() {
+                let n: i64 = row.get(0).unwrap();
+                let pad: &str = row.get("pad").unwrap();
+                assert_eq!(n, i as i64 + 1);
+                assert_eq!(pad.len(), i + 1);
+            }
+            assert_eq!(rs.iter().count(), count as usize);
+        }
+        let big = conn
+            .query_params("SELECT repeat('y', 1000)", &[])
+            .await
+            .unwrap();
+        assert_eq!(big.scalar::<&str>().unwrap(), "y".repeat(1000));
+    });
+}
+
+#[test]
 fn bad_column_name_or_type_is_a_clear_conversion_error() {
     ioxide::block_on(async {
         let conn = PgConnection::connect(&opts()).await.unwrap();

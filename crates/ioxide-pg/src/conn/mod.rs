@@ -14,7 +14,10 @@ use crate::proto::encode;
 use crate::proto::message::TxnStatus;
 use crate::proto::reply::{Reply, ReplyEvent};
 use crate::proto::startup::{BackendKey, ServerInfo, Startup, StartupStatus};
-use crate::proto::{frame, row::Row};
+use crate::proto::{
+    frame,
+    row::{Columns, Row},
+};
 use crate::{Host, PgError, PgOptions, QueryResult, Target, TimeoutKind};
 use bytes::BytesMut;
 use cache::StatementCache;
@@ -122,7 +125,7 @@ impl PgConnection {
     /// rows. Values travel in binary; the first use of `sql` costs two round trips, later
     /// ones one.
     pub async fn query_params(&self, sql: &str, params: Params<'_>) -> Result<ResultSet, PgError> {
-        let mut sink = SetSink(ResultSet::new(Rc::default()));
+        let mut sink = SetSink(ResultSet::new(Columns::none()));
         self.run_cached(sql, params, &mut sink, &mut |s, stmt| {
             s.0 = ResultSet::new(stmt.columns.clone());
         })
@@ -155,7 +158,7 @@ impl PgConnection {
     where
         F: FnMut(Row<'_>) -> Result<(), PgError>,
     {
-        let mut sink = RowsSink::new(Rc::default(), &mut f);
+        let mut sink = RowsSink::new(Columns::none(), &mut f);
         self.run_cached(sql, params, &mut sink, &mut |s, stmt| {
             s.columns = stmt.columns.clone();
             s.rows = 0;

@@ -6,6 +6,7 @@
 //! recorded on the stack when the row is validated, later ones are found by a short scan.
 
 use std::fmt;
+use std::rc::Rc;
 
 use postgres_types::{FromSql, Type};
 
@@ -103,6 +104,13 @@ pub struct Columns {
 }
 
 impl Columns {
+    /// The empty description, shared per thread: a placeholder until the statement is known
+    /// without allocating one per query.
+    pub(crate) fn none() -> Rc<Columns> {
+        thread_local!(static NONE: Rc<Columns> = Rc::default());
+        NONE.with(Rc::clone)
+    }
+
     /// Parses a RowDescription (`T`) body.
     pub fn parse(body: &[u8]) -> Result<Columns, PgError> {
         let mut c = Cursor::new(body, "RowDescription");
