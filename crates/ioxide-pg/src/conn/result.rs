@@ -10,9 +10,14 @@ use smallvec::SmallVec;
 use std::ops::Range;
 use std::rc::Rc;
 
+/// DataRow bytes a [`ResultSet`] holds inline. A single row of a few numbers fits (the row of
+/// `SELECT $1::int8 + 1` is 14 bytes); allocating the buffer cost that query ~300 of its
+/// ~5 100 instructions (malloc, growth, free; callgrind).
+const INLINE_ROW_BYTES: usize = 48;
+
 /// The rows of one extended-protocol query, stored contiguously (one growing buffer for all
-/// DataRow bodies, not an allocation per row; a result whose rows fit in
-/// 48 bytes needs no allocation for them), with the statement's column description.
+/// DataRow bodies, not an allocation per row; rows that fit in 48 bytes are held inline,
+/// without any allocation), with the statement's column description.
 ///
 /// ```no_run
 /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
@@ -23,11 +28,6 @@ use std::rc::Rc;
 /// assert_eq!(rs.scalar::<i64>()?, 42);
 /// # Ok(()) }
 /// ```
-/// DataRow bytes a [`ResultSet`] holds inline. A single row of a few numbers fits (the row of
-/// `SELECT $1::int8 + 1` is 14 bytes); allocating the buffer cost that query ~300 of its
-/// ~5 100 instructions (malloc, growth, free; callgrind).
-const INLINE_ROW_BYTES: usize = 48;
-
 #[derive(Debug, Clone)]
 pub struct ResultSet {
     columns: Rc<Columns>,
