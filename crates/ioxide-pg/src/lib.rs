@@ -9,6 +9,8 @@
 //!
 //! The ring-driven connection and the pool build on these.
 
+#![warn(missing_docs)]
+
 mod conn;
 pub mod error;
 pub mod options;

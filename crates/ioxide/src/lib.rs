@@ -22,6 +22,8 @@
 //!
 //! The only `unsafe` code lives in the `ring` module; see ARCHITECTURE.md, "The ring layer".
 
+#![warn(missing_docs)]
+
 mod executor;
 pub mod future;
 pub mod net;

@@ -24,6 +24,8 @@
 //! # Ok::<(), pg_throwaway::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod binaries;
 mod cluster;
 mod error;

@@ -23,6 +23,8 @@
 //! println!("connect to {}", cluster.url());
 //! ```
 
+#![warn(missing_docs)]
+
 mod fake;
 
 use std::sync::OnceLock;
