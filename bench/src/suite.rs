@@ -33,6 +33,10 @@ pub struct Case {
 /// unbounded).
 pub const PIPELINED_DEPTH: usize = 256;
 
+/// The label of one bare `PgConnection` shared by the tasks (no pool): the like-for-like
+/// counterpart of one tokio-postgres client.
+pub const CONN_LABEL: &str = "ioxide-pg conn";
+
 fn v(label: &str, args: &[&str]) -> Variant {
     Variant {
         label: label.into(),
@@ -85,6 +89,7 @@ pub fn plan() -> Vec<Case> {
             conns: 1,
             concurrency: 64,
             variants: vec![
+                v(CONN_LABEL, &["--driver", "ioxide-pg", "--no-pool"]),
                 ioxide(PIPELINED_DEPTH),
                 v("tokio-postgres", &["--driver", "tokio-postgres"]),
             ],

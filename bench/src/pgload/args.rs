@@ -128,6 +128,10 @@ pub struct Args {
     pub reactors: usize,
     /// ioxide-pg: commands in flight per connection.
     pub pipeline_depth: usize,
+    /// ioxide-pg: no pool — each reactor opens its `conns / reactors` `PgConnection`s and its
+    /// tasks share them round-robin, pipelining without a depth limit (how the tokio-postgres
+    /// variant uses its clients; the like-for-like comparison for one connection).
+    pub no_pool: bool,
     /// Peers: the tokio scheduler.
     pub flavor: Flavor,
     /// sqlx: ping every connection on acquire (sqlx's default; off = its best).
@@ -141,7 +145,7 @@ pub struct Args {
 pub const USAGE: &str = "\
 usage: pgload --driver ioxide-pg|tokio-postgres|deadpool|sqlx [--conns N] [--concurrency C]
               [--seconds S] [--warmup W] [--query select42|select42-prepared|param|rows100]
-              [--reactors R] [--pipeline-depth D]                      (ioxide-pg)
+              [--reactors R] [--pipeline-depth D] [--no-pool]          (ioxide-pg)
               [--runtime current_thread|multi_thread_1]                (peers)
               [--sqlx-test-before-acquire]                             (sqlx)
               [--fixed-queries N] [--url postgres://...]
@@ -161,6 +165,7 @@ impl Args {
             query: Query::Select42,
             reactors: 1,
             pipeline_depth: 1,
+            no_pool: false,
             flavor: Flavor::CurrentThread,
             sqlx_test_before_acquire: false,
             fixed_queries: None,
@@ -178,6 +183,7 @@ impl Args {
                 "--query" => a.query = Query::parse(&value()?)?,
                 "--reactors" => a.reactors = num(&flag, &value()?)?,
                 "--pipeline-depth" => a.pipeline_depth = num(&flag, &value()?)?,
+                "--no-pool" => a.no_pool = true,
                 "--runtime" => {
                     a.flavor = match value()?.as_str() {
                         "current_thread" => Flavor::CurrentThread,
@@ -206,6 +212,9 @@ impl Args {
                 "--conns {} must be a multiple of --reactors {} (pool_size = conns / reactors)",
                 a.conns, a.reactors
             ));
+        }
+        if a.no_pool && a.driver != Driver::IoxidePg {
+            return Err("--no-pool is for --driver ioxide-pg".into());
         }
         if !(a.seconds > 0.0 && a.warmup >= 0.0) {
             return Err("--seconds must be > 0 and --warmup >= 0".into());
@@ -244,6 +253,10 @@ mod tests {
         );
         assert_eq!(a.options.get_port(), 5433);
         assert_eq!(a.fixed_queries, None);
+        assert!(!a.no_pool);
+        let a = parse("--driver ioxide-pg --conns 1 --no-pool --url postgres://u@127.0.0.1/db")
+            .expect("valid");
+        assert!(a.no_pool);
     }
 
     #[test]
@@ -257,5 +270,6 @@ mod tests {
         assert!(parse(&format!("--driver ioxide-pg --conns 3 --reactors 2 {url}")).is_err());
         assert!(parse(&format!("--driver sqlx --concurrency 0 {url}")).is_err());
         assert!(parse(&format!("--driver sqlx --query select43 {url}")).is_err());
+        assert!(parse(&format!("--driver tokio-postgres --no-pool {url}")).is_err());
     }
 }

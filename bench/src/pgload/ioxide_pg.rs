@@ -1,11 +1,12 @@
 //! The ioxide-pg driver: one `PgPool` per reactor thread, `pool_size = conns / reactors`,
 //! `concurrency / reactors` closed-loop tasks per reactor calling `pool.query`,
-//! `pool.query_params` or `pool.query_rows`.
+//! `pool.query_params` or `pool.query_rows`. With `--no-pool` each reactor opens its
+//! `conns / reactors` `PgConnection`s itself and its tasks share them round-robin.
 
 use super::{control, report, Args, Ctl, Outcome, Query, RingDelta};
 use crate::Histogram;
 use ioxide::{Reactor, RingStats};
-use ioxide_pg::{PgOptions, PgPool, Target};
+use ioxide_pg::{PgConnection, PgOptions, PgPool, Target};
 use serde_json::Value;
 use std::cell::Cell;
 use std::ops::Range;
@@ -38,11 +39,11 @@ pub fn run(args: &Args) -> Result<Value, String> {
         first += n;
         let (ctl, exited, opts, target) =
             (ctl.clone(), exited.clone(), opts.clone(), target.clone());
-        let query = args.query;
+        let (query, no_pool) = (args.query, args.no_pool);
         let t = std::thread::Builder::new()
             .name(format!("reactor-{i}"))
             .spawn(move || {
-                let r = reactor_main(i, &ctl, opts, target, query, tasks);
+                let r = reactor_main(i, &ctl, opts, target, query, no_pool, tasks);
                 if let Err(e) = &r {
                     ctl.setup_failed(e);
                 }
@@ -78,44 +79,83 @@ pub fn run(args: &Args) -> Result<Value, String> {
     Ok(v)
 }
 
-/// One reactor: start the pool, wait until it is full, run this reactor's share of tasks.
+/// What the tasks of one reactor query through.
+#[derive(Debug, Clone)]
+enum Client {
+    Pool(Rc<PgPool>),
+    Conn(PgConnection),
+}
+
+/// Opens this reactor's client: the pool (waiting until it is full), or `size` connections.
+async fn open(
+    ctl: &Ctl,
+    opts: PgOptions,
+    target: Target,
+    no_pool: bool,
+) -> Result<Vec<Client>, String> {
+    let size = opts.get_pool_size();
+    if no_pool {
+        let mut conns = Vec::with_capacity(size);
+        for _ in 0..size {
+            let c = PgConnection::connect_to(&opts, target.clone())
+                .await
+                .map_err(|e| format!("connecting: {e}"))?;
+            conns.push(Client::Conn(c));
+        }
+        return Ok(conns);
+    }
+    let pool = PgPool::start_with_target(&Reactor::current(), opts, target);
+    let started = Instant::now();
+    while pool.stats().open < size {
+        if ctl.stopped() {
+            return Err("aborted".into());
+        }
+        if started.elapsed() > WARM_TIMEOUT {
+            return Err(format!(
+                "the pool did not open {size} connections in {WARM_TIMEOUT:?}: {:?}",
+                pool.stats()
+            ));
+        }
+        ioxide::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(vec![Client::Pool(pool)])
+}
+
+/// One reactor: open its client, run this reactor's share of tasks.
 fn reactor_main(
     index: usize,
     ctl: &Arc<Ctl>,
     opts: PgOptions,
     target: Target,
     query: Query,
+    no_pool: bool,
     tasks: Range<usize>,
 ) -> Result<(Histogram, RingDelta), String> {
     let rt = ioxide::Runtime::with_config(ioxide::RingConfig::default(), index)
         .map_err(|e| format!("starting a reactor: {e}"))?;
     rt.block_on(async move {
-        let size = opts.get_pool_size();
-        let pool = PgPool::start_with_target(&Reactor::current(), opts, target);
-        let started = Instant::now();
-        while pool.stats().open < size {
-            if ctl.stopped() {
-                return Err("aborted".into());
-            }
-            if started.elapsed() > WARM_TIMEOUT {
-                return Err(format!(
-                    "the pool did not open {size} connections in {WARM_TIMEOUT:?}: {:?}",
-                    pool.stats()
-                ));
-            }
-            ioxide::time::sleep(Duration::from_millis(5)).await;
-        }
+        let clients = open(ctl, opts, target, no_pool).await?;
         ctl.ready();
         let window = Rc::new(RingWindow::default());
         if ctl.fixed.is_some() {
             window.open(Reactor::current().ring_stats());
         }
-        let handles: Vec<_> = tasks
-            .map(|task| {
-                let (pool, ctl, window) = (pool.clone(), ctl.clone(), window.clone());
-                ioxide::spawn(async move { task_loop(&pool, &ctl, query, task, &window).await })
-            })
-            .collect();
+        let handles: Vec<_> =
+            tasks
+                .map(|task| {
+                    let (ctl, window) = (ctl.clone(), window.clone());
+                    match clients[task % clients.len()].clone() {
+                        Client::Pool(p) => ioxide::spawn(async move {
+                            task_loop(&*p, &ctl, query, task, &window).await
+                        }),
+                        Client::Conn(c) => {
+                            ioxide::spawn(
+                                async move { task_loop(&c, &ctl, query, task, &window).await },
+                            )
+                        }
+                    }
+                })
+                .collect();
         let mut hist = Histogram::new();
         for h in handles {
             hist.merge(&h.await);
@@ -174,51 +214,79 @@ impl RingWindow {
     }
 }
 
+/// The body of [`Querier::one`]: one query, checked, through a `PgPool` or a `PgConnection`
+/// (the same method names on both); `Ok(true)` when the answer checked out.
+macro_rules! one {
+    ($c:expr, $q:expr, $n:expr) => {{
+        let (c, q, n) = ($c, $q, $n);
+        match q {
+            Query::Select42 => {
+                let r = c.query(q.sql()).await.map_err(|e| e.to_string())?;
+                Ok(r.value() == Some("42"))
+            }
+            Query::Select42Prepared => {
+                let r = c
+                    .query_params(q.sql(), &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(r.scalar::<i32>().map_err(|e| e.to_string())? == 42)
+            }
+            Query::Param => {
+                let r = c
+                    .query_params(q.sql(), &[&n])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(r.scalar::<i64>().map_err(|e| e.to_string())? == n + 1)
+            }
+            Query::Rows100 => {
+                let mut sum = 0i64;
+                let rows = c
+                    .query_rows(q.sql(), &[], |row| {
+                        sum += i64::from(row.get::<i32>(0)?);
+                        Ok(())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(rows == 100 && sum == super::ROWS100_SUM)
+            }
+        }
+    }};
+}
+
+/// Runs one checked query; implemented for the pool and for a bare connection, so that
+/// each task loop is compiled for the client it drives (no dispatch on the hot path).
+trait Querier {
+    async fn one(&self, q: Query, n: i64) -> Result<bool, String>;
+}
+
+impl Querier for PgPool {
+    async fn one(&self, q: Query, n: i64) -> Result<bool, String> {
+        one!(self, q, n)
+    }
+}
+
+impl Querier for PgConnection {
+    async fn one(&self, q: Query, n: i64) -> Result<bool, String> {
+        one!(self, q, n)
+    }
+}
+
 /// One closed-loop task.
-async fn task_loop(pool: &PgPool, ctl: &Ctl, q: Query, task: usize, w: &RingWindow) -> Histogram {
+async fn task_loop<C: Querier>(
+    client: &C,
+    ctl: &Ctl,
+    q: Query,
+    task: usize,
+    w: &RingWindow,
+) -> Histogram {
     let mut hist = Histogram::new();
     let mut n: i64 = (task as i64) << 32;
     while ctl.keep_going() {
         let t0 = Instant::now();
-        let r = one(pool, q, n).await;
+        let r = client.one(q, n).await;
         ctl.record(task, r, t0, &mut hist);
         w.tick(ctl);
         n += 1;
     }
     hist
-}
-
-/// One query, checked.
-async fn one(pool: &PgPool, q: Query, n: i64) -> Result<bool, String> {
-    match q {
-        Query::Select42 => {
-            let r = pool.query(q.sql()).await.map_err(|e| e.to_string())?;
-            Ok(r.value() == Some("42"))
-        }
-        Query::Select42Prepared => {
-            let r = pool
-                .query_params(q.sql(), &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(r.scalar::<i32>().map_err(|e| e.to_string())? == 42)
-        }
-        Query::Param => {
-            let r = pool
-                .query_params(q.sql(), &[&n])
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(r.scalar::<i64>().map_err(|e| e.to_string())? == n + 1)
-        }
-        Query::Rows100 => {
-            let mut sum = 0i64;
-            let rows = pool
-                .query_rows(q.sql(), &[], |row| {
-                    sum += i64::from(row.get::<i32>(0)?);
-                    Ok(())
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(rows == 100 && sum == super::ROWS100_SUM)
-        }
-    }
 }

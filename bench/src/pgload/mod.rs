@@ -263,6 +263,7 @@ pub fn report(args: &Args, w: &Window, out: &Outcome, rss_kib: Option<u64>) -> V
         Driver::IoxidePg => {
             m.insert("reactors".into(), json!(args.reactors));
             m.insert("pipeline_depth".into(), json!(args.pipeline_depth));
+            m.insert("pool".into(), json!(!args.no_pool));
             if let Some(r) = out.ring.filter(|r| r.queries > 0) {
                 let q = r.queries as f64;
                 m.insert(
