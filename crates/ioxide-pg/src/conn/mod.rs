@@ -306,10 +306,7 @@ impl PgConnection {
         loop {
             let (stmt, close_after) = self.statement(sql).await?;
             let (seq, from) = self.conn.enqueue(Reply::bind_execute(), |out| {
-                encode::bind("", &stmt.name, params, &stmt.params, out)?;
-                encode::execute("", 0, out)?;
-                encode::sync(out);
-                Ok(())
+                encode::bind_execute_sync(&stmt.name, params, &stmt.params, out)
             })?;
             if let Some(name) = close_after {
                 self.close_statement_detached(&name);

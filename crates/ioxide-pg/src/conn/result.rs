@@ -1,10 +1,9 @@
 //! Owned results of extended-protocol queries: every row of a result set in one buffer.
 
-use crate::proto::query_result::rows_from_tag;
+use crate::proto::query_result::TagBuf;
 use crate::proto::reply::ReplyEvent;
 use crate::proto::row::{Columns, Row};
 use crate::PgError;
-use compact_str::CompactString;
 use postgres_types::FromSql;
 use smallvec::SmallVec;
 use std::ops::Range;
@@ -35,7 +34,7 @@ pub struct ResultSet {
     /// The first row's range inline (most results have one row, or none), the rest after.
     first: Option<Range<u32>>,
     rest: Vec<Range<u32>>,
-    tag: CompactString,
+    tag: TagBuf,
 }
 
 impl ResultSet {
@@ -45,7 +44,7 @@ impl ResultSet {
             data: SmallVec::new(),
             first: None,
             rest: Vec::new(),
-            tag: CompactString::default(),
+            tag: TagBuf::default(),
         }
     }
 
@@ -65,10 +64,7 @@ impl ResultSet {
                     self.rest.push(start..end);
                 }
             }
-            ReplyEvent::CommandComplete(tag) => {
-                self.tag.clear();
-                self.tag.push_str(tag);
-            }
+            ReplyEvent::CommandComplete(tag) => self.tag.set(*tag),
             _ => {}
         }
         Ok(())
@@ -121,11 +117,11 @@ impl ResultSet {
 
     /// The command tag (`SELECT 1`, `INSERT 0 3`, …).
     pub fn command_tag(&self) -> &str {
-        &self.tag
+        self.tag.as_str()
     }
 
     /// Rows affected or returned, as the command tag reports.
     pub fn rows_affected(&self) -> u64 {
-        rows_from_tag(&self.tag)
+        self.tag.rows()
     }
 }

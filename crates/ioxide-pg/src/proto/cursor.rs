@@ -26,11 +26,6 @@ impl<'a> Cursor<'a> {
         ))
     }
 
-    /// The current offset into the body.
-    pub(crate) fn pos(&self) -> usize {
-        self.pos
-    }
-
     /// Bytes left to read.
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)

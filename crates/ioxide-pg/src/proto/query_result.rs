@@ -10,9 +10,11 @@
 //! transaction) and the whole query fails with that error; `QueryResult` never holds errors.
 
 use super::cursor::Cursor;
+use super::message::CommandTag;
 use super::reply::ReplyEvent;
 use crate::PgError;
 use compact_str::CompactString;
+use smallvec::SmallVec;
 
 /// The result of a simple query: first value, row count and command tag.
 ///
@@ -23,7 +25,7 @@ use compact_str::CompactString;
 /// // RowDescription of one column, then a DataRow holding the text "42"
 /// r.accept(&ReplyEvent::RowDescription(b"\0\x01?column?\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0"))?;
 /// r.accept(&ReplyEvent::DataRow(b"\0\x01\0\0\0\x0242"))?;
-/// r.accept(&ReplyEvent::CommandComplete("SELECT 1"))?;
+/// r.accept(&ReplyEvent::CommandComplete("SELECT 1".into()))?;
 /// assert_eq!((r.value(), r.rows(), r.command_tag()), (Some("42"), 1, "SELECT 1"));
 /// # Ok::<(), ioxide_pg::PgError>(())
 /// ```
@@ -35,7 +37,7 @@ pub struct QueryResult {
     have_value: bool,
     /// Column count of the current result set, to validate its DataRows.
     columns: Option<u16>,
-    tag: CompactString,
+    tag: TagBuf,
     statements: usize,
     empty_query: bool,
 }
@@ -43,12 +45,57 @@ pub struct QueryResult {
 /// The row count a command tag reports: the last number for `SELECT n`, `INSERT oid n`,
 /// `UPDATE n`, `DELETE n`, `MERGE n`, `FETCH n`, `MOVE n`, `COPY n`; 0 for other tags.
 pub fn rows_from_tag(tag: &str) -> u64 {
-    let mut words = tag.split(' ');
+    rows_from_tag_bytes(tag.as_bytes())
+}
+
+fn rows_from_tag_bytes(tag: &[u8]) -> u64 {
+    let mut words = tag.split(|&b| b == b' ');
     match words.next() {
-        Some("SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY") => {
-            words.next_back().and_then(|n| n.parse().ok()).unwrap_or(0)
-        }
+        Some(
+            b"SELECT" | b"INSERT" | b"UPDATE" | b"DELETE" | b"MERGE" | b"FETCH" | b"MOVE" | b"COPY",
+        ) => words.next_back().and_then(parse_count).unwrap_or(0),
         _ => 0,
+    }
+}
+
+/// A decimal count without sign, as the server writes it; `None` on anything else.
+fn parse_count(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let d = d.checked_sub(b'0').filter(|&d| d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+/// An owned command tag, stored as the bytes [`CommandTag`] checked at decode (inline up to
+/// 16 bytes: `INSERT 0 1000000` fits), turned into text only when someone asks.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct TagBuf(SmallVec<[u8; 16]>);
+
+impl TagBuf {
+    /// Replaces the stored tag.
+    pub(crate) fn set(&mut self, tag: CommandTag<'_>) {
+        self.0.clear();
+        self.0.extend_from_slice(tag.as_bytes());
+    }
+
+    /// The tag as text (`""` before any command completed).
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ever filled from a CommandTag, which is valid UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The row count the tag reports; see [`rows_from_tag`].
+    pub(crate) fn rows(&self) -> u64 {
+        rows_from_tag_bytes(&self.0)
+    }
+}
+
+impl std::fmt::Debug for TagBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -68,8 +115,7 @@ impl QueryResult {
             }
             ReplyEvent::DataRow(body) => self.data_row(body)?,
             ReplyEvent::CommandComplete(tag) => {
-                self.tag.clear();
-                self.tag.push_str(tag);
+                self.tag.set(*tag);
                 self.statements += 1;
                 self.columns = None;
             }
@@ -129,12 +175,12 @@ impl QueryResult {
     /// The row count the last statement's command tag reports (`SELECT 3` → 3, `INSERT 0 5`
     /// → 5; 0 for tags without a count such as `CREATE TABLE`).
     pub fn rows(&self) -> u64 {
-        rows_from_tag(&self.tag)
+        self.tag.rows()
     }
 
     /// The command tag of the last statement that completed (`""` if none did).
     pub fn command_tag(&self) -> &str {
-        &self.tag
+        self.tag.as_str()
     }
 
     /// How many statements completed (CommandComplete messages seen).
@@ -151,6 +197,10 @@ impl QueryResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tag(t: &str) -> CommandTag<'_> {
+        t.into()
+    }
 
     fn row_desc(n: u16) -> Vec<u8> {
         let mut b = n.to_be_bytes().to_vec();
@@ -181,6 +231,10 @@ mod tests {
         assert_eq!(rows_from_tag("UPDATE 0"), 0);
         assert_eq!(rows_from_tag("CREATE TABLE"), 0);
         assert_eq!(rows_from_tag(""), 0);
+        assert_eq!(rows_from_tag("SELECT"), 0);
+        assert_eq!(rows_from_tag("SELECT -1"), 0);
+        assert_eq!(rows_from_tag("SELECT 99999999999999999999999"), 0);
+        assert_eq!(rows_from_tag("COPY 18446744073709551615"), u64::MAX);
     }
 
     #[test]
@@ -188,16 +242,16 @@ mod tests {
         let mut r = QueryResult::new();
         let (d1, d2) = (row_desc(1), row_desc(2));
         let rows = [data_row(&[Some("a")]), data_row(&[Some("x"), None])];
-        r.accept(&ReplyEvent::CommandComplete("SET"))?;
+        r.accept(&ReplyEvent::CommandComplete(tag("SET")))?;
         r.accept(&ReplyEvent::RowDescription(&d1))?;
-        r.accept(&ReplyEvent::CommandComplete("SELECT 0"))?;
+        r.accept(&ReplyEvent::CommandComplete(tag("SELECT 0")))?;
         r.accept(&ReplyEvent::RowDescription(&d2))?;
         r.accept(&ReplyEvent::DataRow(&rows[1]))?;
-        r.accept(&ReplyEvent::CommandComplete("SELECT 1"))?;
+        r.accept(&ReplyEvent::CommandComplete(tag("SELECT 1")))?;
         r.accept(&ReplyEvent::RowDescription(&d1))?;
         r.accept(&ReplyEvent::DataRow(&rows[0]))?;
-        r.accept(&ReplyEvent::CommandComplete("SELECT 1"))?;
-        r.accept(&ReplyEvent::CommandComplete("UPDATE 7"))?;
+        r.accept(&ReplyEvent::CommandComplete(tag("SELECT 1")))?;
+        r.accept(&ReplyEvent::CommandComplete(tag("UPDATE 7")))?;
         assert_eq!(r.value(), Some("x"));
         assert_eq!(r.command_tag(), "UPDATE 7");
         assert_eq!(r.rows(), 7);
@@ -212,7 +266,7 @@ mod tests {
         r.accept(&ReplyEvent::RowDescription(&d))?;
         r.accept(&ReplyEvent::DataRow(&data_row(&[None])))?;
         r.accept(&ReplyEvent::DataRow(&data_row(&[Some("later")])))?;
-        r.accept(&ReplyEvent::CommandComplete("SELECT 2"))?;
+        r.accept(&ReplyEvent::CommandComplete(tag("SELECT 2")))?;
         assert_eq!((r.value(), r.rows()), (None, 2));
         Ok(())
     }

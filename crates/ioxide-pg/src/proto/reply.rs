@@ -14,7 +14,7 @@
 //! will never send, or streams data we cannot route).
 
 use super::db_error::DbError;
-use super::message::{is_async, tag_name, BackendMessage, TxnStatus};
+use super::message::{is_async, tag_name, BackendMessage, CommandTag, TxnStatus};
 use crate::PgError;
 
 /// Which extended-protocol messages a command sent before its Sync, in this order:
@@ -131,7 +131,7 @@ pub enum ReplyEvent<'a> {
     /// One row; read with [`crate::Row::new`].
     DataRow(&'a [u8]),
     /// A statement finished; the command tag (`SELECT 1`, `INSERT 0 3`, …).
-    CommandComplete(&'a str),
+    CommandComplete(CommandTag<'a>),
     /// The query string was empty.
     EmptyQuery,
     /// Execute's row limit was reached; the portal could continue.

