@@ -236,11 +236,10 @@ pub fn bind_execute_sync(
 /// Execute of the unnamed portal with no row limit (`E`, length 9, `""`, 0), then Sync.
 const EXECUTE_ALL_SYNC: &[u8] = b"E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04";
 
-/// A name for the protocol: it travels NUL-terminated, so it cannot contain NUL. (Names are
-/// short; a byte loop beats `memchr`'s setup.)
+/// A name for the protocol: it travels NUL-terminated, so it cannot contain NUL.
 #[inline]
 fn check_name(what: &str, name: &str) -> Result<(), PgError> {
-    if name.as_bytes().iter().any(|&b| b == 0) {
+    if name.as_bytes().contains(&0) {
         return Err(PgError::conversion(format!(
             "cannot encode Bind: the {what} name contains a NUL byte"
         )));
@@ -354,7 +353,8 @@ mod tests {
     fn bind_matches_postgres_protocol() {
         let (n, big, t, none) = (7i32, -3i64, "héllo", None::<i32>);
         let bytes: &[u8] = b"\0\x01";
-        let cases: Vec<(&str, &str, Vec<&(dyn ToSql + Sync)>, Vec<Type>)> = vec![
+        type Case<'a> = (&'a str, &'a str, Vec<&'a (dyn ToSql + Sync)>, Vec<Type>);
+        let cases: Vec<Case<'_>> = vec![
             ("", "", vec![], vec![]),
             ("", "s12", vec![&n], vec![Type::INT4]),
             (
@@ -403,7 +403,7 @@ mod tests {
     #[test]
     fn bind_refuses_nul_in_names_and_leaves_buffer_untouched() {
         let mut out = BytesMut::from(&b"keep"[..]);
-        for (portal, stmt) in [("a\0", ""), ("", "s\01")] {
+        for (portal, stmt) in [("a\0", ""), ("", "s\x001")] {
             let e = bind(portal, stmt, &[], &[], &mut out).err();
             assert!(e.is_some_and(|e| e.to_string().contains("NUL")));
             assert_eq!(&out[..], b"keep");

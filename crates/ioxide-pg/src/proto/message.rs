@@ -501,7 +501,7 @@ mod tests {
                 }),
             Some("SELECT 1 — é")
         );
-        for bad in [&b"SELECT 1"[..], b"SELECT\01\0", b"SELECT \xff\0", b""] {
+        for bad in [&b"SELECT 1"[..], b"SELECT\x001\0", b"SELECT \xff\0", b""] {
             assert!(BackendMessage::decode(b'C', bad).is_err(), "{bad:?}");
         }
         let e = BackendMessage::decode(b'!', b"")
