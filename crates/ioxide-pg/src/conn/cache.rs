@@ -5,9 +5,13 @@ use crate::proto::row::Columns;
 use postgres_types::Type;
 use std::rc::Rc;
 
-/// A statement prepared on the server.
-#[derive(Debug, Clone)]
-pub(crate) struct Statement {
+/// A statement prepared on the server, shared: the cache and every query running it hold
+/// one reference (one count to bump per query, not one per field).
+pub(crate) type Statement = Rc<Prepared>;
+
+/// What the server told us about a prepared statement.
+#[derive(Debug)]
+pub(crate) struct Prepared {
     pub(crate) name: Rc<str>,
     pub(crate) params: Rc<[Type]>,
     /// Result columns, formats set to binary (what Bind asks for).
@@ -64,7 +68,7 @@ impl StatementCache {
     /// an entry for `sql` already exists (two first uses raced).
     pub(crate) fn insert(&mut self, sql: &str, stmt: Statement) -> Option<Rc<str>> {
         if self.capacity == 0 || self.map.contains_key(sql) {
-            return Some(stmt.name);
+            return Some(stmt.name.clone());
         }
         let mut evicted = None;
         if self.map.len() >= self.capacity {
@@ -74,7 +78,7 @@ impl StatementCache {
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(k, _)| k.clone());
             if let Some(k) = lru {
-                evicted = self.map.remove(&k).map(|e| e.stmt.name);
+                evicted = self.map.remove(&k).map(|e| e.stmt.name.clone());
             }
         }
         self.clock += 1;
@@ -90,7 +94,7 @@ impl StatementCache {
 
     /// Forgets `sql` (the server invalidated it); returns its name to close.
     pub(crate) fn remove(&mut self, sql: &str) -> Option<Rc<str>> {
-        self.map.remove(sql).map(|e| e.stmt.name)
+        self.map.remove(sql).map(|e| e.stmt.name.clone())
     }
 
     /// Forgets everything (the connection's server session is gone).
@@ -104,11 +108,11 @@ mod tests {
     use super::*;
 
     fn stmt(c: &mut StatementCache) -> Statement {
-        Statement {
+        Rc::new(Prepared {
             name: c.new_name(),
             params: Rc::from(vec![]),
             columns: Rc::new(Columns::default()),
-        }
+        })
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The future of one command, and the consumers ("sinks") its reply events go to.
 
-use super::cache::Statement;
+use super::cache::{Prepared, Statement};
 use super::result::ResultSet;
 use super::state::{CmdErrors, Conn, Sink, SinkError};
 use crate::proto::reply::ReplyEvent;
@@ -113,11 +113,11 @@ impl Sink for PrepareSink {
 impl PrepareSink {
     pub(crate) fn into_statement(self, name: Rc<str>) -> Result<Statement, PgError> {
         match (self.params, self.columns) {
-            (Some(params), Some(columns)) => Ok(Statement {
+            (Some(params), Some(columns)) => Ok(Rc::new(Prepared {
                 name,
                 params: Rc::from(params),
                 columns: Rc::new(columns),
-            }),
+            })),
             _ => Err(PgError::protocol(
                 "the server did not describe the prepared statement",
             )),

@@ -508,6 +508,9 @@ impl Conn {
                     self.st.borrow_mut().txn = txn_status;
                     return Ok(true);
                 }
+                // An acknowledgement (ParseComplete, BindComplete, CloseComplete): no sink
+                // wants it, so skip the dynamic call.
+                ReplyEvent::Nothing => {}
                 ev => {
                     if errs.sink.is_none() && errs.server.is_none() {
                         match sink.event(&ev) {

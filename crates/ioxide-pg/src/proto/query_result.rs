@@ -12,9 +12,9 @@
 use super::cursor::Cursor;
 use super::message::CommandTag;
 use super::reply::ReplyEvent;
+use super::row::walk_data_row;
 use crate::PgError;
 use compact_str::CompactString;
-use smallvec::SmallVec;
 
 /// The result of a simple query: first value, row count and command tag.
 ///
@@ -69,27 +69,59 @@ fn parse_count(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// An owned command tag, stored as the bytes [`CommandTag`] checked at decode (inline up to
-/// 16 bytes: `INSERT 0 1000000` fits), turned into text only when someone asks.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub(crate) struct TagBuf(SmallVec<[u8; 16]>);
+/// An owned command tag, stored as the bytes [`CommandTag`] checked at decode and turned
+/// into text only when someone asks. Tags up to [`TAG_INLINE`] bytes (every `SELECT n`,
+/// `INSERT 0 n`, `UPDATE n` below 10^12) are held inline; longer ones (`CREATE MATERIALIZED
+/// VIEW`, …) on the heap. A plain array beats `SmallVec::extend_from_slice` here (two
+/// `memcpy` calls and a shift for what is usually eight bytes).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum TagBuf {
+    Inline { len: u8, bytes: [u8; TAG_INLINE] },
+    Heap(Box<[u8]>),
+}
+
+/// The longest command tag a [`TagBuf`] holds without allocating.
+const TAG_INLINE: usize = 22;
+
+impl Default for TagBuf {
+    fn default() -> TagBuf {
+        TagBuf::Inline {
+            len: 0,
+            bytes: [0; TAG_INLINE],
+        }
+    }
+}
 
 impl TagBuf {
     /// Replaces the stored tag.
     pub(crate) fn set(&mut self, tag: CommandTag<'_>) {
-        self.0.clear();
-        self.0.extend_from_slice(tag.as_bytes());
+        let tag = tag.as_bytes();
+        *self = match u8::try_from(tag.len()) {
+            Ok(len) if tag.len() <= TAG_INLINE => {
+                let mut bytes = [0; TAG_INLINE];
+                bytes[..tag.len()].copy_from_slice(tag);
+                TagBuf::Inline { len, bytes }
+            }
+            _ => TagBuf::Heap(tag.into()),
+        };
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            TagBuf::Inline { len, bytes } => &bytes[..usize::from(*len).min(TAG_INLINE)],
+            TagBuf::Heap(b) => b,
+        }
     }
 
     /// The tag as text (`""` before any command completed).
     pub(crate) fn as_str(&self) -> &str {
         // Only ever filled from a CommandTag, which is valid UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(self.bytes()).unwrap_or_default()
     }
 
     /// The row count the tag reports; see [`rows_from_tag`].
     pub(crate) fn rows(&self) -> u64 {
-        rows_from_tag_bytes(&self.0)
+        rows_from_tag_bytes(self.bytes())
     }
 }
 
@@ -126,33 +158,17 @@ impl QueryResult {
     }
 
     fn data_row(&mut self, body: &[u8]) -> Result<(), PgError> {
-        let mut c = Cursor::new(body, "DataRow");
-        let n = c.u16()?;
-        if Some(n) != self.columns {
-            return Err(PgError::protocol(format!(
-                "malformed DataRow: {n} fields but the row description has {} columns",
-                self.columns.map_or(0, usize::from)
-            )));
-        }
+        let Some(columns) = self.columns else {
+            return Err(PgError::protocol(
+                "malformed DataRow: no RowDescription came before it",
+            ));
+        };
         // Every row is checked whole, not only the one whose value we keep.
         let mut first: Option<Option<&[u8]>> = None;
-        for i in 0..n {
-            let len = c.i32()?;
-            let field = if len >= 0 {
-                Some(c.bytes(len as usize)?)
-            } else if len == -1 {
-                None
-            } else {
-                return Err(PgError::protocol(format!(
-                    "malformed DataRow: field {i} has negative length {len}"
-                )));
-            };
+        walk_data_row(body, usize::from(columns), |i, _, value| {
             if i == 0 {
-                first = Some(field);
+                first = Some(value);
             }
-        }
-        c.finish().map_err(|_| {
-            PgError::protocol("malformed DataRow: trailing bytes after the last field")
         })?;
         if self.have_value {
             return Ok(());
@@ -288,6 +304,27 @@ mod tests {
         let mut truncated = data_row(&[Some("abc")]);
         truncated.pop();
         assert!(r.accept(&ReplyEvent::DataRow(&truncated)).is_err());
+    }
+
+    #[test]
+    fn long_and_short_tags_read_back() -> Result<(), PgError> {
+        for t in [
+            "",
+            "SET",
+            "INSERT 0 1000000000000",
+            "INSERT 0 10000000000000",
+            "CREATE TEXT SEARCH CONFIGURATION",
+        ] {
+            let mut r = QueryResult::new();
+            r.accept(&ReplyEvent::CommandComplete(tag(t)))?;
+            assert_eq!(r.command_tag(), t);
+        }
+        let mut r = QueryResult::new();
+        r.accept(&ReplyEvent::CommandComplete(tag("COPY 123456789012345678")))?;
+        assert_eq!(r.rows(), 123_456_789_012_345_678);
+        r.accept(&ReplyEvent::CommandComplete(tag("SELECT 2")))?;
+        assert_eq!((r.command_tag(), r.rows()), ("SELECT 2", 2));
+        Ok(())
     }
 
     #[test]
