@@ -161,10 +161,10 @@ impl PgPool {
         Fut: Future<Output = Result<T, PgError>> + 'a,
     {
         let mut retried = false;
-        // A retry keeps the original acquire deadline: one call waits at most acquire_timeout.
-        let deadline = ioxide::time::now() + self.inner.acquire_timeout;
+        // A retry keeps the first wait's deadline: one call waits at most acquire_timeout.
+        let mut deadline = None;
         loop {
-            let lease = self.acquire_by(false, deadline).await?;
+            let lease = self.acquire_by(false, &mut deadline).await?;
             let r = f(lease.conn.clone()).await;
             drop(lease);
             match r {
@@ -190,11 +190,17 @@ impl PgPool {
 
     /// Capacity on a connection: at once if free and nobody is queued, else FIFO.
     async fn acquire(&self, exclusive: bool) -> Result<Lease, PgError> {
-        self.acquire_by(exclusive, Instant::now() + self.inner.acquire_timeout)
-            .await
+        self.acquire_by(exclusive, &mut None).await
     }
 
-    async fn acquire_by(&self, exclusive: bool, deadline: Instant) -> Result<Lease, PgError> {
+    /// `deadline` is set when this call (or an earlier attempt of the same call) first has to
+    /// wait, to `acquire_timeout` from then: the fast path reads no clock and does no time
+    /// arithmetic (`Instant` addition cost ~30 instructions of every pooled query).
+    async fn acquire_by(
+        &self,
+        exclusive: bool,
+        deadline: &mut Option<Instant>,
+    ) -> Result<Lease, PgError> {
         let inner = &self.inner;
         let id = match inner.try_acquire(exclusive) {
             Some(id) => id,
@@ -207,6 +213,8 @@ impl PgPool {
                 let fail_fast = inner.down_for_long();
                 // Nothing live and nothing connecting: connect now, not after a backoff.
                 replenish(inner, Instant::now(), true);
+                let deadline =
+                    *deadline.get_or_insert_with(|| ioxide::time::now() + inner.acquire_timeout);
                 let waiter = Rc::new(RefCell::new(Waiter {
                     exclusive,
                     deadline,

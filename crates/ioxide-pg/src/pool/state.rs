@@ -131,7 +131,9 @@ impl Inner {
     /// an exclusive rent, an idle one).
     fn pick(&self, st: &PoolState, exclusive: bool) -> Option<usize> {
         let mut best: Option<(usize, usize)> = None;
-        let now = ioxide::time::now();
+        // Commands started before this are "running for a while"; computed at most once, and
+        // only when a loaded connection is considered.
+        let mut cutoff: Option<Option<Instant>> = None;
         for (i, s) in st.slots.iter().enumerate() {
             if s.rented || !s.conn.accepts_commands() {
                 continue;
@@ -146,12 +148,16 @@ impl Inner {
             }
             // Never pipeline behind a command that has been running for a while (a slow
             // query): wait for a connection instead of queueing behind it.
-            if load > 0
-                && s.conn
+            if load > 0 {
+                let cutoff = *cutoff
+                    .get_or_insert_with(|| ioxide::time::now().checked_sub(PIPELINE_BEHIND_LIMIT));
+                if s.conn
                     .oldest_in_flight()
-                    .is_some_and(|t| now.saturating_duration_since(t) > PIPELINE_BEHIND_LIMIT)
-            {
-                continue;
+                    .zip(cutoff)
+                    .is_some_and(|(t, cutoff)| t < cutoff)
+                {
+                    continue;
+                }
             }
             if load == 0 {
                 return Some(i);
