@@ -304,7 +304,12 @@ impl PgConnection {
     ) -> Result<(), PgError> {
         let mut attempt = 0;
         loop {
-            let (stmt, close_after) = self.statement(sql).await?;
+            // The cache hit is the common case: take it without entering `statement`'s future.
+            let hit = self.conn.st.borrow_mut().cache.get(sql);
+            let (stmt, close_after) = match hit {
+                Some(stmt) => (stmt, None),
+                None => self.statement(sql).await?,
+            };
             let (seq, from) = self.conn.enqueue(Reply::bind_execute(), |out| {
                 encode::bind_execute_sync(&stmt.name, params, &stmt.params, out)
             })?;
