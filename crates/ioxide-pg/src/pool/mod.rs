@@ -164,7 +164,11 @@ impl PgPool {
         // A retry keeps the first wait's deadline: one call waits at most acquire_timeout.
         let mut deadline = None;
         loop {
-            let lease = self.acquire_by(false, &mut deadline).await?;
+            // Capacity free now is the common case: take it without entering acquire_by's future.
+            let lease = match self.try_lease(false) {
+                Some(lease) => lease,
+                None => self.acquire_by(false, &mut deadline).await?,
+            };
             let r = f(lease.conn.clone()).await;
             drop(lease);
             match r {
@@ -193,6 +197,25 @@ impl PgPool {
         self.acquire_by(exclusive, &mut None).await
     }
 
+    /// Capacity at once, if a connection has it and nobody is queued ahead.
+    fn try_lease(&self, exclusive: bool) -> Option<Lease> {
+        let inner = &self.inner;
+        let id = inner.try_acquire(exclusive)?;
+        match inner.conn(id) {
+            Some(conn) => Some(Lease {
+                inner: inner.clone(),
+                id,
+                exclusive,
+                conn,
+            }),
+            None => {
+                // Cannot happen (the slot was just picked); give the capacity back.
+                inner.release(id, exclusive);
+                None
+            }
+        }
+    }
+
     /// `deadline` is set when this call (or an earlier attempt of the same call) first has to
     /// wait, to `acquire_timeout` from then: the fast path reads no clock and does no time
     /// arithmetic (`Instant` addition cost ~30 instructions of every pooled query).
@@ -201,48 +224,48 @@ impl PgPool {
         exclusive: bool,
         deadline: &mut Option<Instant>,
     ) -> Result<Lease, PgError> {
+        if let Some(lease) = self.try_lease(exclusive) {
+            return Ok(lease);
+        }
         let inner = &self.inner;
-        let id = match inner.try_acquire(exclusive) {
-            Some(id) => id,
-            None => {
-                if inner.st.borrow().closed {
-                    return Err(PgError::closed("the pool is closed").never_sent());
-                }
-                // Down for long: wait only for the connect this request starts, so a dead
-                // database fails fast and a revived one serves at once.
-                let fail_fast = inner.down_for_long();
-                // Nothing live and nothing connecting: connect now, not after a backoff.
-                replenish(inner, Instant::now(), true);
-                let deadline =
-                    *deadline.get_or_insert_with(|| ioxide::time::now() + inner.acquire_timeout);
-                let waiter = Rc::new(RefCell::new(Waiter {
-                    exclusive,
-                    deadline,
-                    waker: None,
-                    outcome: None,
-                    fail_fast,
-                }));
-                inner.st.borrow_mut().waiters.push_back(waiter.clone());
-                inner.dispatch();
-                let mut guard = WaiterGuard {
-                    inner: inner.clone(),
-                    waiter: waiter.clone(),
-                    armed: true,
-                };
-                let r = std::future::poll_fn(|cx| {
-                    let mut w = waiter.borrow_mut();
-                    match w.outcome.take() {
-                        Some(r) => Poll::Ready(r),
-                        None => {
-                            w.waker = Some(cx.waker().clone());
-                            Poll::Pending
-                        }
-                    }
-                })
-                .await;
-                guard.armed = false;
-                r?
+        let id = {
+            if inner.st.borrow().closed {
+                return Err(PgError::closed("the pool is closed").never_sent());
             }
+            // Down for long: wait only for the connect this request starts, so a dead
+            // database fails fast and a revived one serves at once.
+            let fail_fast = inner.down_for_long();
+            // Nothing live and nothing connecting: connect now, not after a backoff.
+            replenish(inner, Instant::now(), true);
+            let deadline =
+                *deadline.get_or_insert_with(|| ioxide::time::now() + inner.acquire_timeout);
+            let waiter = Rc::new(RefCell::new(Waiter {
+                exclusive,
+                deadline,
+                waker: None,
+                outcome: None,
+                fail_fast,
+            }));
+            inner.st.borrow_mut().waiters.push_back(waiter.clone());
+            inner.dispatch();
+            let mut guard = WaiterGuard {
+                inner: inner.clone(),
+                waiter: waiter.clone(),
+                armed: true,
+            };
+            let r = std::future::poll_fn(|cx| {
+                let mut w = waiter.borrow_mut();
+                match w.outcome.take() {
+                    Some(r) => Poll::Ready(r),
+                    None => {
+                        w.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            })
+            .await;
+            guard.armed = false;
+            r?
         };
         match inner.conn(id) {
             Some(conn) => Ok(Lease {
