@@ -199,19 +199,24 @@ impl PgPool {
 
     /// Capacity at once, if a connection has it and nobody is queued ahead.
     fn try_lease(&self, exclusive: bool) -> Option<Lease> {
+        let id = self.inner.try_acquire(exclusive)?;
+        self.lease(id, exclusive).ok()
+    }
+
+    /// The lease for capacity `id` was granted. Should the slot be gone (it cannot: grants
+    /// go to live slots), the capacity is given back and the error says so.
+    fn lease(&self, id: u64, exclusive: bool) -> Result<Lease, PgError> {
         let inner = &self.inner;
-        let id = inner.try_acquire(exclusive)?;
         match inner.conn(id) {
-            Some(conn) => Some(Lease {
+            Some(conn) => Ok(Lease {
                 inner: inner.clone(),
                 id,
                 exclusive,
                 conn,
             }),
             None => {
-                // Cannot happen (the slot was just picked); give the capacity back.
                 inner.release(id, exclusive);
-                None
+                Err(PgError::closed("connection vanished from the pool").never_sent())
             }
         }
     }
@@ -267,15 +272,7 @@ impl PgPool {
             guard.armed = false;
             r?
         };
-        match inner.conn(id) {
-            Some(conn) => Ok(Lease {
-                inner: inner.clone(),
-                id,
-                exclusive,
-                conn,
-            }),
-            None => Err(PgError::closed("connection vanished from the pool").never_sent()),
-        }
+        self.lease(id, exclusive)
     }
 }
 
