@@ -227,13 +227,18 @@ impl PgConnection {
     /// waiting for the outcome of a CancelRequest (a late cancel must never hit a command
     /// that was not the one it was meant for).
     pub fn accepts_commands(&self) -> bool {
-        let st = self.conn.st.borrow();
-        st.broken.is_none() && !st.closing && st.cancelling.is_none()
+        self.routing_load().is_some()
     }
 
-    /// When the oldest command in flight was issued, if any.
-    pub(crate) fn oldest_in_flight(&self) -> Option<std::time::Instant> {
-        self.conn.st.borrow().queue.front().map(|c| c.started)
+    /// For routing, in one look at the state: `None` if the connection takes no commands now
+    /// (see [`accepts_commands`](Self::accepts_commands)), else the commands in flight and when
+    /// the oldest of them was issued.
+    pub(crate) fn routing_load(&self) -> Option<(usize, Option<std::time::Instant>)> {
+        let st = self.conn.st.borrow();
+        if st.broken.is_some() || st.closing || st.cancelling.is_some() {
+            return None;
+        }
+        Some((st.queue.len(), st.queue.front().map(|c| c.started)))
     }
 
     /// Commands sent and not yet answered.

@@ -135,11 +135,14 @@ impl Inner {
         // only when a loaded connection is considered.
         let mut cutoff: Option<Option<Instant>> = None;
         for (i, s) in st.slots.iter().enumerate() {
-            if s.rented || !s.conn.accepts_commands() {
+            if s.rented {
                 continue;
             }
+            let Some((queued, oldest)) = s.conn.routing_load() else {
+                continue;
+            };
             // Commands whose futures were dropped still occupy the connection until drained.
-            let load = s.inflight.max(s.conn.in_flight());
+            let load = s.inflight.max(queued);
             if exclusive && load > 0 {
                 continue;
             }
@@ -151,11 +154,7 @@ impl Inner {
             if load > 0 {
                 let cutoff = *cutoff
                     .get_or_insert_with(|| ioxide::time::now().checked_sub(PIPELINE_BEHIND_LIMIT));
-                if s.conn
-                    .oldest_in_flight()
-                    .zip(cutoff)
-                    .is_some_and(|(t, cutoff)| t < cutoff)
-                {
+                if oldest.zip(cutoff).is_some_and(|(t, cutoff)| t < cutoff) {
                     continue;
                 }
             }
@@ -215,6 +214,9 @@ impl Inner {
 
     /// Hands free capacity to the waiters at the head of the queue.
     pub(crate) fn dispatch(&self) {
+        if self.st.borrow().waiters.is_empty() {
+            return;
+        }
         let mut wake = Vec::new();
         {
             let mut st = self.st.borrow_mut();
