@@ -203,8 +203,8 @@ impl PgPool {
         self.lease(id, exclusive).ok()
     }
 
-    /// The lease for capacity `id` was granted. Should the slot be gone (it cannot: grants
-    /// go to live slots), the capacity is given back and the error says so.
+    /// A lease on capacity `id`, just granted. Should its slot be gone (it cannot: grants go
+    /// to live slots), the capacity is given back and the error says so.
     fn lease(&self, id: u64, exclusive: bool) -> Result<Lease, PgError> {
         let inner = &self.inner;
         match inner.conn(id) {
