@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{opts, opts_for};
+use common::{established_to, opts, opts_for};
 use ioxide_pg::PgConnection;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -127,6 +127,15 @@ fn a_frozen_server_tears_the_timed_out_connection_down_promptly() {
                 .await
                 .unwrap(),
         );
+        let port: u16 = conn
+            .query("SELECT inet_client_port()")
+            .await
+            .unwrap()
+            .value()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(established_to(c.port()).contains(&port));
         c.freeze().unwrap();
         let started = Instant::now();
         let a = {
@@ -148,6 +157,14 @@ fn a_frozen_server_tears_the_timed_out_connection_down_promptly() {
         // Timeout at ~0.4 s, teardown within the grace period after it.
         assert!(took < Duration::from_millis(1600), "{took:?}");
         assert!(conn.is_broken());
+        // Torn down means the socket is shut, though this handle still holds the connection
+        // (one loop turn for the shutdown SQE to reach the kernel).
+        ioxide::time::sleep(Duration::from_millis(50)).await;
+        let open = established_to(c.port());
+        assert!(
+            !open.contains(&port),
+            "the torn-down socket {port} is still open: {open:?}"
+        );
         c.thaw();
     });
 }

@@ -157,6 +157,43 @@ fn exhaustion_queues_fifo_and_every_waiter_completes() {
 }
 
 #[test]
+fn timeouts_too_long_to_represent_mean_never_not_a_panic() {
+    ioxide::block_on(async {
+        // From a connection string as well as from code: 1e19 s is past i64 seconds.
+        let o = opts()
+            .pool_size(1)
+            .set("connect_timeout", "1e19")
+            .unwrap()
+            .set("command_timeout", "1e19")
+            .unwrap()
+            .acquire_timeout(Duration::MAX);
+        let pool = PgPool::start(&Reactor::current(), o).unwrap();
+        let held = pool.rent().await.unwrap();
+        // This request has to wait: its deadline is computed from acquire_timeout.
+        let waiter = {
+            let pool = pool.clone();
+            ioxide::spawn(async move {
+                pool.query("SELECT 7")
+                    .await
+                    .map(|r| r.value().map(str::to_owned))
+            })
+        };
+        ioxide::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.stats().waiting, 1);
+        drop(held);
+        assert_eq!(waiter.await.unwrap().as_deref(), Some("7"));
+        let conn = ioxide_pg::PgConnection::connect(
+            &opts()
+                .connect_timeout(Duration::MAX)
+                .command_timeout(Duration::MAX),
+        )
+        .await
+        .unwrap();
+        assert_eq!(conn.query("SELECT 8").await.unwrap().value(), Some("8"));
+    });
+}
+
+#[test]
 fn pipelined_pool_routes_past_a_slow_query_to_an_idle_connection() {
     ioxide::block_on(async {
         let pool =

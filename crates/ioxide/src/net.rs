@@ -124,6 +124,19 @@ impl Stream {
         crate::reactor::with_ring(|_, r| r.cancel_fd(raw));
     }
 
+    /// Tears the connection down now, without waiting: cancels every op in flight on the
+    /// socket and shuts it down in both directions, so the peer sees the end at once and any
+    /// op still pending completes (a receive with 0, a send with `EPIPE`) even while this
+    /// `Stream` stays alive. The fd itself is closed when the `Stream` is dropped.
+    /// Fire-and-forget; a no-op outside a reactor.
+    pub fn abort(&self) {
+        let raw = self.fd.raw();
+        crate::reactor::with_ring(|_, r| {
+            r.cancel_fd(raw);
+            r.shutdown_detached(raw);
+        });
+    }
+
     /// Closes the socket with a ring Close op once no op holds it any more. If ops are still
     /// in flight, the close happens when the last one completes.
     pub async fn close(self) -> io::Result<()> {

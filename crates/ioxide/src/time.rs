@@ -124,11 +124,19 @@ pub struct Ticker {
 }
 
 impl Ticker {
-    /// A ticker whose first tick is one `period` from now.
+    /// A ticker whose first tick is one `period` from now. A zero period is taken as 1 ms (a
+    /// ticker must leave the loop time to do anything else); a period too long to represent
+    /// never fires.
     pub fn new(period: Duration) -> Ticker {
+        let period = if period.is_zero() {
+            Duration::from_millis(1)
+        } else {
+            period
+        };
+        let now = Instant::now();
         Ticker {
             period,
-            next: Instant::now() + period,
+            next: now.checked_add(period).unwrap_or_else(|| far_future(now)),
         }
     }
 
@@ -142,14 +150,27 @@ impl Ticker {
         let at = self.next;
         sleep_until(at).await;
         let now = Instant::now();
-        self.next += self.period;
-        if self.next <= now {
-            // Skip the ticks we missed while the reactor was busy.
-            let behind = now.duration_since(self.next).as_nanos() / self.period.as_nanos().max(1);
-            self.next += self.period * (behind as u32 + 1);
-        }
+        self.next = match at.checked_add(self.period) {
+            Some(next) if next > now => next,
+            _ => {
+                // Skip the ticks we missed while the reactor was busy.
+                let behind = now.saturating_duration_since(at).as_nanos() / self.period.as_nanos();
+                u32::try_from(behind + 1)
+                    .ok()
+                    .and_then(|n| self.period.checked_mul(n))
+                    .and_then(|d| at.checked_add(d))
+                    .unwrap_or_else(|| far_future(now))
+            }
+        };
         at
     }
+}
+
+/// An instant no ticker reaches: 30 years from `now` (or `now` itself if even that cannot be
+/// represented, which no monotonic clock gets near).
+fn far_future(now: Instant) -> Instant {
+    now.checked_add(Duration::from_secs(30 * 365 * 24 * 3600))
+        .unwrap_or(now)
 }
 
 /// Spawns a task on the current reactor that calls `f` every `period` until `f` returns

@@ -259,41 +259,93 @@ fn timeout_returns_the_value_when_in_time() {
 #[test]
 fn tickers_fire_at_their_period() {
     let started = Instant::now();
-    let ticks = ioxide::block_on(async {
+    let (scheduled, fired) = ioxide::block_on(async {
         let mut t = Ticker::new(Duration::from_millis(50));
-        let mut at = Vec::new();
+        let (mut scheduled, mut fired) = (Vec::new(), Vec::new());
         for _ in 0..10 {
-            at.push(t.tick().await);
+            scheduled.push(t.tick().await);
+            fired.push(Instant::now());
         }
-        at
+        (scheduled, fired)
     });
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(490) && took < Duration::from_millis(1500),
         "{took:?}"
     );
-    for w in ticks.windows(2) {
+    for w in scheduled.windows(2) {
         assert_eq!(
             w[1] - w[0],
             Duration::from_millis(50),
             "scheduled instants drift"
         );
     }
+    // Each tick actually fires at its scheduled instant (never early; late by at most a
+    // generous margin on a shared machine), so the gaps between firings are ~the period.
+    for (s, f) in scheduled.iter().zip(&fired) {
+        assert!(f >= s, "a tick fired before its instant");
+        let late = *f - *s;
+        assert!(
+            late < Duration::from_millis(40),
+            "a tick fired {late:?} late"
+        );
+    }
+    for w in fired.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(10) && gap < Duration::from_millis(90),
+            "{gap:?} between two firings of a 50 ms ticker"
+        );
+    }
 }
 
 #[test]
 fn every_runs_a_periodic_callback_on_the_reactor() {
-    let n = ioxide::block_on(async {
+    let (n, at) = ioxide::block_on(async {
         let count = std::rc::Rc::new(std::cell::Cell::new(0));
-        let c = count.clone();
+        let at = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let (c, a) = (count.clone(), at.clone());
+        let started = Instant::now();
         let _h = ioxide::time::every(Duration::from_millis(20), move || {
             c.set(c.get() + 1);
+            a.borrow_mut().push(started.elapsed());
             c.get() < 5
         });
         sleep(Duration::from_millis(400)).await;
-        count.get()
+        let at = at.borrow().clone();
+        (count.get(), at)
     });
-    assert_eq!(n, 5);
+    assert_eq!(n, 5, "the callback stops the ticker by returning false");
+    // The k-th call comes k periods after the start (never early, generously bounded late).
+    for (k, t) in at.iter().enumerate() {
+        let due = Duration::from_millis(20 * (k as u64 + 1));
+        assert!(
+            *t >= due && *t < due + Duration::from_millis(60),
+            "call {k} at {t:?}, due {due:?}"
+        );
+    }
+}
+
+#[test]
+fn durations_too_long_to_represent_mean_never_not_a_panic() {
+    ioxide::block_on(async {
+        // The kernel reads tv_sec as signed: Duration::MAX must saturate, not wrap to EINVAL.
+        let r = timeout(Duration::from_millis(30), sleep(Duration::MAX)).await;
+        assert!(r.is_err(), "a Duration::MAX sleep completed");
+        let r = timeout(Duration::MAX, async { 5 }).await;
+        assert_eq!(r, Ok(5));
+        let mut t = Ticker::new(Duration::MAX);
+        let r = timeout(Duration::from_millis(30), t.tick()).await;
+        assert!(r.is_err(), "a Duration::MAX ticker fired");
+        // A zero period is taken as 1 ms: it ticks, and leaves the loop time to run.
+        let mut t = Ticker::new(Duration::ZERO);
+        assert_eq!(t.period(), Duration::from_millis(1));
+        let started = Instant::now();
+        for _ in 0..5 {
+            t.tick().await;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(4));
+    });
 }
 
 #[test]
@@ -517,6 +569,47 @@ fn cancelling_a_sockets_ops_ends_a_recv_stream_with_an_error() {
         .expect("the cancel must end next(), not leave it waiting")
         .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc_ecanceled()), "{e}");
+}
+
+#[test]
+fn abort_ends_pending_ops_and_gives_the_peer_eof_while_the_stream_is_held() {
+    let (l, addr) = std_listener();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut v = Vec::new();
+        // EOF (Ok) arrives only when the other side shuts or closes its socket.
+        let r = s.read_to_end(&mut v);
+        tx.send(Instant::now()).unwrap();
+        r.map(|_| v)
+    });
+    let (aborted_at, recv_result) = ioxide::block_on(async move {
+        let s = std::rc::Rc::new(Stream::connect(addr).await.unwrap());
+        let s2 = s.clone();
+        let pending = ioxide::spawn(async move { s2.recv(Vec::with_capacity(16)).await.0 });
+        sleep(Duration::from_millis(50)).await;
+        let aborted_at = Instant::now();
+        s.abort();
+        let r = timeout(Duration::from_secs(2), pending).await;
+        // `s` is still alive here: the peer's EOF must not wait for the drop.
+        let eof_at = rx.recv_timeout(Duration::from_secs(2));
+        assert!(
+            eof_at.is_ok(),
+            "the peer saw no EOF while the stream was held"
+        );
+        drop(s);
+        (aborted_at, r)
+    });
+    let r = recv_result.expect("abort must complete the pending recv");
+    assert!(
+        matches!(&r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc_ecanceled())),
+        "{r:?}"
+    );
+    assert_eq!(peer.join().unwrap().unwrap(), b"");
+    assert!(aborted_at.elapsed() < Duration::from_secs(3));
 }
 
 fn libc_ecanceled() -> i32 {

@@ -206,8 +206,10 @@ impl Conn {
         if !self.st.borrow().closing {
             tracing::debug!(error = %why, "postgres connection broken");
         }
-        // Every op still in flight on the socket completes now (with ECANCELED).
-        self.stream.cancel_pending();
+        // Tear the socket down now, not when the last handle goes: cancel every op in flight
+        // on it (they complete with ECANCELED) and shut it in both directions, so the server
+        // sees the end at once even while a renter or a caller still holds this connection.
+        self.stream.abort();
         wakers.into_iter().for_each(Waker::wake);
         let hook = self.on_broken.borrow_mut().take();
         if let Some(hook) = hook {

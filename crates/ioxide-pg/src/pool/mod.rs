@@ -242,8 +242,12 @@ impl PgPool {
             let fail_fast = inner.down_for_long();
             // Nothing live and nothing connecting: connect now, not after a backoff.
             replenish(inner, Instant::now(), true);
-            let deadline =
-                *deadline.get_or_insert_with(|| ioxide::time::now() + inner.acquire_timeout);
+            let deadline = *deadline.get_or_insert_with(|| {
+                let now = ioxide::time::now();
+                // An acquire_timeout too long to represent means no deadline worth keeping.
+                now.checked_add(inner.acquire_timeout)
+                    .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
+            });
             let waiter = Rc::new(RefCell::new(Waiter {
                 exclusive,
                 deadline,

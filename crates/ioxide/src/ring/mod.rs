@@ -324,6 +324,16 @@ impl Ring {
         unsafe { self.submit_detached(entry) };
     }
 
+    /// Shuts `fd` down in both directions through the ring without waiting for the result.
+    /// The caller keeps the fd open until this SQE has been submitted: a later close of the
+    /// same fd goes through the ring too, so it is queued after this.
+    pub(crate) fn shutdown_detached(&mut self, fd: RawFd) {
+        let entry =
+            io_uring::opcode::Shutdown::new(io_uring::types::Fd(fd), libc::SHUT_RDWR).build();
+        // SAFETY: Shutdown carries only the fd number and an integer.
+        unsafe { self.submit_detached(entry) };
+    }
+
     /// Asks the kernel to cancel the op with this `user_data`.
     pub(crate) fn cancel(&mut self, user_data: u64) {
         let entry = io_uring::opcode::AsyncCancel::new(user_data).build();

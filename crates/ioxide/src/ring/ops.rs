@@ -262,8 +262,11 @@ impl Completable for TimeoutOp {
 }
 
 pub(crate) fn timeout(after: Duration) -> Op<TimeoutOp> {
+    // The kernel reads tv_sec as signed: saturate instead of wrapping negative (EINVAL).
+    // It saturates the expiry itself, so i64::MAX seconds simply never fires.
+    let secs = after.as_secs().min(i64::MAX as u64);
     let data = TimeoutOp {
-        ts: Box::new(types::Timespec::from(after)),
+        ts: Box::new(types::Timespec::new().sec(secs).nsec(after.subsec_nanos())),
     };
     // SAFETY: the timespec pointer is into the Box owned by the op data.
     unsafe { Op::submit(data, |d| opcode::Timeout::new(&raw const *d.ts).build()) }
