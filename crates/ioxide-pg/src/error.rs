@@ -42,6 +42,8 @@ struct Inner {
     /// `false` only when the command is known never to have left this process.
     sent: bool,
     source: Option<Source>,
+    /// For a server error: the transaction status of the ReadyForQuery that ended the reply.
+    txn_after: Option<crate::TxnStatus>,
 }
 
 /// What an operation was waiting for when it timed out.
@@ -98,6 +100,7 @@ impl PgError {
                 kind,
                 sent: true,
                 source: None,
+                txn_after: None,
             }),
         }
     }
@@ -235,6 +238,18 @@ impl PgError {
     /// it may have run on the server.
     pub fn was_sent(&self) -> bool {
         self.inner.sent
+    }
+
+    /// For a server error returned by a command: the session's transaction status when the
+    /// server was ready again after it — `Failed` means the error aborted an open transaction
+    /// block (every further command is refused until it ends), `Idle` that no block was open.
+    /// `None` for other errors.
+    pub fn transaction_status(&self) -> Option<crate::TxnStatus> {
+        self.inner.txn_after
+    }
+
+    pub(crate) fn set_transaction_status(&mut self, txn: crate::TxnStatus) {
+        self.inner.txn_after = Some(txn);
     }
 
     /// The SQLSTATE of a server error (`Some("42P01")`), `None` for other errors.

@@ -36,22 +36,155 @@ fn statement_cache_evicts_the_least_recently_used_and_closes_it_on_the_server() 
 }
 
 #[test]
-fn caching_off_still_runs_parameterized_queries_and_leaves_no_statement() {
+fn caching_off_uses_the_unnamed_statement_even_when_pipelined() {
     ioxide::block_on(async {
-        let conn = PgConnection::connect(&opts().statement_cache_capacity(0))
+        let conn = Rc::new(
+            PgConnection::connect(&opts().statement_cache_capacity(0))
+                .await
+                .unwrap(),
+        );
+        // pg_prepared_statements lists named statements only: read inside the very query,
+        // a named statement would count itself (1); the unnamed one is not listed (0).
+        let inside = "SELECT count(*) FROM pg_prepared_statements WHERE $1::int4 = 1";
+        for _ in 0..3 {
+            let rs = conn.query_params(inside, &[&1i32]).await.unwrap();
+            assert_eq!(rs.scalar::<i64>().unwrap(), 0);
+        }
+        // Without parameters too (that path skips the describing round trip).
+        let rs = conn
+            .query_params("SELECT count(*) FROM pg_prepared_statements", &[])
             .await
             .unwrap();
-        for _ in 0..3 {
-            let rs = conn.query_params("SELECT $1::text", &[&"x"]).await.unwrap();
-            assert_eq!(rs.scalar::<&str>().unwrap(), "x");
-        }
+        assert_eq!(rs.scalar::<i64>().unwrap(), 0);
+        let mut rows = 0;
+        let n = conn
+            .query_rows(
+                "SELECT n, n::text AS t FROM generate_series(1, 3) n",
+                &[],
+                |r| {
+                    rows += 1;
+                    assert_eq!(r.get::<i32>("n")?.to_string(), r.get::<&str>("t")?);
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((n, rows), (3, 3));
         assert_eq!(conn.cached_statements(), 0);
-        conn.query("SELECT 1").await.unwrap();
+        // Many first uses of different statements pipelined at once: each one's unnamed
+        // statement is replaced by the next's while it waits, so each must parse its own
+        // again with its Bind — every answer has the right value and the right type.
+        let tasks: Vec<_> = (0..60i32)
+            .map(|i| {
+                let conn = conn.clone();
+                ioxide::spawn(async move {
+                    match i % 3 {
+                        0 => {
+                            let rs = conn.query_params("SELECT $1::int4 + 1", &[&i]).await?;
+                            Ok::<_, ioxide_pg::PgError>(rs.scalar::<i32>()?.to_string())
+                        }
+                        1 => {
+                            let s = format!("v{i}");
+                            let rs = conn.query_params("SELECT $1::text || '!'", &[&s]).await?;
+                            Ok(rs.scalar::<&str>()?.to_owned())
+                        }
+                        _ => {
+                            let big = i64::from(i) << 33;
+                            let rs = conn
+                                .query_params("SELECT $1::int8, 'x'::text", &[&big])
+                                .await?;
+                            Ok(rs.scalar::<i64>()?.to_string())
+                        }
+                    }
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let i = i as i32;
+            let want = match i % 3 {
+                0 => (i + 1).to_string(),
+                1 => format!("v{i}!"),
+                _ => (i64::from(i) << 33).to_string(),
+            };
+            assert_eq!(t.await.unwrap(), want);
+        }
+        // A server error with caching off stays with its query; the connection goes on.
+        let e = conn
+            .query_params("SELECT 1 / $1::int4", &[&0i32])
+            .await
+            .unwrap_err();
+        assert_eq!(e.sql_state(), Some("22012"));
         let n = conn
             .query("SELECT count(*) FROM pg_prepared_statements")
             .await
             .unwrap();
         assert_eq!(n.value(), Some("0"));
+    });
+}
+
+#[test]
+fn with_caching_on_the_statement_is_named_and_listed() {
+    // The control for the test above: the same probe sees the cached statement.
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let inside = "SELECT count(*) FROM pg_prepared_statements WHERE $1::int4 = 1";
+        let rs = conn.query_params(inside, &[&1i32]).await.unwrap();
+        assert_eq!(rs.scalar::<i64>().unwrap(), 1);
+        assert_eq!(conn.cached_statements(), 1);
+    });
+}
+
+#[test]
+fn a_statement_deallocated_on_the_server_is_reprepared_transparently_outside_a_transaction() {
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let q = "SELECT $1::int4 * 2";
+        assert_eq!(
+            conn.query_params(q, &[&4i32])
+                .await
+                .unwrap()
+                .scalar::<i32>()
+                .unwrap(),
+            8
+        );
+        assert_eq!(conn.cached_statements(), 1);
+        // The server forgets every prepared statement: the next use gets 26000, which the
+        // driver answers by preparing again and running the query once more.
+        conn.query("DEALLOCATE ALL").await.unwrap();
+        assert_eq!(
+            conn.query_params(q, &[&5i32])
+                .await
+                .unwrap()
+                .scalar::<i32>()
+                .unwrap(),
+            10
+        );
+        assert_eq!(conn.cached_statements(), 1);
+
+        // Inside a transaction block the 26000 has already aborted the block: running the
+        // query again would only be refused (25P02). The caller gets the real cause, and the
+        // stale entry is gone, so the query works once the block ends.
+        conn.query("BEGIN").await.unwrap();
+        conn.query("DEALLOCATE ALL").await.unwrap();
+        let e = conn.query_params(q, &[&6i32]).await.unwrap_err();
+        assert_eq!(e.sql_state(), Some("26000"), "{e}");
+        assert_eq!(e.transaction_status(), Some(ioxide_pg::TxnStatus::Failed));
+        assert_eq!(conn.cached_statements(), 0);
+        conn.query("ROLLBACK").await.unwrap();
+        assert_eq!(
+            conn.query_params(q, &[&7i32])
+                .await
+                .unwrap()
+                .scalar::<i32>()
+                .unwrap(),
+            14
+        );
+        // An ordinary server error says no block is open.
+        let e = conn
+            .query_params("SELECT 1 / $1::int4", &[&0i32])
+            .await
+            .unwrap_err();
+        assert_eq!(e.transaction_status(), Some(ioxide_pg::TxnStatus::Idle));
     });
 }
 

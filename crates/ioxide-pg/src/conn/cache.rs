@@ -44,6 +44,11 @@ impl StatementCache {
         }
     }
 
+    /// False when `statement_cache_capacity` is 0: queries use the unnamed statement.
+    pub(crate) fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }

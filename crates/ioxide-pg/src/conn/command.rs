@@ -93,16 +93,18 @@ pub(crate) struct PrepareSink {
     columns: Option<Columns>,
 }
 
+/// The result columns a Describe reported, as Bind will deliver them: every column in binary.
+pub(crate) fn described_columns(body: &[u8]) -> Result<Columns, PgError> {
+    let mut cols = Columns::parse(body)?;
+    cols.set_format(Format::Binary);
+    Ok(cols)
+}
+
 impl Sink for PrepareSink {
     fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), SinkError> {
         match ev {
             ReplyEvent::ParameterDescription(body) => self.params = Some(parameter_types(body)?),
-            ReplyEvent::RowDescription(body) => {
-                let mut cols = Columns::parse(body)?;
-                // Bind asks for every result column in binary.
-                cols.set_format(Format::Binary);
-                self.columns = Some(cols);
-            }
+            ReplyEvent::RowDescription(body) => self.columns = Some(described_columns(body)?),
             ReplyEvent::NoData => self.columns = Some(Columns::default()),
             _ => {}
         }
@@ -156,10 +158,16 @@ where
     F: FnMut(Row<'_>) -> Result<(), PgError>,
 {
     fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), SinkError> {
-        if let ReplyEvent::DataRow(body) = ev {
-            let row = Row::new(body, &self.columns)?;
-            (self.f)(row).map_err(SinkError::User)?;
-            self.rows += 1;
+        match ev {
+            ReplyEvent::DataRow(body) => {
+                let row = Row::new(body, &self.columns)?;
+                (self.f)(row).map_err(SinkError::User)?;
+                self.rows += 1;
+            }
+            // Only an unnamed statement's reply describes its rows (it is parsed afresh).
+            ReplyEvent::RowDescription(body) => self.columns = Rc::new(described_columns(body)?),
+            ReplyEvent::NoData => self.columns = Columns::none(),
+            _ => {}
         }
         Ok(())
     }

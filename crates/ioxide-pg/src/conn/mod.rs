@@ -310,29 +310,56 @@ impl PgConnection {
         let mut attempt = 0;
         loop {
             // The cache hit is the common case: take it without entering `statement`'s future.
-            let hit = self.conn.st.borrow_mut().cache.get(sql);
+            let (hit, caching) = {
+                let mut st = self.conn.st.borrow_mut();
+                (st.cache.get(sql), st.cache.enabled())
+            };
             let (stmt, close_after) = match hit {
                 Some(stmt) => (stmt, None),
+                None if !caching => (self.describe_unnamed(sql, params).await?, None),
                 None => self.statement(sql).await?,
             };
-            let (seq, from) = self.conn.enqueue(Reply::bind_execute(), |out| {
-                encode::bind_execute_sync(&stmt.name, params, &stmt.params, out)
-            })?;
+            let (seq, from) = if stmt.name.is_empty() {
+                // The unnamed statement is parsed again in the same command as its Bind:
+                // another command pipelined in between may have replaced it since it was
+                // described. Its reply describes the rows afresh.
+                let steps = crate::proto::reply::Steps {
+                    parse: true,
+                    describe: true,
+                    bind: true,
+                    execute: true,
+                    ..Default::default()
+                };
+                self.conn.enqueue(Reply::extended(steps), |out| {
+                    let oids: Vec<u32> =
+                        stmt.params.iter().map(postgres_types::Type::oid).collect();
+                    encode::parse("", sql, &oids, out)?;
+                    encode::describe(encode::Target::Statement, "", out)?;
+                    encode::bind_execute_sync("", params, &stmt.params, out)
+                })?
+            } else {
+                self.conn.enqueue(Reply::bind_execute(), |out| {
+                    encode::bind_execute_sync(&stmt.name, params, &stmt.params, out)
+                })?
+            };
             if let Some(name) = close_after {
                 self.close_statement_detached(&name);
             }
             reset(sink, &stmt);
             let r = CmdFuture::new(&self.conn, seq, from, sink).await;
-            match r {
-                Err(e) if attempt == 0 && is_stale_statement(&e) => {
-                    attempt += 1;
-                    let name = self.conn.st.borrow_mut().cache.remove(sql);
-                    if let Some(name) = name {
-                        self.close_statement_detached(&name);
-                    }
-                }
-                r => return r,
+            let Err(e) = r else { return r };
+            let stale = stale_statement(&e);
+            if stale == Stale::No {
+                return Err(e);
             }
+            let name = self.conn.st.borrow_mut().cache.remove(sql);
+            if let Some(name) = name {
+                self.close_statement_detached(&name);
+            }
+            if stale == Stale::EvictOnly || attempt > 0 {
+                return Err(e);
+            }
+            attempt += 1;
         }
     }
 
@@ -363,6 +390,32 @@ impl PgConnection {
             None => None,
         };
         Ok((stmt, close_after))
+    }
+
+    /// With caching off: the parameter types of `sql` for encoding `params`, from the
+    /// unnamed statement (Parse + Describe + Sync: one round trip, none when there are no
+    /// parameters to encode). The query itself parses `sql` again with these types.
+    async fn describe_unnamed(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<cache::Statement, PgError> {
+        if params.is_empty() {
+            return Ok(Rc::new(cache::Prepared {
+                name: Rc::from(""),
+                params: Rc::from(Vec::new()),
+                columns: Columns::none(),
+            }));
+        }
+        let (seq, from) = self.conn.enqueue(Reply::prepare(), |out| {
+            encode::parse("", sql, &[], out)?;
+            encode::describe(encode::Target::Statement, "", out)?;
+            encode::sync(out);
+            Ok(())
+        })?;
+        let mut prep = command::PrepareSink::default();
+        CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
+        prep.into_statement(Rc::from(""))
     }
 
     /// Queues Close(statement) + Sync; nobody awaits it (the watcher drains its reply).
@@ -399,13 +452,39 @@ pub(crate) fn resolve_without_dns(opts: &PgOptions) -> Result<Target, PgError> {
     opts.resolve()
 }
 
-fn is_stale_statement(e: &PgError) -> bool {
-    match e.as_db_error() {
-        Some(db) => {
-            db.code() == "26000"
-                || (db.code() == "0A000" && db.message().contains("cached plan must not change"))
-        }
-        None => false,
+/// What a failed use of a cached statement means for the cache.
+#[derive(Debug, PartialEq, Eq)]
+enum Stale {
+    /// Not a stale-statement error.
+    No,
+    /// Stale: evict it; the query may be re-prepared and run again at once.
+    Retry,
+    /// Stale, but the error aborted an open transaction block: evict it, and return the error
+    /// (running the query again would only be refused with `25P02`, hiding the cause).
+    EvictOnly,
+}
+
+/// A cached statement the server no longer accepts: `26000` (no such prepared statement,
+/// e.g. after `DEALLOCATE ALL` or `DISCARD ALL`), or `0A000` raised while revalidating a
+/// cached plan whose result type changed (`ALTER TABLE`). The latter is recognised by the
+/// server routine that raises it, so it works whatever `lc_messages` translates the message
+/// to; the English text is the fallback for a server that sends no routine.
+fn stale_statement(e: &PgError) -> Stale {
+    let Some(db) = e.as_db_error() else {
+        return Stale::No;
+    };
+    let stale = match db.code() {
+        "26000" => true,
+        "0A000" => match db.routine() {
+            Some(r) => r == "RevalidateCachedQuery",
+            None => db.message().contains("cached plan must not change"),
+        },
+        _ => false,
+    };
+    match (stale, e.transaction_status()) {
+        (false, _) => Stale::No,
+        (true, Some(TxnStatus::Idle)) => Stale::Retry,
+        (true, _) => Stale::EvictOnly,
     }
 }
 

@@ -65,6 +65,11 @@ impl ResultSet {
                 }
             }
             ReplyEvent::CommandComplete(tag) => self.tag.set(*tag),
+            // Only an unnamed statement's reply describes its rows (it is parsed afresh).
+            ReplyEvent::RowDescription(body) => {
+                self.columns = Rc::new(super::command::described_columns(body)?);
+            }
+            ReplyEvent::NoData => self.columns = Columns::none(),
             _ => {}
         }
         Ok(())

@@ -508,6 +508,9 @@ impl Conn {
                 }
                 ReplyEvent::Done { txn_status } => {
                     self.st.borrow_mut().txn = txn_status;
+                    if let Some(e) = errs.server.as_mut() {
+                        e.set_transaction_status(txn_status);
+                    }
                     return Ok(true);
                 }
                 // An acknowledgement (ParseComplete, BindComplete, CloseComplete): no sink
