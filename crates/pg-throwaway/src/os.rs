@@ -1,5 +1,6 @@
 //! The few operating-system facts the kit needs: who we are, which user runs the server,
 //! signals, and `/proc` walks. Every `unsafe` block here is a plain libc call.
+#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;

@@ -226,6 +226,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, script_for: &Arc<Sc
 
 /// Blocks until the listener has a pending connection or `timeout` passes, so accepts are
 /// immediate while the stop flag is still checked every `POLL`.
+#[allow(unsafe_code)] // one libc poll(2)
 fn wait_readable(listener: &TcpListener, timeout: Duration) {
     let mut fds = libc::pollfd {
         fd: listener.as_raw_fd(),
@@ -396,6 +397,7 @@ fn is_retry(e: &io::Error) -> bool {
 }
 
 /// `SO_LINGER {on, 0}` so that closing sends RST instead of FIN.
+#[allow(unsafe_code)] // one libc setsockopt(2)
 fn set_linger_zero(stream: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
