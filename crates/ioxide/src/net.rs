@@ -131,10 +131,13 @@ impl Stream {
     /// Fire-and-forget; a no-op outside a reactor.
     pub fn abort(&self) {
         let raw = self.fd.raw();
-        crate::reactor::with_ring(|_, r| {
-            r.cancel_fd(raw);
-            r.shutdown_detached(raw);
-        });
+        if crate::reactor::with_ring(|_, r| r.cancel_fd(raw)).is_none() {
+            return;
+        }
+        // Queued after the cancel (which is issued first, so it cannot cancel this). The op
+        // holds the fd: the kernel runs a shutdown on a worker thread, and by then the number
+        // alone could name another socket.
+        ring::shutdown(self.fd.clone(), libc::SHUT_RDWR).detach();
     }
 
     /// Closes the socket with a ring Close op once no op holds it any more. If ops are still

@@ -612,6 +612,61 @@ fn abort_ends_pending_ops_and_gives_the_peer_eof_while_the_stream_is_held() {
     assert!(aborted_at.elapsed() < Duration::from_secs(3));
 }
 
+#[test]
+fn an_aborted_stream_dropped_at_once_cannot_touch_the_next_socket_with_its_fd_number() {
+    // Each round: abort A and drop it in the same turn, then connect B, which would get A's
+    // fd number back as soon as A is closed. The shutdown runs on a kernel worker, possibly
+    // after that: it must still hit A's socket, never B's.
+    let (l, addr) = std_listener();
+    let peer = std::thread::spawn(move || {
+        let mut served = 0;
+        for s in l.incoming().take(40) {
+            let mut s = s.unwrap();
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4];
+                while s.read_exact(&mut b).is_ok() {
+                    if s.write_all(&b).is_err() {
+                        break;
+                    }
+                }
+            });
+            served += 1;
+        }
+        served
+    });
+    let mut reused = 0;
+    ioxide::block_on(async move {
+        for i in 0..20u32 {
+            let a = Stream::connect(addr).await.unwrap();
+            let a_fd = std::os::fd::AsRawFd::as_raw_fd(&a);
+            a.abort();
+            drop(a);
+            let b = Stream::connect(addr).await.unwrap();
+            if std::os::fd::AsRawFd::as_raw_fd(&b) == a_fd {
+                reused += 1;
+            }
+            for k in 0..3u32 {
+                let msg = (i * 10 + k).to_be_bytes().to_vec();
+                let (r, _) = b.send_all(msg.clone()).await;
+                r.unwrap_or_else(|e| panic!("round {i}: send on the new socket: {e}"));
+                let mut got = Vec::with_capacity(4);
+                while got.len() < 4 {
+                    let (r, g) = b.recv(got).await;
+                    got = g;
+                    let n = r.unwrap_or_else(|e| panic!("round {i}: recv on the new socket: {e}"));
+                    assert!(n > 0, "round {i}: the new socket was shut down");
+                }
+                assert_eq!(got, msg);
+            }
+        }
+        // With the shutdown holding A's fd until it has run, B gets another number while it
+        // is pending (reused stays low); a shutdown that held only the number shut B down
+        // in the first round when this test was written.
+        let _ = reused;
+    });
+    assert_eq!(peer.join().unwrap(), 40);
+}
+
 fn libc_ecanceled() -> i32 {
     125
 }

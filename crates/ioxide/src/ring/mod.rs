@@ -324,16 +324,6 @@ impl Ring {
         unsafe { self.submit_detached(entry) };
     }
 
-    /// Shuts `fd` down in both directions through the ring without waiting for the result.
-    /// The caller keeps the fd open until this SQE has been submitted: a later close of the
-    /// same fd goes through the ring too, so it is queued after this.
-    pub(crate) fn shutdown_detached(&mut self, fd: RawFd) {
-        let entry =
-            io_uring::opcode::Shutdown::new(io_uring::types::Fd(fd), libc::SHUT_RDWR).build();
-        // SAFETY: Shutdown carries only the fd number and an integer.
-        unsafe { self.submit_detached(entry) };
-    }
-
     /// Asks the kernel to cancel the op with this `user_data`.
     pub(crate) fn cancel(&mut self, user_data: u64) {
         let entry = io_uring::opcode::AsyncCancel::new(user_data).build();
@@ -400,20 +390,23 @@ impl Ring {
         }
     }
 
-    /// The future of an op was dropped. Returns data the caller must drop after releasing the
-    /// ring (an op that had already completed), and the fds of queued multishot results to
-    /// close.
+    /// The future of an op was dropped (`cancel`: ask the kernel to stop it) or detached
+    /// (let it finish). Returns data the caller must drop after releasing the ring (an op
+    /// that had already completed), and the fds of queued multishot results to close.
     pub(crate) fn abandon(
         &mut self,
         ud: u64,
         data: Box<dyn Any>,
         closes_fd: bool,
+        cancel: bool,
     ) -> Option<Box<dyn Any>> {
         let state = self.slot_mut(ud)?;
         match state {
             SlotState::Pending(_) => {
                 *state = SlotState::Ignored { data, closes_fd };
-                self.cancel(ud);
+                if cancel {
+                    self.cancel(ud);
+                }
                 None
             }
             SlotState::Multi { queue, ended, .. } => {

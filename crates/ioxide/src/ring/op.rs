@@ -99,8 +99,19 @@ impl<T: Completable> Future for Op<T> {
     }
 }
 
-impl<T: Completable> Drop for Op<T> {
-    fn drop(&mut self) {
+impl<T: Completable> Op<T> {
+    /// Lets the op run to completion with nobody awaiting it: nothing is cancelled, and its
+    /// data — the fd above all — stays in the ring's record until the kernel's CQE. For
+    /// fire-and-forget ops that must not act on an fd number the process may reuse: a
+    /// detached op that held only the number could be issued (io-wq) after the fd was closed
+    /// and the number handed to a new socket.
+    pub(crate) fn detach(mut self) {
+        self.release(false);
+    }
+
+    /// Hands the data of an op still in flight to the ring record (cancelling the op if
+    /// `cancel`), or drops it if the op already completed.
+    fn release(&mut self, cancel: bool) {
         let Some(data) = self.data.take() else { return };
         if self.early.is_some() {
             return;
@@ -113,7 +124,7 @@ impl<T: Completable> Drop for Op<T> {
                 return None;
             }
             let boxed: Box<dyn std::any::Any> = Box::new(data.take());
-            ring.abandon(ud, boxed, T::PRODUCES_FD)
+            ring.abandon(ud, boxed, T::PRODUCES_FD, cancel)
         });
         match (leftover, data) {
             // Completed but never collected: drop the data now, outside the ring borrow.
@@ -125,6 +136,12 @@ impl<T: Completable> Drop for Op<T> {
             (_, Some(d)) => std::mem::forget(d),
             (None, None) => {}
         }
+    }
+}
+
+impl<T: Completable> Drop for Op<T> {
+    fn drop(&mut self) {
+        self.release(true);
     }
 }
 
@@ -209,7 +226,7 @@ impl<T: 'static> Drop for MultiOp<T> {
                 return None;
             }
             let boxed: Box<dyn std::any::Any> = Box::new(data.take());
-            ring.abandon(ud, boxed, closes_fd)
+            ring.abandon(ud, boxed, closes_fd, true)
         });
         match (leftover, data) {
             (Some(Some(d)), _) => drop(d),
