@@ -277,6 +277,22 @@ impl ServerHandle {
     }
 }
 
+/// One live connection handler, counted in `serve`'s `active` while it exists.
+struct Active(Rc<Cell<usize>>);
+
+impl Active {
+    fn enter(count: &Rc<Cell<usize>>) -> Active {
+        count.set(count.get() + 1);
+        Active(count.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 async fn serve<H, Fut>(reactor: Reactor, mut listener: TcpListener, handler: H, grace: Duration)
 where
     H: Fn(Stream) -> Fut + 'static,
@@ -287,12 +303,14 @@ where
         match select(reactor.shutdown_requested(), listener.accept()).await {
             Either::Left(()) => break,
             Either::Right(Ok(stream)) => {
-                let active = active.clone();
-                active.set(active.get() + 1);
+                // Counted out when the handler's future is dropped: finished, panicked (the
+                // executor catches it) or cancelled, so a failed handler cannot hold the
+                // shutdown for the whole grace period.
+                let guard = Active::enter(&active);
                 let fut = handler(stream);
                 drop(reactor.spawn(async move {
+                    let _guard = guard;
                     fut.await;
-                    active.set(active.get() - 1);
                 }));
             }
             Either::Right(Err(e)) => {

@@ -43,6 +43,36 @@ fn the_ring_uses_single_issuer_and_defer_taskrun_on_this_kernel() {
 }
 
 #[test]
+fn the_ring_size_is_configurable_and_a_full_queue_is_flushed_not_lost() {
+    // An 8-entry submission queue: 100 timers armed in one turn cannot fit, so the ring
+    // submits each time it fills (at least 100 / 8 enters, where the default ring needs one
+    // or two), and every timer still fires.
+    let config = ioxide::RingConfig {
+        entries: 8,
+        cq_entries: Some(16),
+    };
+    let rt = ioxide::Runtime::with_config(config, 0).unwrap();
+    let (enters, fired) = rt.block_on(async {
+        let r = Reactor::current();
+        let before = r.ring_stats();
+        let hs: Vec<_> = (0..100)
+            .map(|_| ioxide::spawn(sleep(Duration::from_millis(20))))
+            .collect();
+        let mut fired = 0;
+        for h in hs {
+            h.await;
+            fired += 1;
+        }
+        (r.ring_stats().enters - before.enters, fired)
+    });
+    assert_eq!(fired, 100);
+    assert!(
+        enters >= 12,
+        "100 SQEs through an 8-entry queue in {enters} enters"
+    );
+}
+
+#[test]
 fn one_enter_carries_a_whole_batch() {
     let (enters, sqes) = ioxide::block_on(async {
         let r = Reactor::current();
@@ -194,6 +224,47 @@ fn graceful_shutdown_lets_in_flight_handlers_finish() {
 }
 
 #[test]
+fn a_panicking_handler_neither_kills_the_reactor_nor_holds_up_the_shutdown() {
+    let server = Server::new()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .reactors(1)
+        .shutdown_grace(Duration::from_secs(10))
+        .start(|s: Stream| async move {
+            let (r, b) = s.recv(Vec::with_capacity(64)).await;
+            let Ok(n) = r else { return };
+            if b[..n].starts_with(b"boom") {
+                panic!("handler panic (expected by the test)");
+            }
+            let _ = s.send_all(b).await;
+        })
+        .unwrap();
+    let addr = server.local_addr();
+    let mut bad = std::net::TcpStream::connect(addr).unwrap();
+    bad.write_all(b"boom").unwrap();
+    // The panicking handler's connection is closed (its task and stream are dropped).
+    let mut rest = Vec::new();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(bad.read_to_end(&mut rest).unwrap(), 0);
+    // The same reactor still serves.
+    let mut good = std::net::TcpStream::connect(addr).unwrap();
+    good.write_all(b"fine").unwrap();
+    let mut buf = [0u8; 4];
+    good.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"fine");
+    drop(good);
+    std::thread::sleep(Duration::from_millis(50));
+    // Nothing is in flight: shutdown must not wait out the 10 s grace for the dead handler.
+    let started = Instant::now();
+    server.shutdown();
+    server.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn graceful_shutdown_drops_handlers_after_the_grace_period() {
     let server = Server::new()
         .bind("127.0.0.1:0".parse().unwrap())
@@ -248,6 +319,46 @@ fn sigterm_shuts_a_running_server_down_gracefully_with_exit_0() {
         .status()
         .unwrap();
     assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[test]
+fn sigint_shuts_a_running_server_down_gracefully_with_exit_0() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ioxide-echo"))
+        .args(["0", "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A connection mid-conversation when the signal comes: it is served, then closed.
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    let started = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(c);
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{exit:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
