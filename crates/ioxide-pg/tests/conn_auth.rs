@@ -132,7 +132,12 @@ fn a_host_name_must_be_resolved_before_the_reactors_start() {
         .database(c.database());
     let target = o.resolve().unwrap();
     ioxide::block_on(async {
-        let conn = PgConnection::connect_to(&o, target).await.unwrap();
+        let conn = PgConnection::connect_to(&o, target.clone()).await.unwrap();
         assert_eq!(conn.query("SELECT 1").await.unwrap().value(), Some("1"));
+        // Options are validated on this path too, naming the field, before any byte is sent.
+        let bad = o.clone().max_message_bytes(16);
+        let e = PgConnection::connect_to(&bad, target).await.unwrap_err();
+        assert!(e.is_config(), "{e}");
+        assert!(e.to_string().contains("max_message_bytes"), "{e}");
     });
 }

@@ -91,8 +91,10 @@ impl PgConnection {
         Self::connect_to(opts, target).await
     }
 
-    /// Connects to an already resolved `target`, bounded by `connect_timeout`.
+    /// Connects to an already resolved `target`, bounded by `connect_timeout`. Invalid
+    /// options fail here, naming the field, before anything is sent.
     pub async fn connect_to(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError> {
+        opts.validate()?;
         let open = open(opts, target);
         match opts.get_connect_timeout() {
             Some(t) => match ioxide::time::timeout(t, open).await {
