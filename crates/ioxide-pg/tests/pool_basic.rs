@@ -357,3 +357,77 @@ fn a_dropped_query_keeps_its_connection_busy_until_drained() {
         );
     });
 }
+
+#[test]
+fn a_request_made_after_the_server_is_back_is_not_failed_by_an_older_probe() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Arc;
+    use testkit::{backend, FakeServer, Step};
+    // 0: down (every connect refused at once with 57P03); 1: hand out one slow probe, which
+    // fails after 400 ms, and switch to 2; 2: up.
+    let phase = Arc::new(AtomicU8::new(0));
+    let p = phase.clone();
+    let fake = FakeServer::start_with(move |_| {
+        let starting =
+            backend::error_response("FATAL", "57P03", "the database system is starting up");
+        match p.load(Ordering::SeqCst) {
+            0 => vec![Step::Send(starting), Step::Close],
+            1 => {
+                p.store(2, Ordering::SeqCst);
+                vec![
+                    Step::Stall(Duration::from_millis(400)),
+                    Step::Send(starting),
+                    Step::Close,
+                ]
+            }
+            _ => {
+                let mut steps = vec![Step::Send(backend::handshake_ok())];
+                for _ in 0..4 {
+                    steps.push(Step::ReadMessage);
+                    steps.push(Step::Send(backend::simple_query_result("v", "ok")));
+                }
+                steps
+            }
+        }
+    })
+    .unwrap();
+    let o = ioxide_pg::PgOptions::new()
+        .host("127.0.0.1")
+        .port(fake.port())
+        .user("u")
+        .pool_size(1)
+        .acquire_timeout(Duration::from_millis(300));
+    ioxide::block_on(async {
+        let pool = PgPool::start(&Reactor::current(), o).unwrap();
+        // Down for longer than acquire_timeout: requests now fail fast.
+        ioxide::time::sleep(Duration::from_millis(600)).await;
+        let e = pool.query("SELECT 1").await.unwrap_err();
+        assert!(
+            e.to_string().contains("57P03") || e.to_string().contains("starting up"),
+            "{e}"
+        );
+        // An early request starts a probe that will fail slowly...
+        phase.store(1, Ordering::SeqCst);
+        let early = {
+            let pool = pool.clone();
+            ioxide::spawn(async move { pool.query("SELECT 1").await.map(|_| ()) })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while phase.load(Ordering::SeqCst) != 2 {
+            assert!(Instant::now() < deadline, "the pool never probed");
+            ioxide::time::sleep(Duration::from_millis(5)).await;
+        }
+        // ...and the server is back: a request made now must be served, not failed by the
+        // verdict of the probe that began before it.
+        let started = Instant::now();
+        let r = pool.query("SELECT 1").await;
+        let took = started.elapsed();
+        assert_eq!(
+            r.map(|r| r.value().map(str::to_owned)).unwrap(),
+            Some("ok".to_string())
+        );
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        // The early request was waiting when that probe began: failing it fast is correct.
+        let _ = early.await;
+    });
+}

@@ -170,17 +170,24 @@ impl PgPool {
                 None => self.acquire_by(false, &mut deadline).await?,
             };
             let r = f(lease.conn.clone()).await;
+            // Retry what never left this process because the connection broke under it: a
+            // transport failure, a close, or the server's goodbye (a FATAL such as 57P01,
+            // replicated to the commands queued behind it). Not a conversion error, which
+            // would fail the same way again.
+            let retry = match &r {
+                Err(e) if !retried && !e.was_sent() => {
+                    e.is_transport() || e.is_closed() || lease.conn.is_broken()
+                }
+                _ => false,
+            };
             drop(lease);
-            match r {
-                Err(e) if !retried && !e.was_sent() && (e.is_transport() || e.is_closed()) => {
-                    retried = true;
-                    self.inner.st.borrow_mut().stats.retries_total += 1;
-                }
-                r => {
-                    self.note_timeout(&r);
-                    return r;
-                }
+            if retry {
+                retried = true;
+                self.inner.st.borrow_mut().stats.retries_total += 1;
+                continue;
             }
+            self.note_timeout(&r);
+            return r;
         }
     }
 
@@ -254,6 +261,7 @@ impl PgPool {
                 waker: None,
                 outcome: None,
                 fail_fast,
+                since: Instant::now(),
             }));
             inner.st.borrow_mut().waiters.push_back(waiter.clone());
             inner.dispatch();
@@ -340,8 +348,12 @@ fn replenish(inner: &Rc<Inner>, now: Instant, urgent: bool) {
     for _ in 0..n {
         let inner = inner.clone();
         drop(ioxide::spawn(async move {
+            let started = Instant::now();
             let r = PgConnection::connect_to(&inner.opts, inner.target.clone()).await;
-            inner.connected(r);
+            if inner.connected(r, started) {
+                // Requests that came after this connect began are owed one of their own.
+                replenish(&inner, Instant::now(), true);
+            }
         }));
     }
 }

@@ -66,6 +66,9 @@ pub(crate) struct Waiter {
     /// The database has been unreachable for long: fail at the next failed connect instead
     /// of waiting out `acquire_timeout`.
     pub(crate) fail_fast: bool,
+    /// When it started waiting: only a connect begun after this may fail it fast (one begun
+    /// before may have been refused by a server that has come back since).
+    pub(crate) since: Instant,
 }
 
 pub(crate) struct PoolState {
@@ -285,18 +288,19 @@ impl Inner {
         wake.into_iter().for_each(Waker::wake);
     }
 
-    /// A connect failed while the database is known to be down: fail the waiters that asked
-    /// to fail fast.
-    fn fail_fast_waiters(&self, e: &PgError) {
+    /// A connect begun at `started` failed while the database is known to be down: fail the
+    /// waiters that asked to fail fast and were already waiting when it began. Returns
+    /// whether fail-fast waiters remain (they need a connect of their own).
+    fn fail_fast_waiters(&self, e: &PgError, started: Instant) -> bool {
         let mut wake = Vec::new();
         {
             let mut st = self.st.borrow_mut();
             if !st.slots.is_empty() {
-                return;
+                return false;
             }
             st.waiters.retain(|w| {
                 let mut w = w.borrow_mut();
-                if !w.fail_fast {
+                if !w.fail_fast || w.since > started {
                     return true;
                 }
                 w.outcome = Some(Err(PgError::closed(format!(
@@ -308,6 +312,11 @@ impl Inner {
             });
         }
         wake.into_iter().for_each(Waker::wake);
+        self.st
+            .borrow()
+            .waiters
+            .iter()
+            .any(|w| w.borrow().fail_fast)
     }
 
     /// The pool has had no live connection and failed to connect for at least
@@ -339,21 +348,22 @@ impl Inner {
     }
 
     /// How many connects to start now to head back to `size`: all missing ones when healthy,
-    /// one probe at a time (after the backoff) while connects fail. `urgent` skips the backoff
-    /// when no connection is live and none is being opened.
+    /// one probe at a time (after the backoff) while connects fail. `urgent` (a request found
+    /// no live connection) starts one more at once, even beside probes in flight (up to
+    /// `size` in all): a probe begun before the server came back may still be waiting on a
+    /// half-started server, and the request must not wait for its verdict.
     pub(crate) fn connects_to_start(&self, now: Instant, urgent: bool) -> usize {
         let mut st = self.st.borrow_mut();
         if st.closed {
             return 0;
         }
         let have = st.slots.len() + st.connecting;
-        if have >= self.size {
-            return 0;
-        }
         let n = if st.failures == 0 {
-            self.size - have
-        } else if st.connecting == 0 && (now >= st.next_attempt || (urgent && st.slots.is_empty()))
-        {
+            self.size.saturating_sub(have)
+        } else if urgent && st.slots.is_empty() {
+            // At most one beyond `size` in flight (`connected` closes a surplus connection).
+            usize::from(st.connecting <= self.size)
+        } else if have < self.size && st.connecting == 0 && now >= st.next_attempt {
             1
         } else {
             0
@@ -362,14 +372,25 @@ impl Inner {
         n
     }
 
-    /// Records a finished connect.
-    pub(crate) fn connected(self: &Rc<Self>, r: Result<PgConnection, PgError>) {
+    /// Records a finished connect (begun at `started`). Returns true when waiters that must
+    /// fail fast are still waiting for a connect of their own.
+    pub(crate) fn connected(
+        self: &Rc<Self>,
+        r: Result<PgConnection, PgError>,
+        started: Instant,
+    ) -> bool {
         let mut st = self.st.borrow_mut();
         st.connecting -= 1;
         match r {
             Ok(conn) => {
                 if st.closed {
-                    return;
+                    return false;
+                }
+                if st.slots.len() >= self.size {
+                    // An urgent connect beside a probe that then succeeded too: surplus.
+                    drop(st);
+                    drop(conn);
+                    return false;
                 }
                 let id = st.next_id;
                 st.next_id += 1;
@@ -399,6 +420,7 @@ impl Inner {
                 drop(st);
                 self.dispatch();
                 self.poke();
+                false
             }
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
@@ -415,12 +437,14 @@ impl Inner {
                     tracing::debug!(error = %e, failures = st.failures, ?delay, "pool connect failed");
                 }
                 drop(st);
-                if fatal {
+                let waiting = if fatal {
                     self.fail_waiters(&e);
+                    false
                 } else {
-                    self.fail_fast_waiters(&e);
-                }
+                    self.fail_fast_waiters(&e, started)
+                };
                 self.poke();
+                waiting
             }
         }
     }
