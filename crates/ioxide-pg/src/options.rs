@@ -439,8 +439,9 @@ impl PgOptions {
         self
     }
 
-    /// Prepared statements cached per connection (least recently used evicted); 0 disables
-    /// caching. Default 256.
+    /// Prepared statements cached per connection (least recently used evicted and closed on
+    /// the server). 0 disables caching: every parameterized query then uses the unnamed
+    /// statement (two round trips with parameters, one without). Default 256.
     pub fn statement_cache_capacity(mut self, capacity: usize) -> PgOptions {
         self.statement_cache_capacity = capacity;
         self
