@@ -431,17 +431,22 @@ fn run_loop<F: Future>(reactor: &Reactor, shared: &Arc<Shared>, future: F) -> F:
     let mut cx = Context::from_waker(&waker);
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
     loop {
-        // Run everything ready, including tasks woken by tasks in this same turn.
+        // Run everything ready, including tasks woken by tasks in this same turn, up to the
+        // budget: root polls count too, so a root future that yields (wakes itself) cannot
+        // keep the loop from entering the kernel.
+        let mut used = 0;
         loop {
             let mut progressed = false;
             if shared.root_woken.swap(false, Ordering::AcqRel) {
                 progressed = true;
+                used += 1;
                 if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                     return out;
                 }
             }
-            let ran = executor::run_ready(RUN_BUDGET);
-            if ran == RUN_BUDGET {
+            let ran = executor::run_ready(RUN_BUDGET.saturating_sub(used));
+            used += ran;
+            if used >= RUN_BUDGET {
                 break;
             }
             if ran == 0 && !progressed {

@@ -73,6 +73,36 @@ fn the_ring_size_is_configurable_and_a_full_queue_is_flushed_not_lost() {
 }
 
 #[test]
+fn a_root_future_that_yields_still_lets_io_complete() {
+    // The root future spins on yield_now while a spawned timer waits for the ring: each
+    // yield wakes the root at once, yet the loop must still enter the kernel (the run
+    // budget counts root polls), or the timer never fires.
+    let (done, yields, enters) = ioxide::block_on(async {
+        let r = Reactor::current();
+        let before = r.ring_stats().enters;
+        let t = ioxide::spawn(sleep(Duration::from_millis(2)));
+        let started = Instant::now();
+        let mut yields = 0u64;
+        let flag = std::rc::Rc::new(std::cell::Cell::new(false));
+        let f = flag.clone();
+        let _watch = ioxide::spawn(async move {
+            t.await;
+            f.set(true);
+        });
+        while !flag.get() && started.elapsed() < Duration::from_secs(2) {
+            ioxide::future::yield_now().await;
+            yields += 1;
+        }
+        (flag.get(), yields, r.ring_stats().enters - before)
+    });
+    assert!(
+        done,
+        "the timer never fired while the root yielded ({yields} yields, {enters} enters)"
+    );
+    assert!(enters >= 1);
+}
+
+#[test]
 fn one_enter_carries_a_whole_batch() {
     let (enters, sqes) = ioxide::block_on(async {
         let r = Reactor::current();
