@@ -431,3 +431,49 @@ fn a_request_made_after_the_server_is_back_is_not_failed_by_an_older_probe() {
         let _ = early.await;
     });
 }
+
+#[test]
+fn a_guard_dropped_mid_command_is_discarded_and_replaced_and_pooled_streaming_works() {
+    ioxide::block_on(async {
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
+        // The pool is the reactor's service.
+        assert!(Rc::ptr_eq(&PgPool::current(), &pool));
+        let first_pid = {
+            let c = pool.rent().await.unwrap();
+            c.backend_pid().unwrap()
+        };
+        // Drop the guard while a command is in flight: that connection's next reply belongs
+        // to a caller who is gone, so it must not be handed to anyone else.
+        {
+            let c = pool.rent().await.unwrap();
+            let mut slow = std::pin::pin!(c.query("SELECT pg_sleep(0.2)"));
+            let polled = std::future::poll_fn(|cx| {
+                let _ = std::future::Future::poll(slow.as_mut(), cx);
+                std::task::Poll::Ready(())
+            });
+            polled.await;
+            assert_eq!(c.in_flight(), 1);
+        }
+        let s = pool.stats();
+        assert_eq!(s.open, 0, "the dirty connection was put back: {s:?}");
+        // The next request is served by a fresh backend, and nothing stale leaks into it.
+        let r = pool.query("SELECT pg_backend_pid()").await.unwrap();
+        let pid: i32 = r.value().unwrap().parse().unwrap();
+        assert_ne!(pid, first_pid);
+        // Streaming through the pool.
+        let mut sum = 0i64;
+        let n = pool
+            .query_rows(
+                "SELECT n::int8 FROM generate_series(1, 1000) n",
+                &[],
+                |row| {
+                    sum += row.get::<i64>(0)?;
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((n, sum), (1000, 500_500));
+        assert_eq!(pool.stats().open, 1);
+    });
+}
