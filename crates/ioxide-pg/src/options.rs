@@ -301,6 +301,27 @@ impl PgOptions {
     /// and `pipeline_depth` of at least 1, a `reply_batch_window` of at most 10 ms. Errors name the
     /// field.
     pub fn validate(&self) -> Result<(), PgError> {
+        self.validate_connection()?;
+        if self.pool_size == 0 {
+            return Err(PgError::config(
+                "pool_size",
+                Some("0"),
+                "must be at least 1",
+            ));
+        }
+        if self.pipeline_depth == 0 {
+            return Err(PgError::config(
+                "pipeline_depth",
+                Some("0"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checks of [`validate`](Self::validate) that concern one connection (not the
+    /// pool's fields): what `PgConnection::connect_to` enforces.
+    pub(crate) fn validate_connection(&self) -> Result<(), PgError> {
         match &self.host {
             Host::Tcp(h) if h.is_empty() => return Err(PgError::config("host", None, "empty")),
             Host::Tcp(h) if h.contains(',') => {
@@ -324,20 +345,6 @@ impl PgOptions {
                 "max_message_bytes",
                 Some(&v),
                 format!("must be at least {MIN_MESSAGE_BYTES}"),
-            ));
-        }
-        if self.pool_size == 0 {
-            return Err(PgError::config(
-                "pool_size",
-                Some("0"),
-                "must be at least 1",
-            ));
-        }
-        if self.pipeline_depth == 0 {
-            return Err(PgError::config(
-                "pipeline_depth",
-                Some("0"),
-                "must be at least 1",
             ));
         }
         if self.reply_batch_window > Duration::from_millis(10) {

@@ -429,6 +429,17 @@ fn a_request_made_after_the_server_is_back_is_not_failed_by_an_older_probe() {
         assert!(took < Duration::from_secs(1), "{took:?}");
         // The early request was waiting when that probe began: failing it fast is correct.
         let _ = early.await;
+        // Once the overtaken probe has failed too (400 ms after it began), the pool must not
+        // believe the database is down: an exhausted pool's timeout is plain exhaustion, with
+        // no stale connect error attached.
+        ioxide::time::sleep(Duration::from_millis(500)).await;
+        let held = pool.rent().await.unwrap();
+        let e = pool.query("SELECT 1").await.unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        let shown = format!("{e} {:?}", std::error::Error::source(&e));
+        assert!(!shown.contains("57P03"), "a stale connect error: {shown}");
+        drop(held);
+        assert_eq!(pool.stats().open, 1);
     });
 }
 

@@ -447,6 +447,10 @@ fn run_loop<F: Future>(reactor: &Reactor, shared: &Arc<Shared>, future: F) -> F:
             let ran = executor::run_ready(RUN_BUDGET.saturating_sub(used));
             used += ran;
             if used >= RUN_BUDGET {
+                // Out of budget with work still ready: the end-of-turn waiters (writers) must
+                // not starve behind it either — wake them to run after this enter.
+                let waiters = std::mem::take(&mut *reactor.inner.end_of_turn.borrow_mut());
+                waiters.into_iter().for_each(Waker::wake);
                 break;
             }
             if ran == 0 && !progressed {

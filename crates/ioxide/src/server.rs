@@ -321,8 +321,10 @@ where
     }
     // Stop accepting: dropping the listener cancels the multishot accept and closes the fd.
     drop(listener);
-    let deadline = std::time::Instant::now() + grace;
-    while active.get() > 0 && std::time::Instant::now() < deadline {
+    let now = std::time::Instant::now();
+    // A grace too long to represent waits for every handler.
+    let deadline = now.checked_add(grace);
+    while active.get() > 0 && deadline.is_none_or(|d| std::time::Instant::now() < d) {
         crate::time::sleep(Duration::from_millis(10)).await;
     }
     if active.get() > 0 {

@@ -103,6 +103,29 @@ fn a_root_future_that_yields_still_lets_io_complete() {
 }
 
 #[test]
+fn a_task_that_keeps_yielding_does_not_starve_end_of_turn_waiters() {
+    // A connection's writer waits in end_of_turn(); a busy-yielding task must not keep it
+    // from ever running (it would never send, and whatever waits on the reply never ends).
+    let released = ioxide::block_on(async {
+        let flag = std::rc::Rc::new(std::cell::Cell::new(false));
+        let f = flag.clone();
+        let _w = ioxide::spawn(async move {
+            ioxide::end_of_turn().await;
+            f.set(true);
+        });
+        let started = Instant::now();
+        while !flag.get() && started.elapsed() < Duration::from_secs(2) {
+            ioxide::future::yield_now().await;
+        }
+        flag.get()
+    });
+    assert!(
+        released,
+        "end_of_turn never fired while a task kept yielding"
+    );
+}
+
+#[test]
 fn one_enter_carries_a_whole_batch() {
     let (enters, sqes) = ioxide::block_on(async {
         let r = Reactor::current();

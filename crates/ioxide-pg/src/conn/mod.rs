@@ -94,7 +94,7 @@ impl PgConnection {
     /// Connects to an already resolved `target`, bounded by `connect_timeout`. Invalid
     /// options fail here, naming the field, before anything is sent.
     pub async fn connect_to(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError> {
-        opts.validate()?;
+        opts.validate_connection()?;
         let open = open(opts, target);
         match opts.get_connect_timeout() {
             Some(t) => match ioxide::time::timeout(t, open).await {

@@ -77,6 +77,9 @@ pub(crate) struct PoolState {
     pub(crate) waiters: VecDeque<Rc<RefCell<Waiter>>>,
     pub(crate) failures: u32,
     pub(crate) failing_since: Option<Instant>,
+    /// When the last connect that succeeded began: a connect begun before it that fails
+    /// later (a probe overtaken by an urgent connect) says nothing about the database now.
+    pub(crate) last_success: Option<Instant>,
     /// A request already waited out acquire_timeout while nothing could connect: the
     /// database is down "for long" even if the first failed connect came a little later
     /// than that request (its refusal took a while).
@@ -117,6 +120,7 @@ impl Inner {
                 waiters: VecDeque::new(),
                 failures: 0,
                 failing_since: None,
+                last_success: None,
                 timed_out_while_down: false,
                 next_attempt: Instant::now(),
                 last_error: None,
@@ -350,8 +354,9 @@ impl Inner {
     /// How many connects to start now to head back to `size`: all missing ones when healthy,
     /// one probe at a time (after the backoff) while connects fail. `urgent` (a request found
     /// no live connection) starts one more at once, even beside probes in flight (up to
-    /// `size` in all): a probe begun before the server came back may still be waiting on a
-    /// half-started server, and the request must not wait for its verdict.
+    /// `size + 1` in flight; `connected` closes a surplus connection): a probe begun before
+    /// the server came back may still be waiting on a half-started server, and the request
+    /// must not wait for its verdict.
     pub(crate) fn connects_to_start(&self, now: Instant, urgent: bool) -> usize {
         let mut st = self.st.borrow_mut();
         if st.closed {
@@ -386,7 +391,11 @@ impl Inner {
                 if st.closed {
                     return false;
                 }
-                if st.slots.len() >= self.size {
+                if st.last_success.is_none_or(|t| t < started) {
+                    st.last_success = Some(started);
+                }
+                let live = st.slots.iter().filter(|s| !s.conn.is_broken()).count();
+                if live >= self.size {
                     // An urgent connect beside a probe that then succeeded too: surplus.
                     drop(st);
                     drop(conn);
@@ -423,8 +432,14 @@ impl Inner {
                 false
             }
             Err(e) => {
-                st.failures = st.failures.saturating_add(1);
                 st.stats.connect_failures_total += 1;
+                if st.last_success.is_some_and(|t| t > started) {
+                    // Overtaken: a connect begun after this one has succeeded since, so this
+                    // failure is old news — no backoff, no "down" state, no failed waiters.
+                    tracing::debug!(error = %e, "pool connect failed after a later one succeeded");
+                    return false;
+                }
+                st.failures = st.failures.saturating_add(1);
                 st.failing_since.get_or_insert_with(Instant::now);
                 let delay = backoff(st.failures, &mut st.rng);
                 st.next_attempt = Instant::now() + delay;
