@@ -342,8 +342,9 @@ fn graceful_shutdown_drops_handlers_after_the_grace_period() {
     drop(c);
 }
 
-#[test]
-fn sigterm_shuts_a_running_server_down_gracefully_with_exit_0() {
+/// Runs the `ioxide-echo` server, holds one connection mid-conversation, sends `sig`, and
+/// checks the server finishes that conversation, exits 0 and stops accepting.
+fn a_signal_shuts_the_server_down_gracefully(sig: &str) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ioxide-echo"))
         .args(["0", "2"])
@@ -365,60 +366,30 @@ fn sigterm_shuts_a_running_server_down_gracefully_with_exit_0() {
     let mut buf = [0u8; 4];
     c.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping");
-    drop(c);
     let started = Instant::now();
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([format!("-{sig}"), child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    drop(c);
     let exit = child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    assert_eq!(exit.code(), Some(0), "{sig}: {exit:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
-        "still accepting after exit"
+        "still accepting after exit on {sig}"
     );
 }
 
 #[test]
+fn sigterm_shuts_a_running_server_down_gracefully_with_exit_0() {
+    a_signal_shuts_the_server_down_gracefully("TERM");
+}
+
+#[test]
 fn sigint_shuts_a_running_server_down_gracefully_with_exit_0() {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ioxide-echo"))
-        .args(["0", "2"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    // A connection mid-conversation when the signal comes: it is served, then closed.
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 4];
-    c.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ping");
-    let started = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    drop(c);
-    let exit = child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0), "{exit:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "still accepting after exit"
-    );
+    a_signal_shuts_the_server_down_gracefully("INT");
 }
 
 #[test]
