@@ -163,9 +163,10 @@ pub(crate) fn build(config: &RingConfig) -> Result<(IoUring, Flags), RingError> 
     for (flags, defer, extras) in attempts {
         let mut mem_retries = 0;
         let mut size = entries;
+        let mut cq_size = cq;
         loop {
             let mut b = IoUring::builder();
-            b.setup_cqsize(cq.max(size));
+            b.setup_cqsize(cq_size.max(size));
             if flags.no_sqarray {
                 b.setup_no_sqarray();
             }
@@ -179,6 +180,16 @@ pub(crate) fn build(config: &RingConfig) -> Result<(IoUring, Flags), RingError> 
             }
             match b.build(size) {
                 Ok(ring) => {
+                    if size < entries {
+                        tracing::warn!(
+                            requested = entries,
+                            entries = size,
+                            cq_entries = cq_size.max(size),
+                            "io_uring: out of memory for the requested ring size \
+                             (RLIMIT_MEMLOCK on kernels before 5.12, or fragmentation); \
+                             running with a smaller ring"
+                        );
+                    }
                     if !defer {
                         tracing::debug!(
                             "io_uring: SINGLE_ISSUER|DEFER_TASKRUN unavailable on this kernel; \
@@ -196,7 +207,9 @@ pub(crate) fn build(config: &RingConfig) -> Result<(IoUring, Flags), RingError> 
                     // Transient fragmentation or a low memlock limit: retry briefly, smaller.
                     Some(libc::ENOMEM) if mem_retries < 5 => {
                         mem_retries += 1;
+                        // Both queues shrink: the CQ is most of the memory.
                         size = (size / 2).max(8);
+                        cq_size = (cq_size / 2).max(size);
                         std::thread::sleep(Duration::from_millis(10 << mem_retries));
                     }
                     _ => return Err(classify(e)),
