@@ -488,3 +488,87 @@ fn a_guard_dropped_mid_command_is_discarded_and_replaced_and_pooled_streaming_wo
         assert_eq!(pool.stats().open, 1);
     });
 }
+
+#[test]
+fn replacements_after_every_connection_broke_start_with_one_probe() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use testkit::{backend, FakeServer, Step};
+    // The pool's four connections are all told goodbye (57P01) together, as by a restart;
+    // the server then refuses (57P03) until `up`. A pool that reconnected everything at once
+    // would send four connects at the restarting server; a coalesced one sends one probe
+    // and waits for its verdict.
+    let up = Arc::new(AtomicBool::new(false));
+    let u = up.clone();
+    let fake = FakeServer::start_with(move |i| {
+        let ok = || {
+            let mut steps = vec![Step::Send(backend::handshake_ok())];
+            for _ in 0..4 {
+                steps.push(Step::ReadMessage);
+                steps.push(Step::Send(backend::simple_query_result("v", "ok")));
+            }
+            steps
+        };
+        if i < 4 {
+            vec![
+                Step::Send(backend::handshake_ok()),
+                Step::Stall(Duration::from_millis(300)),
+                Step::Send(backend::error_response(
+                    "FATAL",
+                    "57P01",
+                    "terminating connection due to administrator command",
+                )),
+                Step::Close,
+            ]
+        } else if u.load(Ordering::SeqCst) {
+            ok()
+        } else {
+            vec![
+                Step::Send(backend::error_response(
+                    "FATAL",
+                    "57P03",
+                    "the database system is starting up",
+                )),
+                Step::Close,
+            ]
+        }
+    })
+    .unwrap();
+    let o = ioxide_pg::PgOptions::new()
+        .host("127.0.0.1")
+        .port(fake.port())
+        .user("u")
+        .pool_size(4);
+    ioxide::block_on(async {
+        let pool = PgPool::start(&Reactor::current(), o).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.stats().open < 4 {
+            assert!(Instant::now() < deadline, "the pool never opened 4");
+            ioxide::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(fake.accepted(), 4);
+        // All four break ~300 ms after they opened; look 150 ms after that.
+        while pool.stats().broken_total < 4 {
+            assert!(Instant::now() < deadline, "the goodbyes were not noticed");
+            ioxide::time::sleep(Duration::from_millis(5)).await;
+        }
+        ioxide::time::sleep(Duration::from_millis(150)).await;
+        let attempts = fake.accepted() - 4;
+        assert!(
+            (1..=2).contains(&attempts),
+            "{attempts} connects at a restarting server within 150 ms of losing every connection"
+        );
+        // Back up: the pool refills to its size, and serves.
+        up.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while pool.stats().open < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "the pool did not refill: {:?}",
+                pool.stats()
+            );
+            ioxide::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(pool.query("SELECT 1").await.unwrap().value(), Some("ok"));
+    });
+}

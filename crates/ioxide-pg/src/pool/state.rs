@@ -80,6 +80,10 @@ pub(crate) struct PoolState {
     /// When the last connect that succeeded began: a connect begun before it that fails
     /// later (a probe overtaken by an urgent connect) says nothing about the database now.
     pub(crate) last_success: Option<Instant>,
+    /// Connections broke since the last successful connect: the server may be restarting,
+    /// so replacements start with one probe, and the rest follow once it has connected —
+    /// R reactors send R connects at a restarting server, not R × pool_size.
+    pub(crate) suspect: bool,
     /// A request already waited out acquire_timeout while nothing could connect: the
     /// database is down "for long" even if the first failed connect came a little later
     /// than that request (its refusal took a while).
@@ -121,6 +125,7 @@ impl Inner {
                 failures: 0,
                 failing_since: None,
                 last_success: None,
+                suspect: false,
                 timed_out_while_down: false,
                 next_attempt: Instant::now(),
                 last_error: None,
@@ -344,6 +349,9 @@ impl Inner {
                 .partition(|s| s.conn.is_broken());
             st.slots = live;
             st.stats.broken_total += broken.len() as u64;
+            if !broken.is_empty() {
+                st.suspect = true;
+            }
             broken
         };
         let n = removed.len();
@@ -352,7 +360,8 @@ impl Inner {
     }
 
     /// How many connects to start now to head back to `size`: all missing ones when healthy,
-    /// one probe at a time (after the backoff) while connects fail. `urgent` (a request found
+    /// one probe first after connections broke (then the rest once it connects), one probe
+    /// at a time (after the backoff) while connects fail. `urgent` (a request found
     /// no live connection) starts one more at once, even beside probes in flight (up to
     /// `size + 1` in flight; `connected` closes a surplus connection): a probe begun before
     /// the server came back may still be waiting on a half-started server, and the request
@@ -363,8 +372,11 @@ impl Inner {
             return 0;
         }
         let have = st.slots.len() + st.connecting;
-        let n = if st.failures == 0 {
+        let n = if st.failures == 0 && !st.suspect {
             self.size.saturating_sub(have)
+        } else if st.failures == 0 && st.connecting == 0 && have < self.size {
+            // Coalesced: one probe after connections broke (see `suspect`).
+            1
         } else if urgent && st.slots.is_empty() {
             // At most one beyond `size` in flight (`connected` closes a surplus connection).
             usize::from(st.connecting <= self.size)
@@ -394,6 +406,7 @@ impl Inner {
                 if st.last_success.is_none_or(|t| t < started) {
                     st.last_success = Some(started);
                 }
+                st.suspect = false;
                 let live = st.slots.iter().filter(|s| !s.conn.is_broken()).count();
                 if live >= self.size {
                     // An urgent connect beside a probe that then succeeded too: surplus.
