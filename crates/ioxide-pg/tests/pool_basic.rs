@@ -523,7 +523,10 @@ fn replacements_after_every_connection_broke_start_with_one_probe() {
         } else if u.load(Ordering::SeqCst) {
             ok()
         } else {
+            // A slow refusal (100 ms): while it is pending, a coalesced pool has exactly one
+            // connect in flight and starts no other.
             vec![
+                Step::Stall(Duration::from_millis(100)),
                 Step::Send(backend::error_response(
                     "FATAL",
                     "57P03",
@@ -552,11 +555,11 @@ fn replacements_after_every_connection_broke_start_with_one_probe() {
             assert!(Instant::now() < deadline, "the goodbyes were not noticed");
             ioxide::time::sleep(Duration::from_millis(5)).await;
         }
-        ioxide::time::sleep(Duration::from_millis(150)).await;
+        ioxide::time::sleep(Duration::from_millis(60)).await;
         let attempts = fake.accepted() - 4;
-        assert!(
-            (1..=2).contains(&attempts),
-            "{attempts} connects at a restarting server within 150 ms of losing every connection"
+        assert_eq!(
+            attempts, 1,
+            "connects at a restarting server in the 60 ms after losing every connection"
         );
         // Back up: the pool refills to its size, and serves.
         up.store(true, Ordering::SeqCst);

@@ -373,6 +373,9 @@ async fn maintenance(pool: std::rc::Weak<Inner>) {
         inner.expire_waiters(now);
         replenish(&inner, now, false);
         inner.dispatch();
+        // While connects fail, the next probe is due at the end of its backoff (25 ms at
+        // first), not at the next 250 ms sweep: wake for it.
+        let next_probe = inner.next_probe();
         drop(inner);
         let poked = std::future::poll_fn(|cx| match pool.upgrade() {
             Some(i) if i.dirty.get() => Poll::Ready(()),
@@ -382,6 +385,14 @@ async fn maintenance(pool: std::rc::Weak<Inner>) {
             }
             None => Poll::Ready(()),
         });
-        let _ = ioxide::future::select(ticker.tick(), poked).await;
+        let woken = ioxide::future::select(ticker.tick(), poked);
+        match next_probe {
+            Some(at) => {
+                let _ = ioxide::future::select(woken, ioxide::time::sleep_until(at)).await;
+            }
+            None => {
+                let _ = woken.await;
+            }
+        }
     }
 }

@@ -389,6 +389,14 @@ impl Inner {
         n
     }
 
+    /// When the next backoff probe is due, if one is wanted: connects are failing, none is
+    /// in flight, and the pool is short of `size`.
+    pub(crate) fn next_probe(&self) -> Option<Instant> {
+        let st = self.st.borrow();
+        let short = st.slots.len() + st.connecting < self.size;
+        (!st.closed && st.failures > 0 && st.connecting == 0 && short).then_some(st.next_attempt)
+    }
+
     /// Records a finished connect (begun at `started`). Returns true when waiters that must
     /// fail fast are still waiting for a connect of their own.
     pub(crate) fn connected(
@@ -454,7 +462,15 @@ impl Inner {
                 }
                 st.failures = st.failures.saturating_add(1);
                 st.failing_since.get_or_insert_with(Instant::now);
-                let delay = backoff(st.failures, &mut st.rng);
+                // Requests are waiting for a connection right now: retry at the first
+                // step's pace, not the growing backoff meant for a server down for long
+                // (which the waiters' own deadline, acquire_timeout, bounds anyway).
+                let step = if st.waiters.is_empty() {
+                    st.failures
+                } else {
+                    1
+                };
+                let delay = backoff(step, &mut st.rng);
                 st.next_attempt = Instant::now() + delay;
                 st.last_error = Some(e.to_string());
                 let fatal = !transient(&e);
