@@ -380,14 +380,7 @@ fn a_request_made_after_the_server_is_back_is_not_failed_by_an_older_probe() {
                     Step::Close,
                 ]
             }
-            _ => {
-                let mut steps = vec![Step::Send(backend::handshake_ok())];
-                for _ in 0..4 {
-                    steps.push(Step::ReadMessage);
-                    steps.push(Step::Send(backend::simple_query_result("v", "ok")));
-                }
-                steps
-            }
+            _ => serving_fake_script(),
         }
     })
     .unwrap();
@@ -501,14 +494,6 @@ fn replacements_after_every_connection_broke_start_with_one_probe() {
     let up = Arc::new(AtomicBool::new(false));
     let u = up.clone();
     let fake = FakeServer::start_with(move |i| {
-        let ok = || {
-            let mut steps = vec![Step::Send(backend::handshake_ok())];
-            for _ in 0..4 {
-                steps.push(Step::ReadMessage);
-                steps.push(Step::Send(backend::simple_query_result("v", "ok")));
-            }
-            steps
-        };
         if i < 4 {
             vec![
                 Step::Send(backend::handshake_ok()),
@@ -521,7 +506,7 @@ fn replacements_after_every_connection_broke_start_with_one_probe() {
                 Step::Close,
             ]
         } else if u.load(Ordering::SeqCst) {
-            ok()
+            serving_fake_script()
         } else {
             // A slow refusal (100 ms): while it is pending, a coalesced pool has exactly one
             // connect in flight and starts no other.
@@ -574,4 +559,15 @@ fn replacements_after_every_connection_broke_start_with_one_probe() {
         }
         assert_eq!(pool.query("SELECT 1").await.unwrap().value(), Some("ok"));
     });
+}
+
+/// A fake server's connection that authenticates and answers four simple queries with `ok`.
+fn serving_fake_script() -> Vec<testkit::Step> {
+    use testkit::{backend, Step};
+    let mut steps = vec![Step::Send(backend::handshake_ok())];
+    for _ in 0..4 {
+        steps.push(Step::ReadMessage);
+        steps.push(Step::Send(backend::simple_query_result("v", "ok")));
+    }
+    steps
 }
