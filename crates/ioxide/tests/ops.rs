@@ -221,6 +221,8 @@ fn multishot_accept_serves_many_connections() {
                 s.write_all(&[i as u8]).unwrap();
             }
         });
+        let reactor = ioxide::Reactor::current();
+        let before = reactor.ring_stats().sqes;
         let mut seen = Vec::new();
         for _ in 0..clients {
             let s = l.accept().await.unwrap();
@@ -228,6 +230,13 @@ fn multishot_accept_serves_many_connections() {
             assert_eq!(r.unwrap(), 1);
             seen.push(b[0]);
         }
+        // Per client one recv and one close; the accepts themselves are one multishot SQE
+        // (re-armed only if the kernel ends it), not one each.
+        let accept_sqes = reactor.ring_stats().sqes - before - 2 * clients as u64;
+        assert!(
+            accept_sqes <= 3,
+            "{accept_sqes} accept SQEs for {clients} connections"
+        );
         t.join().unwrap();
         seen
     });
