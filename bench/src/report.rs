@@ -94,6 +94,20 @@ struct Target {
     ok: Option<bool>,
 }
 
+/// The server-bound ceiling of `io`'s run against `peer`'s q/s: the machine's CPUs divided by
+/// the server's CPU per query in `io`'s run (what no client could pass even using no CPU
+/// itself, the server sharing the machine), over the peer's measured q/s. Empty without a
+/// server figure.
+fn ceiling(r: &Value, io: &Value, peer: &Value) -> String {
+    let cpus = r["machine"]["nproc"].as_f64().unwrap_or(f64::NAN);
+    let c = cpus * 1e6 / f(io, "server_cpu_us_per_query") / f(peer, "qps");
+    if c.is_finite() {
+        format!("; server-bound ceiling {c:.2}×")
+    } else {
+        String::new()
+    }
+}
+
 fn targets(r: &Value) -> Vec<Target> {
     let mut t = Vec::new();
     let p = pipelined(r);
@@ -114,7 +128,10 @@ fn targets(r: &Value) -> Vec<Target> {
                 t.push(Target {
                     what: format!("pipelined ioxide-pg vs tokio-postgres at its best ({c} conns), `{query}`, 64 in flight"),
                     target: "≥ 1.5× q/s; ≤ 0.33× CPU/query; p99 ≤ 1×".into(),
-                    measured: format!("{q:.2}× q/s; {cpu:.2}× CPU; p99 {p99:.2}×"),
+                    measured: format!(
+                        "{q:.2}× q/s; {cpu:.2}× CPU; p99 {p99:.2}×{}",
+                        ceiling(r, io, tp)
+                    ),
                     ok: Some(q >= 1.5 && cpu <= 1.0 / 3.0 && p99 <= 1.0),
                 });
             }
@@ -134,7 +151,7 @@ fn targets(r: &Value) -> Vec<Target> {
                         "depth-1 ioxide-pg vs deadpool, pool of {conns}, `{query}`, 64 in flight"
                     ),
                     target: "≥ 1.5× q/s; ≤ 0.33× CPU/query".into(),
-                    measured: format!("{q:.2}× q/s; {cpu:.2}× CPU"),
+                    measured: format!("{q:.2}× q/s; {cpu:.2}× CPU{}", ceiling(r, io, dp)),
                     ok: Some(q >= 1.5 && cpu <= 1.0 / 3.0),
                 });
             }
@@ -256,7 +273,8 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
          (loopback TCP). Every setting: {} rounds, interleaved (each round runs every variant of \
          a setting back to back, alternating the order), {} s measured after a {} s warm-up; the \
          tables show the **median** over rounds. Client CPU is getrusage user+sys of the load \
-         generator process over the window ÷ queries; the server's CPU is not in it. The machine \
+         generator process over the window ÷ queries; the server's CPU is not in it (it has its \
+         own column: the CPU of PostgreSQL's processes over the same window ÷ queries). The machine \
          is shared and noisy: compare **ratios within this run**, never absolute figures across \
          runs.\n",
         r["date"].as_str().unwrap_or("?"),
@@ -299,6 +317,18 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
         let _ = writeln!(s, "| {} | {} | {} | {} |", t.what, t.target, t.measured, v);
     }
     let _ = writeln!(s);
+    if targets(r).iter().any(|t| t.measured.contains("ceiling")) {
+        let _ = writeln!(
+            s,
+            "**Server-bound ceiling**: PostgreSQL runs on the same {} CPUs as the load \
+             generator. With S µs of server CPU per query (its processes' CPU over the window ÷ \
+             queries, measured in ioxide-pg's run), no client can pass {} × 10⁶ ÷ S queries/s, \
+             even one that used no CPU at all; the ceiling is that bound over the peer's measured \
+             q/s. Where it is below the 1.5× target, no client could meet the target on this \
+             machine.\n",
+            r["machine"]["nproc"], r["machine"]["nproc"]
+        );
+    }
 
     for c in charts {
         let _ = writeln!(s, "![queries/s and CPU per query by concurrency]({c})\n");
@@ -421,6 +451,7 @@ fn medians_table(s: &mut String, rows: &[&Value]) {
             "driver",
             "q/s",
             "CPU µs/query",
+            "server CPU µs/query",
             "p50 µs",
             "p99 µs",
             "errors",
@@ -429,12 +460,13 @@ fn medians_table(s: &mut String, rows: &[&Value]) {
     for row in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row["conns"],
             row["concurrency"],
             row["label"].as_str().unwrap_or(""),
             num(f(row, "qps")),
             num(f(row, "client_cpu_us_per_query")),
+            num(f(row, "server_cpu_us_per_query")),
             num(f(row, "p50_us")),
             num(f(row, "p99_us")),
             row["errors"]

@@ -168,9 +168,10 @@ pub fn run_pgload(pgload: &Path, case: &Case, var: &Variant, seconds: f64) -> Va
 }
 
 /// The metrics kept as medians.
-pub const METRICS: [&str; 9] = [
+pub const METRICS: [&str; 10] = [
     "qps",
     "client_cpu_us_per_query",
+    "server_cpu_us_per_query",
     "p50_us",
     "p99_us",
     "errors",

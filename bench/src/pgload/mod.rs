@@ -4,7 +4,8 @@
 //! when the previous answer has been checked). After a warm-up the controller (the main
 //! thread, asleep in between) measures a window: completed queries, process CPU time
 //! (getrusage user+sys, every thread of the process), latency of the queries completed inside
-//! the window. Every answer is checked; errors and wrong answers are counted.
+//! the window. Every answer is checked; errors and wrong answers are counted. When the server
+//! runs on this machine, its CPU over the same window is reported too ([`server`]).
 //!
 //! The drivers: [`ioxide_pg`] (our pool on R reactor threads), [`peers`] (tokio-postgres,
 //! deadpool-postgres, sqlx on a tokio runtime).
@@ -12,6 +13,7 @@
 pub mod args;
 pub mod ioxide_pg;
 pub mod peers;
+pub mod server;
 
 use crate::Histogram;
 pub use args::{Args, Driver, Flavor, Query};
@@ -144,6 +146,8 @@ impl Ctl {
 pub struct Snap {
     at: Instant,
     cpu: Duration,
+    /// The server's CPU (postmaster + children) when it runs on this machine.
+    server_cpu: Option<Duration>,
     queries: u64,
     failures: u64,
 }
@@ -153,6 +157,7 @@ impl Snap {
         Snap {
             at: Instant::now(),
             cpu: ioxide::process_cpu_time(),
+            server_cpu: server::cpu(),
             queries: ctl.completed(),
             failures: ctl.failures(),
         }
@@ -259,6 +264,13 @@ pub fn report(args: &Args, w: &Window, out: &Outcome, rss_kib: Option<u64>) -> V
         "cpu_util": round(cpu / wall, 3),
     });
     let m = v.as_object_mut().expect("an object");
+    if let (Some(a), Some(b)) = (w.start.server_cpu, w.end.server_cpu) {
+        let server = b.saturating_sub(a).as_secs_f64();
+        m.insert(
+            "server_cpu_us_per_query".into(),
+            json!(round(per_q(server * 1e6), 3)),
+        );
+    }
     match args.driver {
         Driver::IoxidePg => {
             m.insert("reactors".into(), json!(args.reactors));
@@ -320,6 +332,7 @@ pub fn rss_kib() -> Option<u64> {
 
 /// Runs one measurement with the driver `args` names and returns its JSON line.
 pub fn run(args: &Args) -> Result<Value, String> {
+    server::init(&args.options);
     match args.driver {
         Driver::IoxidePg => ioxide_pg::run(args),
         _ => peers::run(args),

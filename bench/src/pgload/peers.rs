@@ -57,7 +57,7 @@ pub fn run(args: &Args) -> Result<Value, String> {
     Ok(v)
 }
 
-fn tp_config(o: &PgOptions) -> tokio_postgres::Config {
+pub(crate) fn tp_config(o: &PgOptions) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
     match o.get_host() {
         Host::Tcp(h) => c.host(h),

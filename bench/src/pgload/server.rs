@@ -1,0 +1,172 @@
+//! The server's CPU over the measured window, when PostgreSQL runs on this machine.
+//!
+//! On a machine where the server shares the cores with the load generator, the server's CPU
+//! per query bounds every driver's queries/s: with C cores, no client can go past
+//! C ÷ (server CPU per query), however little CPU the client itself uses. pgload reports the
+//! server's share beside the client's (`server_cpu_us_per_query`) so a run shows that bound
+//! instead of leaving it to an argument.
+//!
+//! Finding the server: `PGLOAD_SERVER_PID` (the postmaster's PID, the first line of
+//! `$PGDATA/postmaster.pid`) when set; otherwise, for a loopback or Unix-socket server, one
+//! short connection asks for `pg_backend_pid()` and the postmaster is that backend's parent.
+//! The server's CPU is then the postmaster's plus every child's (backends, background
+//! workers), read from `/proc/<pid>/sched` (`se.sum_exec_runtime`, ns resolution; it covers
+//! the main thread only, which is all a PostgreSQL process has) where readable, else
+//! `/proc/<pid>/stat` (utime + stime, 10 ms ticks). A backend that exits inside
+//! the window drops out of the end sample, so the figure is only meaningful in steady state,
+//! which is what the window measures. Nothing here fails a run: without a local server the
+//! field is absent.
+
+use ioxide_pg::{Host, PgOptions};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The server found for this run, if any.
+static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+
+/// A PostgreSQL server running on this machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Server {
+    postmaster: u32,
+}
+
+/// Looks for the server once per process (before the load starts); later calls are free.
+pub fn init(o: &PgOptions) {
+    SERVER.get_or_init(|| find(o));
+}
+
+/// The server's CPU time so far (postmaster + children), when a local server was found.
+pub fn cpu() -> Option<Duration> {
+    SERVER.get().copied().flatten().and_then(|s| s.cpu())
+}
+
+fn find(o: &PgOptions) -> Option<Server> {
+    if let Some(pid) = std::env::var("PGLOAD_SERVER_PID")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    {
+        return is_postgres(pid).then_some(Server { postmaster: pid });
+    }
+    let local = match o.get_host() {
+        Host::Unix(_) => true,
+        Host::Tcp(h) => {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    };
+    if !local {
+        return None;
+    }
+    let backend = backend_pid(o)?;
+    let parent = stat(backend)?.ppid;
+    is_postgres(parent).then_some(Server { postmaster: parent })
+}
+
+/// One short tokio-postgres connection: its backend's PID, and that backend's parent read
+/// while the backend is alive.
+fn backend_pid(o: &PgOptions) -> Option<u32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let config = super::peers::tp_config(o);
+        let connect = config.connect(tokio_postgres::NoTls);
+        let (client, conn) = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .ok()?
+            .ok()?;
+        let driver = tokio::spawn(conn);
+        let row = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .ok()?;
+        let pid: i32 = row.try_get(0).ok()?;
+        drop(client);
+        let _ = driver.await;
+        u32::try_from(pid).ok()
+    })
+}
+
+/// Whether `pid` is a live process named `postgres` (a PID from a remote server or a stale
+/// pid file is not used).
+fn is_postgres(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "postgres")
+}
+
+/// The fields of `/proc/<pid>/stat` we use.
+struct Stat {
+    ppid: u32,
+    ticks: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields count from the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) … utime(11) stime(12).
+    Some(Stat {
+        ppid: f.get(1)?.parse().ok()?,
+        ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+    })
+}
+
+/// `se.sum_exec_runtime` (milliseconds with six decimals) from `/proc/<pid>/sched`.
+fn sched_runtime(pid: u32) -> Option<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/sched")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("se.sum_exec_runtime"))?;
+    let ms: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    Some(Duration::from_secs_f64(ms / 1e3))
+}
+
+impl Server {
+    fn cpu(&self) -> Option<Duration> {
+        let of = |pid: u32, st: &Stat| {
+            sched_runtime(pid).unwrap_or_else(|| Duration::from_secs_f64(st.ticks as f64 / USER_HZ))
+        };
+        let own = stat(self.postmaster)?;
+        let mut total = of(self.postmaster, &own);
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(st) = stat(pid).filter(|st| st.ppid == self.postmaster) {
+                total += of(pid, &st);
+            }
+        }
+        Some(total)
+    }
+}
+
+/// The unit of `utime`/`stime` in `/proc/<pid>/stat`: `USER_HZ`, part of the kernel ABI and
+/// 100 on x86 and arm64 whatever the kernel's own tick rate.
+const USER_HZ: f64 = 100.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_parent_and_a_growing_cpu_time() {
+        let me = std::process::id();
+        let st = stat(me).expect("our own /proc/<pid>/stat");
+        assert_eq!(st.ppid, std::os::unix::process::parent_id());
+        // utime + stime cover every thread of the process (this test runs on a worker
+        // thread; `/proc/<pid>/sched` would show the main thread only — fine for the
+        // single-threaded PostgreSQL processes it is used for).
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(100) {
+            std::hint::black_box(0u64);
+        }
+        let after = stat(me).expect("stat again").ticks;
+        assert!(after > st.ticks, "{} then {after} ticks", st.ticks);
+        // Not a PostgreSQL server: never used as one.
+        assert!(!is_postgres(me));
+    }
+}
