@@ -361,6 +361,7 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
             "driver",
             "q/s",
             "CPU µs/query",
+            "server CPU µs/query",
             "p50 µs",
             "p99 µs",
             "enters/query",
@@ -374,7 +375,7 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
         for row in rows(r, &[group], query) {
             let _ = writeln!(
                 s,
-                "| {} | {} | {}×{} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {}×{} | {} | {} | {} | {} | {} | {} | {} |",
                 group,
                 query,
                 row["conns"],
@@ -382,6 +383,7 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
                 row["label"].as_str().unwrap_or(""),
                 num(f(row, "qps")),
                 num(f(row, "client_cpu_us_per_query")),
+                num(f(row, "server_cpu_us_per_query")),
                 num(f(row, "p50_us")),
                 num(f(row, "p99_us")),
                 num(f(row, "enters_per_query")),
