@@ -8,6 +8,9 @@
 //! * [`shared_cluster`] — one trust-auth cluster per test binary, for tests that only query.
 //! * [`FakeServer`] — a loopback listener that plays a [`Step`] script to each client, with
 //!   byte builders for [`backend`] and [`frontend`] messages, for protocol-abuse tests.
+//! * [`FlakyProxy`] — a loopback TCP proxy in front of a server whose port can go down
+//!   (refused, every relayed connection cut) and come back on the same port: a flapping
+//!   server.
 //!
 //! The clusters live in the `pg-throwaway` crate (so non-test binaries such as the playground
 //! can use them); this crate re-exports that API unchanged and adds the per-binary
@@ -26,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod fake;
+mod proxy;
 
 use std::sync::OnceLock;
 
@@ -35,6 +39,7 @@ pub use pg_throwaway::{
     process_alive, server_bin_dir, Auth, Cluster, ClusterBuilder, Error, ErrorKind, Result,
     DEFAULT_DIR_PREFIX, SUPERUSER,
 };
+pub use proxy::FlakyProxy;
 
 /// One trust-auth cluster with the default role and database, started on first use and
 /// shared by every test in this test binary.
