@@ -153,13 +153,33 @@ pub struct Snap {
 }
 
 impl Snap {
-    fn take(ctl: &Ctl) -> Snap {
+    /// The window's opening edge. The server is read first, so the `/proc` scan this costs
+    /// is not charged to the client's window (nor, at the closing edge, after it).
+    fn start(ctl: &Ctl) -> Snap {
+        let server_cpu = server::cpu();
         Snap {
             at: Instant::now(),
             cpu: ioxide::process_cpu_time(),
-            server_cpu: server::cpu(),
+            server_cpu,
             queries: ctl.completed(),
             failures: ctl.failures(),
+        }
+    }
+
+    /// The window's closing edge: the client first, then the server.
+    fn end(ctl: &Ctl) -> Snap {
+        let (at, cpu, queries, failures) = (
+            Instant::now(),
+            ioxide::process_cpu_time(),
+            ctl.completed(),
+            ctl.failures(),
+        );
+        Snap {
+            at,
+            cpu,
+            server_cpu: server::cpu(),
+            queries,
+            failures,
         }
     }
 }
@@ -199,21 +219,21 @@ pub fn control(
         std::thread::sleep(Duration::from_millis(2));
     }
     if ctl.fixed.is_some() {
-        let start = Snap::take(ctl);
+        let start = Snap::start(ctl);
         while !done() {
             std::thread::sleep(Duration::from_millis(1));
         }
         return Ok(Window {
             start,
-            end: Snap::take(ctl),
+            end: Snap::end(ctl),
         });
     }
     std::thread::sleep(Duration::from_secs_f64(args.warmup));
-    let start = Snap::take(ctl);
+    let start = Snap::start(ctl);
     ctl.measuring.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs_f64(args.seconds));
     ctl.measuring.store(false, Ordering::Relaxed);
-    let end = Snap::take(ctl);
+    let end = Snap::end(ctl);
     ctl.stop.store(true, Ordering::Relaxed);
     Ok(Window { start, end })
 }

@@ -58,14 +58,15 @@ fn find(o: &PgOptions) -> Option<Server> {
     if !local {
         return None;
     }
-    let backend = backend_pid(o)?;
-    let parent = stat(backend)?.ppid;
+    let parent = backend_parent(o)?;
     is_postgres(parent).then_some(Server { postmaster: parent })
 }
 
-/// One short tokio-postgres connection: its backend's PID, and that backend's parent read
-/// while the backend is alive.
-fn backend_pid(o: &PgOptions) -> Option<u32> {
+/// One short tokio-postgres connection asks for its backend's PID; that backend's parent
+/// (the postmaster) is read while the connection, and so the backend, is still open. A
+/// backend PID that is not a local `postgres` process (a server in another PID namespace)
+/// yields nothing.
+fn backend_parent(o: &PgOptions) -> Option<u32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -82,10 +83,14 @@ fn backend_pid(o: &PgOptions) -> Option<u32> {
             .query_one("SELECT pg_backend_pid()", &[])
             .await
             .ok()?;
-        let pid: i32 = row.try_get(0).ok()?;
+        let pid = u32::try_from(row.try_get::<_, i32>(0).ok()?).ok()?;
+        let parent = is_postgres(pid)
+            .then(|| stat(pid))
+            .flatten()
+            .map(|s| s.ppid);
         drop(client);
         let _ = driver.await;
-        u32::try_from(pid).ok()
+        parent
     })
 }
 
@@ -102,23 +107,32 @@ struct Stat {
 }
 
 fn stat(pid: u32) -> Option<Stat> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields count from the last ')'.
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(s: &str) -> Option<Stat> {
+    // The command name is in parentheses and may hold spaces and parentheses itself: the
+    // fields count from the last ')'.
     let rest = &s[s.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state(0) ppid(1) … utime(11) stime(12).
+    // After the name: state(0) ppid(1) … utime(11) stime(12) (fields 3, 4, 14, 15 of proc(5)).
     Some(Stat {
         ppid: f.get(1)?.parse().ok()?,
         ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
     })
 }
 
-/// `se.sum_exec_runtime` (milliseconds with six decimals) from `/proc/<pid>/sched`.
+/// `se.sum_exec_runtime` from `/proc/<pid>/sched`: the main thread's CPU time (all a
+/// PostgreSQL process has).
 fn sched_runtime(pid: u32) -> Option<Duration> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/sched")).ok()?;
+    parse_sched(&std::fs::read_to_string(format!("/proc/{pid}/sched")).ok()?)
+}
+
+/// The value is printed in milliseconds with six decimals (nanosecond resolution).
+fn parse_sched(s: &str) -> Option<Duration> {
     let line = s.lines().find(|l| l.starts_with("se.sum_exec_runtime"))?;
     let ms: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    Some(Duration::from_secs_f64(ms / 1e3))
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1e3))
 }
 
 impl Server {
@@ -168,5 +182,24 @@ mod tests {
         assert!(after > st.ticks, "{} then {after} ticks", st.ticks);
         // Not a PostgreSQL server: never used as one.
         assert!(!is_postgres(me));
+    }
+
+    #[test]
+    fn parses_stat_with_a_name_holding_spaces_and_parentheses_and_sched_in_milliseconds() {
+        let line = "4242 (postgres: a (b) c) S 77 4242 4242 0 -1 4194560 100 0 0 0 \
+                    123 45 0 0 20 0 1 0 100 0 0";
+        let st = parse_stat(line).unwrap();
+        assert_eq!(st.ppid, 77);
+        assert_eq!(st.ticks, 168);
+        assert!(parse_stat("4242 (no fields)").is_none());
+
+        let sched = "postgres (4242, #threads: 1)\n\
+                     -------------------------------------------------------------------\n\
+                     se.exec_start                                :      40248420.089360\n\
+                     se.sum_exec_runtime                          :          1234.567890\n";
+        let d = parse_sched(sched).unwrap();
+        let want = Duration::from_nanos(1_234_567_890);
+        assert!(d.abs_diff(want) < Duration::from_micros(1), "{d:?}");
+        assert!(parse_sched("se.vruntime : 1.0\n").is_none());
     }
 }

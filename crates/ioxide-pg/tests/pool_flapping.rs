@@ -13,7 +13,8 @@ use ioxide::Reactor;
 use ioxide_pg::{PgPool, PoolStats};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::{Cluster, FlakyProxy};
 
@@ -32,6 +33,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// No query may take longer than acquire + command timeouts plus this (cancel grace, a
 /// loaded 2-core machine).
 const WAIT_SLACK: Duration = Duration::from_millis(1500);
+/// A query still unanswered after this counts as hung (and fails the test) instead of
+/// hanging it.
+const HUNG: Duration = Duration::from_secs(6);
+/// The load stops at this age at the latest, should the flapper never say when.
+const LOAD_CAP: Duration = Duration::from_secs(60);
+/// How long the main thread waits for the reactors to report their pools refilled.
+const REPORT_WITHIN: Duration = Duration::from_secs(90);
 
 /// One query: when it started, how long it took, whether it succeeded.
 #[derive(Debug, Clone)]
@@ -48,7 +56,8 @@ struct Timeline {
     first_down: Option<Instant>,
     /// When the port came up for the last time.
     settled: Option<Instant>,
-    /// Connections the proxy accepted before the first flap and by the end of the last.
+    /// Connections the proxy accepted before the first flap, and from then to the end of the
+    /// load (the last flap's refill included).
     accepted_before: usize,
     accepted_during: usize,
 }
@@ -67,42 +76,47 @@ fn a_flapping_server_never_hangs_a_query_nor_draws_a_connect_storm_and_the_pool_
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .command_timeout(COMMAND_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT);
-    let flapping = (DOWN_FOR + UP_FOR) * CYCLES as u32;
-    let until = Instant::now() + WARM + flapping + SETTLED_FOR;
+    let started = Instant::now();
+    // When the load stops: two seconds after the last flap, set by the flapper (or when it
+    // fails), at the latest LOAD_CAP.
+    let stop_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let timeline = Arc::new(Mutex::new(Timeline::default()));
-    // The reactors hold still (pools refilled, no load) while the server's connections are
-    // counted, then finish.
-    let refilled = Barrier::new(REACTORS + 1);
-    let counted = Barrier::new(REACTORS + 1);
+    // The reactors report their pools refilled, then hold still (no load) until the main
+    // thread has counted the server's connections and lets them go (or has failed: its
+    // senders are dropped while it unwinds, which lets them go too).
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (go_txs, go_rxs): (Vec<_>, Vec<_>) = (0..REACTORS).map(|_| mpsc::channel::<()>()).unzip();
 
     let (runs, tl) = std::thread::scope(|s| {
-        let (p, t) = (proxy.clone(), timeline.clone());
+        let (p, t, stop) = (proxy.clone(), timeline.clone(), stop_at.clone());
         let flapper = s.spawn(move || {
+            let _stop_on_failure = StopOnDrop(stop.clone());
             std::thread::sleep(WARM);
             {
                 let mut t = t.lock().unwrap();
                 t.first_down = Some(Instant::now());
                 t.accepted_before = p.lock().unwrap().accepted();
             }
-            for _ in 0..CYCLES {
+            for i in 0..CYCLES {
                 p.lock().unwrap().down();
                 std::thread::sleep(DOWN_FOR);
                 p.lock().unwrap().up().unwrap();
-                std::thread::sleep(UP_FOR);
+                if i + 1 < CYCLES {
+                    std::thread::sleep(UP_FOR);
+                }
             }
-            let mut t = t.lock().unwrap();
-            // The last `up` was UP_FOR ago.
-            t.settled = Some(Instant::now() - UP_FOR);
-            t.accepted_during = p.lock().unwrap().accepted() - t.accepted_before;
+            let settled = Instant::now();
+            *stop.lock().unwrap() = Some(settled + SETTLED_FOR);
+            t.lock().unwrap().settled = Some(settled);
         });
-        let reactors: Vec<_> = (0..REACTORS)
-            .map(|_| {
-                let o = o.clone();
-                let (refilled, counted) = (&refilled, &counted);
+        let reactors: Vec<_> = go_rxs
+            .into_iter()
+            .map(|go| {
+                let (o, ready, stop) = (o.clone(), ready_tx.clone(), stop_at.clone());
                 s.spawn(move || {
                     ioxide::block_on(async move {
                         let pool = PgPool::start(&Reactor::current(), o).unwrap();
-                        let queries = load(pool.clone(), until).await;
+                        let queries = load(pool.clone(), started, stop).await;
                         // Refilled to exactly its size once the server stays up.
                         let deadline = Instant::now() + Duration::from_secs(5);
                         while pool.stats().open < SIZE {
@@ -110,15 +124,25 @@ fn a_flapping_server_never_hangs_a_query_nor_draws_a_connect_storm_and_the_pool_
                             ioxide::time::sleep(Duration::from_millis(20)).await;
                         }
                         let stats = pool.stats();
-                        refilled.wait();
-                        counted.wait();
+                        let _ = ready.send(());
+                        let _ = go.recv_timeout(REPORT_WITHIN);
                         (queries, stats)
                     })
                 })
             })
             .collect();
+        drop(ready_tx);
         flapper.join().unwrap();
-        refilled.wait();
+        for _ in 0..REACTORS {
+            ready_rx
+                .recv_timeout(REPORT_WITHIN)
+                .expect("a reactor never reported its pool refilled");
+        }
+        {
+            // Connects from the first flap to the end (the last flap's refill included).
+            let mut t = timeline.lock().unwrap();
+            t.accepted_during = proxy.lock().unwrap().accepted() - t.accepted_before;
+        }
         // The server holds exactly the pools' connections: none leaked, none surplus (a
         // relay ends a moment after its client closes, hence the wait).
         let want = REACTORS * SIZE;
@@ -134,7 +158,7 @@ fn a_flapping_server_never_hangs_a_query_nor_draws_a_connect_storm_and_the_pool_
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        counted.wait();
+        drop(go_txs);
         let runs: Vec<(Vec<Query>, PoolStats)> =
             reactors.into_iter().map(|r| r.join().unwrap()).collect();
         let tl = std::mem::take(&mut *timeline.lock().unwrap());
@@ -222,23 +246,47 @@ fn a_flapping_server_never_hangs_a_query_nor_draws_a_connect_storm_and_the_pool_
     }
 }
 
-/// `CLIENTS_PER_REACTOR` closed loops of `SELECT 1` until `until`; every query recorded.
-async fn load(pool: Rc<PgPool>, until: Instant) -> Vec<Query> {
+/// Sets the load's stop time to now when dropped without one (the flapper failed).
+struct StopOnDrop(Arc<Mutex<Option<Instant>>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let mut stop = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stop.get_or_insert_with(Instant::now);
+    }
+}
+
+/// `CLIENTS_PER_REACTOR` closed loops of `SELECT 1` until `stop_at` (at the latest
+/// `started + LOAD_CAP`); every query recorded, a hung one as an error after [`HUNG`].
+async fn load(
+    pool: Rc<PgPool>,
+    started: Instant,
+    stop_at: Arc<Mutex<Option<Instant>>>,
+) -> Vec<Query> {
     let out = Rc::new(RefCell::new(Vec::new()));
+    let keep_going = move || {
+        let now = Instant::now();
+        now < started + LOAD_CAP && stop_at.lock().unwrap().is_none_or(|t| now < t)
+    };
+    let keep_going = Rc::new(keep_going);
     let tasks: Vec<_> = (0..CLIENTS_PER_REACTOR)
         .map(|_| {
-            let (pool, out) = (pool.clone(), out.clone());
+            let (pool, out, keep_going) = (pool.clone(), out.clone(), keep_going.clone());
             ioxide::spawn(async move {
-                while Instant::now() < until {
+                while keep_going() {
                     let started = Instant::now();
-                    let r = pool.query("SELECT 1").await;
+                    let r = ioxide::time::timeout(HUNG, pool.query("SELECT 1")).await;
                     let took = started.elapsed();
                     let error = match r {
-                        Ok(v) => {
+                        Ok(Ok(v)) => {
                             assert_eq!(v.value(), Some("1"));
                             None
                         }
-                        Err(e) => Some(e.to_string()),
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some(format!("no answer within {HUNG:?}")),
                     };
                     let failed = error.is_some();
                     out.borrow_mut().push(Query {
