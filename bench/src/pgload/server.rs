@@ -163,6 +163,7 @@ impl Server {
 const USER_HZ: f64 = 100.0;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
