@@ -3,7 +3,8 @@
 //! [`testkit::FlakyProxy`] in front of a real cluster. The pool's connect rules (one probe
 //! after breaks, the rest once it connects; an urgent connect beside a probe for a request
 //! newer than it; paced probes while requests wait) are each tested on their own elsewhere;
-//! this test holds them together against a server that keeps changing its mind.
+//! these tests hold them together against a server that keeps changing its mind, with the
+//! default pipelined pool and with one command per connection.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -62,8 +63,19 @@ struct Timeline {
     accepted_during: usize,
 }
 
+/// Pipelined (the default depth): queued commands share the connections that get cut.
 #[test]
 fn a_flapping_server_never_hangs_a_query_nor_draws_a_connect_storm_and_the_pool_settles() {
+    flapping(None);
+}
+
+/// One command per connection: most requests wait for a connection when a flap hits.
+#[test]
+fn a_flapping_server_under_a_depth_1_pool_behaves_the_same() {
+    flapping(Some(1));
+}
+
+fn flapping(depth: Option<usize>) {
     let c = Cluster::new().unwrap();
     let proxy = Arc::new(Mutex::new(
         FlakyProxy::start(([127, 0, 0, 1], c.port()).into()).unwrap(),
@@ -76,6 +88,13 @@ fn a_flapping_server_never_hangs_a_query_nor_draws_a_connect_storm_and_the_pool_
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .command_timeout(COMMAND_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT);
+    let o = match depth {
+        Some(d) => o.pipeline_depth(d),
+        None => o,
+    };
+    // Commands a reactor can have in flight: all that a cut can fail (the rest wait, and a
+    // 120 ms outage is far shorter than the acquire timeout).
+    let capacity = SIZE * o.get_pipeline_depth();
     let started = Instant::now();
     // When the load stops: two seconds after the last flap, set by the flapper (or when it
     // fails), at the latest LOAD_CAP.
@@ -177,9 +196,14 @@ fn a_flapping_server_never_hangs_a_query_nor_draws_a_connect_storm_and_the_pool_
             .count();
         let max = queries.iter().map(|q| q.took).max().unwrap_or_default();
         eprintln!(
-            "reactor {i}: {} queries, {failed} failed, {during} ok while flapping, longest \
+            "depth {depth:?}, reactor {i}: {} queries, {failed} failed, {during} ok while flapping, longest \
              {max:?}; {stats:?}",
             queries.len()
+        );
+        // Each flap fails at most what was in flight when it cut the connections.
+        assert!(
+            failed <= CYCLES * capacity,
+            "reactor {i}: {failed} failures > {CYCLES} flaps x {capacity} in flight"
         );
         // Every future resolved (the load joined) and none waited past its timeouts.
         assert!(max < bound, "reactor {i}: a query took {max:?}");
