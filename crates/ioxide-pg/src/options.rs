@@ -72,10 +72,17 @@ pub struct PgOptions {
     pipeline_depth: usize,
     acquire_timeout: Duration,
     reply_batch_window: Duration,
+    reply_gather_limit: Duration,
 }
 
 /// Default for [`PgOptions::reply_batch_window`].
 pub const DEFAULT_REPLY_BATCH_WINDOW: Duration = Duration::from_micros(150);
+
+/// Default for [`PgOptions::reply_gather_limit`].
+pub const DEFAULT_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(1);
+
+/// The largest [`PgOptions::reply_gather_limit`] [`PgOptions::validate`] accepts.
+pub const MAX_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(100);
 
 /// The smallest `max_message_bytes` [`PgOptions::validate`] accepts.
 pub const MIN_MESSAGE_BYTES: usize = 1024;
@@ -120,6 +127,7 @@ impl PgOptions {
             pipeline_depth: 8,
             acquire_timeout: Duration::from_secs(5),
             reply_batch_window: DEFAULT_REPLY_BATCH_WINDOW,
+            reply_gather_limit: DEFAULT_REPLY_GATHER_LIMIT,
         }
     }
 
@@ -232,7 +240,8 @@ impl PgOptions {
     /// 0 = none), `require_auth`, `sslmode` (`disable`/`allow`/`prefer` only: no TLS),
     /// `client_encoding` (`UTF8` only)) or by one of ours (`command_timeout` (seconds; 0 =
     /// none), `acquire_timeout` (seconds), `max_message_bytes`, `statement_cache_capacity`,
-    /// `pool_size`, `pipeline_depth`, `reply_batch_window_us`). An unknown key or bad value is an error naming it.
+    /// `pool_size`, `pipeline_depth`, `reply_batch_window_us`, `reply_gather_limit_us`). An
+    /// unknown key or bad value is an error naming it.
     pub fn set(self, key: &str, value: &str) -> Result<PgOptions, PgError> {
         self.apply(key, value, key)
     }
@@ -271,6 +280,9 @@ impl PgOptions {
             "reply_batch_window_us" => {
                 self.reply_batch_window = Duration::from_micros(value.parse().map_err(|e| bad(&e))?)
             }
+            "reply_gather_limit_us" => {
+                self.reply_gather_limit = Duration::from_micros(value.parse().map_err(|e| bad(&e))?)
+            }
             "require_auth" => {
                 self.require_auth = value
                     .parse()
@@ -298,8 +310,8 @@ impl PgOptions {
 
     /// Checks the options are usable: a non-empty host without commas, a non-zero port, a
     /// non-empty user, `max_message_bytes` of at least [`MIN_MESSAGE_BYTES`], a `pool_size`
-    /// and `pipeline_depth` of at least 1, a `reply_batch_window` of at most 10 ms. Errors name the
-    /// field.
+    /// and `pipeline_depth` of at least 1, a `reply_batch_window` of at most 10 ms and a
+    /// `reply_gather_limit` of at most 100 ms. Errors name the field.
     pub fn validate(&self) -> Result<(), PgError> {
         self.validate_connection()?;
         if self.pool_size == 0 {
@@ -353,6 +365,14 @@ impl PgOptions {
                 "reply_batch_window",
                 Some(&v),
                 "must be at most 10 ms",
+            ));
+        }
+        if self.reply_gather_limit > MAX_REPLY_GATHER_LIMIT {
+            let v = format!("{:?}", self.reply_gather_limit);
+            return Err(PgError::config(
+                "reply_gather_limit",
+                Some(&v),
+                "must be at most 100 ms",
             ));
         }
         Ok(())
@@ -477,23 +497,36 @@ impl PgOptions {
         self
     }
 
-    /// Reply batching: the longest a connection with several commands in flight lets the
-    /// reactor wait before waking for their replies ([`ioxide::batch_wait`]), so one
-    /// wake-up, one receive and one send serve a batch of replies instead of one each.
+    /// Reply batching: with many commands in flight on one connection (16 or more), wake
+    /// up once for a batch of their replies instead of once per reply, so one wake-up, one
+    /// receive and one send serve the batch. Zero turns batching off; at most 10 ms. Key
+    /// `reply_batch_window_us`.
     ///
-    /// The window actually used is a third of the time the oldest command in flight has
-    /// waited so far, capped by this value: replies that queue behind each other on the server
-    /// anyway gather, while a connection answered in microseconds is hardly delayed, and a
-    /// lone command in flight (a depth-1 pool, a sequential caller) never is. With a kernel
-    /// that has `min_wait_usec` (6.12+) a reply that takes longer than the window wakes the
-    /// reactor at once. Measured on one connection × 64 pipelined `SELECT 42`: client CPU per
-    /// query 7.6–8.0 µs without, 2.2–2.8 µs with 100 µs, same queries/s (BENCHMARKS.md);
-    /// a third of the age capped at 150 µs used another 7–9 % less than a quarter capped at
-    /// 100 µs. Only connections with 16+ commands in flight batch (fewer, and the server
-    /// runs out of queued work during the window).
-    /// Default 150 µs; zero turns batching off; at most 10 ms. Key `reply_batch_window_us`.
+    /// Over TCP the receive is held until about half the replies in flight have arrived (in
+    /// bytes, from the measured size of a reply: [`ioxide::net::Stream::recv_gather`]), for
+    /// at most [`reply_gather_limit`](PgOptions::reply_gather_limit). Over a Unix socket
+    /// (where the kernel cannot hold a receive for a byte count) and when the gather limit
+    /// is zero, the reactor waits instead for a third of the time the oldest command in
+    /// flight has waited, capped by this window ([`ioxide::batch_wait`]); with
+    /// `min_wait_usec` (6.12+) a reply that takes longer wakes it at once. A lone command in
+    /// flight (a depth-1 pool, a sequential caller) is never held. Measured on one
+    /// connection × 64 pipelined queries (bench/FINDINGS.md): client CPU per query 7.6–8.0 µs
+    /// without batching, 2.2–3.1 µs with the time window, 1.6–2.3 µs gathering over TCP.
+    /// Fewer than 16 in flight do not batch: the server would run out of queued work.
+    /// Default 150 µs.
     pub fn reply_batch_window(mut self, window: Duration) -> PgOptions {
         self.reply_batch_window = window;
+        self
+    }
+
+    /// The longest a TCP receive is held back gathering a batch of replies (see
+    /// [`reply_batch_window`](PgOptions::reply_batch_window)): the bound on what batching adds
+    /// to a reply's latency when the replies behind it are slow to come (a long query in the
+    /// middle of a pipeline). In a steady pipeline the batch is complete long before. Zero:
+    /// TCP batches by the time window as Unix sockets do. Default 1 ms; at most 100 ms. Key
+    /// `reply_gather_limit_us`.
+    pub fn reply_gather_limit(mut self, limit: Duration) -> PgOptions {
+        self.reply_gather_limit = limit;
         self
     }
 
@@ -577,6 +610,11 @@ impl PgOptions {
     pub fn get_reply_batch_window(&self) -> Duration {
         self.reply_batch_window
     }
+
+    /// The longest a TCP receive is held gathering replies (zero: gathering off).
+    pub fn get_reply_gather_limit(&self) -> Duration {
+        self.reply_gather_limit
+    }
 }
 
 impl fmt::Debug for PgOptions {
@@ -597,6 +635,7 @@ impl fmt::Debug for PgOptions {
             .field("pipeline_depth", &self.pipeline_depth)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("reply_batch_window", &self.reply_batch_window)
+            .field("reply_gather_limit", &self.reply_gather_limit)
             .finish()
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use common::opts;
 use ioxide_pg::{PgConnection, PgOptions, TxnStatus};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn select_42_gives_value_rows_and_tag() {
@@ -337,8 +337,8 @@ fn a_thousand_pipelined_queries_each_get_their_own_answer() {
 }
 
 /// 64 closed-loop callers × 20 queries on one connection: every answer checked; returns the
-/// reactor's (enters, batched waits) over the run.
-fn closed_loop_on_one_connection(opts: PgOptions) -> (u64, u64) {
+/// reactor's ring counters over the run.
+fn closed_loop_on_one_connection(opts: PgOptions) -> ioxide::RingStats {
     ioxide::block_on(async move {
         let conn = Rc::new(PgConnection::connect(&opts).await.unwrap());
         let r = ioxide::Reactor::current();
@@ -359,25 +359,101 @@ fn closed_loop_on_one_connection(opts: PgOptions) -> (u64, u64) {
             t.await;
         }
         let after = r.ring_stats();
-        (
-            after.enters - before.enters,
-            after.batched_waits - before.batched_waits,
-        )
+        ioxide::RingStats {
+            enters: after.enters - before.enters,
+            sqes: after.sqes - before.sqes,
+            cqes: after.cqes - before.cqes,
+            batched_waits: after.batched_waits - before.batched_waits,
+            held_receives: after.held_receives - before.held_receives,
+            hold_expiries: after.hold_expiries - before.hold_expiries,
+        }
     })
 }
 
 #[test]
 fn deep_pipelines_batch_replies_into_fewer_wake_ups() {
     let queries = 64 * 20;
-    let (enters, batched) = closed_loop_on_one_connection(opts());
-    assert!(batched > 0, "no batched wait with 64 in flight");
+    // TCP: receives held for half the replies in flight (in bytes).
+    let s = closed_loop_on_one_connection(opts());
     assert!(
-        enters < queries / 2,
-        "{enters} enters for {queries} pipelined queries"
+        s.held_receives > 0,
+        "no held receive with 64 in flight: {s:?}"
     );
-    // Off: never a batched wait, and still every answer right.
-    let (_, batched) = closed_loop_on_one_connection(opts().reply_batch_window(Duration::ZERO));
-    assert_eq!(batched, 0);
+    assert!(
+        s.enters < queries / 4,
+        "{} enters for {queries} pipelined queries: {s:?}",
+        s.enters
+    );
+    assert!(
+        s.hold_expiries * 2 <= s.held_receives,
+        "most holds should end on their byte count, not the deadline: {s:?}"
+    );
+    // Gathering off: the time window instead.
+    let s = closed_loop_on_one_connection(opts().reply_gather_limit(Duration::ZERO));
+    assert!(
+        s.batched_waits > 0,
+        "no batched wait with 64 in flight: {s:?}"
+    );
+    assert_eq!(s.held_receives, 0);
+    assert!(s.enters < queries / 2, "{s:?}");
+    // Batching off: neither, and still every answer right.
+    let s = closed_loop_on_one_connection(opts().reply_batch_window(Duration::ZERO));
+    assert_eq!((s.batched_waits, s.held_receives), (0, 0), "{s:?}");
+}
+
+#[test]
+fn a_slow_query_in_a_deep_pipeline_does_not_hold_back_the_replies_before_it() {
+    ioxide::block_on(async {
+        let conn = Rc::new(PgConnection::connect(&opts()).await.unwrap());
+        // Warm up: a deep pipeline, so the connection knows the size of a reply. The simple
+        // protocol throughout: one message per query, so they run in the order they are issued
+        // (a first parameterized use would prepare first and fall behind).
+        let warm: Vec<_> = (0..64i64)
+            .map(|i| {
+                let c = conn.clone();
+                ioxide::spawn(async move { c.query(&format!("SELECT {i}")).await })
+            })
+            .collect();
+        for t in warm {
+            t.await.unwrap();
+        }
+        // 20 fast queries, one that sleeps 1.5 s, 43 fast: 64 in flight, so the receive
+        // waits for the bytes of ~32 replies — which cannot come before the sleep ends. The
+        // gather limit (1 ms by default) must release the first 20 anyway.
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..64i64)
+            .map(|i| {
+                let c = conn.clone();
+                ioxide::spawn(async move {
+                    let sql = if i == 20 {
+                        format!("SELECT {i} + 0 * length(pg_sleep(1.5)::text)")
+                    } else {
+                        format!("SELECT {i}")
+                    };
+                    let v = c.query(&sql).await.unwrap();
+                    (v.value().unwrap().parse::<i64>().unwrap(), t0.elapsed())
+                })
+            })
+            .collect();
+        let mut fast_before = Duration::ZERO;
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (v, at) = t.await;
+            assert_eq!(v, i as i64);
+            if i < 20 {
+                fast_before = fast_before.max(at);
+            } else {
+                assert!(
+                    at >= Duration::from_millis(1400),
+                    "reply {i} before the sleep: {at:?}"
+                );
+            }
+        }
+        assert!(
+            fast_before < Duration::from_millis(500),
+            "the replies before the slow query were held {fast_before:?}"
+        );
+        assert!(ioxide::Reactor::current().ring_stats().held_receives > 0);
+    });
 }
 
 #[test]

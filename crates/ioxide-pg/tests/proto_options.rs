@@ -37,6 +37,7 @@ fn defaults_are_documented_values() {
     assert_eq!(o.get_pipeline_depth(), 8);
     assert_eq!(o.get_acquire_timeout(), Duration::from_secs(5));
     assert_eq!(o.get_reply_batch_window(), Duration::from_micros(150));
+    assert_eq!(o.get_reply_gather_limit(), Duration::from_millis(1));
     assert!(o.get_require_auth().allows(AuthMethod::None));
     let o = PgOptions::from_env_with(env(&[])).expect("defaults");
     assert_eq!(o.get_user(), "postgres");
@@ -224,6 +225,34 @@ fn builder_host_forms_and_resolution() {
     assert_eq!(e.as_ref().and_then(PgError::config_field), Some("host"));
     let o = PgOptions::new().connect_timeout(Duration::ZERO);
     assert_eq!(o.get_connect_timeout(), None);
+}
+
+#[test]
+fn reply_gather_limit_from_url_and_conninfo_and_bounded() {
+    let o =
+        PgOptions::from_url("postgres://u@127.0.0.1/db?reply_gather_limit_us=2500").expect("valid");
+    assert_eq!(o.get_reply_gather_limit(), Duration::from_micros(2500));
+    let o: PgOptions = "host=127.0.0.1 user=u reply_gather_limit_us=0"
+        .parse()
+        .expect("valid");
+    assert_eq!(o.get_reply_gather_limit(), Duration::ZERO);
+    let e = err(PgOptions::from_url(
+        "postgres://u@127.0.0.1/db?reply_gather_limit_us=-1",
+    ));
+    assert!(e.contains("reply_gather_limit_us"), "{e}");
+    let e = PgOptions::new()
+        .reply_gather_limit(Duration::from_millis(101))
+        .validate()
+        .expect_err("over 100 ms")
+        .to_string();
+    assert!(
+        e.contains("reply_gather_limit") && e.contains("100 ms"),
+        "{e}"
+    );
+    PgOptions::new()
+        .reply_gather_limit(Duration::from_millis(100))
+        .validate()
+        .expect("100 ms is allowed");
 }
 
 #[test]

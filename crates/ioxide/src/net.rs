@@ -3,12 +3,14 @@
 //! syscalls; none of them blocks.
 
 use crate::ring::{self, sys, Fd, IoBuf, IoBufMut, MultiOp, RecvBuf};
+use std::cell::{Cell, OnceCell};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::time::Instant;
 
 pub use std::net::Shutdown;
 
@@ -19,6 +21,8 @@ pub use std::net::Shutdown;
 /// Dropping a future mid-flight cancels the op safely.
 pub struct Stream {
     fd: Rc<Fd>,
+    /// Receive-threshold state, made on the first [`Stream::recv_gather`].
+    gather: OnceCell<Rc<Gather>>,
 }
 
 impl fmt::Debug for Stream {
@@ -46,7 +50,7 @@ impl Stream {
         let fd = Rc::new(ring::socket(domain, libc::SOCK_STREAM).await?);
         sys::set_int_opt(fd.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
         ring::connect(fd.clone(), sys::RawAddr::from_inet(&addr)).await?;
-        Ok(Stream { fd })
+        Ok(Stream::new(fd))
     }
 
     /// Opens a Unix-domain stream connection to the socket at `path`.
@@ -54,11 +58,18 @@ impl Stream {
         let addr = sys::RawAddr::from_unix(path.as_ref())?;
         let fd = Rc::new(ring::socket(libc::AF_UNIX, libc::SOCK_STREAM).await?);
         ring::connect(fd.clone(), addr).await?;
-        Ok(Stream { fd })
+        Ok(Stream::new(fd))
     }
 
     pub(crate) fn from_fd(fd: Fd) -> Stream {
-        Stream { fd: Rc::new(fd) }
+        Stream::new(Rc::new(fd))
+    }
+
+    fn new(fd: Rc<Fd>) -> Stream {
+        Stream {
+            fd,
+            gather: OnceCell::new(),
+        }
     }
 
     /// One send of `buf[off..]`; returns how many bytes the kernel took (may be fewer).
@@ -90,9 +101,84 @@ impl Stream {
     /// The op is submitted when this is called; the returned [`Recv`] is a nameable, `Unpin`
     /// future, so a connection can keep one receive armed in its own state.
     pub fn recv<B: IoBufMut>(&self, buf: B) -> Recv<B> {
+        if let Some(g) = self.gather.get() {
+            // A threshold left by an earlier gathering receive must not hold this one.
+            g.set_lowat(1);
+            g.deadline.set(None);
+        }
         Recv {
             op: ring::recv(self.fd.clone(), buf),
+            gather: None,
         }
+    }
+
+    /// Whether [`recv_gather`](Stream::recv_gather) can hold receives back on this socket:
+    /// TCP (IPv4 or IPv6) only. Unix-domain sockets signal readiness for every queued
+    /// message whatever the threshold, so on them it is a plain receive.
+    pub fn can_gather(&self) -> bool {
+        self.gather().max > 1
+    }
+
+    /// A receive that the kernel holds back until at least `min_bytes` are queued on the
+    /// socket, or until `hold_until` passes; then it completes like [`recv`](Stream::recv)
+    /// with everything that has arrived. End of stream, errors and resets complete it at once.
+    ///
+    /// This turns "wake me for every reply" into "wake me for this many": a client that
+    /// knows how many replies it has in flight, and roughly how big they are, gets them in
+    /// one wake-up and one receive instead of a wake-up per reply, with no timer to guess the
+    /// server's pace. It is `SO_RCVLOWAT`: TCP signals readability only once the threshold is
+    /// met, so the ring's poll for this receive does not fire before (the receive is
+    /// submitted with `POLL_FIRST`, so it does not take a partial read on submission either).
+    /// When `hold_until` passes first, the reactor lowers the threshold to one byte (which
+    /// makes the kernel signal at once if anything is queued), so a reply is held at most
+    /// that long. The threshold is capped at a quarter of the socket's receive buffer (and
+    /// 64 KiB), so the receive window is never affected, and it is set only when it changes
+    /// by more than a quarter: one `setsockopt` per change, none in a steady pipeline. On
+    /// sockets that cannot gather ([`can_gather`](Stream::can_gather)) this is `recv`.
+    pub fn recv_gather<B: IoBufMut>(
+        &self,
+        buf: B,
+        min_bytes: usize,
+        hold_until: Instant,
+    ) -> Recv<B> {
+        let g = self.gather();
+        if g.max <= 1 || min_bytes <= 1 {
+            return self.recv(buf);
+        }
+        let want = u32::try_from(min_bytes).unwrap_or(u32::MAX).min(g.max);
+        let cur = g.lowat.get();
+        if cur <= 1 || want < cur - cur / 4 || want > cur + cur / 4 {
+            g.set_lowat(want);
+        }
+        if g.lowat.get() > 1 {
+            g.deadline.set(Some(hold_until));
+            crate::reactor::hold_receive(g);
+        }
+        Recv {
+            op: ring::recv(self.fd.clone(), buf),
+            gather: Some(g.clone()),
+        }
+    }
+
+    fn gather(&self) -> &Rc<Gather> {
+        self.gather.get_or_init(|| {
+            let raw = self.fd.raw();
+            let tcp = matches!(
+                sys::get_int_opt(raw, libc::SOL_SOCKET, libc::SO_DOMAIN),
+                Ok(libc::AF_INET | libc::AF_INET6)
+            );
+            let max = match sys::get_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF) {
+                Ok(rcvbuf) if tcp => u32::try_from(rcvbuf / 4).unwrap_or(0).min(GATHER_MAX),
+                _ => 0,
+            };
+            Rc::new(Gather {
+                fd: Rc::downgrade(&self.fd),
+                lowat: Cell::new(1),
+                max,
+                deadline: Cell::new(None),
+                listed: Cell::new(false),
+            })
+        })
     }
 
     /// A stream of received chunks from one multishot receive with provided buffers: no SQE
@@ -184,6 +270,16 @@ fn inet(addr: sys::RawAddr) -> io::Result<SocketAddr> {
 /// with the ring until the kernel is done with it.
 pub struct Recv<B: IoBufMut> {
     op: ring::Op<ring::RecvOp<B>>,
+    /// For a gathering receive: its hold deadline ends when it completes or is dropped.
+    gather: Option<Rc<Gather>>,
+}
+
+impl<B: IoBufMut> Drop for Recv<B> {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gather {
+            g.deadline.set(None);
+        }
+    }
 }
 
 impl<B: IoBufMut> fmt::Debug for Recv<B> {
@@ -198,7 +294,68 @@ impl<B: IoBufMut> std::future::Future for Recv<B> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.op).poll(cx)
+        let out = std::pin::Pin::new(&mut self.op).poll(cx);
+        if out.is_ready() {
+            if let Some(g) = self.gather.take() {
+                g.deadline.set(None);
+            }
+        }
+        out
+    }
+}
+
+/// The largest receive threshold [`Stream::recv_gather`] sets.
+const GATHER_MAX: u32 = 64 * 1024;
+
+/// A socket's receive threshold (`SO_RCVLOWAT`) and how long it may hold a receive.
+pub(crate) struct Gather {
+    /// Weak: a pending hold must not keep the socket open (or stop `Stream::close`).
+    fd: Weak<Fd>,
+    /// The threshold set on the socket; 1 is the kernel's default (no holding).
+    lowat: Cell<u32>,
+    /// The largest threshold this socket takes; 0 when it cannot gather (not TCP).
+    max: u32,
+    /// When the reactor lowers the threshold again, if the receive has not completed.
+    deadline: Cell<Option<Instant>>,
+    /// Listed in the reactor's holds (see `reactor::hold_receive`).
+    listed: Cell<bool>,
+}
+
+impl Gather {
+    fn set_lowat(&self, bytes: u32) {
+        if self.lowat.get() == bytes {
+            return;
+        }
+        let Some(fd) = self.fd.upgrade() else {
+            return;
+        };
+        let value = i32::try_from(bytes).unwrap_or(i32::MAX);
+        match sys::set_int_opt(fd.raw(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, value) {
+            Ok(()) => self.lowat.set(bytes),
+            // Best effort: a socket that refuses it is simply not held.
+            Err(_) => self.lowat.set(1),
+        }
+    }
+
+    /// The pending hold's deadline, if any.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline.get()
+    }
+
+    /// The hold is over: lower the threshold so whatever has arrived completes the receive
+    /// (the kernel re-checks readiness when the threshold changes).
+    pub(crate) fn expire(&self) {
+        self.deadline.set(None);
+        self.set_lowat(1);
+    }
+
+    /// Whether the reactor lists this socket among its holds.
+    pub(crate) fn listed(&self) -> bool {
+        self.listed.get()
+    }
+
+    pub(crate) fn set_listed(&self, listed: bool) {
+        self.listed.set(listed);
     }
 }
 

@@ -23,7 +23,7 @@ use bytes::BytesMut;
 use cache::StatementCache;
 use command::{CmdFuture, RowsSink, SetSink};
 use postgres_types::ToSql;
-use state::{Conn, State, RECV_BUF};
+use state::{Conn, ReplyMeter, State, RECV_BUF};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
@@ -544,8 +544,17 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
     // Bytes that arrived with the final ReadyForQuery (a notice, a ParameterStatus, even a
     // FATAL) stay in the receive buffer: the watcher handles them on its first poll.
     let key: Option<BackendKey> = info.backend_key();
+    // Zero when the socket cannot hold a receive for a byte count (Unix) or it is off.
+    let gather_limit = if stream.can_gather() {
+        opts.get_reply_gather_limit()
+            .min(crate::options::MAX_REPLY_GATHER_LIMIT)
+    } else {
+        Duration::ZERO
+    };
     let conn = Rc::new(Conn {
         stream,
+        gather_limit,
+        replies: ReplyMeter::default(),
         st: RefCell::new(State {
             out: BytesMut::with_capacity(8 * 1024),
             queued_total: 0,

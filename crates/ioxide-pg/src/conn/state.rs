@@ -49,6 +49,13 @@ const BATCH_MIN_IN_FLIGHT: usize = 16;
 /// a half with 250 µs used no less CPU than a third and lost ~10 % q/s in 13 of 16 rounds.
 const BATCH_AGE_DIVISOR: u32 = 3;
 
+/// A gathering receive (TCP) waits for the bytes of this fraction of the replies in flight.
+/// Half leaves the server the other half to work on while the batch is handled, so it never
+/// runs dry (its utilisation stayed at 0.99–1.00 in the A/B); one connection × 64 pipelined
+/// (bench/FINDINGS.md, seventh session): client CPU per query 1.6–2.1 µs at a half against
+/// 2.0–2.4 µs at a third and 2.1–3.1 µs with the time window, same q/s within the noise.
+const GATHER_DIVISOR: usize = 2;
+
 /// One command in flight.
 pub(crate) struct Cmd {
     pub(crate) seq: u64,
@@ -106,6 +113,11 @@ pub(crate) struct Conn {
     pub(crate) max_message: usize,
     /// Reply batching (see `PgOptions::reply_batch_window`): the window, zero when off.
     pub(crate) batch_window: Duration,
+    /// The longest a receive is held for a batch of replies (`Stream::recv_gather`); zero
+    /// when the socket cannot (Unix) or gathering is off.
+    pub(crate) gather_limit: Duration,
+    /// Bytes received and replies completed, for the size of a typical reply.
+    pub(crate) replies: ReplyMeter,
     pub(crate) command_timeout: Option<Duration>,
     pub(crate) cancel_grace: Duration,
     pub(crate) handles: Cell<usize>,
@@ -326,6 +338,7 @@ impl Conn {
         let abandoned = {
             let mut st = self.st.borrow_mut();
             let done = st.queue.pop_front();
+            self.replies.completed();
             let abandoned = done.as_ref().is_some_and(|d| d.abandoned);
             if let (Some(done), Some(c)) = (&done, &st.cancelling) {
                 if c.seq == done.seq && c.cancel_done {
@@ -398,7 +411,10 @@ impl Conn {
                                         self.fail_eof(&b);
                                         return Driven::Broken;
                                     }
-                                    Ok(_) => (b, 0),
+                                    Ok(n) => {
+                                        self.replies.received(n);
+                                        (b, 0)
+                                    }
                                     Err(e) => {
                                         drop(st);
                                         let closing = self.st.borrow().closing;
@@ -452,20 +468,37 @@ impl Conn {
             if buf.capacity() - buf.len() < RECV_BUF / 4 {
                 buf.reserve(RECV_BUF);
             }
-            let recv = self.stream.recv(buf);
-            let mut st = self.st.borrow_mut();
-            st.recv = Some(recv);
-            if st.queue.len() >= BATCH_MIN_IN_FLIGHT && !self.batch_window.is_zero() {
-                if let Some(head) = st.queue.front() {
-                    // Replies are queued behind each other on the server: let them gather
-                    // for a third of the time the oldest has already waited (so batching
-                    // adds at most a third to its latency), capped by the option.
-                    let age = ioxide::time::now().saturating_duration_since(head.started);
-                    let window = (age / BATCH_AGE_DIVISOR).min(self.batch_window);
-                    ioxide::batch_wait(window);
-                }
+            let recv = self.arm_recv(buf);
+            self.st.borrow_mut().recv = Some(recv);
+        }
+    }
+
+    /// Submits the next receive. With many commands in flight their replies are queued
+    /// behind each other on the server, so the receive waits for a batch of them (see
+    /// `PgOptions::reply_batch_window`): over TCP until the bytes of a `GATHER_DIVISOR`th of
+    /// them have arrived, held at most the gather limit; otherwise the reactor's wait lasts a
+    /// third of the oldest command's age, capped by the window.
+    fn arm_recv(&self, buf: Vec<u8>) -> Recv<Vec<u8>> {
+        let (in_flight, oldest) = {
+            let st = self.st.borrow();
+            (st.queue.len(), st.queue.front().map(|c| c.started))
+        };
+        if in_flight < BATCH_MIN_IN_FLIGHT || self.batch_window.is_zero() {
+            return self.stream.recv(buf);
+        }
+        let now = ioxide::time::now();
+        if !self.gather_limit.is_zero() {
+            let per_reply = self.replies.typical_size();
+            if per_reply > 0 {
+                let want = (in_flight / GATHER_DIVISOR).saturating_mul(per_reply);
+                return self.stream.recv_gather(buf, want, now + self.gather_limit);
             }
         }
+        if let Some(oldest) = oldest {
+            let age = now.saturating_duration_since(oldest);
+            ioxide::batch_wait((age / BATCH_AGE_DIVISOR).min(self.batch_window));
+        }
+        self.stream.recv(buf)
     }
 
     /// Feeds complete messages at `buf[*pos..]` to the head command. `Ok(true)` when the head
@@ -654,5 +687,50 @@ fn compact(buf: &mut Vec<u8>, pos: usize) {
     } else {
         buf.copy_within(pos.., 0);
         buf.truncate(buf.len() - pos);
+    }
+}
+
+/// Counts a connection's received bytes and completed replies, for the size of a typical
+/// reply (what a gathering receive waits for is a number of replies in bytes).
+#[derive(Default)]
+pub(crate) struct ReplyMeter {
+    bytes: Cell<u64>,
+    replies: Cell<u64>,
+    /// The counters when the estimate was last updated.
+    mark: Cell<(u64, u64)>,
+    /// Bytes per reply, a moving average; 0 until enough replies were seen.
+    typical: Cell<usize>,
+}
+
+impl ReplyMeter {
+    /// Replies needed before a sample counts (fewer give a noisy size).
+    const SAMPLE: u64 = 8;
+
+    pub(crate) fn received(&self, n: usize) {
+        self.bytes.set(self.bytes.get().wrapping_add(n as u64));
+    }
+
+    pub(crate) fn completed(&self) {
+        self.replies.set(self.replies.get().wrapping_add(1));
+    }
+
+    /// Bytes per reply: an average over the replies since the last sample, folded into a
+    /// moving average (¾ old, ¼ new) so one odd batch does not swing it.
+    pub(crate) fn typical_size(&self) -> usize {
+        let (b0, r0) = self.mark.get();
+        let (b, r) = (self.bytes.get(), self.replies.get());
+        let n = r.wrapping_sub(r0);
+        if n >= Self::SAMPLE {
+            let sample = usize::try_from(b.wrapping_sub(b0) / n).unwrap_or(usize::MAX);
+            let old = self.typical.get();
+            let new = if old == 0 {
+                sample
+            } else {
+                (old * 3 + sample) / 4
+            };
+            self.typical.set(new.max(1));
+            self.mark.set((b, r));
+        }
+        self.typical.get()
     }
 }

@@ -84,6 +84,10 @@ pub struct RingStats {
     pub cqes: u64,
     /// Waits that batched completions (see [`crate::batch_wait`]).
     pub batched_waits: u64,
+    /// Receives held back for a byte threshold (see [`crate::net::Stream::recv_gather`]).
+    pub held_receives: u64,
+    /// Holds that reached their deadline before their threshold.
+    pub hold_expiries: u64,
 }
 
 /// Work the caller performs after releasing its borrow of the ring: waking may run scheduler
