@@ -505,9 +505,11 @@ impl PgOptions {
     /// Over TCP the receive is held until about half the replies in flight have arrived (in
     /// bytes, from the measured size of a reply: [`ioxide::net::Stream::recv_gather`]), for
     /// at most [`reply_gather_limit`](PgOptions::reply_gather_limit). Over a Unix socket
-    /// (where the kernel cannot hold a receive for a byte count) and when the gather limit
-    /// is zero, the reactor waits instead for a third of the time the oldest command in
-    /// flight has waited, capped by this window ([`ioxide::batch_wait`]); with
+    /// (where the kernel cannot hold a receive for a byte count), when the gather limit is
+    /// zero, and when more than four connections on one reactor batch at once (a hold
+    /// gathers one socket's replies; the window gathers every socket's in one wake-up), the
+    /// reactor waits instead for a third of the time the oldest command in flight has
+    /// waited, capped by this window ([`ioxide::batch_wait`]); with
     /// `min_wait_usec` (6.12+) a reply that takes longer wakes it at once. A lone command in
     /// flight (a depth-1 pool, a sequential caller) is never held. Measured on one
     /// connection × 64 pipelined queries (bench/FINDINGS.md): client CPU per query 7.6–8.0 µs

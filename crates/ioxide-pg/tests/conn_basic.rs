@@ -402,6 +402,46 @@ fn deep_pipelines_batch_replies_into_fewer_wake_ups() {
 }
 
 #[test]
+fn many_deep_connections_on_one_reactor_batch_by_the_window_not_by_holds() {
+    // Six connections with 32 in flight each: a hold would gather one socket at a time, the
+    // time window gathers all six in one wake-up, so past four deep connections the window
+    // is used.
+    ioxide::block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..6 {
+            conns.push(Rc::new(PgConnection::connect(&opts()).await.unwrap()));
+        }
+        let r = ioxide::Reactor::current();
+        let before = r.ring_stats();
+        let tasks: Vec<_> = (0..6 * 32i64)
+            .map(|t| {
+                let c = conns[(t % 6) as usize].clone();
+                ioxide::spawn(async move {
+                    for i in 0..40i64 {
+                        let n = t * 100 + i;
+                        let v = c.query_params("SELECT $1::int8 + 1", &[&n]).await.unwrap();
+                        assert_eq!(v.scalar::<i64>().unwrap(), n + 1);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        // While the load ramps up and down fewer than five are deep, and those may gather.
+        let after = r.ring_stats();
+        let held = after.held_receives - before.held_receives;
+        let windows = after.batched_waits - before.batched_waits;
+        eprintln!("six deep connections: {held} held receives, {windows} batched waits");
+        assert!(windows > 0, "no batched wait");
+        assert!(
+            held * 2 < windows,
+            "{held} held receives against {windows} batched waits with six deep connections"
+        );
+    });
+}
+
+#[test]
 fn a_slow_query_in_a_deep_pipeline_does_not_hold_back_the_replies_before_it() {
     ioxide::block_on(async {
         let conn = Rc::new(PgConnection::connect(&opts()).await.unwrap());

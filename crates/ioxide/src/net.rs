@@ -150,13 +150,17 @@ impl Stream {
         if cur <= 1 || want < cur - cur / 4 || want > cur + cur / 4 {
             g.set_lowat(want);
         }
+        // Only the newest gathering receive owns the hold: an older one dropped later must
+        // not end it.
+        let generation = g.generation.get().wrapping_add(1);
+        g.generation.set(generation);
         if g.lowat.get() > 1 {
             g.deadline.set(Some(hold_until));
             crate::reactor::hold_receive(g);
         }
         Recv {
             op: ring::recv(self.fd.clone(), buf),
-            gather: Some(g.clone()),
+            gather: Some((g.clone(), generation)),
         }
     }
 
@@ -177,6 +181,7 @@ impl Stream {
                 max,
                 deadline: Cell::new(None),
                 listed: Cell::new(false),
+                generation: Cell::new(0),
             })
         })
     }
@@ -271,13 +276,13 @@ fn inet(addr: sys::RawAddr) -> io::Result<SocketAddr> {
 pub struct Recv<B: IoBufMut> {
     op: ring::Op<ring::RecvOp<B>>,
     /// For a gathering receive: its hold deadline ends when it completes or is dropped.
-    gather: Option<Rc<Gather>>,
+    gather: Option<(Rc<Gather>, u64)>,
 }
 
 impl<B: IoBufMut> Drop for Recv<B> {
     fn drop(&mut self) {
-        if let Some(g) = &self.gather {
-            g.deadline.set(None);
+        if let Some((g, generation)) = self.gather.take() {
+            g.release(generation);
         }
     }
 }
@@ -296,8 +301,8 @@ impl<B: IoBufMut> std::future::Future for Recv<B> {
     ) -> std::task::Poll<Self::Output> {
         let out = std::pin::Pin::new(&mut self.op).poll(cx);
         if out.is_ready() {
-            if let Some(g) = self.gather.take() {
-                g.deadline.set(None);
+            if let Some((g, generation)) = self.gather.take() {
+                g.release(generation);
             }
         }
         out
@@ -319,6 +324,8 @@ pub(crate) struct Gather {
     deadline: Cell<Option<Instant>>,
     /// Listed in the reactor's holds (see `reactor::hold_receive`).
     listed: Cell<bool>,
+    /// Counts gathering receives; the newest one owns the deadline.
+    generation: Cell<u64>,
 }
 
 impl Gather {
@@ -334,6 +341,13 @@ impl Gather {
             Ok(()) => self.lowat.set(bytes),
             // Best effort: a socket that refuses it is simply not held.
             Err(_) => self.lowat.set(1),
+        }
+    }
+
+    /// A gathering receive completed or was dropped: its hold (if still the newest) is over.
+    fn release(&self, generation: u64) {
+        if self.generation.get() == generation {
+            self.deadline.set(None);
         }
     }
 

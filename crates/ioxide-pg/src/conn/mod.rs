@@ -23,7 +23,7 @@ use bytes::BytesMut;
 use cache::StatementCache;
 use command::{CmdFuture, RowsSink, SetSink};
 use postgres_types::ToSql;
-use state::{Conn, ReplyMeter, State, RECV_BUF};
+use state::{Conn, DeepMark, ReplyMeter, State, RECV_BUF};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
@@ -555,6 +555,7 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
         stream,
         gather_limit,
         replies: ReplyMeter::default(),
+        deep: DeepMark::default(),
         st: RefCell::new(State {
             out: BytesMut::with_capacity(8 * 1024),
             queued_total: 0,
