@@ -359,21 +359,25 @@ impl PgOptions {
                 format!("must be at least {MIN_MESSAGE_BYTES}"),
             ));
         }
-        if self.reply_batch_window > Duration::from_millis(10) {
-            let v = format!("{:?}", self.reply_batch_window);
-            return Err(PgError::config(
+        for (field, value, max) in [
+            (
                 "reply_batch_window",
-                Some(&v),
-                "must be at most 10 ms",
-            ));
-        }
-        if self.reply_gather_limit > MAX_REPLY_GATHER_LIMIT {
-            let v = format!("{:?}", self.reply_gather_limit);
-            return Err(PgError::config(
+                self.reply_batch_window,
+                ioxide::MAX_BATCH_WINDOW,
+            ),
+            (
                 "reply_gather_limit",
-                Some(&v),
-                "must be at most 100 ms",
-            ));
+                self.reply_gather_limit,
+                MAX_REPLY_GATHER_LIMIT,
+            ),
+        ] {
+            if value > max {
+                return Err(PgError::config(
+                    field,
+                    Some(&format!("{value:?}")),
+                    format!("must be at most {max:?}"),
+                ));
+            }
         }
         Ok(())
     }

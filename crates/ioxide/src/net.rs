@@ -101,11 +101,7 @@ impl Stream {
     /// The op is submitted when this is called; the returned [`Recv`] is a nameable, `Unpin`
     /// future, so a connection can keep one receive armed in its own state.
     pub fn recv<B: IoBufMut>(&self, buf: B) -> Recv<B> {
-        if let Some(g) = self.gather.get() {
-            // A threshold left by an earlier gathering receive must not hold this one.
-            g.set_lowat(1);
-            g.deadline.set(None);
-        }
+        self.reset_gather();
         Recv {
             op: ring::recv(self.fd.clone(), buf),
             gather: None,
@@ -126,15 +122,20 @@ impl Stream {
     /// This turns "wake me for every reply" into "wake me for this many": a client that
     /// knows how many replies it has in flight, and roughly how big they are, gets them in
     /// one wake-up and one receive instead of a wake-up per reply, with no timer to guess the
-    /// server's pace. It is `SO_RCVLOWAT`: TCP signals readability only once the threshold is
-    /// met, so the ring's poll for this receive does not fire before (the receive is
-    /// submitted with `POLL_FIRST`, so it does not take a partial read on submission either).
-    /// When `hold_until` passes first, the reactor lowers the threshold to one byte (which
-    /// makes the kernel signal at once if anything is queued), so a reply is held at most
-    /// that long. The threshold is capped at a quarter of the socket's receive buffer (and
-    /// 64 KiB), so the receive window is never affected, and it is set only when it changes
-    /// by more than a quarter: one `setsockopt` per change, none in a steady pipeline. On
-    /// sockets that cannot gather ([`can_gather`](Stream::can_gather)) this is `recv`.
+    /// server's pace. It is `SO_RCVLOWAT`: TCP normally signals readability only once the
+    /// threshold is met (memory pressure or a nearly closed window signal earlier, and the
+    /// receive then takes what is there), so the ring's poll for this receive does not fire
+    /// before; the receive is submitted with `POLL_FIRST`, so it does not take a partial read
+    /// on submission either. When `hold_until` passes first, the reactor lowers the threshold
+    /// to one byte (which makes the kernel signal at once if anything is queued). A hold can
+    /// outlast `hold_until` only by a [`batch_wait`](crate::batch_wait) window another task
+    /// asked for in the same turn. The threshold is capped at an eighth of the socket's
+    /// receive buffer (and 64 KiB), below what would make the kernel grow the buffer and
+    /// clamp the receive window, and it is set only when it changes by more than a quarter:
+    /// one `setsockopt` per change, none in a steady pipeline. Only one receive should be in
+    /// flight on a socket at a time; a later plain `recv` or `recv_stream` resets the
+    /// threshold. On sockets that cannot gather ([`can_gather`](Stream::can_gather)), or after
+    /// the kernel refused the option, this is `recv`.
     pub fn recv_gather<B: IoBufMut>(
         &self,
         buf: B,
@@ -142,7 +143,7 @@ impl Stream {
         hold_until: Instant,
     ) -> Recv<B> {
         let g = self.gather();
-        if g.max <= 1 || min_bytes <= 1 {
+        if g.max <= 1 || g.failed.get() || min_bytes <= 1 {
             return self.recv(buf);
         }
         let want = u32::try_from(min_bytes).unwrap_or(u32::MAX).min(g.max);
@@ -164,6 +165,13 @@ impl Stream {
         }
     }
 
+    /// A threshold left by an earlier gathering receive must not hold a plain one.
+    fn reset_gather(&self) {
+        if let Some(g) = self.gather.get() {
+            g.expire();
+        }
+    }
+
     fn gather(&self) -> &Rc<Gather> {
         self.gather.get_or_init(|| {
             let raw = self.fd.raw();
@@ -172,7 +180,7 @@ impl Stream {
                 Ok(libc::AF_INET | libc::AF_INET6)
             );
             let max = match sys::get_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF) {
-                Ok(rcvbuf) if tcp => u32::try_from(rcvbuf / 4).unwrap_or(0).min(GATHER_MAX),
+                Ok(rcvbuf) if tcp => u32::try_from(rcvbuf / 8).unwrap_or(0).min(GATHER_MAX),
                 _ => 0,
             };
             Rc::new(Gather {
@@ -182,6 +190,7 @@ impl Stream {
                 deadline: Cell::new(None),
                 listed: Cell::new(false),
                 generation: Cell::new(0),
+                failed: Cell::new(false),
             })
         })
     }
@@ -190,6 +199,7 @@ impl Stream {
     /// and no poll re-arm per chunk (see [`RecvStream`]). Only one receive (of either kind)
     /// should be in flight on a socket at a time, or the data interleaves unpredictably.
     pub fn recv_stream(&self) -> RecvStream {
+        self.reset_gather();
         RecvStream {
             fd: self.fd.clone(),
             op: None,
@@ -279,11 +289,18 @@ pub struct Recv<B: IoBufMut> {
     gather: Option<(Rc<Gather>, u64)>,
 }
 
-impl<B: IoBufMut> Drop for Recv<B> {
-    fn drop(&mut self) {
+impl<B: IoBufMut> Recv<B> {
+    /// This receive is over (completed or dropped): so is its hold.
+    fn end_hold(&mut self) {
         if let Some((g, generation)) = self.gather.take() {
             g.release(generation);
         }
+    }
+}
+
+impl<B: IoBufMut> Drop for Recv<B> {
+    fn drop(&mut self) {
+        self.end_hold();
     }
 }
 
@@ -301,9 +318,7 @@ impl<B: IoBufMut> std::future::Future for Recv<B> {
     ) -> std::task::Poll<Self::Output> {
         let out = std::pin::Pin::new(&mut self.op).poll(cx);
         if out.is_ready() {
-            if let Some((g, generation)) = self.gather.take() {
-                g.release(generation);
-            }
+            self.end_hold();
         }
         out
     }
@@ -326,6 +341,9 @@ pub(crate) struct Gather {
     listed: Cell<bool>,
     /// Counts gathering receives; the newest one owns the deadline.
     generation: Cell<u64>,
+    /// A `setsockopt` failed: the kernel's threshold is unknown, so this socket no longer
+    /// gathers (and every plain receive tries again to reset it).
+    failed: Cell<bool>,
 }
 
 impl Gather {
@@ -339,8 +357,9 @@ impl Gather {
         let value = i32::try_from(bytes).unwrap_or(i32::MAX);
         match sys::set_int_opt(fd.raw(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, value) {
             Ok(()) => self.lowat.set(bytes),
-            // Best effort: a socket that refuses it is simply not held.
-            Err(_) => self.lowat.set(1),
+            // The kernel kept its old value (a security hook, say): stop gathering on this
+            // socket and leave the cached value as it was, so the reset is tried again.
+            Err(_) => self.failed.set(true),
         }
     }
 

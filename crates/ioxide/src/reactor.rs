@@ -70,9 +70,6 @@ pub(crate) struct Inner {
     batch_window: Cell<Option<Duration>>,
     /// Sockets whose receive is held back until a deadline (see [`hold_receive`]).
     holds: RefCell<Vec<Rc<crate::net::Gather>>>,
-    /// Receives held so far, and holds ended by their deadline (for [`RingStats`]).
-    held_receives: Cell<u64>,
-    hold_expiries: Cell<u64>,
     /// The ring timeout that ends the earliest hold, and when it fires.
     hold_timer: RefCell<Option<(Instant, ring::Op<ring::TimeoutOp>)>>,
     /// When this loop turn began (see [`crate::time::now`]).
@@ -183,10 +180,7 @@ impl Reactor {
 
     /// What the ring has done so far.
     pub fn ring_stats(&self) -> RingStats {
-        let mut stats = self.inner.ring.borrow().stats;
-        stats.held_receives = self.inner.held_receives.get();
-        stats.hold_expiries = self.inner.hold_expiries.get();
-        stats
+        self.inner.ring.borrow().stats
     }
 
     /// Whether the ring runs with `SINGLE_ISSUER | DEFER_TASKRUN`.
@@ -387,8 +381,6 @@ impl Runtime {
             batch_window: Cell::new(None),
             holds: RefCell::new(Vec::new()),
             hold_timer: RefCell::new(None),
-            held_receives: Cell::new(0),
-            hold_expiries: Cell::new(0),
             turn_time: Cell::new(Instant::now()),
         });
         CURRENT.with(|c| {
@@ -477,7 +469,11 @@ fn run_loop<F: Future>(reactor: &Reactor, shared: &Arc<Shared>, future: F) -> F:
                 waiters.into_iter().for_each(Waker::wake);
             }
         }
-        let wait = !executor::has_ready() && !shared.root_woken.load(Ordering::Acquire);
+        // Completions moved to the backlog while SQEs were pushed into a full ring are
+        // dispatched after the enter; waiting on top of them could sleep past them.
+        let wait = !executor::has_ready()
+            && !shared.root_woken.load(Ordering::Acquire)
+            && !reactor.inner.ring.borrow().has_backlog();
         let window = reactor.inner.batch_window.take();
         reactor.inner.arm_hold_timer();
         let entered = match window {
@@ -557,8 +553,8 @@ impl Inner {
             .filter(|g| g.deadline().is_some_and(|d| d <= now))
             .cloned()
             .collect();
+        self.ring.borrow_mut().stats.hold_expiries += due.len() as u64;
         for g in due {
-            self.hold_expiries.set(self.hold_expiries.get() + 1);
             g.expire();
         }
     }
@@ -569,7 +565,9 @@ impl Inner {
 /// `Inner::arm_hold_timer`). Outside a reactor nothing would, so the hold ends at once.
 pub(crate) fn hold_receive(g: &Rc<crate::net::Gather>) {
     let listed = with_current(|inner| {
-        inner.held_receives.set(inner.held_receives.get() + 1);
+        if let Ok(mut ring) = inner.ring.try_borrow_mut() {
+            ring.stats.held_receives += 1;
+        }
         if !g.listed() {
             g.set_listed(true);
             inner.holds.borrow_mut().push(g.clone());
@@ -601,7 +599,12 @@ impl Drop for Teardown {
         drop(services);
         inner.shutdown_waiters.borrow_mut().clear();
         inner.end_of_turn.borrow_mut().clear();
-        inner.holds.borrow_mut().clear();
+        // A stream may outlive this reactor (returned from `block_on`): release its hold so
+        // it is neither held without a timer nor thought listed by the next reactor.
+        for g in std::mem::take(&mut *inner.holds.borrow_mut()) {
+            g.set_listed(false);
+            g.expire();
+        }
         drop(inner.hold_timer.borrow_mut().take());
         // 2. Cancel every task: wake each one (parked on a ring op or on anything else) and
         //    drop its runnable. Dropping a task's future drops its ops, which hand their data

@@ -29,38 +29,34 @@ fn held() -> (u64, u64) {
 
 #[test]
 fn a_gathering_receive_waits_for_its_threshold() {
-    // 10 bytes at once, 90 more 150 ms later: a receive wanting 100 completes with all 100,
-    // not with the first 10.
-    let (addr, h) = peer(|mut s| {
+    // 10 bytes at once, 90 more only when the test says so (after the receive has been
+    // armed and left waiting a while): a receive wanting 100 completes with all 100, not
+    // with the first 10.
+    let (tx, rx) = mpsc::channel::<()>();
+    let (addr, h) = peer(move |mut s| {
         s.write_all(&[1; 10]).unwrap();
-        std::thread::sleep(Duration::from_millis(150));
+        rx.recv().unwrap();
         s.write_all(&[2; 90]).unwrap();
         std::thread::sleep(Duration::from_millis(300));
     });
     ioxide::block_on(async move {
         let s = Stream::connect(addr).await.unwrap();
         assert!(s.can_gather(), "TCP can gather");
-        sleep(Duration::from_millis(30)).await; // the first 10 bytes are queued by now
-        let t0 = Instant::now();
-        let (r, buf) = s
-            .recv_gather(
-                Vec::with_capacity(4096),
-                100,
-                Instant::now() + Duration::from_secs(5),
-            )
-            .await;
-        let waited = t0.elapsed();
+        let recv = s.recv_gather(
+            Vec::with_capacity(4096),
+            100,
+            Instant::now() + Duration::from_secs(10),
+        );
+        // Let the receive sit with only the first 10 bytes queued, then release the rest.
+        let release = ioxide::spawn(async move {
+            sleep(Duration::from_millis(100)).await;
+            tx.send(()).unwrap();
+        });
+        let (r, buf) = recv.await;
+        release.await;
         assert_eq!(r.unwrap(), 100, "the receive took the whole batch");
         assert_eq!(&buf[..10], &[1; 10]);
         assert_eq!(&buf[10..], &[2; 90]);
-        assert!(
-            waited >= Duration::from_millis(80),
-            "completed after {waited:?}, before the batch"
-        );
-        assert!(
-            waited < Duration::from_secs(2),
-            "completed after {waited:?}"
-        );
         assert_eq!(held(), (1, 0), "one hold, ended by its threshold");
     });
     h.join().unwrap();

@@ -578,8 +578,8 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
         target,
         key,
         max_message: max,
-        // validate() refuses more than 10 ms; clamp for options that skipped it.
-        batch_window: opts.get_reply_batch_window().min(Duration::from_millis(10)),
+        // validate() refuses more; clamp for options that skipped it.
+        batch_window: opts.get_reply_batch_window().min(ioxide::MAX_BATCH_WINDOW),
         command_timeout: opts.get_command_timeout(),
         cancel_grace: CANCEL_GRACE,
         handles: Cell::new(1),

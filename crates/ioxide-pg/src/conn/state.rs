@@ -50,18 +50,15 @@ const BATCH_MIN_IN_FLIGHT: usize = 16;
 const BATCH_AGE_DIVISOR: u32 = 3;
 
 /// A gathering receive (TCP) waits for the bytes of this fraction of the replies in flight.
-/// Half leaves the server the other half to work on while the batch is handled, so it never
-/// runs dry (its utilisation stayed at 0.99–1.00 in the A/B); one connection × 64 pipelined
-/// (bench/FINDINGS.md, seventh session): client CPU per query 1.6–2.1 µs at a half against
-/// 2.0–2.4 µs at a third and 2.1–3.1 µs with the time window, same q/s within the noise.
+/// Half leaves the server the other half to work on while the batch is handled, so it does
+/// not run dry; a third woke more often for less CPU saving (bench/FINDINGS.md, "Gathering
+/// receives", with the cost on the server side).
 const GATHER_DIVISOR: usize = 2;
 
 /// Gathering holds each socket for its own batch, so it saves wake-ups only per connection;
 /// the time window gathers every connection's replies in one wake-up. With more than this
-/// many deep connections on a reactor the window is used instead. Measured with 256 in
-/// flight at depth 256 (two rounds, `select42` / `param`): 2 and 4 connections used 5–25 %
-/// less CPU per query gathering, 8 connections ~10 % more on `select42` (0.008 enters per
-/// query with the window against 0.02 gathering).
+/// many deep connections on a reactor the window is used instead (measured at 2, 4 and 8
+/// connections: bench/FINDINGS.md, "Gathering receives").
 const GATHER_MAX_CONNS: usize = 4;
 
 /// One command in flight.
@@ -219,6 +216,8 @@ impl Conn {
             }
             st.broken = Some(why.replicate());
             st.cache.clear();
+            // A broken connection arms no receive again: it must not keep counting as deep.
+            self.deep.set(false);
             let mut wakers: Vec<Waker> = st.queue.drain(..).filter_map(|c| c.waker).collect();
             wakers.extend(st.writer_waker.take());
             wakers.extend(st.watcher_waker.take());
@@ -497,16 +496,23 @@ impl Conn {
         let deep = in_flight >= BATCH_MIN_IN_FLIGHT && !self.batch_window.is_zero();
         let deep_here = self.deep.set(deep);
         if !deep {
+            self.replies.gathering_for(0);
             return self.stream.recv(buf);
         }
         let now = ioxide::time::now();
         if !self.gather_limit.is_zero() && deep_here <= GATHER_MAX_CONNS {
             let per_reply = self.replies.typical_size();
             if per_reply > 0 {
-                let want = (in_flight / GATHER_DIVISOR).saturating_mul(per_reply);
+                // No more than this receive can take: more would only wait out the limit.
+                let spare = buf.capacity() - buf.len();
+                let want = (in_flight / GATHER_DIVISOR)
+                    .saturating_mul(per_reply)
+                    .min(spare);
+                self.replies.gathering_for(want);
                 return self.stream.recv_gather(buf, want, now + self.gather_limit);
             }
         }
+        self.replies.gathering_for(0);
         if let Some(oldest) = oldest {
             let age = now.saturating_duration_since(oldest);
             ioxide::batch_wait((age / BATCH_AGE_DIVISOR).min(self.batch_window));
@@ -712,15 +718,34 @@ pub(crate) struct ReplyMeter {
     /// The counters when the estimate was last updated.
     mark: Cell<(u64, u64)>,
     /// Bytes per reply, a moving average; 0 until enough replies were seen.
-    typical: Cell<usize>,
+    typical: Cell<u64>,
+    /// The bytes the receive in flight gathers for (0: not a gathering receive).
+    gathering: Cell<u64>,
 }
 
 impl ReplyMeter {
     /// Replies needed before a sample counts (fewer give a noisy size).
     const SAMPLE: u64 = 8;
 
+    /// A receive completed with `n` bytes. A gathering receive that got fewer than it
+    /// waited for ended at its deadline (or on a close): the replies in flight are smaller
+    /// than the estimate, so it is scaled down at once — otherwise a run of large results
+    /// followed by small ones would wait out the limit batch after batch while the moving
+    /// average caught up.
     pub(crate) fn received(&self, n: usize) {
-        self.bytes.set(self.bytes.get().wrapping_add(n as u64));
+        let n = n as u64;
+        self.bytes.set(self.bytes.get().wrapping_add(n));
+        let want = self.gathering.replace(0);
+        if n < want {
+            let scaled = u128::from(self.typical.get()) * u128::from(n) / u128::from(want);
+            self.typical
+                .set(u64::try_from(scaled).unwrap_or(u64::MAX).max(1));
+        }
+    }
+
+    /// The next receive gathers for `bytes` (0: it does not gather).
+    pub(crate) fn gathering_for(&self, bytes: usize) {
+        self.gathering.set(bytes as u64);
     }
 
     pub(crate) fn completed(&self) {
@@ -734,17 +759,17 @@ impl ReplyMeter {
         let (b, r) = (self.bytes.get(), self.replies.get());
         let n = r.wrapping_sub(r0);
         if n >= Self::SAMPLE {
-            let sample = usize::try_from(b.wrapping_sub(b0) / n).unwrap_or(usize::MAX);
+            let sample = b.wrapping_sub(b0) / n;
             let old = self.typical.get();
             let new = if old == 0 {
                 sample
             } else {
-                (old * 3 + sample) / 4
+                old.saturating_mul(3).saturating_add(sample) / 4
             };
             self.typical.set(new.max(1));
             self.mark.set((b, r));
         }
-        self.typical.get()
+        usize::try_from(self.typical.get()).unwrap_or(usize::MAX)
     }
 }
 

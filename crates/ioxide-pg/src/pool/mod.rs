@@ -13,8 +13,9 @@
 //! (one probe at a time while connects fail). A request that finds no live connection starts a
 //! connect at once. Requests wait at most `acquire_timeout`; once the database has been
 //! unreachable for that long, new requests fail at once until a connect succeeds. A query
-//! whose connection broke before any byte of it was sent is retried once on another
-//! connection; one that may have reached the server never is.
+//! whose connection broke before any byte of it was sent is retried on another connection
+//! (up to `pool_size` times: in a restart each pooled connection may break in turn); one
+//! that may have reached the server never is.
 
 mod guard;
 mod state;
@@ -153,14 +154,17 @@ impl PgPool {
         }
     }
 
-    /// Runs `f` on a connection with capacity; retries once, on another connection, when the
-    /// connection broke before the command was sent.
+    /// Runs `f` on a connection with capacity; retries on another connection when the
+    /// connection broke before the command was sent — up to `pool_size` times, since during
+    /// a restart every pooled connection may be about to receive the server's goodbye (a
+    /// retry that lands on the next doomed one is not sent either), and always within the
+    /// first wait's deadline. A command that never left this process cannot run twice.
     async fn with_conn<'a, T, F, Fut>(&'a self, f: F) -> Result<T, PgError>
     where
         F: Fn(PgConnection) -> Fut,
         Fut: Future<Output = Result<T, PgError>> + 'a,
     {
-        let mut retried = false;
+        let mut retries_left = self.inner.size;
         // A retry keeps the first wait's deadline: one call waits at most acquire_timeout.
         let mut deadline = None;
         loop {
@@ -175,14 +179,14 @@ impl PgPool {
             // replicated to the commands queued behind it). Not a conversion error, which
             // would fail the same way again.
             let retry = match &r {
-                Err(e) if !retried && !e.was_sent() => {
+                Err(e) if retries_left > 0 && !e.was_sent() => {
                     e.is_transport() || e.is_closed() || lease.conn.is_broken()
                 }
                 _ => false,
             };
             drop(lease);
             if retry {
-                retried = true;
+                retries_left -= 1;
                 self.inner.st.borrow_mut().stats.retries_total += 1;
                 continue;
             }

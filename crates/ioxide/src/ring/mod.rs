@@ -98,6 +98,20 @@ pub(crate) struct AfterCompletion {
     pub(crate) drop_data: Option<Box<dyn Any>>,
 }
 
+impl RingStats {
+    /// The counts since `before` (an earlier snapshot of the same ring).
+    pub fn since(&self, before: &RingStats) -> RingStats {
+        RingStats {
+            enters: self.enters.wrapping_sub(before.enters),
+            sqes: self.sqes.wrapping_sub(before.sqes),
+            cqes: self.cqes.wrapping_sub(before.cqes),
+            batched_waits: self.batched_waits.wrapping_sub(before.batched_waits),
+            held_receives: self.held_receives.wrapping_sub(before.held_receives),
+            hold_expiries: self.hold_expiries.wrapping_sub(before.hold_expiries),
+        }
+    }
+}
+
 impl AfterCompletion {
     pub(crate) fn run(self) {
         if let Some(w) = self.wake {
@@ -523,6 +537,12 @@ impl Ring {
                 _ => Err(e),
             },
         }
+    }
+
+    /// Completions already taken off the CQ (while pushing SQEs into a full ring) and not
+    /// yet dispatched: the loop must not sleep on top of them.
+    pub(crate) fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
     }
 
     /// Moves every available CQE (backlog first) into `out`.
