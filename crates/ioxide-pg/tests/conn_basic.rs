@@ -336,29 +336,35 @@ fn a_thousand_pipelined_queries_each_get_their_own_answer() {
     });
 }
 
-/// 64 closed-loop callers × 20 queries on one connection: every answer checked; returns the
-/// reactor's ring counters over the run.
+/// `per_conn` closed-loop callers on each of `conns`, `queries` checked queries each;
+/// returns the reactor's ring counters over the run.
+async fn closed_loop(conns: &[Rc<PgConnection>], per_conn: i64, queries: i64) -> ioxide::RingStats {
+    let r = ioxide::Reactor::current();
+    let before = r.ring_stats();
+    let n = conns.len() as i64;
+    let tasks: Vec<_> = (0..n * per_conn)
+        .map(|t| {
+            let c = conns[(t % n) as usize].clone();
+            ioxide::spawn(async move {
+                for i in 0..queries {
+                    let v = t * 100 + i;
+                    let rs = c.query_params("SELECT $1::int8 + 1", &[&v]).await.unwrap();
+                    assert_eq!(rs.scalar::<i64>().unwrap(), v + 1);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    r.ring_stats().since(&before)
+}
+
+/// 64 closed-loop callers × 20 queries on one connection.
 fn closed_loop_on_one_connection(opts: PgOptions) -> ioxide::RingStats {
     ioxide::block_on(async move {
         let conn = Rc::new(PgConnection::connect(&opts).await.unwrap());
-        let r = ioxide::Reactor::current();
-        let before = r.ring_stats();
-        let tasks: Vec<_> = (0..64i64)
-            .map(|t| {
-                let c = conn.clone();
-                ioxide::spawn(async move {
-                    for i in 0..20i64 {
-                        let n = t * 100 + i;
-                        let v = c.query_params("SELECT $1::int8 + 1", &[&n]).await.unwrap();
-                        assert_eq!(v.scalar::<i64>().unwrap(), n + 1);
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await;
-        }
-        r.ring_stats().since(&before)
+        closed_loop(&[conn], 64, 20).await
     })
 }
 
@@ -405,25 +411,8 @@ fn many_deep_connections_on_one_reactor_batch_by_the_window_not_by_holds() {
         for _ in 0..6 {
             conns.push(Rc::new(PgConnection::connect(&opts()).await.unwrap()));
         }
-        let r = ioxide::Reactor::current();
-        let before = r.ring_stats();
-        let tasks: Vec<_> = (0..6 * 32i64)
-            .map(|t| {
-                let c = conns[(t % 6) as usize].clone();
-                ioxide::spawn(async move {
-                    for i in 0..40i64 {
-                        let n = t * 100 + i;
-                        let v = c.query_params("SELECT $1::int8 + 1", &[&n]).await.unwrap();
-                        assert_eq!(v.scalar::<i64>().unwrap(), n + 1);
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await;
-        }
+        let d = closed_loop(&conns, 32, 40).await;
         // While the load ramps up and down fewer than five are deep, and those may gather.
-        let d = r.ring_stats().since(&before);
         let (held, windows) = (d.held_receives, d.batched_waits);
         eprintln!("six deep connections: {held} held receives, {windows} batched waits");
         assert!(windows > 0, "no batched wait");
