@@ -41,7 +41,7 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct App {
     /// This reactor's pool.
-    pub pool: Rc<PgPool>,
+    pub pool: PgPool,
     /// The knobs.
     pub config: Arc<Config>,
     board: Arc<Board>,
@@ -58,7 +58,9 @@ pub struct App {
 /// Runs on each reactor thread before it serves: starts the pool, registers the [`App`],
 /// and spawns the stats publisher and the shutdown task.
 pub fn start(reactor: &Reactor, shared: &Shared) {
-    let pool = PgPool::start_with_target(reactor, shared.options.clone(), shared.target.clone());
+    // A reactor's first pool: starting it cannot find another one registered.
+    let pool = PgPool::start_with_target(reactor, shared.options.clone(), shared.target.clone())
+        .expect("the playground starts one pool per reactor");
     let app = reactor.add_service(App {
         pool,
         config: shared.config.clone(),

@@ -130,18 +130,14 @@ mod tests {
     #[test]
     fn live_numbers_for_the_answering_reactor_snapshots_for_the_rest() {
         let board = Board::new(3);
-        let published = PoolStats {
-            open: 4,
-            idle: 3,
-            ..PoolStats::default()
-        };
+        let mut published = PoolStats::default();
+        published.open = 4;
+        published.idle = 3;
         board.publish(1, published);
         board.publish(7, published); // out of range: ignored
-        let live = PoolStats {
-            open: 8,
-            in_flight: 2,
-            ..PoolStats::default()
-        };
+        let mut live = PoolStats::default();
+        live.open = 8;
+        live.in_flight = 2;
         let json = board.json(0, live, 8, 1);
         assert!(json.starts_with("{\"answered_by\":0,\"pool_size\":8,\"pipeline_depth\":1,"));
         assert!(

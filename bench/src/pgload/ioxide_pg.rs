@@ -82,8 +82,8 @@ pub fn run(args: &Args) -> Result<Value, String> {
 /// What the tasks of one reactor query through.
 #[derive(Debug, Clone)]
 enum Client {
-    Pool(Rc<PgPool>),
-    Conn(PgConnection),
+    Pool(PgPool),
+    Conn(Rc<PgConnection>),
 }
 
 /// Opens this reactor's client: the pool (waiting until it is full), or `size` connections.
@@ -100,11 +100,12 @@ async fn open(
             let c = PgConnection::connect_to(&opts, target.clone())
                 .await
                 .map_err(|e| format!("connecting: {e}"))?;
-            conns.push(Client::Conn(c));
+            conns.push(Client::Conn(Rc::new(c)));
         }
         return Ok(conns);
     }
-    let pool = PgPool::start_with_target(&Reactor::current(), opts, target);
+    let pool = PgPool::start_with_target(&Reactor::current(), opts, target)
+        .map_err(|e| format!("starting the pool: {e}"))?;
     let started = Instant::now();
     while pool.stats().open < size {
         if ctl.stopped() {
@@ -145,14 +146,14 @@ fn reactor_main(
                 .map(|task| {
                     let (ctl, window) = (ctl.clone(), window.clone());
                     match clients[task % clients.len()].clone() {
-                        Client::Pool(p) => ioxide::spawn(async move {
-                            task_loop(&*p, &ctl, query, task, &window).await
-                        }),
-                        Client::Conn(c) => {
+                        Client::Pool(p) => {
                             ioxide::spawn(
-                                async move { task_loop(&c, &ctl, query, task, &window).await },
+                                async move { task_loop(&p, &ctl, query, task, &window).await },
                             )
                         }
+                        Client::Conn(c) => ioxide::spawn(async move {
+                            task_loop(&*c, &ctl, query, task, &window).await
+                        }),
                     }
                 })
                 .collect();

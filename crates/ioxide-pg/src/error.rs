@@ -91,6 +91,9 @@ enum Kind {
     Conversion(String),
     /// The connection is closed or broken.
     Closed(String),
+    /// The API was used in a way it cannot serve (e.g. a transaction on the pool's shared
+    /// connections).
+    Misuse(String),
 }
 
 impl PgError {
@@ -169,6 +172,11 @@ impl PgError {
         PgError::conversion(msg).with_source(source)
     }
 
+    /// The API was used in a way it cannot serve; `msg` says how to use it instead.
+    pub(crate) fn misuse(msg: impl Into<String>) -> PgError {
+        PgError::new(Kind::Misuse(msg.into()))
+    }
+
     /// The connection is closed or broken; `msg` says why.
     pub fn closed(msg: impl Into<String>) -> PgError {
         PgError::new(Kind::Closed(msg.into()))
@@ -206,6 +214,7 @@ impl PgError {
             },
             Kind::Conversion(m) => Kind::Conversion(m.clone()),
             Kind::Closed(m) => Kind::Closed(m.clone()),
+            Kind::Misuse(m) => Kind::Misuse(m.clone()),
         };
         let mut e = PgError::new(kind);
         e.inner.sent = self.inner.sent;
@@ -328,6 +337,14 @@ impl PgError {
     pub fn is_conversion(&self) -> bool {
         matches!(self.inner.kind, Kind::Conversion(_))
     }
+
+    /// The API was used in a way it cannot serve: for example a command run through the
+    /// pool's shared path left its connection inside a transaction (transactions need
+    /// `PgPool::rent()`). A server error that did the same keeps its SQLSTATE and carries
+    /// the explanation as its cause instead.
+    pub fn is_misuse(&self) -> bool {
+        matches!(self.inner.kind, Kind::Misuse(_))
+    }
 }
 
 impl fmt::Display for PgError {
@@ -354,6 +371,7 @@ impl fmt::Display for PgError {
             } => write!(f, "invalid {field}: {msg}")?,
             Kind::Conversion(msg) => write!(f, "conversion error: {msg}")?,
             Kind::Closed(msg) => write!(f, "connection closed: {msg}")?,
+            Kind::Misuse(msg) => write!(f, "misuse: {msg}")?,
         }
         if let Some(source) = &self.inner.source {
             write!(f, ": {source}")?;

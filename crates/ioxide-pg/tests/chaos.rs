@@ -180,7 +180,7 @@ fn kind(e: &PgError) -> String {
 }
 
 /// One reactor: `TASKS_PER_REACTOR` closed loops until `stop`.
-async fn reactor_load(pool: Rc<PgPool>, next_id: Arc<AtomicI64>, stop: Arc<AtomicBool>) -> Load {
+async fn reactor_load(pool: PgPool, next_id: Arc<AtomicI64>, stop: Arc<AtomicBool>) -> Load {
     let load = Rc::new(RefCell::new(Load::default()));
     let sampler = {
         let pool = pool.clone();

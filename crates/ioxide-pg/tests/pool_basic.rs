@@ -292,7 +292,9 @@ fn a_waiter_failed_in_a_sweep_can_query_again_at_once() {
                 .value()
                 .map(str::to_owned)
         });
-        ioxide::time::sleep(Duration::from_millis(700)).await;
+        // The first request fails at 300 ms; its re-entry waits from then and is served when
+        // the guard goes at 450 ms, well inside its own 300 ms.
+        ioxide::time::sleep(Duration::from_millis(450)).await;
         drop(held);
         assert_eq!(waiter.await.as_deref(), Some("2"));
         assert!(pool.stats().timeouts_total >= 1);
@@ -343,7 +345,7 @@ fn a_dropped_query_keeps_its_connection_busy_until_drained() {
         );
         // With every connection busy draining, a request waits and is dispatched the moment
         // the drain finishes.
-        let p1 = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
+        let p1 = PgPool::start_named(&Reactor::current(), "p1", opts().pool_size(1)).unwrap();
         p1.query("SELECT 1").await.unwrap();
         let r = ioxide::time::timeout(Duration::from_millis(50), p1.query("SELECT pg_sleep(0.4)"))
             .await;
@@ -437,17 +439,18 @@ fn a_request_made_after_the_server_is_back_is_not_failed_by_an_older_probe() {
 }
 
 #[test]
-fn a_guard_dropped_mid_command_is_discarded_and_replaced_and_pooled_streaming_works() {
+fn a_guard_dropped_mid_command_is_drained_before_reuse_and_pooled_streaming_works() {
     ioxide::block_on(async {
         let pool = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
         // The pool is the reactor's service.
-        assert!(Rc::ptr_eq(&PgPool::current(), &pool));
+        assert!(PgPool::current().same_as(&pool));
         let first_pid = {
             let c = pool.rent().await.unwrap();
             c.backend_pid().unwrap()
         };
         // Drop the guard while a command is in flight: that connection's next reply belongs
-        // to a caller who is gone, so it must not be handed to anyone else.
+        // to a caller who is gone, so nobody gets the connection until it was drained; then
+        // it returns (no reconnect).
         {
             let c = pool.rent().await.unwrap();
             let mut slow = std::pin::pin!(c.query("SELECT pg_sleep(0.2)"));
@@ -459,11 +462,19 @@ fn a_guard_dropped_mid_command_is_discarded_and_replaced_and_pooled_streaming_wo
             assert_eq!(c.in_flight(), 1);
         }
         let s = pool.stats();
-        assert_eq!(s.open, 0, "the dirty connection was put back: {s:?}");
-        // The next request is served by a fresh backend, and nothing stale leaks into it.
+        assert_eq!(s.idle, 0, "the busy connection was put back: {s:?}");
+        // The next request waits for the drain, is served by the same backend, and nothing
+        // stale leaks into it.
+        let t = Instant::now();
         let r = pool.query("SELECT pg_backend_pid()").await.unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
         let pid: i32 = r.value().unwrap().parse().unwrap();
-        assert_ne!(pid, first_pid);
+        assert_eq!(pid, first_pid);
+        assert_eq!(pool.stats().opened_total, 1, "{:?}", pool.stats());
         // Streaming through the pool.
         let mut sum = 0i64;
         let n = pool

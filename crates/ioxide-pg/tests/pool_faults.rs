@@ -36,7 +36,7 @@ struct Load {
 
 /// `concurrency` closed loops of `SELECT 1` until `until`; every future resolves.
 async fn run_load(
-    pool: Rc<PgPool>,
+    pool: PgPool,
     concurrency: usize,
     until: Instant,
     mark: Arc<Mutex<Option<Instant>>>,

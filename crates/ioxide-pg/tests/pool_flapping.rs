@@ -285,11 +285,7 @@ impl Drop for StopOnDrop {
 
 /// `CLIENTS_PER_REACTOR` closed loops of `SELECT 1` until `stop_at` (at the latest
 /// `started + LOAD_CAP`); every query recorded, a hung one as an error after [`HUNG`].
-async fn load(
-    pool: Rc<PgPool>,
-    started: Instant,
-    stop_at: Arc<Mutex<Option<Instant>>>,
-) -> Vec<Query> {
+async fn load(pool: PgPool, started: Instant, stop_at: Arc<Mutex<Option<Instant>>>) -> Vec<Query> {
     let out = Rc::new(RefCell::new(Vec::new()));
     let keep_going = move || {
         let now = Instant::now();

@@ -37,6 +37,14 @@ impl<'c, 's, S: Sink> CmdFuture<'c, 's, S> {
     }
 }
 
+impl<S: Sink> CmdFuture<'_, '_, S> {
+    /// After it resolved with an error: whether that error was our own automatic cancel of
+    /// another command landing on this one (see `CmdErrors::collateral_cancel`).
+    pub(crate) fn collateral_cancel(&self) -> bool {
+        self.errs.collateral_cancel
+    }
+}
+
 impl<S: Sink> Unpin for CmdFuture<'_, '_, S> {}
 
 impl<S: Sink> Future for CmdFuture<'_, '_, S> {

@@ -46,8 +46,20 @@ pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 /// A transport failure breaks it: every waiter fails and [`is_broken`](Self::is_broken) turns
 /// true.
 ///
-/// Cloning gives another handle to the same connection; when the last handle is dropped the
-/// connection is closed (Terminate, then the socket).
+/// Not `Clone`: to share one connection among tasks of its reactor, put it in an `Rc` (as
+/// with tokio-postgres's `Client`). A connection rented from a pool ([`crate::PooledConn`])
+/// lends `&PgConnection` only, so no handle to it can outlive the rental:
+///
+/// ```compile_fail
+/// # async fn f(pool: ioxide_pg::PgPool) -> Result<(), ioxide_pg::PgError> {
+/// let rented = pool.rent().await?;
+/// let escaped = ioxide_pg::PgConnection::clone(&rented);
+/// drop(rented);
+/// escaped.query("BEGIN").await?;
+/// # Ok(()) }
+/// ```
+///
+/// When it is dropped, the connection is closed (Terminate, then the socket).
 pub struct PgConnection {
     conn: Rc<Conn>,
 }
@@ -63,8 +75,10 @@ impl fmt::Debug for PgConnection {
     }
 }
 
-impl Clone for PgConnection {
-    fn clone(&self) -> Self {
+impl PgConnection {
+    /// Another handle to the same connection, for the pool's own bookkeeping (the last
+    /// handle dropped closes the connection).
+    pub(crate) fn share(&self) -> PgConnection {
         self.conn.handles.set(self.conn.handles.get() + 1);
         PgConnection {
             conn: self.conn.clone(),
@@ -115,12 +129,22 @@ impl PgConnection {
     /// # Ok(()) }
     /// ```
     pub async fn query(&self, sql: &str) -> Result<QueryResult, PgError> {
-        let (seq, from) = self
-            .conn
-            .enqueue(Reply::simple(), |out| encode::query(sql, out))?;
-        let mut sink = QrSink(QueryResult::new());
-        CmdFuture::new(&self.conn, seq, from, &mut sink).await?;
-        Ok(sink.0)
+        let mut retried = false;
+        loop {
+            let (seq, from) = self
+                .conn
+                .enqueue(Reply::simple(), |out| encode::query(sql, out))?;
+            let mut sink = QrSink(QueryResult::new());
+            let mut cmd = CmdFuture::new(&self.conn, seq, from, &mut sink);
+            let r = (&mut cmd).await;
+            let collateral = cmd.collateral_cancel();
+            drop(cmd);
+            match r {
+                Ok(()) => return Ok(sink.0),
+                Err(_) if collateral && !retried => retried = true,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Runs a parameterized statement (prepared and cached per connection) and collects its
@@ -180,7 +204,13 @@ impl PgConnection {
     /// connection, as the protocol requires) and waits until the server has acted on it.
     pub async fn cancel(&self) -> Result<(), PgError> {
         match self.conn.key {
-            Some(key) => tasks::send_cancel(&self.conn.target, key).await,
+            Some(key) => {
+                // Whatever it hits was asked for: a 57014 is never retried as collateral.
+                for c in self.conn.st.borrow_mut().queue.iter_mut() {
+                    c.exposed_to_user_cancel = true;
+                }
+                tasks::send_cancel(&self.conn.target, key).await
+            }
             None => Err(PgError::closed(
                 "the server sent no BackendKeyData; cannot cancel",
             )),
@@ -237,7 +267,7 @@ impl PgConnection {
     /// the oldest of them was issued.
     pub(crate) fn routing_load(&self) -> Option<(usize, Option<std::time::Instant>)> {
         let st = self.conn.st.borrow();
-        if st.broken.is_some() || st.closing || st.cancelling.is_some() {
+        if st.broken.is_some() || st.closing || st.cancelling.is_some() || st.txn_dirty {
             return None;
         }
         Some((st.queue.len(), st.queue.front().map(|c| c.started)))
@@ -280,6 +310,30 @@ impl PgConnection {
         }
     }
 
+    /// Whether the pool shares this connection among callers in autocommit (see
+    /// `Conn::shared`): on while it is in rotation, off while a guard rents it.
+    pub(crate) fn set_shared(&self, shared: bool) {
+        self.conn.shared.set(shared);
+    }
+
+    /// Resolves once nothing is in flight on this connection (or it broke), or after `limit`;
+    /// true if it is idle and unbroken then.
+    pub(crate) async fn wait_idle(&self, limit: Duration) -> bool {
+        let conn = &self.conn;
+        let idle = std::future::poll_fn(|cx| {
+            let mut st = conn.st.borrow_mut();
+            if st.broken.is_some() || st.queue.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                st.idle_waiters.push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        });
+        let _ = ioxide::time::timeout(limit, idle).await;
+        let st = conn.st.borrow();
+        st.broken.is_none() && st.queue.is_empty()
+    }
+
     /// Registers a callback run once when this connection breaks or closes.
     pub(crate) fn on_broken(&self, f: impl FnOnce() + 'static) {
         *self.conn.on_broken.borrow_mut() = Some(Box::new(f));
@@ -310,6 +364,7 @@ impl PgConnection {
         reset: &mut dyn FnMut(&mut S, &cache::Statement),
     ) -> Result<(), PgError> {
         let mut attempt = 0;
+        let mut collateral_retried = false;
         loop {
             // The cache hit is the common case: take it without entering `statement`'s future.
             let (hit, caching) = {
@@ -348,8 +403,17 @@ impl PgConnection {
                 self.close_statement_detached(&name);
             }
             reset(sink, &stmt);
-            let r = CmdFuture::new(&self.conn, seq, from, sink).await;
+            let mut cmd = CmdFuture::new(&self.conn, seq, from, sink);
+            let r = (&mut cmd).await;
+            let collateral = cmd.collateral_cancel();
+            drop(cmd);
             let Err(e) = r else { return r };
+            if collateral && !collateral_retried {
+                // Our automatic cancel of another command hit this one, in autocommit,
+                // before any of it completed: the server rolled it back. Run it again, once.
+                collateral_retried = true;
+                continue;
+            }
             let stale = stale_statement(&e);
             if stale == Stale::No {
                 return Err(e);
@@ -574,6 +638,8 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
             cancelling: None,
             info,
             close_waiters: Vec::new(),
+            idle_waiters: Vec::new(),
+            txn_dirty: false,
         }),
         target,
         key,
@@ -585,6 +651,7 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
         handles: Cell::new(1),
         on_broken: RefCell::new(None),
         on_drained: RefCell::new(None),
+        shared: Cell::new(false),
     });
     drop(ioxide::spawn(tasks::writer(conn.clone())));
     drop(ioxide::spawn(tasks::watcher(conn.clone())));

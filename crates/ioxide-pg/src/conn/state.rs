@@ -71,6 +71,12 @@ pub(crate) struct Cmd {
     /// A result decided outside the reply (a command timeout) for the future to pick up.
     pub(crate) outcome: Option<PgError>,
     pub(crate) started: Instant,
+    /// In flight when our automatic CancelRequest for another command went out: a `57014`
+    /// it gets may be that cancel landing late (see `CmdErrors::collateral_cancel`).
+    pub(crate) exposed_to_auto_cancel: bool,
+    /// In flight when the caller sent a CancelRequest itself ([`super::PgConnection::cancel`]):
+    /// its `57014` is what the caller asked for, never retried.
+    pub(crate) exposed_to_user_cancel: bool,
 }
 
 /// What the cancel of a timed-out command is doing.
@@ -107,6 +113,11 @@ pub(crate) struct State {
     pub(crate) info: ServerInfo,
     /// Woken when the connection ends (graceful close waits on this).
     pub(crate) close_waiters: Vec<Waker>,
+    /// Woken when nothing is in flight any more (a returned rental waits on this).
+    pub(crate) idle_waiters: Vec<Waker>,
+    /// A command on a shared connection (see `Conn::shared`) left it inside a transaction:
+    /// it takes no new commands until the ROLLBACK queued behind it brings it back to Idle.
+    pub(crate) txn_dirty: bool,
 }
 
 /// A connection: the socket, its state, and what it needs to cancel.
@@ -131,8 +142,14 @@ pub(crate) struct Conn {
     /// Called once when the connection breaks (the pool replaces it at once).
     pub(crate) on_broken: RefCell<Option<Box<dyn FnOnce()>>>,
     /// Called when an abandoned command (its future dropped, timed out, or a detached
-    /// Close/ROLLBACK) has been drained: the connection has room again.
+    /// Close/ROLLBACK) has been drained, or a cancel or a rollback ended: the connection has
+    /// room again.
     pub(crate) on_drained: RefCell<Option<Box<dyn Fn()>>>,
+    /// The pool shares this connection among callers (pipelined, autocommit): a command that
+    /// leaves it inside a transaction is an error and is rolled back at once, and commands
+    /// that ran inside that stranger's transaction are failed as never having taken effect.
+    /// Off for a direct connection and while a guard rents it.
+    pub(crate) shared: Cell<bool>,
 }
 
 /// Where a driver's events go: the head command's consumer, or nowhere (drained replies).
@@ -170,16 +187,62 @@ impl Sink for Discard {
 pub(crate) struct CmdErrors {
     pub(crate) server: Option<PgError>,
     pub(crate) sink: Option<PgError>,
+    /// A statement of the command completed (CommandComplete): part of it may have taken
+    /// effect, so it is never run again.
+    pub(crate) completed: bool,
+    /// The command failed with `57014` (query_canceled) while our automatic CancelRequest of
+    /// *another* command was in flight, in autocommit, before any statement of it completed:
+    /// the cancel meant for the timed-out command landed on this one, and the server rolled
+    /// it back. Safe to run again (once).
+    pub(crate) collateral_cancel: bool,
+    pub(crate) txn: TxnVerdict,
+}
+
+/// What a command on a shared connection did to the session's transaction state.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum TxnVerdict {
+    /// Autocommit as it should be (or the connection is not shared).
+    #[default]
+    Clean,
+    /// It left the connection inside a transaction: its caller gets `TXN_NEEDS_RENT`.
+    LeftOpen,
+    /// It ran inside a transaction another command left open (rolled back since).
+    RanInForeign,
 }
 
 impl CmdErrors {
-    pub(crate) fn into_result(self) -> Result<(), PgError> {
-        match (self.server, self.sink) {
+    /// The command's outcome; the flags (`completed`, `collateral_cancel`) stay readable.
+    pub(crate) fn take_result(&mut self) -> Result<(), PgError> {
+        let server = self.server.take();
+        let sink = self.sink.take();
+        match self.txn {
+            TxnVerdict::Clean => {}
+            TxnVerdict::LeftOpen => {
+                return Err(match server {
+                    Some(e) => e.with_cause(TXN_NEEDS_RENT),
+                    None => PgError::misuse(TXN_NEEDS_RENT),
+                })
+            }
+            TxnVerdict::RanInForeign => {
+                return Err(PgError::closed(
+                    "the command ran inside a transaction another caller left open on the \
+                     pool's shared connection; that transaction was rolled back, so the \
+                     command took no effect",
+                )
+                .never_sent())
+            }
+        }
+        match (server, sink) {
             (Some(e), _) | (None, Some(e)) => Err(e),
             (None, None) => Ok(()),
         }
     }
 }
+
+/// The message for a command on a shared connection that left it inside a transaction.
+pub(crate) const TXN_NEEDS_RENT: &str = "the command left the pool's shared connection inside a \
+     transaction; it was rolled back. Transactions and session state need an exclusive \
+     connection: PgPool::rent()";
 
 /// How driving went.
 enum Driven {
@@ -222,6 +285,7 @@ impl Conn {
             wakers.extend(st.writer_waker.take());
             wakers.extend(st.watcher_waker.take());
             wakers.append(&mut st.close_waiters);
+            wakers.append(&mut st.idle_waiters);
             wakers
         };
         if !self.st.borrow().closing {
@@ -271,6 +335,8 @@ impl Conn {
             abandoned: false,
             outcome: None,
             started: ioxide::time::now(),
+            exposed_to_auto_cancel: false,
+            exposed_to_user_cancel: false,
         });
         if let Some(w) = st.writer_waker.take() {
             drop(st);
@@ -333,7 +399,7 @@ impl Conn {
         }
         match self.drive(cx, sink, errs) {
             Driven::HeadDone => {
-                let r = std::mem::take(errs).into_result();
+                let r = errs.take_result();
                 self.pop_head();
                 Poll::Ready(r)
             }
@@ -344,14 +410,15 @@ impl Conn {
 
     /// Removes the finished head command and hands the socket to the next driver.
     fn pop_head(&self) {
-        let abandoned = {
+        let room = {
             let mut st = self.st.borrow_mut();
             let done = st.queue.pop_front();
             self.replies.completed();
-            let abandoned = done.as_ref().is_some_and(|d| d.abandoned);
+            let mut room = done.as_ref().is_some_and(|d| d.abandoned);
             if let (Some(done), Some(c)) = (&done, &st.cancelling) {
                 if c.seq == done.seq && c.cancel_done {
                     st.cancelling = None;
+                    room = true;
                 }
             }
             if st.cancelling.is_none() && !st.out.is_empty() {
@@ -359,11 +426,17 @@ impl Conn {
                     w.wake();
                 }
             }
-            abandoned
+            if st.queue.is_empty() {
+                std::mem::take(&mut st.idle_waiters)
+                    .into_iter()
+                    .for_each(Waker::wake);
+            }
+            room
         };
         self.wake_driver();
-        if abandoned {
-            // Nobody awaited this command, so nobody gives its capacity back: tell the pool.
+        if room {
+            // Nobody awaited this command, so nobody gives its capacity back, or the cancel
+            // that held the connection back ended with it: tell the pool.
             if let Some(hook) = self.on_drained.borrow().as_ref() {
                 hook();
             }
@@ -559,27 +632,91 @@ impl Conn {
                     errs.server.get_or_insert(err);
                 }
                 ReplyEvent::Done { txn_status } => {
-                    self.st.borrow_mut().txn = txn_status;
-                    if let Some(e) = errs.server.as_mut() {
-                        e.set_transaction_status(txn_status);
-                    }
+                    self.command_done(txn_status, errs);
                     return Ok(true);
                 }
                 // An acknowledgement (ParseComplete, BindComplete, CloseComplete): no sink
                 // wants it, so skip the dynamic call.
                 ReplyEvent::Nothing => {}
                 ev => {
+                    if matches!(ev, ReplyEvent::DataRow(_) | ReplyEvent::CommandComplete(_)) {
+                        errs.completed = true;
+                    }
                     if errs.sink.is_none() && errs.server.is_none() {
-                        match sink.event(&ev) {
-                            Ok(()) => {}
-                            Err(SinkError::Stream(e)) => return Err(e),
-                            Err(SinkError::User(e)) => errs.sink = Some(e),
+                        // A consumer's callback may panic. The reply is then half read: the
+                        // connection is closed (never reused out of sync) before the panic
+                        // goes on to the caller.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            sink.event(&ev)
+                        }));
+                        match r {
+                            Ok(Ok(())) => {}
+                            Ok(Err(SinkError::Stream(e))) => return Err(e),
+                            Ok(Err(SinkError::User(e))) => errs.sink = Some(e),
+                            Err(panic) => {
+                                self.fail(&PgError::closed(
+                                    "a row callback panicked in the middle of a reply; the \
+                                     connection was closed",
+                                ));
+                                std::panic::resume_unwind(panic);
+                            }
                         }
                     }
                 }
             }
         }
         Ok(false)
+    }
+
+    /// The head command reached ReadyForQuery with `txn_status`: record the session's state,
+    /// and on a shared connection judge what the command did to it (see `Conn::shared`).
+    fn command_done(&self, txn_status: TxnStatus, errs: &mut CmdErrors) {
+        let mut rollback = false;
+        let mut room = false;
+        let (auto, user) = {
+            let mut st = self.st.borrow_mut();
+            st.txn = txn_status;
+            if self.shared.get() {
+                if txn_status != TxnStatus::Idle {
+                    if st.txn_dirty {
+                        errs.txn = TxnVerdict::RanInForeign;
+                    } else {
+                        // The first command that left the session in a transaction: out of
+                        // rotation, and rolled back behind whatever is already queued.
+                        st.txn_dirty = true;
+                        errs.txn = TxnVerdict::LeftOpen;
+                        rollback = true;
+                    }
+                } else if st.txn_dirty {
+                    st.txn_dirty = false;
+                    room = true;
+                }
+            }
+            st.queue.front().map_or((false, false), |h| {
+                (h.exposed_to_auto_cancel, h.exposed_to_user_cancel)
+            })
+        };
+        if let Some(e) = errs.server.as_mut() {
+            e.set_transaction_status(txn_status);
+            errs.collateral_cancel = auto
+                && !user
+                && !errs.completed
+                && txn_status == TxnStatus::Idle
+                && e.sql_state() == Some("57014");
+        }
+        if rollback {
+            let r = self.enqueue(Reply::simple(), |out| {
+                crate::proto::encode::query("ROLLBACK", out)
+            });
+            if let Ok((seq, _)) = r {
+                super::command::abandon(self, seq);
+            }
+        }
+        if room {
+            if let Some(hook) = self.on_drained.borrow().as_ref() {
+                hook();
+            }
+        }
     }
 
     fn on_async(&self, msg: AsyncMessage<'_>) {
@@ -629,6 +766,13 @@ impl Conn {
                 (None, still_there && now >= c.deadline, false)
             } else {
                 match st.queue.front_mut() {
+                    // Nothing can cancel the query without the server's key (a pooler or
+                    // proxy may not pass one on): the connection goes, at the timeout.
+                    Some(head)
+                        if self.key.is_none() && now.duration_since(head.started) >= limit =>
+                    {
+                        (None, true, false)
+                    }
                     Some(head) if now.duration_since(head.started) >= limit => {
                         let seq = head.seq;
                         let wake = head.waker.take();
@@ -641,6 +785,11 @@ impl Conn {
                             deadline: now + self.cancel_grace,
                             cancel_done: false,
                         });
+                        // The CancelRequest targets the backend, not the command: should the
+                        // timed-out one finish first, it lands on the next one already sent.
+                        for c in st.queue.iter_mut().skip(1) {
+                            c.exposed_to_auto_cancel = true;
+                        }
                         (wake, false, true)
                     }
                     _ => (None, false, false),
@@ -662,19 +811,32 @@ impl Conn {
 
     /// The CancelRequest for `seq` finished.
     pub(crate) fn cancel_finished(&self, seq: u64) {
-        let mut st = self.st.borrow_mut();
-        let head_seq = st.queue.front().map(|h| h.seq);
-        if let Some(c) = &mut st.cancelling {
-            if c.seq == seq {
-                c.cancel_done = true;
-                if head_seq != Some(seq) {
-                    st.cancelling = None;
-                    if !st.out.is_empty() {
-                        if let Some(w) = st.writer_waker.take() {
-                            w.wake();
+        let released = {
+            let mut st = self.st.borrow_mut();
+            let head_seq = st.queue.front().map(|h| h.seq);
+            match &mut st.cancelling {
+                Some(c) if c.seq == seq => {
+                    c.cancel_done = true;
+                    if head_seq != Some(seq) {
+                        st.cancelling = None;
+                        if !st.out.is_empty() {
+                            if let Some(w) = st.writer_waker.take() {
+                                w.wake();
+                            }
                         }
+                        true
+                    } else {
+                        false
                     }
                 }
+                _ => false,
+            }
+        };
+        // The connection takes commands again: hand its capacity to waiting requests now,
+        // not at the pool's next sweep.
+        if released {
+            if let Some(hook) = self.on_drained.borrow().as_ref() {
+                hook();
             }
         }
     }

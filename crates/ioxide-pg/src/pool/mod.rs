@@ -55,15 +55,19 @@ impl fmt::Debug for PgPool {
 
 impl PgPool {
     /// Starts a pool on `reactor` (call it on that reactor's thread, e.g. in `on_start`):
-    /// fires `pool_size` ring-native connects at once and returns immediately; registers the
-    /// pool as the reactor's `PgPool` service. Requests made before the first connection is
-    /// up wait in the queue.
+    /// fires `pool_size` ring-native connects at once and returns the pool's handle
+    /// immediately; registers it as the reactor's pool, [`PgPool::current`]. Requests made
+    /// before the first connection is up wait in the queue.
+    ///
+    /// A reactor has one current pool: starting a second one this way is an error (it would
+    /// silently replace the first for everyone calling `current()`); give further pools a
+    /// name ([`PgPool::start_named`]).
     ///
     /// The host must be an IP literal or a Unix socket directory (no DNS on a reactor); for a
     /// host name, resolve first and use [`PgPool::start_with_target`].
-    pub fn start(reactor: &Reactor, options: PgOptions) -> Result<Rc<PgPool>, PgError> {
+    pub fn start(reactor: &Reactor, options: PgOptions) -> Result<PgPool, PgError> {
         let target = crate::conn::resolve_without_dns(&options)?;
-        Ok(Self::start_with_target(reactor, options, target))
+        Self::start_with_target(reactor, options, target)
     }
 
     /// As [`PgPool::start`], with an already resolved target.
@@ -71,19 +75,78 @@ impl PgPool {
         reactor: &Reactor,
         options: PgOptions,
         target: crate::Target,
-    ) -> Rc<PgPool> {
-        let inner = Rc::new(Inner::new(options, target));
-        let pool = reactor.add_service(PgPool {
-            inner: inner.clone(),
-        });
-        drop(reactor.spawn(maintenance(Rc::downgrade(&inner))));
-        replenish(&inner, Instant::now(), false);
-        pool
+    ) -> Result<PgPool, PgError> {
+        let pools = registry(reactor);
+        if pools.default.borrow().is_some() {
+            return Err(PgError::misuse(
+                "this reactor already has a current pool (PgPool::current); start further \
+                 pools with PgPool::start_named",
+            ));
+        }
+        let pool = Self::launch(reactor, options, target);
+        *pools.default.borrow_mut() = Some(pool.clone());
+        Ok(pool)
     }
 
-    /// The current reactor's pool. Panics if none was started on it.
-    pub fn current() -> Rc<PgPool> {
-        Reactor::current().service::<PgPool>()
+    /// Starts a pool registered under `name` on `reactor` (found again with
+    /// [`PgPool::named`]), beside the current one: a read pool next to a read-write pool, a
+    /// second database. Starting two pools with the same name is an error.
+    pub fn start_named(
+        reactor: &Reactor,
+        name: &str,
+        options: PgOptions,
+    ) -> Result<PgPool, PgError> {
+        let target = crate::conn::resolve_without_dns(&options)?;
+        let pools = registry(reactor);
+        if pools.named.borrow().iter().any(|(n, _)| n == name) {
+            return Err(PgError::misuse(format!(
+                "a pool named {name:?} is already running on this reactor"
+            )));
+        }
+        let pool = Self::launch(reactor, options, target);
+        pools
+            .named
+            .borrow_mut()
+            .push((name.to_owned(), pool.clone()));
+        Ok(pool)
+    }
+
+    fn launch(reactor: &Reactor, options: PgOptions, target: crate::Target) -> PgPool {
+        let inner = Rc::new(Inner::new(options, target));
+        drop(reactor.spawn(maintenance(Rc::downgrade(&inner))));
+        replenish(&inner, Instant::now(), false);
+        PgPool { inner }
+    }
+
+    /// The current reactor's pool (started with [`PgPool::start`]). Panics if none was
+    /// started on it, or outside a reactor; see [`PgPool::try_current`].
+    pub fn current() -> PgPool {
+        match Self::try_current() {
+            Some(p) => p,
+            None => panic!("ioxide-pg: no PgPool was started on this reactor"),
+        }
+    }
+
+    /// The current reactor's pool, if one was started on it.
+    pub fn try_current() -> Option<PgPool> {
+        let pools = Reactor::try_current()?.try_service::<Pools>()?;
+        let p = pools.default.borrow().clone();
+        p
+    }
+
+    /// The pool started on the current reactor under `name` ([`PgPool::start_named`]).
+    pub fn named(name: &str) -> Option<PgPool> {
+        let pools = Reactor::try_current()?.try_service::<Pools>()?;
+        let named = pools.named.borrow();
+        named
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Whether two handles are the same pool.
+    pub fn same_as(&self, other: &PgPool) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Counters: open, idle, in flight, waiting, totals.
@@ -125,9 +188,18 @@ impl PgPool {
         r
     }
 
-    /// Rents a connection exclusively (for transactions and multi-statement work). It
-    /// returns to the pool when the guard drops; a guard dropped inside a transaction or with
-    /// a command in flight never hands a dirty connection to the next renter.
+    /// Rents a connection exclusively (for transactions, session state and multi-statement
+    /// work). It returns to the pool when the guard drops; a guard dropped inside a
+    /// transaction or with a command in flight never hands a dirty connection to the next
+    /// renter (it is rolled back or drained first, and discarded only if that does not
+    /// finish promptly). A rented connection is always Idle (no transaction open).
+    ///
+    /// The shared methods ([`query`](Self::query), [`execute`](Self::execute), …) run in
+    /// autocommit on connections other callers pipeline on: a command there that leaves its
+    /// connection inside a transaction (`BEGIN`, or a script that fails inside one) fails with
+    /// an error saying so ([`PgError::is_misuse`], or its server error with that cause), the
+    /// transaction is rolled back before anyone else uses the connection, and commands of
+    /// other callers that ran inside it meanwhile are run again.
     pub async fn rent(&self) -> Result<PooledConn, PgError> {
         let lease = self.acquire(true).await?;
         Ok(PooledConn::new(lease))
@@ -173,7 +245,7 @@ impl PgPool {
                 Some(lease) => lease,
                 None => self.acquire_by(false, &mut deadline).await?,
             };
-            let r = f(lease.conn.clone()).await;
+            let r = f(lease.conn.share()).await;
             // Retry what never left this process because the connection broke under it: a
             // transport failure, a close, or the server's goodbye (a FATAL such as 57P01,
             // replicated to the commands queued behind it). Not a conversion error, which
@@ -268,6 +340,11 @@ impl PgPool {
                 since: Instant::now(),
             }));
             inner.st.borrow_mut().waiters.push_back(waiter.clone());
+            // The maintenance task fails waiters at their deadline: wake it to arm its timer
+            // if it sleeps toward a later moment (or none).
+            if inner.expiry_armed.get().is_none_or(|at| at > deadline) {
+                inner.poke();
+            }
             inner.dispatch();
             let mut guard = WaiterGuard {
                 inner: inner.clone(),
@@ -289,6 +366,20 @@ impl PgPool {
             r?
         };
         self.lease(id, exclusive)
+    }
+}
+
+/// The pools of one reactor: its current one and the named ones (a reactor service).
+#[derive(Default)]
+struct Pools {
+    default: RefCell<Option<PgPool>>,
+    named: RefCell<Vec<(String, PgPool)>>,
+}
+
+fn registry(reactor: &Reactor) -> Rc<Pools> {
+    match reactor.try_service::<Pools>() {
+        Some(p) => p,
+        None => reactor.add_service(Pools::default()),
     }
 }
 
@@ -378,8 +469,14 @@ async fn maintenance(pool: std::rc::Weak<Inner>) {
         replenish(&inner, now, false);
         inner.dispatch();
         // While connects fail, the next probe is due at the end of its backoff (25 ms at
-        // first), not at the next 250 ms sweep: wake for it.
-        let next_probe = inner.next_probe();
+        // first), not at the next 250 ms sweep: wake for it. And a waiter fails at its own
+        // deadline, not at the next sweep after it.
+        let next_expiry = inner.next_expiry();
+        inner.expiry_armed.set(next_expiry);
+        let wake_at = match (inner.next_probe(), next_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         drop(inner);
         let poked = std::future::poll_fn(|cx| match pool.upgrade() {
             Some(i) if i.dirty.get() => Poll::Ready(()),
@@ -390,7 +487,7 @@ async fn maintenance(pool: std::rc::Weak<Inner>) {
             None => Poll::Ready(()),
         });
         let woken = ioxide::future::select(ticker.tick(), poked);
-        match next_probe {
+        match wake_at {
             Some(at) => {
                 let _ = ioxide::future::select(woken, ioxide::time::sleep_until(at)).await;
             }

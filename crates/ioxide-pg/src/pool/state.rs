@@ -22,8 +22,9 @@ const DOWN_SLACK: Duration = Duration::from_millis(500);
 /// Longest reconnect delay, so a restarted server is reused within about this long.
 const BACKOFF_CAP: Duration = Duration::from_millis(500);
 
-/// Pool counters, cheap to read (see [`super::PgPool::stats`]).
+/// Pool counters, cheap to read (see [`super::PgPool::stats`]). More may be added.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolStats {
     /// Live connections.
     pub open: usize,
@@ -105,6 +106,8 @@ pub(crate) struct Inner {
     pub(crate) acquire_timeout: Duration,
     pub(crate) st: RefCell<PoolState>,
     pub(crate) dirty: Cell<bool>,
+    /// The waiter deadline the maintenance task's timer is set for (None: no timer).
+    pub(crate) expiry_armed: Cell<Option<Instant>>,
 }
 
 impl Inner {
@@ -136,6 +139,7 @@ impl Inner {
                 rng: seed(),
             }),
             dirty: Cell::new(false),
+            expiry_armed: Cell::new(None),
         }
     }
 
@@ -155,7 +159,8 @@ impl Inner {
             };
             // Commands whose futures were dropped still occupy the connection until drained.
             let load = s.inflight.max(queued);
-            if exclusive && load > 0 {
+            // A rented connection starts Idle (no transaction open), always.
+            if exclusive && (load > 0 || s.conn.transaction_status() != crate::TxnStatus::Idle) {
                 continue;
             }
             if load >= self.depth {
@@ -206,7 +211,7 @@ impl Inner {
             .slots
             .iter()
             .find(|s| s.id == id)
-            .map(|s| s.conn.clone())
+            .map(|s| s.conn.share())
     }
 
     /// Gives capacity back and hands it to queued waiters, in order.
@@ -281,6 +286,12 @@ impl Inner {
         let n = wake.len();
         wake.into_iter().for_each(Waker::wake);
         n
+    }
+
+    /// The earliest deadline of a waiting request.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        let st = self.st.borrow();
+        st.waiters.iter().map(|w| w.borrow().deadline).min()
     }
 
     /// Fails every waiter at once (a non-transient connect error, or the pool closed).
@@ -430,6 +441,7 @@ impl Inner {
                         p.poke();
                     }
                 });
+                conn.set_shared(true);
                 let weak: Weak<Inner> = Rc::downgrade(self);
                 conn.on_drained(move || {
                     if let Some(p) = weak.upgrade() {
