@@ -7,6 +7,7 @@
 
 use crate::executor::{self, JoinHandle, RemoteQueue, TaskRegistry, LOCAL_ID, RUN_QUEUE};
 use crate::ring::{self, Ring, RingConfig, RingError, RingStats};
+use crate::shutdown::{ShutdownRequested, ShutdownWaiters};
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -61,8 +62,8 @@ pub(crate) struct Inner {
     pub(crate) ring: RefCell<Ring>,
     shared: Arc<Shared>,
     services: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
-    shutdown: Cell<bool>,
-    shutdown_waiters: RefCell<Vec<Waker>>,
+    pub(crate) shutdown: Cell<bool>,
+    pub(crate) shutdown_waiters: RefCell<ShutdownWaiters>,
     tasks: Rc<TaskRegistry>,
     /// Tasks waiting for the end of this loop turn (see [`end_of_turn`]).
     end_of_turn: RefCell<Vec<Waker>>,
@@ -198,9 +199,16 @@ impl Reactor {
     /// Asks this reactor's tasks to wind down (see [`Reactor::shutdown_requested`]).
     pub fn request_shutdown(&self) {
         if !self.inner.shutdown.replace(true) {
-            let waiters = std::mem::take(&mut *self.inner.shutdown_waiters.borrow_mut());
+            let waiters = self.inner.shutdown_waiters.borrow_mut().take_all();
             waiters.into_iter().for_each(Waker::wake);
         }
+    }
+
+    /// How many [`Reactor::shutdown_requested`] futures hold a registered waker (for tests:
+    /// a loop that polls such futures must not pile them up).
+    #[doc(hidden)]
+    pub fn shutdown_waiter_count(&self) -> usize {
+        self.inner.shutdown_waiters.borrow().registered()
     }
 
     /// Whether shutdown was requested.
@@ -208,17 +216,11 @@ impl Reactor {
         self.inner.shutdown.get()
     }
 
-    /// Resolves once shutdown is requested (locally or through a [`RemoteHandle`]).
-    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + 'static {
-        let inner = self.inner.clone();
-        std::future::poll_fn(move |cx| {
-            if inner.shutdown.get() {
-                Poll::Ready(())
-            } else {
-                inner.shutdown_waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
+    /// Resolves once shutdown is requested (locally or through a [`RemoteHandle`]). The
+    /// future keeps one waker registered while it waits and none once it is dropped, so a
+    /// loop may keep one and poll it again and again (`select(&mut shutdown, …)`).
+    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Unpin + 'static {
+        ShutdownRequested::new(self.inner.clone())
     }
 }
 
@@ -375,7 +377,7 @@ impl Runtime {
             shared: shared.clone(),
             services: RefCell::new(HashMap::new()),
             shutdown: Cell::new(false),
-            shutdown_waiters: RefCell::new(Vec::new()),
+            shutdown_waiters: RefCell::new(ShutdownWaiters::default()),
             tasks: Rc::new(TaskRegistry::default()),
             end_of_turn: RefCell::new(Vec::new()),
             batch_window: Cell::new(None),
@@ -597,7 +599,8 @@ impl Drop for Teardown {
         // 1. Services first: they may own connections whose fds close through the ring.
         let services = std::mem::take(&mut *inner.services.borrow_mut());
         drop(services);
-        inner.shutdown_waiters.borrow_mut().clear();
+        let waiters = inner.shutdown_waiters.borrow_mut().take_all();
+        drop(waiters);
         inner.end_of_turn.borrow_mut().clear();
         // A stream may outlive this reactor (returned from `block_on`): release its hold so
         // it is neither held without a timer nor thought listed by the next reactor.
