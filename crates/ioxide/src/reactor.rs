@@ -16,7 +16,7 @@ use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 const RUN_BUDGET: usize = 4096;
 /// How long teardown waits for the kernel to finish cancelled ops before leaking their data.
 const TEARDOWN_DEADLINE: Duration = Duration::from_secs(2);
+/// How often the doorbell task looks for remote wakes and shutdown requests while reads of
+/// its eventfd fail.
+const DOORBELL_RETRY: Duration = Duration::from_millis(10);
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -40,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) remote: RemoteQueue,
     root_woken: AtomicBool,
     shutdown: AtomicBool,
+    /// Test hook: this many doorbell reads are treated as failed.
+    failing_reads: AtomicU32,
 }
 
 impl Shared {
@@ -211,6 +216,15 @@ impl Reactor {
         self.inner.shutdown_waiters.borrow().registered()
     }
 
+    /// Test hook: the doorbell task treats its next `reads` eventfd reads as failed.
+    #[doc(hidden)]
+    pub fn fail_doorbell_reads(&self, reads: u32) {
+        self.inner
+            .shared
+            .failing_reads
+            .store(reads, Ordering::Release);
+    }
+
     /// Whether shutdown was requested.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutdown.get()
@@ -369,6 +383,7 @@ impl Runtime {
             remote: RemoteQueue::default(),
             root_woken: AtomicBool::new(true),
             shutdown: AtomicBool::new(false),
+            failing_reads: AtomicU32::new(0),
         });
         let inner = Rc::new(Inner {
             id,
@@ -416,11 +431,37 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 }
 
 /// The internal task that keeps a read armed on the reactor's eventfd: cross-thread wakes and
-/// shutdown requests arrive through it.
+/// shutdown requests arrive through it. A failed read is logged and the task falls back to
+/// looking every `DOORBELL_RETRY` (re-arming the read each time) until reads work again:
+/// without it no remote wake or shutdown request would ever arrive.
 async fn doorbell(reactor: Reactor, shared: Arc<Shared>) {
+    let mut failing = false;
     loop {
-        if ring::eventfd_read(shared.eventfd).await.is_err() {
-            return;
+        let mut read = ring::eventfd_read(shared.eventfd).await;
+        let injected = shared
+            .failing_reads
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if injected {
+            read = Err(std::io::Error::other("injected doorbell read failure"));
+        }
+        match read {
+            Ok(_) if failing => {
+                tracing::info!("ioxide: the reactor's doorbell reads work again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::error!(
+                        error = %e,
+                        "ioxide: reading the reactor's doorbell eventfd failed; looking for \
+                         remote wakes and shutdown every {DOORBELL_RETRY:?} until it works"
+                    );
+                    failing = true;
+                }
+                crate::time::sleep(DOORBELL_RETRY).await;
+            }
         }
         for r in shared.remote.take() {
             RUN_QUEUE.with(|q| q.borrow_mut().push_back(r));
