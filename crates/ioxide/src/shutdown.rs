@@ -97,7 +97,7 @@ impl Future for ShutdownRequested {
             }
             // Only reachable from a waker's clone or drop run inside this very registry:
             // poll again later rather than lose the wake.
-            None => cx.waker().wake_by_ref(),
+            None => crate::reactor::defer_wake(cx.waker()),
         }
         Poll::Pending
     }
