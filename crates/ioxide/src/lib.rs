@@ -32,6 +32,7 @@ mod reactor;
 #[allow(unsafe_code)]
 mod ring;
 pub mod server;
+mod shutdown;
 pub mod time;
 
 pub use executor::JoinHandle;

@@ -222,7 +222,7 @@ impl Stream {
     /// `ECANCELED`). Fire-and-forget.
     pub fn cancel_pending(&self) {
         let raw = self.fd.raw();
-        crate::reactor::with_ring(|_, r| r.cancel_fd(raw));
+        let _ = crate::reactor::with_ring(|_, r| r.cancel_fd(raw));
     }
 
     /// Tears the connection down now, without waiting: cancels every op in flight on the
@@ -232,7 +232,7 @@ impl Stream {
     /// Fire-and-forget; a no-op outside a reactor.
     pub fn abort(&self) {
         let raw = self.fd.raw();
-        if crate::reactor::with_ring(|_, r| r.cancel_fd(raw)).is_none() {
+        if crate::reactor::with_ring(|_, r| r.cancel_fd(raw)).is_err() {
             return;
         }
         // Queued after the cancel (which is issued first, so it cannot cancel this). The op
@@ -242,7 +242,8 @@ impl Stream {
     }
 
     /// Closes the socket with a ring Close op once no op holds it any more. If ops are still
-    /// in flight, the close happens when the last one completes.
+    /// in flight, the close happens when the last one completes. Outside a reactor it is a
+    /// plain `close(2)`.
     pub async fn close(self) -> io::Result<()> {
         match Rc::try_unwrap(self.fd) {
             Ok(fd) => ring::close(fd).await,
@@ -426,28 +427,45 @@ impl RecvStream {
                 if std::mem::take(&mut self.starved) {
                     // Every provided buffer is out: wait until one comes back, not in a loop.
                     std::future::poll_fn(|cx| {
-                        let ready = crate::reactor::with_ring(|_, ring| {
+                        match crate::reactor::with_ring(|_, ring| {
                             ring.poll_buffer_available(cx.waker())
-                        })
-                        .unwrap_or(true);
-                        if ready {
-                            std::task::Poll::Ready(())
-                        } else {
-                            std::task::Poll::Pending
+                        }) {
+                            Ok(true) | Err(crate::reactor::NoRing::Absent) => {
+                                std::task::Poll::Ready(())
+                            }
+                            Ok(false) => std::task::Poll::Pending,
+                            Err(crate::reactor::NoRing::Busy) => {
+                                crate::reactor::defer_wake(cx.waker());
+                                std::task::Poll::Pending
+                            }
                         }
                     })
                     .await;
                 }
                 self.op = Some(ring::recv_multi(self.fd.clone())?);
             }
-            let (res, flags) = match self.op.as_mut() {
-                Some(op) => std::future::poll_fn(|cx| op.poll_next(cx)).await,
+            // The provided buffer a completion names is taken in the same borrow of the ring
+            // that pops the completion, so it cannot be lost between the two.
+            let (res, _flags, buf) = match self.op.as_mut() {
+                Some(op) => {
+                    std::future::poll_fn(|cx| {
+                        op.poll_next_with(cx, |ring, (res, flags)| {
+                            let (id, ring) = ring?;
+                            if res > 0 {
+                                ring.take_buffer(id, flags, res as usize)
+                            } else {
+                                // A completion without data should not carry a buffer; give
+                                // it back if it does.
+                                ring.drop_cqe_buffer(flags);
+                                None
+                            }
+                        })
+                    })
+                    .await
+                }
                 None => continue,
             };
             if res > 0 {
-                let len = res as usize;
-                let buf = crate::reactor::with_ring(|id, ring| ring.take_buffer(id, flags, len))
-                    .flatten();
                 match buf {
                     Some(b) => return Ok(Some(b)),
                     None => {
@@ -457,8 +475,6 @@ impl RecvStream {
                     }
                 }
             }
-            // A completion without data should not carry a buffer; give it back if it does.
-            crate::reactor::with_ring(|_, ring| ring.drop_cqe_buffer(flags));
             if res == 0 {
                 return Ok(None);
             }

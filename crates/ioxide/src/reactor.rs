@@ -7,6 +7,7 @@
 
 use crate::executor::{self, JoinHandle, RemoteQueue, TaskRegistry, LOCAL_ID, RUN_QUEUE};
 use crate::ring::{self, Ring, RingConfig, RingError, RingStats};
+use crate::shutdown::{ShutdownRequested, ShutdownWaiters};
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -25,11 +26,20 @@ use std::time::{Duration, Instant};
 const RUN_BUDGET: usize = 4096;
 /// How long teardown waits for the kernel to finish cancelled ops before leaking their data.
 const TEARDOWN_DEADLINE: Duration = Duration::from_secs(2);
+/// How often the doorbell task looks for remote wakes and shutdown requests while reads of
+/// its eventfd fail.
+const DOORBELL_RETRY: Duration = Duration::from_millis(10);
+
+/// Work on a ring, deferred until nobody up the stack borrows it.
+pub(crate) type RingWork = Box<dyn FnOnce(&mut Ring)>;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
+    /// Reactors of this thread whose teardown had to leak op data the kernel had not given
+    /// back: an op of theirs that outlived them must never hand its data back or free it.
+    static LEAKED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// State reachable from other threads: the doorbell and the remote run queue.
@@ -39,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) remote: RemoteQueue,
     root_woken: AtomicBool,
     shutdown: AtomicBool,
+    /// Test hook: this many doorbell reads are treated as failed.
+    failing_reads: AtomicU32,
 }
 
 impl Shared {
@@ -61,8 +73,11 @@ pub(crate) struct Inner {
     pub(crate) ring: RefCell<Ring>,
     shared: Arc<Shared>,
     services: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
-    shutdown: Cell<bool>,
-    shutdown_waiters: RefCell<Vec<Waker>>,
+    pub(crate) shutdown: Cell<bool>,
+    pub(crate) shutdown_waiters: RefCell<ShutdownWaiters>,
+    /// Ring work that found the ring borrowed further up the stack (an op dropped from inside
+    /// a waker, say); the loop runs it before its next enter.
+    deferred_work: RefCell<Vec<RingWork>>,
     tasks: Rc<TaskRegistry>,
     /// Tasks waiting for the end of this loop turn (see [`end_of_turn`]).
     end_of_turn: RefCell<Vec<Waker>>,
@@ -84,18 +99,105 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&Inner) -> R) -> Option<R> {
         .flatten()
 }
 
-/// Runs `f` with the current reactor's ring, or returns None when this thread has no reactor
-/// (or the ring is already borrowed further up the stack).
-pub(crate) fn with_ring<R>(f: impl FnOnce(u64, &mut Ring) -> R) -> Option<R> {
+/// Why [`with_ring`] did not run its closure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoRing {
+    /// No reactor runs on this thread.
+    Absent,
+    /// The reactor runs, but its ring is borrowed further up the stack (code the ring called
+    /// out to — a waker, a destructor — came back to it).
+    Busy,
+}
+
+/// Runs `f` with the current reactor's id and ring. The wakes and drops the ring owes from
+/// `f` (see `ring::Deferred`) run after the borrow is released.
+pub(crate) fn with_ring<R>(f: impl FnOnce(u64, &mut Ring) -> R) -> Result<R, NoRing> {
     CURRENT
-        .try_with(|c| {
-            let c = c.borrow();
-            let inner = c.as_ref()?;
-            let mut ring = inner.ring.try_borrow_mut().ok()?;
-            Some(f(inner.id, &mut ring))
+        .try_with(|c| match c.borrow().as_ref() {
+            Some(inner) => inner.with_ring(f),
+            None => Err(NoRing::Absent),
         })
-        .ok()
-        .flatten()
+        .unwrap_or(Err(NoRing::Absent))
+}
+
+/// Where an op of reactor `id` stands with its ring (see [`with_op_ring`]).
+pub(crate) enum OpRing<R> {
+    /// The closure ran on the op's ring.
+    Ran(R),
+    /// The op's reactor runs on this thread, but its ring is borrowed further up the stack.
+    Busy,
+    /// The op's reactor has ended. `drained`: its teardown saw the kernel finish every op, so
+    /// the kernel no longer touches this op's data; otherwise the data must be leaked.
+    Ended { drained: bool },
+}
+
+/// Runs `f` on the ring of reactor `id`, the one an op was submitted to. Ops are not `Send`
+/// and a thread runs one reactor at a time, so when `id` is not the current reactor it has
+/// ended.
+pub(crate) fn with_op_ring<R>(id: u64, f: impl FnOnce(&mut Ring) -> R) -> OpRing<R> {
+    let here = CURRENT.try_with(|c| match c.borrow().as_ref() {
+        Some(inner) if inner.id == id => Some(match inner.with_ring(|_, ring| f(ring)) {
+            Ok(r) => OpRing::Ran(r),
+            Err(_) => OpRing::Busy,
+        }),
+        _ => None,
+    });
+    match here {
+        Ok(Some(r)) => r,
+        Ok(None) => OpRing::Ended {
+            drained: LEAKED
+                .try_with(|l| !l.borrow().contains(&id))
+                .unwrap_or(false),
+        },
+        // Thread-local state is being destroyed: nothing is known, assume the worst.
+        Err(_) => OpRing::Ended { drained: false },
+    }
+}
+
+/// Runs `f` on reactor `id`'s ring now or, if the ring is borrowed further up the stack,
+/// before the reactor's next enter. Dropped without running if that reactor has ended.
+pub(crate) fn with_ring_or_defer(id: u64, f: impl FnOnce(&mut Ring) + 'static) {
+    let mut f = Some(f);
+    if let OpRing::Busy = with_op_ring(id, |ring| {
+        if let Some(f) = f.take() {
+            f(ring);
+        }
+    }) {
+        if let Some(f) = f {
+            defer_ring_work(Box::new(f));
+        }
+    }
+}
+
+/// Queues ring work for the current reactor's loop (the ring was busy).
+pub(crate) fn defer_ring_work(work: RingWork) {
+    let queued = with_current(|inner| match inner.deferred_work.try_borrow_mut() {
+        Ok(mut q) => {
+            q.push(work);
+            None
+        }
+        Err(_) => Some(work),
+    });
+    if let Some(Some(work)) = queued {
+        // Not reachable in practice (the queue is borrowed only to push or take); dropping
+        // the work would free op data the kernel may own, so leak it.
+        std::mem::forget(work);
+    }
+}
+
+/// Arranges for `waker` to be woken later in this loop turn: a future that found the ring
+/// busy polls again once whoever holds it has let go (never inline, which could recurse).
+pub(crate) fn defer_wake(waker: &Waker) {
+    let queued = with_current(|inner| match inner.end_of_turn.try_borrow_mut() {
+        Ok(mut w) => {
+            w.push(waker.clone());
+            true
+        }
+        Err(_) => false,
+    });
+    if queued != Some(true) {
+        waker.wake_by_ref();
+    }
 }
 
 /// A handle to the reactor running on this thread. Cheap to clone; not `Send`.
@@ -198,9 +300,35 @@ impl Reactor {
     /// Asks this reactor's tasks to wind down (see [`Reactor::shutdown_requested`]).
     pub fn request_shutdown(&self) {
         if !self.inner.shutdown.replace(true) {
-            let waiters = std::mem::take(&mut *self.inner.shutdown_waiters.borrow_mut());
+            let waiters = self.inner.shutdown_waiters.borrow_mut().take_all();
             waiters.into_iter().for_each(Waker::wake);
         }
+    }
+
+    /// How many [`Reactor::shutdown_requested`] futures hold a registered waker (for tests:
+    /// a loop that polls such futures must not pile them up).
+    #[doc(hidden)]
+    pub fn shutdown_waiter_count(&self) -> usize {
+        self.inner.shutdown_waiters.borrow().registered()
+    }
+
+    /// Test hook: runs `f` while this reactor's ring is borrowed, as code the ring calls out
+    /// to (a waker, a destructor) would run. Ring work `f` starts is deferred.
+    #[doc(hidden)]
+    pub fn with_ring_borrowed<R>(&self, f: impl FnOnce() -> R) -> R {
+        let ring = self.inner.ring.borrow_mut();
+        let out = f();
+        drop(ring);
+        out
+    }
+
+    /// Test hook: the doorbell task treats its next `reads` eventfd reads as failed.
+    #[doc(hidden)]
+    pub fn fail_doorbell_reads(&self, reads: u32) {
+        self.inner
+            .shared
+            .failing_reads
+            .store(reads, Ordering::Release);
     }
 
     /// Whether shutdown was requested.
@@ -208,17 +336,11 @@ impl Reactor {
         self.inner.shutdown.get()
     }
 
-    /// Resolves once shutdown is requested (locally or through a [`RemoteHandle`]).
-    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + 'static {
-        let inner = self.inner.clone();
-        std::future::poll_fn(move |cx| {
-            if inner.shutdown.get() {
-                Poll::Ready(())
-            } else {
-                inner.shutdown_waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
+    /// Resolves once shutdown is requested (locally or through a [`RemoteHandle`]). The
+    /// future keeps one waker registered while it waits and none once it is dropped, so a
+    /// loop may keep one and poll it again and again (`select(&mut shutdown, …)`).
+    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Unpin + 'static {
+        ShutdownRequested::new(self.inner.clone())
     }
 }
 
@@ -367,6 +489,7 @@ impl Runtime {
             remote: RemoteQueue::default(),
             root_woken: AtomicBool::new(true),
             shutdown: AtomicBool::new(false),
+            failing_reads: AtomicU32::new(0),
         });
         let inner = Rc::new(Inner {
             id,
@@ -375,7 +498,8 @@ impl Runtime {
             shared: shared.clone(),
             services: RefCell::new(HashMap::new()),
             shutdown: Cell::new(false),
-            shutdown_waiters: RefCell::new(Vec::new()),
+            shutdown_waiters: RefCell::new(ShutdownWaiters::default()),
+            deferred_work: RefCell::new(Vec::new()),
             tasks: Rc::new(TaskRegistry::default()),
             end_of_turn: RefCell::new(Vec::new()),
             batch_window: Cell::new(None),
@@ -414,11 +538,37 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 }
 
 /// The internal task that keeps a read armed on the reactor's eventfd: cross-thread wakes and
-/// shutdown requests arrive through it.
+/// shutdown requests arrive through it. A failed read is logged and the task falls back to
+/// looking every `DOORBELL_RETRY` (re-arming the read each time) until reads work again:
+/// without it no remote wake or shutdown request would ever arrive.
 async fn doorbell(reactor: Reactor, shared: Arc<Shared>) {
+    let mut failing = false;
     loop {
-        if ring::eventfd_read(shared.eventfd).await.is_err() {
-            return;
+        let mut read = ring::eventfd_read(shared.eventfd).await;
+        let injected = shared
+            .failing_reads
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if injected {
+            read = Err(std::io::Error::other("injected doorbell read failure"));
+        }
+        match read {
+            Ok(_) if failing => {
+                tracing::info!("ioxide: the reactor's doorbell reads work again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::error!(
+                        error = %e,
+                        "ioxide: reading the reactor's doorbell eventfd failed; looking for \
+                         remote wakes and shutdown every {DOORBELL_RETRY:?} until it works"
+                    );
+                    failing = true;
+                }
+                crate::time::sleep(DOORBELL_RETRY).await;
+            }
         }
         for r in shared.remote.take() {
             RUN_QUEUE.with(|q| q.borrow_mut().push_back(r));
@@ -471,6 +621,7 @@ fn run_loop<F: Future>(reactor: &Reactor, shared: &Arc<Shared>, future: F) -> F:
         }
         // Completions moved to the backlog while SQEs were pushed into a full ring are
         // dispatched after the enter; waiting on top of them could sleep past them.
+        reactor.inner.run_deferred_work();
         let wait = !executor::has_ready()
             && !shared.root_woken.load(Ordering::Acquire)
             && !reactor.inner.ring.borrow().has_backlog();
@@ -491,6 +642,45 @@ fn run_loop<F: Future>(reactor: &Reactor, shared: &Arc<Shared>, future: F) -> F:
 }
 
 impl Inner {
+    /// Runs `f` with this reactor's ring; the wakes and drops the ring owes from it run after
+    /// the borrow is released.
+    fn with_ring<R>(&self, f: impl FnOnce(u64, &mut Ring) -> R) -> Result<R, NoRing> {
+        let mut ring = self.ring.try_borrow_mut().map_err(|_| NoRing::Busy)?;
+        let out = f(self.id, &mut ring);
+        let deferred = ring.has_deferred().then(|| ring.take_deferred());
+        drop(ring);
+        if let Some(d) = deferred {
+            d.run();
+        }
+        Ok(out)
+    }
+
+    /// Runs the ring work deferred because the ring was busy (see [`defer_ring_work`]).
+    fn run_deferred_work(&self) {
+        loop {
+            let work = match self.deferred_work.try_borrow_mut() {
+                Ok(mut w) if !w.is_empty() => std::mem::take(&mut *w),
+                _ => return,
+            };
+            let mut work = Some(work);
+            let ran = self.with_ring(|_, ring| {
+                for w in work.take().into_iter().flatten() {
+                    w(ring);
+                }
+            });
+            if ran.is_err() {
+                // Called from the loop, never under a ring borrow; if it ever is, keep the
+                // work for the next call.
+                if let Some(w) = work {
+                    if let Ok(mut q) = self.deferred_work.try_borrow_mut() {
+                        q.extend(w);
+                    }
+                }
+                return;
+            }
+        }
+    }
+
     /// Makes sure a ring timeout fires by the earliest pending hold deadline.
     ///
     /// One timeout serves every hold, and it is not re-armed per receive: a hold that ends
@@ -582,8 +772,14 @@ pub(crate) fn hold_receive(g: &Rc<crate::net::Gather>) {
 fn reap_and_complete(inner: &Inner, cqes: &mut Vec<(u64, i32, u32)>) {
     inner.ring.borrow_mut().reap(cqes);
     for (ud, res, flags) in cqes.drain(..) {
-        let after = inner.ring.borrow_mut().complete(ud, res, flags);
+        let mut ring = inner.ring.borrow_mut();
+        let after = ring.complete(ud, res, flags);
+        let deferred = ring.has_deferred().then(|| ring.take_deferred());
+        drop(ring);
         after.run();
+        if let Some(d) = deferred {
+            d.run();
+        }
     }
 }
 
@@ -597,8 +793,10 @@ impl Drop for Teardown {
         // 1. Services first: they may own connections whose fds close through the ring.
         let services = std::mem::take(&mut *inner.services.borrow_mut());
         drop(services);
-        inner.shutdown_waiters.borrow_mut().clear();
-        inner.end_of_turn.borrow_mut().clear();
+        let waiters = inner.shutdown_waiters.borrow_mut().take_all();
+        drop(waiters);
+        let waiters = std::mem::take(&mut *inner.end_of_turn.borrow_mut());
+        drop(waiters);
         // A stream may outlive this reactor (returned from `block_on`): release its hold so
         // it is neither held without a timer nor thought listed by the next reactor.
         for g in std::mem::take(&mut *inner.holds.borrow_mut()) {
@@ -624,10 +822,14 @@ impl Drop for Teardown {
         }
         // 3. Cancel whatever is still in flight and wait for the kernel to give every buffer
         //    back. Closing the ring fd alone would not make this synchronous.
+        //    Only what the kernel may still touch is waited for: a completed op whose future
+        //    outlives the reactor (returned from `block_on`) keeps its data, and the kernel
+        //    is done with it.
+        inner.run_deferred_work();
         inner.ring.borrow_mut().cancel_all();
         let deadline = Instant::now() + TEARDOWN_DEADLINE;
         let mut cqes = Vec::new();
-        while inner.ring.borrow().in_flight() > 0 && Instant::now() < deadline {
+        while inner.ring.borrow().kernel_owned() > 0 && Instant::now() < deadline {
             let r = inner
                 .ring
                 .borrow_mut()
@@ -637,14 +839,19 @@ impl Drop for Teardown {
             }
             reap_and_complete(inner, &mut cqes);
             executor::drop_ready();
+            inner.run_deferred_work();
         }
-        let left = inner.ring.borrow().in_flight();
+        let left = inner.ring.borrow().kernel_owned();
         if left > 0 {
             tracing::warn!(
                 left,
                 "ioxide: ops still in flight at teardown; leaking their buffers"
             );
             inner.ring.borrow_mut().leak_in_flight();
+            // Ops of this reactor that outlive it (returned from `block_on`) must not hand
+            // their data back either.
+            let _ = LEAKED.try_with(|l| l.borrow_mut().push(inner.id));
+            std::mem::forget(std::mem::take(&mut *inner.deferred_work.borrow_mut()));
         }
         executor::drop_ready();
         CURRENT.with(|c| c.borrow_mut().take());

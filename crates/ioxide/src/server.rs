@@ -299,8 +299,10 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let active = Rc::new(Cell::new(0usize));
+    // One shutdown future for the whole loop: it keeps a single waker registered.
+    let mut shutdown = reactor.shutdown_requested();
     loop {
-        match select(reactor.shutdown_requested(), listener.accept()).await {
+        match select(&mut shutdown, listener.accept()).await {
             Either::Left(()) => break,
             Either::Right(Ok(stream)) => {
                 // Counted out when the handler's future is dropped: finished, panicked (the

@@ -464,3 +464,68 @@ fn teardown_drops_tasks_parked_on_their_own_state_and_closes_their_sockets() {
     drop(l);
     assert_eq!(open_fds(), before, "sockets of parked tasks leaked");
 }
+
+#[test]
+fn closing_a_stream_outside_a_reactor_closes_its_fd() {
+    let _g = FD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let s = ioxide::block_on(async move { Stream::connect(addr).await.unwrap() });
+    let (mut peer, _) = l.accept().unwrap();
+    let before = open_fds();
+    // No reactor on this thread any more: one poll must close the socket with close(2).
+    let mut close = std::pin::pin!(s.close());
+    let r = close
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    assert!(matches!(r, Poll::Ready(Ok(()))), "{r:?}");
+    assert_eq!(open_fds(), before - 1, "the socket's fd is still open");
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(peer.read(&mut buf).unwrap(), 0, "the peer did not see EOF");
+}
+
+#[test]
+fn recvs_returned_out_of_block_on_neither_stall_teardown_nor_misbehave_later() {
+    let _g = FD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let before = open_fds();
+    let started = std::time::Instant::now();
+    // One receive never polled and one polled (twice), both in the kernel when the root
+    // returns.
+    let (s, never_polled, polled_once) = ioxide::block_on(async move {
+        let s = Stream::connect(addr).await.unwrap();
+        let never_polled = s.recv(Vec::with_capacity(1 << 16));
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&[7u8; 3]);
+        let mut polled_once = s.recv(buf);
+        let mut first = true;
+        std::future::poll_fn(|cx| {
+            assert!(Pin::new(&mut polled_once).poll(cx).is_pending());
+            if std::mem::take(&mut first) {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        (s, never_polled, polled_once)
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "teardown waited {took:?} for receives it had already cancelled"
+    );
+    // Dropped with no reactor: the kernel finished with the buffer at teardown.
+    drop(never_polled);
+    // Polled on a later reactor: the first one is gone, so the receive reports that and
+    // hands its buffer back untouched.
+    let (res, buf) = ioxide::block_on(polled_once);
+    assert_eq!(res.unwrap_err().raw_os_error(), Some(6 /* ENXIO */));
+    assert_eq!(buf, vec![7u8; 3]);
+    drop(s);
+    drop(l);
+    assert_eq!(open_fds(), before - 1, "an fd leaked"); // the listener was counted in before
+}

@@ -214,6 +214,38 @@ fn remote_handle_requests_shutdown() {
     assert!(t.join().unwrap());
 }
 
+#[test]
+fn a_remote_shutdown_ends_the_reactor_even_when_doorbell_reads_fail() {
+    // Once (the read is re-armed) and for good (the doorbell falls back to looking every
+    // 10 ms): either way the request must arrive. It used to end the doorbell task silently,
+    // and the reactor never heard of the shutdown.
+    for failures in [1, u32::MAX] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let out = ioxide::block_on(async move {
+                let r = Reactor::current();
+                r.fail_doorbell_reads(failures);
+                let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+                tx.send((r.remote(), waker)).unwrap();
+                r.shutdown_requested().await;
+                r.is_shutting_down()
+            });
+            let _ = done_tx.send(out);
+        });
+        let (remote, waker) = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // A cross-thread wake rings the doorbell: the read it completes is made to fail.
+        waker.wake();
+        std::thread::sleep(Duration::from_millis(100));
+        remote.request_shutdown();
+        let out = done_rx
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_or_else(|_| panic!("{failures} failed read(s): the shutdown never arrived"));
+        assert!(out);
+    }
+}
+
 fn echo_index_server(reactors: usize) -> ioxide::ServerHandle {
     Server::new()
         .bind("127.0.0.1:0".parse().unwrap())

@@ -143,13 +143,15 @@ impl BufRing {
         }
     }
 
-    /// Gives buffer `bid` back to the kernel, and wakes the receives starved for one.
-    pub(crate) fn recycle(&mut self, bid: u16) {
+    /// Gives buffer `bid` back to the kernel, and moves the wakers of the receives starved
+    /// for one into `wake`: the caller wakes them after releasing the ring, since a waker may
+    /// poll its receive inline, and that needs the ring.
+    pub(crate) fn recycle(&mut self, bid: u16, wake: &mut Vec<Waker>) {
         if bid < BUFFERS {
             self.write_entry(bid);
             self.publish();
             self.in_kernel = self.in_kernel.saturating_add(1).min(BUFFERS);
-            self.waiters.drain(..).for_each(Waker::wake);
+            wake.append(&mut self.waiters);
         }
     }
 
@@ -220,12 +222,8 @@ impl Deref for RecvBuf {
 impl Drop for RecvBuf {
     fn drop(&mut self) {
         let (reactor, bid) = (self.reactor, self.bid);
-        // On another thread or after the reactor ended there is no ring to give it back to,
-        // and none needs it.
-        reactor::with_ring(|id, ring| {
-            if id == reactor {
-                ring.recycle_buffer(bid);
-            }
-        });
+        // After the reactor ended there is no ring to give it back to, and none needs it. If
+        // the ring is borrowed further up the stack, the buffer goes back once it is released.
+        reactor::with_ring_or_defer(reactor, move |ring| ring.recycle_buffer(bid));
     }
 }

@@ -121,6 +121,41 @@ impl AfterCompletion {
     }
 }
 
+/// Work the ring's own methods could not do inside the borrow of the ring: wakers to wake
+/// (a waker may poll a future inline, which needs the ring), and data and wakers to drop
+/// (their `Drop` may run arbitrary code, an op's drop included). Whoever releases the borrow
+/// takes it with [`Ring::take_deferred`] and runs it afterwards.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    wake: Vec<Waker>,
+    drop_wakers: Vec<Waker>,
+    drop_data: Vec<Box<dyn Any>>,
+}
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.wake.is_empty() && self.drop_wakers.is_empty() && self.drop_data.is_empty()
+    }
+
+    /// Wakes and drops; call with the ring not borrowed.
+    pub(crate) fn run(self) {
+        self.wake.into_iter().for_each(Waker::wake);
+        drop(self.drop_wakers);
+        drop(self.drop_data);
+    }
+
+    /// Keeps whatever a freed record still held (a waker) for dropping later.
+    fn keep(&mut self, state: Option<SlotState>) {
+        match state {
+            Some(SlotState::Pending(Some(w))) | Some(SlotState::Multi { waker: Some(w), .. }) => {
+                self.drop_wakers.push(w)
+            }
+            Some(SlotState::Ignored { data, .. }) => self.drop_data.push(data),
+            _ => {}
+        }
+    }
+}
+
 /// One io_uring plus the records of the ops in flight on it.
 pub(crate) struct Ring {
     uring: IoUring,
@@ -137,6 +172,11 @@ pub(crate) struct Ring {
     /// Provided buffers for multishot receives, registered on first use. Declared after
     /// `uring` so the io_uring is closed before the memory is freed.
     buf_ring: Option<bufring::BufRing>,
+    /// Wakes and drops owed since the current borrow began (see [`Deferred`]).
+    deferred: Deferred,
+    /// `leak_in_flight` ran: records were dropped whose data the kernel may still own, so an
+    /// op that finds no record must keep (or leak) its data.
+    leaked: bool,
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -157,13 +197,36 @@ impl Ring {
             stats: RingStats::default(),
             defer_taskrun: flags.defer_taskrun,
             buf_ring: None,
+            deferred: Deferred::default(),
+            leaked: false,
         })
     }
 
-    /// Ops whose records are still alive (in flight or completed but not yet collected), plus
-    /// detached ops in flight.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.live_slots + self.detached_in_flight
+    /// Ops the kernel may still be working on: records waiting for a CQE (`Pending`,
+    /// `Ignored`, a multishot op not yet ended) and detached ops. A `Done` record is not
+    /// counted: the kernel is finished with it, whoever holds its future (teardown does not
+    /// wait for a future returned out of `block_on` to be polled).
+    pub(crate) fn kernel_owned(&self) -> usize {
+        let records = self
+            .slots
+            .iter()
+            .filter(|s| match &s.state {
+                SlotState::Pending(_) | SlotState::Ignored { .. } => true,
+                SlotState::Multi { ended, .. } => !ended,
+                SlotState::Done { .. } | SlotState::Free { .. } => false,
+            })
+            .count();
+        records + self.detached_in_flight
+    }
+
+    /// True when wakes or drops are owed (see [`Deferred`]).
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// The wakes and drops owed; run them after releasing the borrow of the ring.
+    pub(crate) fn take_deferred(&mut self) -> Deferred {
+        std::mem::take(&mut self.deferred)
     }
 
     /// Registers the provided-buffer ring if it is not yet (multishot receives need it).
@@ -177,7 +240,7 @@ impl Ring {
     /// Gives a provided buffer back to the kernel.
     pub(crate) fn recycle_buffer(&mut self, bid: u16) {
         if let Some(br) = self.buf_ring.as_mut() {
-            br.recycle(bid);
+            br.recycle(bid, &mut self.deferred.wake);
         }
     }
 
@@ -367,22 +430,29 @@ impl Ring {
 
     /// Polls a single-shot record: `Some((res, flags))` once complete (the record is freed).
     pub(crate) fn poll_op(&mut self, ud: u64, waker: &Waker) -> Option<(i32, u32)> {
-        match self.slot_mut(ud) {
+        let leaked = self.leaked;
+        let mut replaced = None;
+        let out = match self.slot_mut(ud) {
             Some(SlotState::Done { res, flags }) => {
                 let out = (*res, *flags);
-                self.free(ud);
+                let old = self.free(ud);
+                self.deferred.keep(old);
                 Some(out)
             }
             Some(SlotState::Pending(w)) => {
                 match w {
                     Some(w) if w.will_wake(waker) => {}
-                    _ => *w = Some(waker.clone()),
+                    _ => replaced = w.replace(waker.clone()),
                 }
                 None
             }
+            // The record was leaked at teardown: the kernel may still own the op's data.
+            None if leaked => None,
             // A record in any other state for a live Op is a bug; report it as an error.
             _ => Some((-libc::EFAULT, 0)),
-        }
+        };
+        self.deferred.drop_wakers.extend(replaced);
+        out
     }
 
     /// Polls a multishot record: the next queued CQE, or None (waker stored).
@@ -396,14 +466,16 @@ impl Ring {
             }) => {
                 if let Some(item) = queue.pop_front() {
                     if *ended && queue.is_empty() {
-                        self.free(ud);
+                        let old = self.free(ud);
+                        self.deferred.keep(old);
                     }
                     return Some(item);
                 }
-                match w {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => *w = Some(waker.clone()),
-                }
+                let replaced = match w {
+                    Some(w) if w.will_wake(waker) => None,
+                    _ => w.replace(waker.clone()),
+                };
+                self.deferred.drop_wakers.extend(replaced);
                 None
             }
             _ => Some((-libc::EFAULT, 0)),
@@ -411,42 +483,44 @@ impl Ring {
     }
 
     /// The future of an op was dropped (`cancel`: ask the kernel to stop it) or detached
-    /// (let it finish). Returns data the caller must drop after releasing the ring (an op
-    /// that had already completed), and the fds of queued multishot results to close.
-    pub(crate) fn abandon(
-        &mut self,
-        ud: u64,
-        data: Box<dyn Any>,
-        closes_fd: bool,
-        cancel: bool,
-    ) -> Option<Box<dyn Any>> {
-        let state = self.slot_mut(ud)?;
+    /// (let it finish). The record takes the data if the op is still in flight; otherwise
+    /// (completed, or no such record) the data is queued for dropping after the borrow of the
+    /// ring is released — its `Drop` may run any code, including code that needs the ring.
+    /// Fds of queued multishot results are closed through the ring.
+    pub(crate) fn abandon(&mut self, ud: u64, data: Box<dyn Any>, closes_fd: bool, cancel: bool) {
+        let Some(state) = self.slot_mut(ud) else {
+            if self.leaked {
+                std::mem::forget(data);
+            } else {
+                self.deferred.drop_data.push(data);
+            }
+            return;
+        };
         match state {
             SlotState::Pending(_) => {
-                *state = SlotState::Ignored { data, closes_fd };
+                let old = std::mem::replace(state, SlotState::Ignored { data, closes_fd });
+                self.deferred.keep(Some(old));
                 if cancel {
                     self.cancel(ud);
                 }
-                None
             }
             SlotState::Multi { queue, ended, .. } => {
                 let queued: Vec<(i32, u32)> = queue.drain(..).collect();
-                let ended = *ended;
-                let leftover = if ended {
-                    self.free(ud);
-                    Some(data)
+                if *ended {
+                    let old = self.free(ud);
+                    self.deferred.keep(old);
+                    self.deferred.drop_data.push(data);
                 } else {
-                    *state = SlotState::Ignored { data, closes_fd };
+                    let old = std::mem::replace(state, SlotState::Ignored { data, closes_fd });
+                    self.deferred.keep(Some(old));
                     self.cancel(ud);
-                    None
-                };
+                }
                 for (res, flags) in queued {
                     if closes_fd && res >= 0 {
                         self.close_detached(res);
                     }
                     self.drop_cqe_buffer(flags);
                 }
-                leftover
             }
             SlotState::Done { res, .. } => {
                 let res = *res;
@@ -454,9 +528,11 @@ impl Ring {
                 if closes_fd && res >= 0 {
                     self.close_detached(res);
                 }
-                Some(data)
+                self.deferred.drop_data.push(data);
             }
-            _ => Some(data),
+            SlotState::Ignored { .. } | SlotState::Free { .. } => {
+                self.deferred.drop_data.push(data);
+            }
         }
     }
 
@@ -662,6 +738,7 @@ impl Ring {
         }
         self.live_slots = 0;
         self.detached_in_flight = 0;
+        self.leaked = true;
         // An op still in flight may be a multishot receive that can select and fill provided
         // buffers: leak them (and their descriptor ring) too.
         if let Some(br) = self.buf_ring.take() {

@@ -3,6 +3,7 @@
 use super::Ring;
 use crate::reactor;
 use io_uring::squeue::Entry;
+use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -43,31 +44,48 @@ impl<T: Completable> Op<T> {
     pub(crate) unsafe fn submit(mut data: T, build: impl FnOnce(&mut T) -> Entry) -> Op<T> {
         let entry = build(&mut data);
         let submitted = reactor::with_ring(|id, ring: &mut Ring| {
-            // SAFETY: forwarded from the caller: the entry only points into `data`, which the
-            // Op (and, if dropped early, the ring record) keeps alive until the CQE.
+            // SAFETY: forwarded from the caller: the entry only points into `data`. The Op
+            // gives `data` back (poll) or frees it (drop) only once the kernel is done with
+            // it: its record says the CQE arrived, or the reactor ended after its teardown
+            // saw every op finish. Dropped earlier, the data goes to the record (directly,
+            // or through deferred work when the ring is busy) until the CQE; when nobody can
+            // tell (a leaking teardown), it is never handed back and is leaked on drop.
             (id, unsafe { ring.submit(entry, false) })
         });
         match submitted {
-            Some((reactor, ud)) => Op {
+            Ok((reactor, ud)) => Op {
                 ud,
                 reactor,
                 data: Some(data),
                 early: None,
                 _not_send: PhantomData,
             },
-            None => Op::failed(data, libc::ENXIO),
+            // The entry never reached a ring, so the data is ours to hand back.
+            Err(reactor::NoRing::Absent) => Op::failed(data, libc::ENXIO),
+            Err(reactor::NoRing::Busy) => Op::failed(data, libc::EBUSY),
         }
     }
 
     /// An op that fails with `errno` on first poll without touching the ring.
     pub(crate) fn failed(data: T, errno: i32) -> Op<T> {
+        Op::ready(data, -errno)
+    }
+
+    /// An op that completes with `res` (a CQE-style result) on first poll without touching
+    /// the ring.
+    pub(crate) fn ready(data: T, res: i32) -> Op<T> {
         Op {
             ud: 0,
             reactor: 0,
             data: Some(data),
-            early: Some(-errno),
+            early: Some(res),
             _not_send: PhantomData,
         }
+    }
+
+    /// Whether the op's SQE went to a ring (false: it completes on first poll by itself).
+    pub(crate) fn submitted(&self) -> bool {
+        self.early.is_none()
     }
 }
 
@@ -76,25 +94,38 @@ impl<T: Completable> Future for Op<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
         let this = self.get_mut();
+        if this.data.is_none() {
+            // Polled again after completion: a contract violation by the caller.
+            return Poll::Pending;
+        }
         let done = match this.early.take() {
             Some(res) => Some((res, 0)),
-            None => reactor::with_ring(|id, ring| {
-                if id == this.reactor {
-                    ring.poll_op(this.ud, cx.waker())
-                } else {
-                    Some((-libc::ENXIO, 0))
+            None => {
+                match reactor::with_op_ring(this.reactor, |ring| ring.poll_op(this.ud, cx.waker()))
+                {
+                    reactor::OpRing::Ran(done) => done,
+                    // The ring is borrowed further up the stack (this poll runs inside a waker or
+                    // a destructor the ring called): the SQE may be in the kernel, so the data
+                    // stays here. Poll again once the borrow is released.
+                    reactor::OpRing::Busy => {
+                        reactor::defer_wake(cx.waker());
+                        None
+                    }
+                    // The reactor ended and its teardown saw the kernel finish every op: the data
+                    // is free again, whatever the op's result was.
+                    reactor::OpRing::Ended { drained: true } => Some((-libc::ENXIO, 0)),
+                    // The teardown leaked ops the kernel had not finished: this one may be among
+                    // them, so its data can never be handed back.
+                    reactor::OpRing::Ended { drained: false } => None,
                 }
-            })
-            .unwrap_or(Some((-libc::ENXIO, 0))),
+            }
         };
         match (done, this.data.take()) {
             (Some((res, flags)), Some(data)) => Poll::Ready(data.complete(res, flags)),
-            (None, data) => {
+            (_, data) => {
                 this.data = data;
                 Poll::Pending
             }
-            // Polled again after completion: a contract violation by the caller.
-            (Some(_), None) => Poll::Pending,
         }
     }
 }
@@ -116,26 +147,38 @@ impl<T: Completable> Op<T> {
         if self.early.is_some() {
             return;
         }
-        let reactor = self.reactor;
-        let ud = self.ud;
-        let mut data = Some(data);
-        let leftover = reactor::with_ring(|id, ring| {
-            if id != reactor {
-                return None;
-            }
-            let boxed: Box<dyn std::any::Any> = Box::new(data.take());
-            ring.abandon(ud, boxed, T::PRODUCES_FD, cancel)
-        });
-        match (leftover, data) {
-            // Completed but never collected: drop the data now, outside the ring borrow.
-            (Some(Some(d)), _) => drop(d),
-            // The ring record owns it now.
-            (Some(None), None) => {}
-            // No ring (or another reactor's): we cannot know whether the kernel is done with
-            // the data, so leak it rather than risk a use-after-free.
-            (_, Some(d)) => std::mem::forget(d),
-            (None, None) => {}
+        release(
+            self.reactor,
+            self.ud,
+            Box::new(data),
+            T::PRODUCES_FD,
+            cancel,
+        );
+    }
+}
+
+/// Gives the data of a dropped (or detached) op to the ring: the record keeps it until the
+/// kernel's final CQE, or the ring drops it after releasing its borrow if the op is over.
+fn release(reactor: u64, ud: u64, data: Box<dyn Any>, closes_fd: bool, cancel: bool) {
+    let mut data = Some(data);
+    let outcome = reactor::with_op_ring(reactor, |ring| {
+        if let Some(d) = data.take() {
+            ring.abandon(ud, d, closes_fd, cancel);
         }
+    });
+    let Some(data) = data else { return };
+    match outcome {
+        // The ring is borrowed further up the stack: the record cannot be told yet, and the
+        // kernel may own the data. The loop hands it over before its next enter.
+        reactor::OpRing::Busy => reactor::defer_ring_work(Box::new(move |ring: &mut Ring| {
+            ring.abandon(ud, data, closes_fd, cancel);
+        })),
+        // The kernel finished every op of that reactor: the data is ours to free.
+        reactor::OpRing::Ended { drained: true } => drop(data),
+        // We cannot know whether the kernel is done with the data: leak it rather than risk
+        // a use-after-free.
+        reactor::OpRing::Ended { drained: false } => std::mem::forget(data),
+        reactor::OpRing::Ran(()) => {}
     }
 }
 
@@ -169,8 +212,9 @@ impl<T: 'static> MultiOp<T> {
         // SAFETY: forwarded from the caller, as in Op::submit.
         let r = reactor::with_ring(|id, ring: &mut Ring| (id, unsafe { ring.submit(entry, true) }));
         let (reactor, ud, ended) = match r {
-            Some((id, ud)) => (id, ud, false),
-            None => (0, 0, true),
+            Ok((id, ud)) => (id, ud, false),
+            // Never reached a ring: nothing to wait for.
+            Err(_) => (0, 0, true),
         };
         MultiOp {
             ud,
@@ -189,24 +233,48 @@ impl<T: 'static> MultiOp<T> {
 
     /// The next completion. After the one without `F_MORE`, returns `(-ECANCELED, 0)`.
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<(i32, u32)> {
+        self.poll_next_with(cx, |_, _| ())
+            .map(|(res, flags, ())| (res, flags))
+    }
+
+    /// As [`poll_next`](MultiOp::poll_next), running `then` on the ring with the completion
+    /// in the same borrow (a receive takes the provided buffer the CQE names). Outside the
+    /// op's reactor `then` gets no ring.
+    pub(crate) fn poll_next_with<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        then: impl FnOnce(Option<(u64, &mut Ring)>, (i32, u32)) -> R,
+    ) -> Poll<(i32, u32, R)> {
         if self.ended {
-            return Poll::Ready((-libc::ECANCELED, 0));
+            let item = (-libc::ECANCELED, 0);
+            return Poll::Ready((item.0, item.1, then(None, item)));
         }
         let (reactor, ud) = (self.reactor, self.ud);
-        let r = reactor::with_ring(|id, ring| {
-            if id == reactor {
-                ring.poll_multi(ud, cx.waker())
-            } else {
-                Some((-libc::ENXIO, 0))
+        let mut then = Some(then);
+        let r = reactor::with_op_ring(reactor, |ring| {
+            let item = ring.poll_multi(ud, cx.waker())?;
+            let then = then.take()?;
+            Some((item.0, item.1, then(Some((reactor, ring)), item)))
+        });
+        let r = match r {
+            reactor::OpRing::Ran(r) => r,
+            reactor::OpRing::Busy => {
+                reactor::defer_wake(cx.waker());
+                None
             }
-        })
-        .unwrap_or(Some((-libc::ENXIO, 0)));
+            // The reactor is gone: the op will not produce anything more. Its data is only an
+            // fd handle, which Drop deals with.
+            reactor::OpRing::Ended { .. } => {
+                let item = (-libc::ENXIO, 0);
+                then.take().map(|then| (item.0, item.1, then(None, item)))
+            }
+        };
         match r {
-            Some((res, flags)) => {
+            Some((res, flags, out)) => {
                 if !io_uring::cqueue::more(flags) {
                     self.ended = true;
                 }
-                Poll::Ready((res, flags))
+                Poll::Ready((res, flags, out))
             }
             None => Poll::Pending,
         }
@@ -219,19 +287,6 @@ impl<T: 'static> Drop for MultiOp<T> {
         if self.ended {
             return;
         }
-        let (reactor, ud, closes_fd) = (self.reactor, self.ud, self.closes_fd);
-        let mut data = Some(data);
-        let leftover = reactor::with_ring(|id, ring| {
-            if id != reactor {
-                return None;
-            }
-            let boxed: Box<dyn std::any::Any> = Box::new(data.take());
-            ring.abandon(ud, boxed, closes_fd, true)
-        });
-        match (leftover, data) {
-            (Some(Some(d)), _) => drop(d),
-            (_, Some(d)) => std::mem::forget(d),
-            _ => {}
-        }
+        release(self.reactor, self.ud, Box::new(data), self.closes_fd, true);
     }
 }

@@ -47,7 +47,9 @@ impl Fd {
 impl Drop for Fd {
     fn drop(&mut self) {
         let raw = self.raw;
-        if reactor::with_ring(|_, ring| ring.close_detached(raw)).is_none() {
+        // No op holds the fd any more (each holds an `Rc<Fd>`), so a plain close(2) is safe
+        // when there is no ring to use, or it is borrowed further up the stack.
+        if reactor::with_ring(|_, ring| ring.close_detached(raw)).is_err() {
             super::sys::close(raw);
         }
     }
@@ -218,10 +220,20 @@ impl Completable for CloseOp {
     }
 }
 
+/// Without a ring to submit to (no reactor, or the ring is busy) the fd is closed with a plain
+/// close(2) at once, and the op reports that result.
 pub(crate) fn close(fd: Fd) -> Op<CloseOp> {
     let raw = fd.into_raw();
     // SAFETY: the SQE carries only the fd number, which we own and never use again.
-    unsafe { Op::submit(CloseOp, |_| opcode::Close::new(types::Fd(raw)).build()) }
+    let op = unsafe { Op::submit(CloseOp, |_| opcode::Close::new(types::Fd(raw)).build()) };
+    if op.submitted() {
+        return op;
+    }
+    let res = match super::sys::close_checked(raw) {
+        Ok(()) => 0,
+        Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+    };
+    Op::ready(CloseOp, res)
 }
 
 /// `IORING_OP_SHUTDOWN`.
@@ -290,8 +302,11 @@ pub(crate) fn accept_multi(listener: Rc<Fd>) -> MultiOp<Rc<Fd>> {
 /// when the consumer holds every buffer). Errors if the buffer ring cannot be registered.
 pub(crate) fn recv_multi(fd: Rc<Fd>) -> io::Result<MultiOp<Rc<Fd>>> {
     let raw = fd.raw();
-    let group = crate::reactor::with_ring(|_, ring| ring.provided_buffers())
-        .ok_or_else(|| io::Error::other("no reactor on this thread"))??;
+    let group = match crate::reactor::with_ring(|_, ring| ring.provided_buffers()) {
+        Ok(group) => group?,
+        Err(reactor::NoRing::Absent) => return Err(io::Error::other("no reactor on this thread")),
+        Err(reactor::NoRing::Busy) => return Err(io::Error::from_raw_os_error(libc::EBUSY)),
+    };
     // SAFETY: the SQE carries only the fd (kept open by the Rc in the op data) and a buffer
     // group id; the buffers it selects belong to the ring, which outlives every op.
     Ok(unsafe {

@@ -192,6 +192,12 @@ pub(crate) fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// close(2), reporting its error (the fd is released either way).
+pub(crate) fn close_checked(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller owns fd and never uses it again.
+    cvt(unsafe { libc::close(fd) }).map(drop)
+}
+
 /// A new close-on-exec eventfd (counter semantics).
 pub(crate) fn eventfd() -> io::Result<RawFd> {
     // SAFETY: plain syscall with integer arguments.
