@@ -159,6 +159,17 @@ impl PgError {
         .never_sent()
     }
 
+    /// For a config error about text that may be part of a password (it follows one in a
+    /// conninfo string or URL): drops the quoted text and appends `hint` instead.
+    pub(crate) fn redacted(mut self, hint: &str) -> PgError {
+        if let Kind::Config { value, msg, .. } = &mut self.inner.kind {
+            if value.take().is_some() {
+                msg.push_str(hint);
+            }
+        }
+        self
+    }
+
     /// A value could not be converted, or a column index/name is wrong.
     pub fn conversion(msg: impl Into<String>) -> PgError {
         PgError::new(Kind::Conversion(msg.into()))

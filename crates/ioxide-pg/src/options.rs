@@ -19,7 +19,9 @@ use crate::PgError;
 
 mod parse;
 
-use parse::{fill_empty_host, parse_conninfo, percent_decode, seconds};
+use parse::{
+    fill_empty_host, parse_conninfo, percent_decode, quotable_key, seconds, AFTER_PASSWORD,
+};
 
 /// Where the server listens, before resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +88,15 @@ pub const MAX_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(100);
 
 /// The smallest `max_message_bytes` [`PgOptions::validate`] accepts.
 pub const MIN_MESSAGE_BYTES: usize = 1024;
+
+/// Leaves the quoted text out of a config error when it may be part of a password.
+fn redact_if(e: PgError, after_password: bool) -> PgError {
+    if after_password {
+        e.redacted(AFTER_PASSWORD)
+    } else {
+        e
+    }
+}
 
 fn non_zero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
@@ -215,8 +226,17 @@ impl PgOptions {
         if !db.is_empty() {
             self.database = Some(db);
         }
+        // An unencoded `?` in the user-info password (`postgres://u:12?ab@h`) or `&` in a
+        // `password=` query value leaves pieces of it in the query: quote none of the query
+        // then.
+        let mut after_password = s[s.find("://").map_or(0, |i| i + 3)..]
+            .split_once(['/', '?', '#'])
+            .is_some_and(|(_, rest)| rest.contains('@'));
         for (key, value) in url.query_pairs() {
-            self = self.apply(&key, &value, &key)?;
+            self = self
+                .apply(&key, &value, &key)
+                .map_err(|e| redact_if(e, after_password))?;
+            after_password |= key == "password";
         }
         self.validate()?;
         Ok(self)
@@ -228,8 +248,12 @@ impl PgOptions {
     /// Keys are those of [`PgOptions::set`].
     pub fn from_conninfo(s: &str) -> Result<PgOptions, PgError> {
         let mut opts = PgOptions::new();
+        let mut after_password = false;
         for (key, value) in parse_conninfo(s)? {
-            opts = opts.apply(&key, &value, &key)?;
+            opts = opts
+                .apply(&key, &value, &key)
+                .map_err(|e| redact_if(e, after_password))?;
+            after_password |= key == "password";
         }
         opts.validate()?;
         Ok(opts)
@@ -300,7 +324,7 @@ impl PgOptions {
             _ => {
                 return Err(PgError::config(
                     "option",
-                    Some(key),
+                    quotable_key(key).then_some(key),
                     "unknown connection option",
                 ))
             }
@@ -657,10 +681,14 @@ impl fmt::Debug for Redacted {
 impl FromStr for PgOptions {
     type Err = PgError;
 
-    /// A `postgres://` or `postgresql://` URL, else a libpq `key=value` string.
+    /// A URL (`postgres://` or `postgresql://`; another `scheme://` is refused as one), else a
+    /// libpq `key=value` string.
     fn from_str(s: &str) -> Result<PgOptions, PgError> {
         let s = s.trim();
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        // Any `scheme://` before the first `=` is a URL (`POSTGRES://`, `postgresql+psycopg://`
+        // included): parsed as one, an error names its scheme, never its password.
+        let first_token = s.split(['=', ' ', '\t', '\n']).next().unwrap_or_default();
+        if first_token.contains("://") {
             PgOptions::from_url(s)
         } else {
             PgOptions::from_conninfo(s)
