@@ -253,7 +253,9 @@ fn server_info_bounds_the_parameters_a_server_reports() {
     // An update of a known name is always fine; a new name past the cap is not.
     assert!(info.set_parameter("p0", "changed").is_ok());
     assert_eq!(info.parameter("p0"), Some("changed"));
-    let e = info.set_parameter("one_too_many", "v").unwrap_err();
+    let e = info
+        .set_parameter("one_too_many", "v")
+        .expect_err("past the cap");
     assert!(e.is_protocol(), "{e}");
     assert!(e.to_string().contains("limit of 256 distinct"), "{e}");
     assert_eq!(info.parameter("one_too_many"), None);
@@ -261,7 +263,9 @@ fn server_info_bounds_the_parameters_a_server_reports() {
 
     let mut info = ServerInfo::default();
     let long = "x".repeat(MAX_PARAMETER_VALUE_BYTES + 1);
-    let e = info.set_parameter("search_path", &long).unwrap_err();
+    let e = info
+        .set_parameter("search_path", &long)
+        .expect_err("too long");
     assert!(e.is_protocol(), "{e}");
     assert!(e.to_string().contains("limit of 65536 bytes"), "{e}");
     assert_eq!(info.parameter("search_path"), None);
@@ -269,7 +273,7 @@ fn server_info_bounds_the_parameters_a_server_reports() {
     assert!(info.set_parameter("search_path", &max).is_ok());
 
     let name = "n".repeat(MAX_PARAMETER_NAME_BYTES + 1);
-    let e = info.set_parameter(&name, "v").unwrap_err();
+    let e = info.set_parameter(&name, "v").expect_err("name too long");
     assert!(e.to_string().contains("limit of 1024 bytes"), "{e}");
     assert!(
         e.to_string().len() < 200,
