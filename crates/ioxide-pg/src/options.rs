@@ -25,6 +25,7 @@ use parse::{
 
 /// Where the server listens, before resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Host {
     /// A host name or an IP literal (IPv6 without brackets).
     Tcp(String),
@@ -34,6 +35,7 @@ pub enum Host {
 
 /// Where to connect, after [`PgOptions::resolve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Target {
     /// TCP addresses, to be tried in order.
     Tcp(Vec<SocketAddr>),
@@ -78,16 +80,16 @@ pub struct PgOptions {
 }
 
 /// Default for [`PgOptions::reply_batch_window`].
-pub const DEFAULT_REPLY_BATCH_WINDOW: Duration = Duration::from_micros(150);
+pub(crate) const DEFAULT_REPLY_BATCH_WINDOW: Duration = Duration::from_micros(150);
 
 /// Default for [`PgOptions::reply_gather_limit`].
-pub const DEFAULT_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(1);
+pub(crate) const DEFAULT_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(1);
 
 /// The largest [`PgOptions::reply_gather_limit`] [`PgOptions::validate`] accepts.
-pub const MAX_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(100);
+pub(crate) const MAX_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(100);
 
 /// The smallest `max_message_bytes` [`PgOptions::validate`] accepts.
-pub const MIN_MESSAGE_BYTES: usize = 1024;
+pub(crate) const MIN_MESSAGE_BYTES: usize = 1024;
 
 /// Leaves the quoted text out of a config error when it may be part of a password.
 fn redact_if(e: PgError, after_password: bool) -> PgError {
@@ -333,7 +335,7 @@ impl PgOptions {
     }
 
     /// Checks the options are usable: a non-empty host without commas, a non-zero port, a
-    /// non-empty user, `max_message_bytes` of at least [`MIN_MESSAGE_BYTES`], a `pool_size`
+    /// non-empty user, `max_message_bytes` of at least 1024, a `pool_size`
     /// and `pipeline_depth` of at least 1, a `reply_batch_window` of at most 10 ms and a
     /// `reply_gather_limit` of at most 100 ms. Errors name the field.
     pub fn validate(&self) -> Result<(), PgError> {

@@ -34,15 +34,21 @@ use super::message::{log_notice, tag_name, AuthRequest, BackendMessage};
 use crate::{PgError, PgOptions};
 
 /// The key a CancelRequest for this session must carry (BackendKeyData).
+///
+/// Opaque but for the backend's process id: protocol 3.2 (PostgreSQL 18) makes the secret
+/// key variable-length, so it is not a public field.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct BackendKey {
-    /// The backend's process id.
-    pub process_id: i32,
-    /// The secret key.
-    pub secret_key: i32,
+    pub(crate) process_id: i32,
+    pub(crate) secret_key: i32,
 }
 
 impl BackendKey {
+    /// The backend's process id (`pg_backend_pid()` on that session).
+    pub fn process_id(&self) -> i32 {
+        self.process_id
+    }
+
     /// The 16-byte CancelRequest packet for this session, to send on a fresh connection.
     pub fn cancel_request(&self) -> [u8; 16] {
         encode::cancel_request(self.process_id, self.secret_key)
