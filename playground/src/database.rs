@@ -101,6 +101,7 @@ impl Database {
                 .join(format!(".s.PGSQL.{}", o.get_port()))
                 .display()
                 .to_string(),
+            other => format!("{other:?}:{}", o.get_port()),
         };
         let kind = if self.cluster.is_some() {
             " (throwaway)"

@@ -149,27 +149,60 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ioxide_pg::{PgConnection, PgOptions};
     use std::time::Duration;
+    use testkit::{backend, FakeServer, Step};
+
+    /// A real driver error (only the driver makes them) from a fake server playing
+    /// `script`: connect with `timeout`, then run one query.
+    fn driver_error(script: Vec<Step>, timeout: Duration) -> PgError {
+        let fake = FakeServer::start(script).expect("fake server");
+        driver_error_at(fake.port(), timeout)
+    }
+
+    fn driver_error_at(port: u16, timeout: Duration) -> PgError {
+        let opts = PgOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("u")
+            .connect_timeout(timeout)
+            .command_timeout(timeout);
+        ioxide::block_on(async {
+            let conn = PgConnection::connect(&opts).await?;
+            conn.query("SELECT 1").await.map(|_| ())
+        })
+        .expect_err("the fake fails every request")
+    }
 
     #[test]
     fn timeouts_and_outages_are_503() {
-        let r = error_response(&PgError::timeout(
-            TimeoutKind::Command,
-            Duration::from_secs(1),
-        ));
+        let e = driver_error(
+            vec![
+                Step::Send(backend::handshake_ok()),
+                Step::ReadMessage,
+                Step::StallForever,
+            ],
+            Duration::from_millis(100),
+        );
+        assert_eq!(e.timeout_kind(), Some(TimeoutKind::Command), "{e}");
+        let r = error_response(&e);
         assert_eq!(r.status, 503);
         assert!(String::from_utf8_lossy(&r.body).contains("timed out"));
-        let r = error_response(&PgError::io(
-            "connecting to 127.0.0.1:1",
-            std::io::ErrorKind::ConnectionRefused.into(),
-        ));
+        // A port nobody listens on: connection refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let e = driver_error_at(port, Duration::from_secs(2));
+        assert!(e.is_transport(), "{e}");
+        let r = error_response(&e);
         assert_eq!(r.status, 503);
         assert!(String::from_utf8_lossy(&r.body).starts_with("database unavailable: "));
-        let r = error_response(&PgError::timeout(
-            TimeoutKind::Acquire,
-            Duration::from_secs(2),
-        ));
+        let e = driver_error(vec![Step::StallForever], Duration::from_millis(100));
+        assert_eq!(e.timeout_kind(), Some(TimeoutKind::Connect), "{e}");
+        let r = error_response(&e);
         assert_eq!(r.status, 503);
+        assert!(String::from_utf8_lossy(&r.body).starts_with("database unavailable: "));
     }
 
     #[test]

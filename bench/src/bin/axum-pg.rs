@@ -63,6 +63,7 @@ fn serve() -> Result<(), String> {
     match o.get_host() {
         Host::Tcp(h) => cfg.host(h),
         Host::Unix(d) => cfg.host_path(d),
+        other => return Err(format!("unsupported host {other:?}")),
     };
     cfg.port(o.get_port())
         .user(o.get_user())

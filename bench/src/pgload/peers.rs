@@ -60,9 +60,15 @@ pub fn run(args: &Args) -> Result<Value, String> {
 pub(crate) fn tp_config(o: &PgOptions) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
     match o.get_host() {
-        Host::Tcp(h) => c.host(h),
-        Host::Unix(dir) => c.host_path(dir),
-    };
+        Host::Tcp(h) => {
+            c.host(h);
+        }
+        Host::Unix(dir) => {
+            c.host_path(dir);
+        }
+        // `Host` is non-exhaustive: a kind tokio-postgres cannot take keeps its default.
+        _ => {}
+    }
     c.port(o.get_port())
         .user(o.get_user())
         .dbname(o.get_database());
@@ -80,6 +86,7 @@ fn sqlx_options(o: &PgOptions) -> sqlx::postgres::PgConnectOptions {
     c = match o.get_host() {
         Host::Tcp(h) => c.host(h),
         Host::Unix(dir) => c.socket(dir),
+        _ => c,
     };
     if let Some(p) = o.get_password() {
         c = c.password(p);

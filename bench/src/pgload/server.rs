@@ -54,6 +54,7 @@ fn find(o: &PgOptions) -> Option<Server> {
                 || h.parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback())
         }
+        _ => false,
     };
     if !local {
         return None;

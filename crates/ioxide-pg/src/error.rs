@@ -21,6 +21,21 @@ type Source = Box<dyn StdError + Send + Sync + 'static>;
 ///
 /// Opaque by design: use the accessors to learn what happened.
 ///
+/// Only the driver makes errors. The one public constructor, [`PgError::conversion`] (and
+/// [`PgError::conversion_with`]), is for a conversion or a row callback that fails, and its
+/// errors always say [`was_sent()`](PgError::was_sent) `== true`: no code outside the driver
+/// can claim that a command is safe to retry.
+///
+/// ```compile_fail
+/// // `never_sent` is the driver's: this does not compile outside the crate.
+/// let e = ioxide_pg::PgError::conversion("x").never_sent();
+/// ```
+///
+/// ```compile_fail
+/// // Neither do the driver's constructors.
+/// let e = ioxide_pg::PgError::closed("x");
+/// ```
+///
 /// ```
 /// # use ioxide_pg::PgError;
 /// fn describe(e: &PgError) -> &'static str {
@@ -48,6 +63,7 @@ struct Inner {
 
 /// What an operation was waiting for when it timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TimeoutKind {
     /// Opening the connection (connect, startup, authentication): `connect_timeout`.
     Connect,
@@ -114,13 +130,13 @@ impl PgError {
     }
 
     /// A server error (an ErrorResponse), carrying every field the server sent.
-    pub fn server(err: impl Into<Box<DbError>>) -> PgError {
+    pub(crate) fn server(err: impl Into<Box<DbError>>) -> PgError {
         PgError::new(Kind::Server(err.into()))
     }
 
     /// A transport failure; `context` says what was being done (`"sending Query"`,
     /// `"connecting to 127.0.0.1:5432"`).
-    pub fn io(context: impl Into<String>, err: io::Error) -> PgError {
+    pub(crate) fn io(context: impl Into<String>, err: io::Error) -> PgError {
         PgError::new(Kind::Io {
             context: context.into(),
         })
@@ -128,28 +144,28 @@ impl PgError {
     }
 
     /// The server's bytes violate the protocol. `msg` says which message, in which state.
-    pub fn protocol(msg: impl Into<String>) -> PgError {
+    pub(crate) fn protocol(msg: impl Into<String>) -> PgError {
         PgError::new(Kind::Protocol(msg.into()))
     }
 
     /// A backend message of `len` bytes exceeds `max` (`max_message_bytes`).
-    pub fn message_too_large(len: usize, max: usize) -> PgError {
+    pub(crate) fn message_too_large(len: usize, max: usize) -> PgError {
         PgError::new(Kind::MessageTooLarge { len, max })
     }
 
     /// `what` did not finish within `after`.
-    pub fn timeout(what: TimeoutKind, after: Duration) -> PgError {
+    pub(crate) fn timeout(what: TimeoutKind, after: Duration) -> PgError {
         PgError::new(Kind::Timeout { what, after })
     }
 
     /// Authentication failed or cannot be done.
-    pub fn auth(msg: impl Into<String>) -> PgError {
+    pub(crate) fn auth(msg: impl Into<String>) -> PgError {
         PgError::new(Kind::Auth(msg.into()))
     }
 
     /// The option `field` is invalid. `value` is the offending text, when it is safe to show
     /// (never pass a password).
-    pub fn config(
+    pub(crate) fn config(
         field: impl Into<String>,
         value: Option<&str>,
         msg: impl Into<String>,
@@ -162,7 +178,20 @@ impl PgError {
         .never_sent()
     }
 
-    /// A value could not be converted, or a column index/name is wrong.
+    /// For a config error about text that may be part of a password (it follows one in a
+    /// conninfo string or URL): drops the quoted text and appends `hint` instead.
+    pub(crate) fn redacted(mut self, hint: &str) -> PgError {
+        if let Kind::Config { value, msg, .. } = &mut self.inner.kind {
+            if value.take().is_some() {
+                msg.push_str(hint);
+            }
+        }
+        self
+    }
+
+    /// A value could not be converted, or a column index/name is wrong — or, from a row
+    /// callback, any reason to stop: the command fails with this error. Always
+    /// `was_sent() == true`.
     pub fn conversion(msg: impl Into<String>) -> PgError {
         PgError::new(Kind::Conversion(msg.into()))
     }
@@ -178,7 +207,7 @@ impl PgError {
     }
 
     /// The connection is closed or broken; `msg` says why.
-    pub fn closed(msg: impl Into<String>) -> PgError {
+    pub(crate) fn closed(msg: impl Into<String>) -> PgError {
         PgError::new(Kind::Closed(msg.into()))
     }
 
@@ -230,7 +259,7 @@ impl PgError {
     /// Marks this error as belonging to a command that never left this process, so retrying it
     /// on another connection cannot run it twice.
     #[must_use]
-    pub fn never_sent(mut self) -> PgError {
+    pub(crate) fn never_sent(mut self) -> PgError {
         self.inner.sent = false;
         self
     }
@@ -238,7 +267,7 @@ impl PgError {
     /// Marks this error as belonging to a command that may have reached the server (the
     /// default).
     #[must_use]
-    pub fn maybe_sent(mut self) -> PgError {
+    pub(crate) fn maybe_sent(mut self) -> PgError {
         self.inner.sent = true;
         self
     }
@@ -456,6 +485,27 @@ mod tests {
         let e = PgError::closed("connection reset").never_sent();
         assert!(!e.was_sent() && e.is_closed());
         assert!(e.maybe_sent().was_sent());
+    }
+
+    #[test]
+    fn the_public_constructors_never_claim_never_sent() {
+        // The only constructors a user can reach, and what a user can do to their errors.
+        let public = [
+            PgError::conversion("stop"),
+            PgError::conversion_with("bad value", Box::new(io::Error::other("why"))),
+            PgError::conversion("stop").with_cause("because"),
+            PgError::conversion("stop").replicate(),
+        ];
+        for e in &public {
+            assert!(e.was_sent(), "{e:?}");
+            assert!(e.is_conversion(), "{e:?}");
+        }
+        // The driver's own constructors default to "may have been sent" as well, except a
+        // config error (no command exists yet).
+        assert!(PgError::closed("x").was_sent());
+        assert!(PgError::protocol("x").was_sent());
+        assert!(PgError::timeout(TimeoutKind::Command, Duration::ZERO).was_sent());
+        assert!(!PgError::config("port", None, "x").was_sent());
     }
 
     #[test]

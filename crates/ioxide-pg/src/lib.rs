@@ -4,10 +4,21 @@
 //! This crate is layered like the folders:
 //! - [`options`]: [`PgOptions`], how to reach the server;
 //! - [`error`]: [`PgError`] and the server's [`DbError`];
-//! - [`proto`]: the sans-io protocol core (framing, startup/auth, per-command reply machines,
-//!   frontend encoding, zero-copy rows), reachable by tests and fuzzers without a socket.
+//! - `proto`: the sans-io protocol core (framing, startup/auth, per-command reply machines,
+//!   frontend encoding, zero-copy rows).
 //!
 //! The ring-driven connection and the pool build on these.
+//!
+//! # The public API
+//!
+//! Everything a user names is re-exported here, at the crate root: the connection, the pool,
+//! options, errors, rows and the server's information. Enums that may gain a variant are
+//! `#[non_exhaustive]`.
+//!
+//! `proto` is public only so that this workspace's fuzzers, benchmarks and property tests
+//! reach the protocol core without a socket. It is hidden from the documentation and has **no
+//! stability**: it is the driver's internals, and any release may change or remove any of it.
+//! Do not use it; the types it holds that users need are re-exported above.
 
 #![warn(missing_docs)]
 
@@ -15,6 +26,7 @@ mod conn;
 pub mod error;
 pub mod options;
 mod pool;
+#[doc(hidden)]
 pub mod proto;
 
 pub use conn::{Params, PgConnection, ResultSet};

@@ -19,10 +19,13 @@ use crate::PgError;
 
 mod parse;
 
-use parse::{fill_empty_host, parse_conninfo, percent_decode, seconds};
+use parse::{
+    fill_empty_host, parse_conninfo, percent_decode, quotable_key, seconds, AFTER_PASSWORD,
+};
 
 /// Where the server listens, before resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Host {
     /// A host name or an IP literal (IPv6 without brackets).
     Tcp(String),
@@ -32,6 +35,7 @@ pub enum Host {
 
 /// Where to connect, after [`PgOptions::resolve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Target {
     /// TCP addresses, to be tried in order.
     Tcp(Vec<SocketAddr>),
@@ -76,16 +80,25 @@ pub struct PgOptions {
 }
 
 /// Default for [`PgOptions::reply_batch_window`].
-pub const DEFAULT_REPLY_BATCH_WINDOW: Duration = Duration::from_micros(150);
+pub(crate) const DEFAULT_REPLY_BATCH_WINDOW: Duration = Duration::from_micros(150);
 
 /// Default for [`PgOptions::reply_gather_limit`].
-pub const DEFAULT_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(1);
+pub(crate) const DEFAULT_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(1);
 
 /// The largest [`PgOptions::reply_gather_limit`] [`PgOptions::validate`] accepts.
-pub const MAX_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(100);
+pub(crate) const MAX_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(100);
 
 /// The smallest `max_message_bytes` [`PgOptions::validate`] accepts.
-pub const MIN_MESSAGE_BYTES: usize = 1024;
+pub(crate) const MIN_MESSAGE_BYTES: usize = 1024;
+
+/// Leaves the quoted text out of a config error when it may be part of a password.
+fn redact_if(e: PgError, after_password: bool) -> PgError {
+    if after_password {
+        e.redacted(AFTER_PASSWORD)
+    } else {
+        e
+    }
+}
 
 fn non_zero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
@@ -215,8 +228,17 @@ impl PgOptions {
         if !db.is_empty() {
             self.database = Some(db);
         }
+        // An unencoded `?` in the user-info password (`postgres://u:12?ab@h`) or `&` in a
+        // `password=` query value leaves pieces of it in the query: quote none of the query
+        // then.
+        let mut after_password = s[s.find("://").map_or(0, |i| i + 3)..]
+            .split_once(['/', '?', '#'])
+            .is_some_and(|(_, rest)| rest.contains('@'));
         for (key, value) in url.query_pairs() {
-            self = self.apply(&key, &value, &key)?;
+            self = self
+                .apply(&key, &value, &key)
+                .map_err(|e| redact_if(e, after_password))?;
+            after_password |= key == "password";
         }
         self.validate()?;
         Ok(self)
@@ -228,8 +250,12 @@ impl PgOptions {
     /// Keys are those of [`PgOptions::set`].
     pub fn from_conninfo(s: &str) -> Result<PgOptions, PgError> {
         let mut opts = PgOptions::new();
+        let mut after_password = false;
         for (key, value) in parse_conninfo(s)? {
-            opts = opts.apply(&key, &value, &key)?;
+            opts = opts
+                .apply(&key, &value, &key)
+                .map_err(|e| redact_if(e, after_password))?;
+            after_password |= key == "password";
         }
         opts.validate()?;
         Ok(opts)
@@ -300,7 +326,7 @@ impl PgOptions {
             _ => {
                 return Err(PgError::config(
                     "option",
-                    Some(key),
+                    quotable_key(key).then_some(key),
                     "unknown connection option",
                 ))
             }
@@ -309,7 +335,7 @@ impl PgOptions {
     }
 
     /// Checks the options are usable: a non-empty host without commas, a non-zero port, a
-    /// non-empty user, `max_message_bytes` of at least [`MIN_MESSAGE_BYTES`], a `pool_size`
+    /// non-empty user, `max_message_bytes` of at least 1024, a `pool_size`
     /// and `pipeline_depth` of at least 1, a `reply_batch_window` of at most 10 ms and a
     /// `reply_gather_limit` of at most 100 ms. Errors name the field.
     pub fn validate(&self) -> Result<(), PgError> {
@@ -657,10 +683,14 @@ impl fmt::Debug for Redacted {
 impl FromStr for PgOptions {
     type Err = PgError;
 
-    /// A `postgres://` or `postgresql://` URL, else a libpq `key=value` string.
+    /// A URL (`postgres://` or `postgresql://`; another `scheme://` is refused as one), else a
+    /// libpq `key=value` string.
     fn from_str(s: &str) -> Result<PgOptions, PgError> {
         let s = s.trim();
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        // Any `scheme://` before the first `=` is a URL (`POSTGRES://`, `postgresql+psycopg://`
+        // included): parsed as one, an error names its scheme, never its password.
+        let first_token = s.split(['=', ' ', '\t', '\n']).next().unwrap_or_default();
+        if first_token.contains("://") {
             PgOptions::from_url(s)
         } else {
             PgOptions::from_conninfo(s)

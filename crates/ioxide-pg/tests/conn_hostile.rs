@@ -701,6 +701,68 @@ fn fatal_error_mid_query_keeps_its_sql_state() {
 }
 
 #[test]
+fn fatal_after_an_error_surfaces_with_its_sql_state() {
+    // The query fails (42P01); while the server skips to ReadyForQuery, an administrator
+    // terminates the backend: the FATAL must reach the caller as itself, not as a protocol
+    // error about a second ErrorResponse.
+    let f = simple_query_failure(vec![
+        Step::Send(concat(&[
+            backend::error_response("ERROR", "42P01", "relation \"hostile\" does not exist"),
+            fatal_admin_shutdown(),
+        ])),
+        Step::Close,
+    ]);
+    assert!(f.broken);
+    assert_eq!(f.err.sql_state(), Some("57P01"), "{}", f.err);
+    assert!(!f.err.is_protocol(), "{}", f.err);
+    f.assert_broken(&["terminating connection due to administrator command"]);
+}
+
+#[test]
+fn fatal_after_an_error_in_an_extended_reply_surfaces_with_its_sql_state() {
+    let f = extended_query_failure(
+        prepare_reply(&["a"]),
+        Some(concat(&[
+            backend::error_response("ERROR", "22012", "division by zero"),
+            fatal_admin_shutdown(),
+        ])),
+    );
+    assert!(f.broken);
+    assert_eq!(f.err.sql_state(), Some("57P01"), "{}", f.err);
+}
+
+#[test]
+fn fatal_after_an_error_fails_the_pipelined_command_behind_with_it_too() {
+    let fake = FakeServer::start(vec![
+        Step::Send(backend::handshake_ok()),
+        Step::ReadMessage,
+        Step::ReadMessage,
+        Step::Send(concat(&[
+            backend::error_response("ERROR", "42P01", "relation \"t\" does not exist"),
+            fatal_admin_shutdown(),
+        ])),
+        Step::Close,
+    ])
+    .unwrap();
+    run(async {
+        let conn = Rc::new(PgConnection::connect(&opts(fake.port())).await.unwrap());
+        let tasks: Vec<_> = ["SELECT * FROM t", "SELECT 2"]
+            .into_iter()
+            .map(|sql| {
+                let conn = conn.clone();
+                ioxide::spawn(async move { conn.query(sql).await })
+            })
+            .collect();
+        for t in tasks {
+            let e = t.await.unwrap_err();
+            assert_eq!(e.sql_state(), Some("57P01"), "{e}");
+            assert!(e.as_db_error().is_some_and(|d| d.is_fatal()), "{e}");
+        }
+        assert!(conn.is_broken());
+    });
+}
+
+#[test]
 fn protocol_violation_in_a_reply_is_reported_as_a_protocol_error() {
     let f = simple_query_failure(vec![
         Step::Send(backend::message(b'G', &[0, 0, 1, 0, 0])),

@@ -328,7 +328,7 @@ fn run_a_and_c(
         let c = c.await;
         let a_err = match a {
             Err(e) => e,
-            Ok(r) => PgError::closed(format!("A succeeded: {:?}", r.value())),
+            Ok(r) => panic!("A succeeded: {:?}", r.value()),
         };
         (a_err, c)
     })

@@ -748,6 +748,66 @@ fn malformed_parameter_status_mid_reply_breaks_the_connection() {
     f.assert_broken(&["ParameterStatus"]);
 }
 
+/// `n` ParameterStatus messages, each with a new name.
+fn distinct_parameters(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| backend::parameter_status(&format!("hostile_{i}"), "v"))
+        .collect()
+}
+
+#[test]
+fn endless_distinct_parameters_during_startup_fail_the_connect() {
+    let (e, took, _fake) = startup_error(vec![
+        Step::Send(concat(&[
+            backend::authentication_ok(),
+            distinct_parameters(300),
+            backend::backend_key_data(1, 2),
+            backend::ready_for_query(b'I'),
+        ])),
+        Step::StallForever,
+    ]);
+    assert!(e.is_protocol(), "{e}");
+    assert_mentions(&e, &["ParameterStatus", "limit of 256 distinct"]);
+    assert_fast(&e, took);
+}
+
+#[test]
+fn an_oversized_parameter_value_during_startup_fails_the_connect() {
+    let (e, took, _fake) = startup_error(vec![
+        Step::Send(concat(&[
+            backend::authentication_ok(),
+            backend::parameter_status("search_path", &"x".repeat(64 * 1024 + 1)),
+            backend::ready_for_query(b'I'),
+        ])),
+        Step::StallForever,
+    ]);
+    assert!(e.is_protocol(), "{e}");
+    assert_mentions(
+        &e,
+        &["ParameterStatus value of \"search_path\"", "65536 bytes"],
+    );
+    assert_fast(&e, took);
+}
+
+/// Needs `on_async` in `conn/state.rs` to propagate `ServerInfo::set_parameter`'s error (the
+/// lead's change, see the report): without it the parameters are dropped silently instead.
+#[test]
+fn endless_distinct_parameters_mid_session_break_the_connection() {
+    let f = failure(
+        Op::Simple,
+        concat(&[
+            backend::row_description(&["a"]),
+            distinct_parameters(300),
+            backend::data_row(&[Some("1")]),
+            backend::command_complete("SELECT 1"),
+            backend::ready_for_query(b'I'),
+        ]),
+        None,
+    );
+    assert!(f.err.is_protocol(), "{}", f.err);
+    f.assert_broken(&["ParameterStatus", "limit of 256 distinct"]);
+}
+
 fn malformed_notice_mid_reply() -> Failure {
     failure(
         Op::Simple,

@@ -280,3 +280,82 @@ fn reply_batch_window_from_url_and_conninfo_and_bounded() {
     let dbg = format!("{:?}", PgOptions::new());
     assert!(dbg.contains("reply_batch_window"), "{dbg}");
 }
+
+/// The error of `r`, which must fail, as its `Display` and its `Debug`.
+fn both_forms(r: Result<PgOptions, PgError>, what: &str) -> (String, String) {
+    match r {
+        Ok(_) => panic!("{what}: must be refused"),
+        Err(e) => (e.to_string(), format!("{e:?}")),
+    }
+}
+
+#[test]
+fn errors_never_quote_any_part_of_a_password() {
+    // Each case: the text form, and the secret piece that must appear in no error.
+    let conninfo = [
+        ("password=my hunter2", "hunter2"),
+        ("user=u password=my hunter2 dbname=d", "hunter2"),
+        ("password='hunter2", "hunter2"),
+        ("user=u password='my hunter2", "hunter2"),
+        (r"password=hunter2\", "hunter2"),
+        ("password=my hunter2=x", "hunter2"),
+        ("password=my port=hunter2", "hunter2"),
+        ("password=a b'hunter2 c", "hunter2"),
+        ("password=ok hunter2=1 port=5432", "hunter2"),
+        ("password='my' hunter2", "hunter2"),
+        ("host=h postgres:/u:hunter2@h/d", "hunter2"),
+        ("host=h pg://u:hunter2@h/d?x=1", "hunter2"),
+    ];
+    for (text, secret) in conninfo {
+        for r in [PgOptions::from_conninfo(text), text.parse()] {
+            let (shown, debug) = both_forms(r, text);
+            assert!(!shown.contains(secret), "{text:?}: {shown}");
+            assert!(!debug.contains(secret), "{text:?}: {debug}");
+        }
+    }
+    let urls = [
+        ("postgres://u:12?hunter2@h/d", "hunter2"),
+        ("postgres://u:hunter2%zz@h/d", "hunter2"),
+        ("postgres://u:hunter2%ff@h/d", "hunter2"),
+        ("postgres://u:hun/ter2@h/d", "ter2"),
+        ("postgres://u:hunter2@h:99999/d", "hunter2"),
+        ("postgres://h/d?password=my&hunter2", "hunter2"),
+        ("postgres://h/d?password=my&port=hunter2", "hunter2"),
+        ("postgres://h/d?password=my&hunter2=x", "hunter2"),
+        ("mysql://u:hunter2@h/d", "hunter2"),
+        ("postgresql+psycopg://u:hunter2@h/d?ssl=1", "hunter2"),
+        ("POSTGRES://u:hunter2@h:99999/d", "hunter2"),
+        (" postgres://u:hunter2@h/d?frobnicate", "hunter2"),
+    ];
+    for (text, secret) in urls {
+        for r in [
+            PgOptions::from_url(text),
+            text.parse(),
+            PgOptions::from_env_with(env(&[("DATABASE_URL", text)])),
+        ] {
+            let (shown, debug) = both_forms(r, text);
+            assert!(!shown.contains(secret), "{text:?}: {shown}");
+            assert!(!debug.contains(secret), "{text:?}: {debug}");
+        }
+    }
+    let (shown, debug) = both_forms(
+        PgOptions::from_env_with(env(&[("PGPASSWORD", "hunter2"), ("PGPORT", "x")])),
+        "PGPORT",
+    );
+    assert!(shown.starts_with("invalid PGPORT \"x\""), "{shown}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+}
+
+#[test]
+fn errors_before_a_password_still_name_the_culprit() {
+    // Redaction is for what follows a password; a typo elsewhere is still quoted.
+    let e = err(PgOptions::from_conninfo("prot=5432 password=pw"));
+    assert_eq!(e, "invalid option \"prot\": unknown connection option");
+    let e = err(PgOptions::from_conninfo("host password=pw"));
+    assert!(e.contains("missing \"=\"") && e.contains("\"host\""), "{e}");
+    let e = err(PgOptions::from_conninfo("password=pw prot=5432"));
+    assert!(
+        e.starts_with("invalid option: unknown connection option (not shown:"),
+        "{e}"
+    );
+}

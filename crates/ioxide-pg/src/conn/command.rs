@@ -169,7 +169,9 @@ where
         match ev {
             ReplyEvent::DataRow(body) => {
                 let row = Row::new(body, &self.columns)?;
-                (self.f)(row).map_err(SinkError::User)?;
+                // A callback may hand back any PgError, one the driver marked "never sent" included;
+                // this command was sent, and the flag must not let the pool retry it.
+                (self.f)(row).map_err(|e| SinkError::User(e.maybe_sent()))?;
                 self.rows += 1;
             }
             // Only an unnamed statement's reply describes its rows (it is parsed afresh).

@@ -608,7 +608,7 @@ impl Conn {
             *pos += f.len;
             if is_async(f.tag) {
                 if let Some(msg) = classify_async(f.tag, body)? {
-                    self.on_async(msg);
+                    self.on_async(msg)?;
                     continue;
                 }
             }
@@ -719,11 +719,11 @@ impl Conn {
         }
     }
 
-    fn on_async(&self, msg: AsyncMessage<'_>) {
+    fn on_async(&self, msg: AsyncMessage<'_>) -> Result<(), PgError> {
         match msg {
             AsyncMessage::Notice(n) => log_notice(&n),
             AsyncMessage::ParameterStatus { name, value } => {
-                self.st.borrow_mut().info.set_parameter(name, value);
+                self.st.borrow_mut().info.set_parameter(name, value)?;
             }
             AsyncMessage::Notification {
                 process_id,
@@ -733,6 +733,7 @@ impl Conn {
                 tracing::debug!(process_id, channel, payload, "notification (no listener)");
             }
         }
+        Ok(())
     }
 
     /// The server closed the connection. Say why if it told us (a FATAL error before EOF was

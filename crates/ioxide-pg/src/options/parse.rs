@@ -57,10 +57,28 @@ pub(super) fn fill_empty_host(url: &str) -> (Cow<'_, str>, bool) {
     )
 }
 
+/// Appended to an error whose text was left out because it follows a password: an
+/// unquoted password with a space (`password=my secret`) leaves pieces of itself behind as
+/// keys or values, which an error must not quote.
+pub(super) const AFTER_PASSWORD: &str =
+    " (not shown: it follows the password and may be part of it; quote a password that \
+     holds spaces or quotes: password='…', and percent-encode one in a URL)";
+
+/// Whether an unknown or malformed key may be quoted in an error: an option name is a short
+/// identifier. Anything else (`postgresql+psycopg://u:pw@h/d?x`, `pw@h/d`) may be a URL or a
+/// piece of one, password included.
+pub(super) fn quotable_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// Splits a libpq conninfo string into `(key, value)` pairs.
+///
+/// Errors quote no text after a `password` key: see [`AFTER_PASSWORD`].
 pub(super) fn parse_conninfo(s: &str) -> Result<Vec<(String, String)>, PgError> {
     let bad = |msg: &str| PgError::config("conninfo", None, msg);
-    let mut pairs = Vec::new();
+    let mut pairs: Vec<(String, String)> = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -73,11 +91,17 @@ pub(super) fn parse_conninfo(s: &str) -> Result<Vec<(String, String)>, PgError> 
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(PgError::config(
+            let e = PgError::config(
                 "conninfo",
-                Some(&key),
+                quotable_key(&key).then_some(key.as_str()),
                 "missing \"=\" after key",
-            ));
+            );
+            let after_password = pairs.iter().any(|(k, _)| k == "password");
+            return Err(if after_password {
+                e.redacted(AFTER_PASSWORD)
+            } else {
+                e
+            });
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();

@@ -6,6 +6,7 @@ use crate::PgError;
 
 /// An authentication method a server may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AuthMethod {
     /// The server asked for nothing (`trust`, or `peer` over a Unix socket). libpq: `none`.
     None,

@@ -13,6 +13,7 @@ use crate::PgError;
 
 /// How bad a server message is (the non-localized `V` field, or `S` when `V` is absent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Severity {
     /// `PANIC`: the server is restarting.
     Panic,
@@ -52,6 +53,7 @@ impl Severity {
 
 /// Where in a query an error was detected (`P`, or `p` + `q`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorPosition {
     /// A 1-based character offset into the query the client sent.
     Original(u32),
@@ -113,11 +115,17 @@ impl DbError {
     ///
     /// Fails (protocol error) when the body is malformed or lacks the severity, SQLSTATE or
     /// message that every PostgreSQL since 9.x sends.
+    ///
+    /// Internal (`proto`): no stability promise; for the fuzzers and tests.
+    #[doc(hidden)]
     pub fn parse(body: &[u8]) -> Result<DbError, PgError> {
         Self::parse_message(body, "ErrorResponse")
     }
 
     /// Parses a NoticeResponse body (errors name the NoticeResponse).
+    ///
+    /// Internal (`proto`): no stability promise; for the fuzzers and tests.
+    #[doc(hidden)]
     pub fn parse_notice(body: &[u8]) -> Result<DbError, PgError> {
         Self::parse_message(body, "NoticeResponse")
     }

@@ -84,7 +84,7 @@ impl Driver {
         };
         if let Some(msg) = classify_async(tag, body)? {
             if let AsyncMessage::ParameterStatus { name, value } = &msg {
-                info.set_parameter(name, value);
+                info.set_parameter(name, value)?;
             }
             return Ok(DriverEvent::Async(msg));
         }

@@ -54,6 +54,7 @@ pub fn tag_name(tag: u8) -> String {
 
 /// The transaction state reported by ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TxnStatus {
     /// `I`: not in a transaction block.
     Idle,

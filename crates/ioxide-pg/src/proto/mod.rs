@@ -1,5 +1,11 @@
 //! The sans-io protocol core: plain code fed bytes, producing bytes and events.
 //!
+//! **No stability: internal, for the fuzzers, benches and property tests only.** This module
+//! is public (and `#[doc(hidden)]`) so that `fuzz/`, `bench/` and the crate's tests reach the
+//! protocol core without a socket. Nothing here is part of the API: any release may change or
+//! remove any item. Users name the types they need ([`crate::Row`], [`crate::Columns`],
+//! [`crate::TxnStatus`], [`crate::ServerInfo`], …) from the crate root.
+//!
 //! Nothing here does I/O, reads a clock or allocates per message on the hot path; the ring
 //! connection drives it, and tests and fuzzers reach it without a socket.
 //!

@@ -133,6 +133,9 @@ impl std::fmt::Debug for TagBuf {
 
 impl QueryResult {
     /// An empty result, to be filled by [`accept`](QueryResult::accept).
+    ///
+    /// Internal (`proto`): no stability promise; for the fuzzers and tests.
+    #[doc(hidden)]
     pub fn new() -> QueryResult {
         QueryResult::default()
     }
@@ -140,6 +143,9 @@ impl QueryResult {
     /// Takes one event of a simple query's reply. `ServerError`, `Done` and acknowledgements
     /// are ignored here — the connection turns a server error into the query's `Err`.
     /// A DataRow that does not fit its RowDescription is a protocol error.
+    ///
+    /// Internal (`proto`): no stability promise; for the fuzzers and tests.
+    #[doc(hidden)]
     pub fn accept(&mut self, event: &ReplyEvent<'_>) -> Result<(), PgError> {
         match event {
             ReplyEvent::RowDescription(body) => {

@@ -9,6 +9,16 @@
 //! of that command up to its Sync, so the next command's replies start right after — one
 //! failing command in a pipeline never desynchronises the others.
 //!
+//! An ErrorResponse is accepted in every state before ReadyForQuery, also after an earlier
+//! one (as libpq does). PostgreSQL ends a failed command with one ErrorResponse, but a FATAL
+//! may follow at any time before ReadyForQuery — a `pg_terminate_backend` (57P01), a shutdown
+//! or a timeout is processed while the backend reads the next frontend message, i.e. while it
+//! skips to our Sync — and it must surface as itself: the connection breaks on a fatal
+//! error and every command still in flight gets it, SQLSTATE included. A second non-fatal
+//! ERROR (an error raised while the server recovers from the first) changes nothing for the
+//! stream — exactly one ReadyForQuery still ends the command — so it is reported as an event
+//! too, and the connection keeps the first error (the cause) as the command's outcome.
+//!
 //! COPY is not supported: a CopyInResponse/CopyOutResponse/CopyBothResponse is a protocol
 //! error, and the connection must be marked broken (the server now waits for COPY data we
 //! will never send, or streams data we cannot route).
@@ -88,8 +98,8 @@ enum State {
     SimpleRows,
     /// Extended: expecting this step's message.
     Ext(Ext),
-    /// Everything expected arrived, or the server reported an error: only ReadyForQuery may
-    /// follow (or, when `after_error` is false, an ErrorResponse from the implicit commit).
+    /// Everything expected arrived, or the server reported an error: only ReadyForQuery or
+    /// an ErrorResponse (the implicit commit's, or a FATAL after an error) may follow.
     AwaitReady { after_error: bool },
     /// ReadyForQuery arrived: this command is finished.
     Done,
@@ -110,7 +120,7 @@ impl State {
             State::Ext(Ext::Execute) => {
                 "DataRow, CommandComplete or EmptyQueryResponse (PortalSuspended only after a row limit)"
             }
-            State::AwaitReady { .. } => "ReadyForQuery",
+            State::AwaitReady { .. } => "ReadyForQuery or ErrorResponse",
             State::Done => "nothing (the reply is complete)",
         }
     }
@@ -248,9 +258,11 @@ impl Reply {
                     tag_name(tag)
                 )))
             }
-            (State::AwaitReady { after_error: true }, M::ErrorResponse(_)) => {
-                Err(self.unexpected(tag))
-            }
+            // Any ErrorResponse, including one after the command already failed: a FATAL
+            // (`pg_terminate_backend`, shutdown, a timeout) can come while the server reads
+            // our Sync, and must surface with its SQLSTATE; a second ERROR cannot desync the
+            // stream (ReadyForQuery still ends the command), so it is reported and the
+            // connection keeps the first as the command's outcome. See the module docs.
             (_, M::ErrorResponse(body)) => {
                 let err = DbError::parse(body)?;
                 self.failed = true;

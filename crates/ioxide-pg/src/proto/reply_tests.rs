@@ -240,8 +240,51 @@ fn extended_error_resyncs_at_ready_for_query() {
         &[(b'2', b""), (b'E', &e), (b'D', ROW)],
     );
     assert!(got.is_err_and(|e| e.contains("expecting ReadyForQuery")));
-    let got = run(&mut Reply::bind_execute(), &[(b'E', &e), (b'E', &e)]);
-    assert!(got.is_err());
+}
+
+fn fatal_body(code: &str) -> Vec<u8> {
+    format!("SFATAL\0VFATAL\0C{code}\0Mterminating connection due to administrator command\0\0")
+        .into_bytes()
+}
+
+#[test]
+fn fatal_after_an_error_surfaces_with_its_sqlstate() {
+    // The server is skipping to our Sync after 42P01 when pg_terminate_backend arrives: the
+    // FATAL 57P01 is the event, not a protocol error, in either protocol.
+    let e = error_body("42P01");
+    let fatal = fatal_body("57P01");
+    for mut r in [Reply::simple(), Reply::bind_execute(), Reply::prepare()] {
+        let got = run(&mut r, &[(b'E', &e), (b'E', &fatal)]);
+        assert_eq!(got, names(&["error:42P01", "error:57P01"]));
+        assert!(r.failed() && !r.is_done());
+    }
+    // The event carries a fatal DbError, which the connection breaks on.
+    let mut r = Reply::bind_execute();
+    assert!(r.on_message(b'E', &e).is_ok());
+    match r.on_message(b'E', &fatal) {
+        Ok(ReplyEvent::ServerError(db)) => {
+            assert!(db.is_fatal());
+            assert_eq!(db.code(), "57P01");
+        }
+        other => panic!("expected the FATAL as a server error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_second_error_before_ready_for_query_keeps_the_stream_in_sync() {
+    let first = error_body("42P01");
+    let second = error_body("XX000");
+    let got = run(
+        &mut Reply::bind_execute(),
+        &[(b'E', &first), (b'E', &second), (b'Z', b"I")],
+    );
+    assert_eq!(got, names(&["error:42P01", "error:XX000", "done:I"]));
+    // Still only ReadyForQuery or another error: rows after errors are nonsense.
+    let got = run(
+        &mut Reply::simple(),
+        &[(b'E', &first), (b'E', &second), (b'D', ROW)],
+    );
+    assert!(got.is_err_and(|e| e.contains("expecting ReadyForQuery or ErrorResponse")));
 }
 
 #[test]

@@ -112,6 +112,9 @@ impl Columns {
     }
 
     /// Parses a RowDescription (`T`) body.
+    ///
+    /// Internal (`proto`): no stability promise; for the fuzzers and tests.
+    #[doc(hidden)]
     pub fn parse(body: &[u8]) -> Result<Columns, PgError> {
         let mut c = Cursor::new(body, "RowDescription");
         let n = c.u16()? as usize;
@@ -338,6 +341,9 @@ impl<'a> Row<'a> {
     /// Validates a DataRow (`D`) body against `columns`: the field count must match and every
     /// field must lie inside the body. After this, reading fields cannot fail on framing.
     /// Runs once per row received, and again (cheaply) for each [`crate::ResultSet::row`].
+    ///
+    /// Internal (`proto`): no stability promise; for the fuzzers and tests.
+    #[doc(hidden)]
     pub fn new(body: &'a [u8], columns: &'a Columns) -> Result<Row<'a>, PgError> {
         let mut starts = [0u32; INLINE_FIELDS];
         walk_data_row(body, columns.len(), |i, at, _| {

@@ -34,15 +34,21 @@ use super::message::{log_notice, tag_name, AuthRequest, BackendMessage};
 use crate::{PgError, PgOptions};
 
 /// The key a CancelRequest for this session must carry (BackendKeyData).
+///
+/// Opaque but for the backend's process id: protocol 3.2 (PostgreSQL 18) makes the secret
+/// key variable-length, so it is not a public field.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct BackendKey {
-    /// The backend's process id.
-    pub process_id: i32,
-    /// The secret key.
-    pub secret_key: i32,
+    pub(crate) process_id: i32,
+    pub(crate) secret_key: i32,
 }
 
 impl BackendKey {
+    /// The backend's process id (`pg_backend_pid()` on that session).
+    pub fn process_id(&self) -> i32 {
+        self.process_id
+    }
+
     /// The 16-byte CancelRequest packet for this session, to send on a fresh connection.
     pub fn cancel_request(&self) -> [u8; 16] {
         encode::cancel_request(self.process_id, self.secret_key)
@@ -80,8 +86,39 @@ impl ServerInfo {
     }
 
     /// Records a ParameterStatus (the connection calls this for ones arriving later).
-    pub fn set_parameter(&mut self, name: &str, value: &str) {
+    ///
+    /// The server decides what it reports, so the map is bounded: at most
+    /// [`MAX_PARAMETERS`] distinct names, names of at most [`MAX_PARAMETER_NAME_BYTES`] and
+    /// values of at most [`MAX_PARAMETER_VALUE_BYTES`]. Past a limit this is a protocol
+    /// error naming it (the map is left unchanged), and the connection must be broken.
+    pub fn set_parameter(&mut self, name: &str, value: &str) -> Result<(), PgError> {
+        if name.len() > MAX_PARAMETER_NAME_BYTES {
+            return Err(PgError::protocol(format!(
+                "ParameterStatus name {:?}… is {} bytes, above the limit of \
+                 {MAX_PARAMETER_NAME_BYTES} bytes",
+                prefix(name, 32),
+                name.len()
+            )));
+        }
+        if value.len() > MAX_PARAMETER_VALUE_BYTES {
+            return Err(PgError::protocol(format!(
+                "ParameterStatus value of {name:?} is {} bytes, above the limit of \
+                 {MAX_PARAMETER_VALUE_BYTES} bytes",
+                value.len()
+            )));
+        }
+        if let Some(v) = self.parameters.get_mut(name) {
+            value.clone_into(v);
+            return Ok(());
+        }
+        if self.parameters.len() >= MAX_PARAMETERS {
+            return Err(PgError::protocol(format!(
+                "ParameterStatus for {name:?} would exceed the limit of {MAX_PARAMETERS} \
+                 distinct run-time parameters"
+            )));
+        }
         self.parameters.insert(name.to_owned(), value.to_owned());
+        Ok(())
     }
 
     /// `server_version`, e.g. `16.2 (Debian 16.2-1)`.
@@ -94,6 +131,26 @@ impl ServerInfo {
     pub fn backend_key(&self) -> Option<BackendKey> {
         self.backend_key
     }
+}
+
+/// Most distinct run-time parameter names a [`ServerInfo`] keeps. PostgreSQL reports about
+/// fifteen (the `GUC_REPORT` ones: `server_version`, `TimeZone`, `search_path`, …; an
+/// extension may add a few); more than this is a hostile server growing our memory.
+pub const MAX_PARAMETERS: usize = 256;
+
+/// Longest run-time parameter name (bytes). PostgreSQL's are identifiers, an extension's are
+/// `prefix.name`: far below this.
+pub const MAX_PARAMETER_NAME_BYTES: usize = 1024;
+
+/// Longest run-time parameter value (bytes). The longest values PostgreSQL reports are
+/// `search_path` and `application_name`/role names (at most 63 bytes each); 64 KiB leaves a
+/// long `search_path` room while bounding the map at 256 × (1 KiB + 64 KiB) ≈ 16 MiB in the
+/// worst case.
+pub const MAX_PARAMETER_VALUE_BYTES: usize = 64 * 1024;
+
+/// The first `max` characters of `s`, for quoting hostile text in an error.
+fn prefix(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
 /// What [`Startup::handle`] concluded.
@@ -282,7 +339,7 @@ impl Startup {
                 Ok(StartupStatus::Continue)
             }
             (Phase::Params, BackendMessage::ParameterStatus { name, value }) => {
-                self.info.set_parameter(name, value);
+                self.info.set_parameter(name, value)?;
                 Ok(StartupStatus::Continue)
             }
             (

@@ -243,3 +243,62 @@ fn messages_in_the_wrong_phase_are_protocol_errors() {
         "start twice"
     );
 }
+
+#[test]
+fn server_info_bounds_the_parameters_a_server_reports() {
+    let mut info = ServerInfo::default();
+    for i in 0..MAX_PARAMETERS {
+        assert!(info.set_parameter(&format!("p{i}"), "v").is_ok(), "p{i}");
+    }
+    // An update of a known name is always fine; a new name past the cap is not.
+    assert!(info.set_parameter("p0", "changed").is_ok());
+    assert_eq!(info.parameter("p0"), Some("changed"));
+    let e = info
+        .set_parameter("one_too_many", "v")
+        .expect_err("past the cap");
+    assert!(e.is_protocol(), "{e}");
+    assert!(e.to_string().contains("limit of 256 distinct"), "{e}");
+    assert_eq!(info.parameter("one_too_many"), None);
+    assert_eq!(info.parameters().count(), MAX_PARAMETERS);
+
+    let mut info = ServerInfo::default();
+    let long = "x".repeat(MAX_PARAMETER_VALUE_BYTES + 1);
+    let e = info
+        .set_parameter("search_path", &long)
+        .expect_err("too long");
+    assert!(e.is_protocol(), "{e}");
+    assert!(e.to_string().contains("limit of 65536 bytes"), "{e}");
+    assert_eq!(info.parameter("search_path"), None);
+    let max = "x".repeat(MAX_PARAMETER_VALUE_BYTES);
+    assert!(info.set_parameter("search_path", &max).is_ok());
+
+    let name = "n".repeat(MAX_PARAMETER_NAME_BYTES + 1);
+    let e = info.set_parameter(&name, "v").expect_err("name too long");
+    assert!(e.to_string().contains("limit of 1024 bytes"), "{e}");
+    assert!(
+        e.to_string().len() < 200,
+        "the name is not echoed whole: {e}"
+    );
+}
+
+#[test]
+fn endless_distinct_parameters_during_startup_fail_the_handshake() {
+    let (mut s, mut out) = started(&opts());
+    assert!(s.handle(b'R', &auth(0, b""), &mut out).is_ok());
+    let mut failed = None;
+    for i in 0..300 {
+        let body = format!("hostile_{i}\0v\0");
+        if let Err(e) = s.handle(b'S', body.as_bytes(), &mut out) {
+            failed = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = failed.expect("the 257th distinct name must be refused");
+    assert_eq!(i, MAX_PARAMETERS);
+    assert!(e.is_protocol(), "{e}");
+    assert!(e.to_string().contains("256 distinct"), "{e}");
+    assert!(
+        s.handle(b'Z', b"I", &mut out).is_err(),
+        "startup failed for good"
+    );
+}
