@@ -139,3 +139,23 @@ fn under_a_6_1_mask_a_batched_wait_is_a_timed_wait_then_an_ordinary_one() {
     );
     assert!(elapsed >= Duration::from_millis(50), "{elapsed:?}");
 }
+
+#[test]
+fn the_environment_variable_sets_the_default_mask() {
+    // Under CI's second run (`IOXIDE_KERNEL_COMPAT=6.1 cargo test ...`) this checks that the
+    // mask reached every default-built ring; otherwise, that no mask is set by default.
+    let expected = std::env::var(ioxide::KERNEL_COMPAT_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            KernelVersion::parse(&v)
+                .unwrap()
+                .max(KernelVersion::MINIMUM)
+        });
+    assert_eq!(RingConfig::default().kernel_compat, expected);
+    let features = ioxide::block_on(async { Reactor::current().features() });
+    assert_eq!(features.kernel_compat, expected);
+    if expected.is_some_and(|v| v < KernelVersion::new(6, 12)) {
+        assert!(!features.min_timeout, "{features:?}");
+    }
+}
