@@ -38,6 +38,7 @@ pub use executor::JoinHandle;
 pub use reactor::{
     batch_wait, block_on, end_of_turn, spawn, Reactor, RemoteHandle, Runtime, MAX_BATCH_WINDOW,
 };
+pub use ring::signal;
 pub use ring::{
     process_cpu_time, IoBuf, IoBufMut, KernelVersion, RecvBuf, RingConfig, RingError, RingFeatures,
     RingStats, KERNEL_COMPAT_ENV,

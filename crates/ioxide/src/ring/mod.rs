@@ -21,6 +21,7 @@ mod bufring;
 mod op;
 mod ops;
 mod setup;
+pub mod signal;
 pub(crate) mod sys;
 
 pub use buf::{IoBuf, IoBufMut};
