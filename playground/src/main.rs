@@ -21,8 +21,7 @@ mod stats;
 
 use config::Config;
 use database::{Database, DbError};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use ioxide::signal::{self, SIGINT, SIGTERM};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -33,13 +32,17 @@ use std::time::{Duration, Instant};
 /// then; this only bounds the ring teardown).
 const SERVER_STOP_GRACE: Duration = Duration::from_millis(500);
 
+/// The signals that stop the playground.
+const STOP_SIGNALS: [i32; 2] = [SIGINT, SIGTERM];
+
 fn main() -> ExitCode {
+    // First, before any thread exists (every thread inherits the mask, so none dies of the
+    // signal): a Ctrl-C while the throwaway cluster starts stays pending and still cleans up
+    // through Drop. No handler and no self-pipe: `main` takes the signal with sigtimedwait.
+    if let Err(e) = signal::block(&STOP_SIGNALS) {
+        return fail(1, &format!("cannot block SIGINT/SIGTERM: {e}"));
+    }
     init_logs();
-    // First, so a Ctrl-C while the throwaway cluster starts still cleans up through Drop.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(s) => s,
-        Err(e) => return fail(1, &format!("cannot handle SIGINT/SIGTERM: {e}")),
-    };
     let config = match Config::from_env() {
         Ok(c) => Arc::new(c),
         Err(e) => return fail(2, &e.to_string()),
@@ -58,9 +61,13 @@ fn main() -> ExitCode {
             c.data_dir().display()
         ));
     }
-    if signals.pending().next().is_some() {
-        say("playground: stopped before serving");
-        return ExitCode::SUCCESS;
+    match signal::wait_timeout(&STOP_SIGNALS, Duration::ZERO) {
+        Ok(None) => {}
+        Ok(Some(_)) => {
+            say("playground: stopped before serving");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(1, &format!("cannot check for SIGINT/SIGTERM: {e}")),
     }
 
     let lifecycle = Arc::new(shutdown::Lifecycle::default());
@@ -94,11 +101,14 @@ fn main() -> ExitCode {
         db.options.get_pool_size()
     ));
 
-    let signal = signals.forever().next();
-    tracing::info!(
-        ?signal,
-        "shutting down: draining connections, closing the pools"
-    );
+    match signal::wait(&STOP_SIGNALS) {
+        Ok(signal) => tracing::info!(
+            signal,
+            "shutting down: draining connections, closing the pools"
+        ),
+        // Cannot happen with valid signal numbers; stop rather than serve unstoppably.
+        Err(e) => tracing::error!("waiting for SIGINT/SIGTERM failed ({e}); shutting down"),
+    }
     lifecycle.request_drain();
     let until = Instant::now() + config.shutdown_grace + shutdown::POOL_CLOSE_BOUND;
     let done = lifecycle.wait_done(config.reactors, until);
@@ -139,12 +149,15 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// `tracing` to stderr, level from `RUST_LOG` (default `info`).
+/// `tracing` to stderr, level from `RUST_LOG` (default `info`); colours only when stderr is
+/// a terminal, so logs written to a file or a pipe carry no escape codes.
 fn init_logs() {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -118,3 +118,24 @@ fn sigterm_lets_an_in_flight_request_finish() {
         .expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0), "stderr: {}", p.stderr_text());
 }
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    // stderr is a pipe here: the log lines must be plain text (colour only on a terminal).
+    let env = common::shared_env(&[("RUST_LOG", "info")]);
+    let mut p = Playground::start(&env);
+    assert_eq!(p.get("/").body, "42");
+    p.signal("TERM");
+    let status = p
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "stderr: {}", p.stderr_text());
+    let logs = p.stderr_text();
+    assert!(logs.contains("shutting down"), "no info log line:\n{logs}");
+    assert!(
+        !logs.contains("\x1b["),
+        "escape codes in piped logs:\n{logs:?}"
+    );
+    let out = p.stdout_text();
+    assert!(!out.contains('\x1b'), "escape codes on stdout:\n{out:?}");
+}

@@ -39,5 +39,9 @@ pub use executor::JoinHandle;
 pub use reactor::{
     batch_wait, block_on, end_of_turn, spawn, Reactor, RemoteHandle, Runtime, MAX_BATCH_WINDOW,
 };
-pub use ring::{process_cpu_time, IoBuf, IoBufMut, RecvBuf, RingConfig, RingError, RingStats};
+pub use ring::signal;
+pub use ring::{
+    process_cpu_time, IoBuf, IoBufMut, KernelVersion, RecvBuf, RingConfig, RingError, RingFeatures,
+    RingStats, KERNEL_COMPAT_ENV,
+};
 pub use server::{Server, ServerHandle};

@@ -492,6 +492,9 @@ impl RecvStream {
 pub struct TcpListener {
     fd: Rc<Fd>,
     accept: Option<MultiOp<Rc<Fd>>>,
+    /// `TCP_NODELAY` is set on the listener, so accepted sockets inherit it (Linux copies the
+    /// listener's TCP state into each child) and need no `setsockopt` each.
+    nodelay_inherited: bool,
 }
 
 impl fmt::Debug for TcpListener {
@@ -531,9 +534,13 @@ impl TcpListener {
     }
 
     pub(crate) fn from_fd(fd: Fd) -> TcpListener {
+        // Best effort: if the listener refuses, each accepted socket gets the option itself.
+        let nodelay_inherited =
+            sys::set_int_opt(fd.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).is_ok();
         TcpListener {
             fd: Rc::new(fd),
             accept: None,
+            nodelay_inherited,
         }
     }
 
@@ -542,7 +549,8 @@ impl TcpListener {
         inet(sys::sock_addr(self.fd.raw(), false)?)
     }
 
-    /// The next connection, with `TCP_NODELAY` set. The multishot accept op is armed on first
+    /// The next connection, with `TCP_NODELAY` set (inherited from the listener, so no
+    /// `setsockopt` per connection). The multishot accept op is armed on first
     /// use and re-armed whenever the kernel ends it; dropping the listener cancels it, and fds
     /// of connections accepted after that are closed.
     pub async fn accept(&mut self) -> io::Result<Stream> {
@@ -556,8 +564,10 @@ impl TcpListener {
             };
             if res >= 0 {
                 let stream = Stream::from_fd(Fd::from_raw(res));
-                // Best effort: a socket that fails this is still usable.
-                let _ = stream.set_nodelay(true);
+                if !self.nodelay_inherited {
+                    // Best effort: a socket that fails this is still usable.
+                    let _ = stream.set_nodelay(true);
+                }
                 return Ok(stream);
             }
             match -res {

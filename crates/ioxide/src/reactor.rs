@@ -6,7 +6,7 @@
 //! this thread, and one syscall carries everything they queued.
 
 use crate::executor::{self, JoinHandle, RemoteQueue, TaskRegistry, LOCAL_ID, RUN_QUEUE};
-use crate::ring::{self, Ring, RingConfig, RingError, RingStats};
+use crate::ring::{self, Ring, RingConfig, RingError, RingFeatures, RingStats};
 use crate::shutdown::{ShutdownRequested, ShutdownWaiters};
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
@@ -288,6 +288,12 @@ impl Reactor {
     /// Whether the ring runs with `SINGLE_ISSUER | DEFER_TASKRUN`.
     pub fn defer_taskrun(&self) -> bool {
         self.inner.ring.borrow().defer_taskrun
+    }
+
+    /// The kernel features this reactor's ring uses: what the kernel offers, minus what
+    /// [`RingConfig::kernel_compat`] (`IOXIDE_KERNEL_COMPAT`) masks.
+    pub fn features(&self) -> RingFeatures {
+        self.inner.ring.borrow().features
     }
 
     /// A `Send` handle other threads can use to ask this reactor to shut down.

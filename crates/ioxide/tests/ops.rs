@@ -246,6 +246,23 @@ fn multishot_accept_serves_many_connections() {
 }
 
 #[test]
+fn accepted_connections_inherit_tcp_nodelay_from_the_listener() {
+    // The listener carries TCP_NODELAY and Linux copies it into every accepted socket, so
+    // accept makes no setsockopt per connection; the option must still be on.
+    ioxide::block_on(async {
+        let mut l = TcpListener::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = l.local_addr().unwrap();
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        for _ in &clients {
+            let s = l.accept().await.unwrap();
+            assert!(s.nodelay().unwrap(), "accepted socket without TCP_NODELAY");
+        }
+    });
+}
+
+#[test]
 fn sleep_waits_about_its_duration() {
     let started = Instant::now();
     ioxide::block_on(sleep(Duration::from_millis(120)));

@@ -50,6 +50,7 @@ fn the_ring_size_is_configurable_and_a_full_queue_is_flushed_not_lost() {
     let config = ioxide::RingConfig {
         entries: 8,
         cq_entries: Some(16),
+        ..ioxide::RingConfig::default()
     };
     let rt = ioxide::Runtime::with_config(config, 0).unwrap();
     let (enters, fired) = rt.block_on(async {

@@ -21,13 +21,14 @@ mod bufring;
 mod op;
 mod ops;
 mod setup;
+pub mod signal;
 pub(crate) mod sys;
 
 pub use buf::{IoBuf, IoBufMut};
 pub use bufring::RecvBuf;
 pub(crate) use op::{MultiOp, Op};
 pub(crate) use ops::*;
-pub use setup::{RingConfig, RingError};
+pub use setup::{KernelVersion, RingConfig, RingError, RingFeatures, KERNEL_COMPAT_ENV};
 pub use sys::process_cpu_time;
 
 use io_uring::{cqueue, squeue, IoUring};
@@ -167,7 +168,10 @@ pub(crate) struct Ring {
     backlog: Vec<(u64, i32, u32)>,
     pub(crate) stats: RingStats,
     pub(crate) defer_taskrun: bool,
-    /// The kernel honours `min_wait_usec` in the enter arguments (6.12+).
+    /// What the ring uses (the kernel's offer minus the compatibility mask).
+    pub(crate) features: RingFeatures,
+    /// The kernel honours `min_wait_usec` in the enter arguments (6.12+) and the mask allows
+    /// it.
     min_timeout: bool,
     /// Provided buffers for multishot receives, registered on first use. Declared after
     /// `uring` so the io_uring is closed before the memory is freed.
@@ -186,8 +190,25 @@ const IORING_ENTER_GETEVENTS: u32 = 1;
 impl Ring {
     pub(crate) fn new(config: &RingConfig) -> Result<Ring, RingError> {
         let (uring, flags) = setup::build(config)?;
+        let min_timeout = uring.params().is_feature_min_timeout()
+            && setup::allowed(config.kernel_compat, setup::since::MIN_TIMEOUT);
+        let features = RingFeatures {
+            kernel_compat: config.kernel_compat,
+            defer_taskrun: flags.defer_taskrun,
+            coop_taskrun: flags.coop_taskrun,
+            submit_all: flags.submit_all,
+            no_sqarray: flags.no_sqarray,
+            min_timeout,
+        };
+        if config.kernel_compat.is_some() {
+            tracing::debug!(
+                ?features,
+                "io_uring: ring features under the compatibility mask"
+            );
+        }
         Ok(Ring {
-            min_timeout: uring.params().is_feature_min_timeout(),
+            min_timeout,
+            features,
             uring,
             slots: Vec::with_capacity(256),
             free_head: NO_SLOT,

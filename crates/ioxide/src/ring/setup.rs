@@ -12,6 +12,12 @@ pub struct RingConfig {
     pub entries: u32,
     /// Completion queue entries; default 4 × `entries` so bursts of completions never overflow.
     pub cq_entries: Option<u32>,
+    /// Behave as on this (older) kernel: every io_uring feature it lacks is left unused even
+    /// when the running kernel has it, so the fallbacks run (see [`RingFeatures`] and
+    /// ARCHITECTURE.md, "Kernel features"). `None` uses whatever the kernel offers. The
+    /// default comes from the `IOXIDE_KERNEL_COMPAT` environment variable (e.g. `6.1`);
+    /// versions below [`KernelVersion::MINIMUM`] are raised to it.
+    pub kernel_compat: Option<KernelVersion>,
 }
 
 impl Default for RingConfig {
@@ -19,8 +25,134 @@ impl Default for RingConfig {
         RingConfig {
             entries: 1024,
             cq_entries: None,
+            kernel_compat: kernel_compat_from_env(),
         }
     }
+}
+
+/// The environment variable that sets [`RingConfig::kernel_compat`]'s default: a kernel
+/// version such as `6.1`. Empty or unset: no mask.
+pub const KERNEL_COMPAT_ENV: &str = "IOXIDE_KERNEL_COMPAT";
+
+/// A Linux kernel version, `major.minor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KernelVersion {
+    /// The major number (6 in 6.1).
+    pub major: u32,
+    /// The minor number (1 in 6.1).
+    pub minor: u32,
+}
+
+impl KernelVersion {
+    /// The oldest kernel ioxide supports (6.1: `DEFER_TASKRUN`).
+    pub const MINIMUM: KernelVersion = KernelVersion::new(6, 1);
+
+    /// `major.minor`.
+    pub const fn new(major: u32, minor: u32) -> KernelVersion {
+        KernelVersion { major, minor }
+    }
+
+    /// Parses `6.1`, `6.12` or a release string such as `6.8.0-45-generic` (the first two
+    /// numbers count).
+    pub fn parse(text: &str) -> Option<KernelVersion> {
+        let mut parts = text.trim().splitn(3, '.');
+        let major = parts.next()?.parse().ok()?;
+        let minor_part = parts.next()?;
+        let digits = minor_part
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(minor_part, |end| &minor_part[..end]);
+        let minor = digits.parse().ok()?;
+        Some(KernelVersion::new(major, minor))
+    }
+}
+
+impl fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The kernel versions that introduced the features the ring uses only when available.
+pub(crate) mod since {
+    use super::KernelVersion;
+    /// `IORING_SETUP_SUBMIT_ALL`.
+    pub(crate) const SUBMIT_ALL: KernelVersion = KernelVersion::new(5, 18);
+    /// `IORING_SETUP_COOP_TASKRUN`.
+    pub(crate) const COOP_TASKRUN: KernelVersion = KernelVersion::new(5, 19);
+    /// `IORING_SETUP_DEFER_TASKRUN` (with `SINGLE_ISSUER`, 6.0).
+    pub(crate) const DEFER_TASKRUN: KernelVersion = KernelVersion::new(6, 1);
+    /// `IORING_SETUP_NO_SQARRAY`.
+    pub(crate) const NO_SQARRAY: KernelVersion = KernelVersion::new(6, 6);
+    /// `IORING_FEAT_MIN_TIMEOUT` (`min_wait_usec` in the enter arguments).
+    pub(crate) const MIN_TIMEOUT: KernelVersion = KernelVersion::new(6, 12);
+}
+
+/// Whether a feature introduced in `since` may be used under the mask `compat`.
+pub(crate) fn allowed(compat: Option<KernelVersion>, since: KernelVersion) -> bool {
+    compat.is_none_or(|c| c >= since)
+}
+
+/// Parses the variable's value: the mask, and a warning to log if the value was not taken
+/// as given.
+fn parse_compat(value: &str) -> (Option<KernelVersion>, Option<String>) {
+    if value.trim().is_empty() {
+        return (None, None);
+    }
+    match KernelVersion::parse(value) {
+        Some(v) if v < KernelVersion::MINIMUM => (
+            Some(KernelVersion::MINIMUM),
+            Some(format!(
+                "{KERNEL_COMPAT_ENV}={value}: ioxide needs Linux {min} or newer; masking as {min}",
+                min = KernelVersion::MINIMUM
+            )),
+        ),
+        Some(v) => (Some(v), None),
+        None => (
+            None,
+            Some(format!(
+                "{KERNEL_COMPAT_ENV}={value:?} is not a kernel version like 6.1; ignored"
+            )),
+        ),
+    }
+}
+
+/// `IOXIDE_KERNEL_COMPAT`, read once per process (and logged once).
+fn kernel_compat_from_env() -> Option<KernelVersion> {
+    static COMPAT: std::sync::OnceLock<Option<KernelVersion>> = std::sync::OnceLock::new();
+    *COMPAT.get_or_init(|| {
+        let value = std::env::var(KERNEL_COMPAT_ENV).ok()?;
+        let (compat, warning) = parse_compat(&value);
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
+        if let Some(v) = compat {
+            tracing::info!(
+                "{KERNEL_COMPAT_ENV}={value}: io_uring features newer than Linux {v} are masked \
+                 (their fallbacks run)"
+            );
+        }
+        compat
+    })
+}
+
+/// What a ring actually uses: the kernel's offer, minus what [`RingConfig::kernel_compat`]
+/// masks. See ARCHITECTURE.md, "Kernel features", for each feature's fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RingFeatures {
+    /// The mask in force, if any.
+    pub kernel_compat: Option<KernelVersion>,
+    /// `IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN` (6.1).
+    pub defer_taskrun: bool,
+    /// `IORING_SETUP_COOP_TASKRUN` (5.19), the fallback when `defer_taskrun` is off.
+    pub coop_taskrun: bool,
+    /// `IORING_SETUP_SUBMIT_ALL` (5.18).
+    pub submit_all: bool,
+    /// `IORING_SETUP_NO_SQARRAY` (6.6).
+    pub no_sqarray: bool,
+    /// Batched waits with `min_wait_usec` (`IORING_FEAT_MIN_TIMEOUT`, 6.12); without it a
+    /// batched wait is a plain timed wait.
+    pub min_timeout: bool,
 }
 
 /// Why a ring could not be created.
@@ -119,48 +251,69 @@ pub(crate) fn classify(err: io::Error) -> RingError {
 pub(crate) struct Flags {
     pub(crate) defer_taskrun: bool,
     pub(crate) no_sqarray: bool,
+    pub(crate) coop_taskrun: bool,
+    pub(crate) submit_all: bool,
 }
+
+impl Flags {
+    /// The kernel that introduced the newest of these flags.
+    fn since(&self) -> KernelVersion {
+        if self.no_sqarray {
+            since::NO_SQARRAY
+        } else if self.defer_taskrun {
+            since::DEFER_TASKRUN
+        } else if self.coop_taskrun {
+            since::COOP_TASKRUN
+        } else if self.submit_all {
+            since::SUBMIT_ALL
+        } else {
+            KernelVersion::new(0, 0)
+        }
+    }
+}
+
+const ATTEMPTS: [Flags; 4] = [
+    Flags {
+        defer_taskrun: true,
+        no_sqarray: true,
+        coop_taskrun: false,
+        submit_all: true,
+    },
+    Flags {
+        defer_taskrun: true,
+        no_sqarray: false,
+        coop_taskrun: false,
+        submit_all: true,
+    },
+    Flags {
+        defer_taskrun: false,
+        no_sqarray: false,
+        coop_taskrun: true,
+        submit_all: true,
+    },
+    Flags {
+        defer_taskrun: false,
+        no_sqarray: false,
+        coop_taskrun: false,
+        submit_all: false,
+    },
+];
 
 pub(crate) fn build(config: &RingConfig) -> Result<(IoUring, Flags), RingError> {
     let entries = config.entries.max(8);
     let cq = config.cq_entries.unwrap_or(entries.saturating_mul(4));
-    let attempts: [(Flags, bool, bool); 4] = [
-        // (flags, single_issuer+defer, submit_all/coop)
-        (
-            Flags {
-                defer_taskrun: true,
-                no_sqarray: true,
-            },
-            true,
-            true,
-        ),
-        (
-            Flags {
-                defer_taskrun: true,
-                no_sqarray: false,
-            },
-            true,
-            true,
-        ),
-        (
-            Flags {
-                defer_taskrun: false,
-                no_sqarray: false,
-            },
-            false,
-            true,
-        ),
-        (
-            Flags {
-                defer_taskrun: false,
-                no_sqarray: false,
-            },
-            false,
-            false,
-        ),
-    ];
+    if let Some(compat) = config.kernel_compat {
+        tracing::debug!(
+            %compat,
+            "io_uring: kernel compatibility mask: no setup flag or feature newer than {compat}"
+        );
+    }
     let mut last_err = None;
-    for (flags, defer, extras) in attempts {
+    // Flags the mask forbids are skipped as if the kernel had refused them (EINVAL).
+    for flags in ATTEMPTS
+        .into_iter()
+        .filter(|f| allowed(config.kernel_compat, f.since()))
+    {
         let mut mem_retries = 0;
         let mut size = entries;
         let mut cq_size = cq;
@@ -170,12 +323,13 @@ pub(crate) fn build(config: &RingConfig) -> Result<(IoUring, Flags), RingError> 
             if flags.no_sqarray {
                 b.setup_no_sqarray();
             }
-            if defer {
+            if flags.defer_taskrun {
                 b.setup_single_issuer().setup_defer_taskrun();
-            } else if extras {
+            }
+            if flags.coop_taskrun {
                 b.setup_coop_taskrun();
             }
-            if extras {
+            if flags.submit_all {
                 b.setup_submit_all();
             }
             match b.build(size) {
@@ -190,7 +344,7 @@ pub(crate) fn build(config: &RingConfig) -> Result<(IoUring, Flags), RingError> 
                              running with a smaller ring"
                         );
                     }
-                    if !defer {
+                    if !flags.defer_taskrun {
                         tracing::debug!(
                             "io_uring: SINGLE_ISSUER|DEFER_TASKRUN unavailable on this kernel; \
                              running without them (completions may be processed on interrupts)"
@@ -254,5 +408,51 @@ mod tests {
     fn the_best_flags_build_on_this_kernel() {
         let (_ring, flags) = build(&RingConfig::default()).expect("io_uring available");
         assert!(flags.defer_taskrun);
+    }
+
+    #[test]
+    fn kernel_versions_parse_from_the_variable_and_from_release_strings() {
+        assert_eq!(KernelVersion::parse("6.1"), Some(KernelVersion::new(6, 1)));
+        assert_eq!(
+            KernelVersion::parse(" 6.12 "),
+            Some(KernelVersion::new(6, 12))
+        );
+        assert_eq!(
+            KernelVersion::parse("6.8.0-45-generic"),
+            Some(KernelVersion::new(6, 8))
+        );
+        assert_eq!(
+            KernelVersion::parse("6.18-rc1"),
+            Some(KernelVersion::new(6, 18))
+        );
+        assert_eq!(KernelVersion::parse("6"), None);
+        assert_eq!(KernelVersion::parse("six.one"), None);
+        assert!(KernelVersion::new(6, 12) > KernelVersion::new(6, 6));
+    }
+
+    #[test]
+    fn the_variable_masks_at_the_minimum_at_least_and_ignores_garbage() {
+        assert_eq!(parse_compat(""), (None, None));
+        assert_eq!(parse_compat("6.1"), (Some(KernelVersion::new(6, 1)), None));
+        assert_eq!(parse_compat("6.6"), (Some(KernelVersion::new(6, 6)), None));
+        let (low, warning) = parse_compat("5.15");
+        assert_eq!(low, Some(KernelVersion::MINIMUM));
+        assert!(warning.is_some());
+        let (garbage, warning) = parse_compat("yes");
+        assert_eq!(garbage, None);
+        assert!(warning.is_some());
+    }
+
+    #[test]
+    fn a_6_1_mask_builds_the_flags_a_6_1_kernel_accepts() {
+        let config = RingConfig {
+            kernel_compat: Some(KernelVersion::new(6, 1)),
+            ..RingConfig::default()
+        };
+        let (_ring, flags) = build(&config).expect("io_uring available");
+        assert!(flags.defer_taskrun && flags.submit_all);
+        assert!(!flags.no_sqarray);
+        assert!(!allowed(config.kernel_compat, since::MIN_TIMEOUT));
+        assert!(allowed(None, since::MIN_TIMEOUT));
     }
 }
