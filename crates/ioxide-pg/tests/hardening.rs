@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{opts, opts_for};
+use common::{answer_queries, fake_opts, opts, opts_for, run_within};
 use ioxide::Reactor;
-use ioxide_pg::{PgConnection, PgError, PgOptions, PgPool, TxnStatus};
+use ioxide_pg::{PgConnection, PgError, PgPool, TxnStatus};
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -32,36 +32,6 @@ fn handshake_without_key() -> Vec<u8> {
     out
 }
 
-/// Answers `n` simple queries with `42`, one at a time.
-fn answer_queries(n: usize) -> Vec<Step> {
-    let mut steps = Vec::new();
-    for _ in 0..n {
-        steps.push(Step::ReadMessage);
-        steps.push(Step::Send(backend::simple_query_result("?column?", "42")));
-    }
-    steps.push(Step::StallForever);
-    steps
-}
-
-fn fake_opts(port: u16) -> PgOptions {
-    PgOptions::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("u")
-        .password("p")
-        .connect_timeout(Duration::from_secs(3))
-}
-
-/// Runs a body on a fresh reactor with a hard bound.
-fn run<T>(limit: Duration, f: impl Future<Output = T>) -> T {
-    ioxide::block_on(async move {
-        match ioxide::time::timeout(limit, f).await {
-            Ok(v) => v,
-            Err(e) => panic!("test body did not finish: {e}"),
-        }
-    })
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. A command timeout without BackendKeyData tears the connection down at the timeout.
 // ---------------------------------------------------------------------------------------
@@ -85,7 +55,7 @@ fn a_timeout_without_a_cancel_key_tears_down_and_the_pool_keeps_serving() {
         .pool_size(1)
         .command_timeout(Duration::from_secs(1))
         .acquire_timeout(Duration::from_secs(2));
-    run(Duration::from_secs(20), async move {
+    run_within(Duration::from_secs(20), async move {
         let pool = PgPool::start(&Reactor::current(), o).unwrap();
         let t0 = Instant::now();
         let e = pool.query("SELECT hang").await.unwrap_err();
@@ -124,7 +94,7 @@ fn a_timeout_without_a_cancel_key_tears_down_and_the_pool_keeps_serving() {
 fn a_shared_command_that_opens_a_transaction_is_rolled_back_and_others_commit() {
     let c = Cluster::new().unwrap();
     let o = opts_for(&c).pool_size(3);
-    run(Duration::from_secs(60), async move {
+    run_within(Duration::from_secs(60), async move {
         let pool = PgPool::start(&Reactor::current(), o).unwrap();
         pool.query("CREATE TABLE t (id int8 NOT NULL)")
             .await
@@ -214,19 +184,22 @@ fn collateral_script(c_status: u8) -> FakeServer {
     .unwrap()
 }
 
-fn run_a_and_c(
-    fake: &FakeServer,
-    timeout: Option<Duration>,
-    user_cancel: bool,
-) -> (PgError, Result<String, PgError>) {
+/// A's outcome and C's, on one connection with A and C pipelined.
+type Outcomes = (Result<String, PgError>, Result<String, PgError>);
+
+fn run_a_and_c(fake: &FakeServer, timeout: Option<Duration>, user_cancel: bool) -> Outcomes {
     let mut o = fake_opts(fake.port());
     if let Some(t) = timeout {
         o = o.command_timeout(t);
     }
-    run(Duration::from_secs(10), async move {
+    run_within(Duration::from_secs(10), async move {
         let conn = Rc::new(PgConnection::connect(&o).await.unwrap());
         let (c1, c2) = (conn.clone(), conn.clone());
-        let a = ioxide::spawn(async move { c1.query("SELECT a").await });
+        let a = ioxide::spawn(async move {
+            c1.query("SELECT a")
+                .await
+                .map(|r| r.value().unwrap_or("").to_owned())
+        });
         let c = ioxide::spawn(async move {
             c2.query("SELECT c")
                 .await
@@ -236,13 +209,7 @@ fn run_a_and_c(
             ioxide::time::sleep(Duration::from_millis(100)).await;
             conn.cancel().await.unwrap();
         }
-        let a = a.await;
-        let c = c.await;
-        let a_err = match a {
-            Err(e) => e,
-            Ok(r) => panic!("A succeeded: {:?}", r.value()),
-        };
-        (a_err, c)
+        (a.await, c.await)
     })
 }
 
@@ -250,7 +217,7 @@ fn run_a_and_c(
 fn a_command_hit_by_our_cancel_of_the_one_before_it_is_run_again() {
     let fake = collateral_script(b'I');
     let (a, c) = run_a_and_c(&fake, Some(Duration::from_millis(200)), false);
-    assert!(a.is_timeout(), "A: {a}");
+    assert!(a.unwrap_err().is_timeout());
     assert_eq!(c.unwrap(), "c", "C was retried transparently");
     let log = fake.connections();
     assert_eq!(log[0].received.len(), 3, "A, C, and C again");
@@ -260,13 +227,14 @@ fn a_command_hit_by_our_cancel_of_the_one_before_it_is_run_again() {
 fn a_cancel_the_caller_sent_or_one_inside_a_transaction_is_not_retried() {
     // The caller's own cancel: what it hit is what it asked for.
     let fake = collateral_script(b'I');
-    let (_, c) = run_a_and_c(&fake, None, true);
+    let (a, c) = run_a_and_c(&fake, None, true);
+    assert_eq!(a.unwrap(), "a");
     assert_eq!(c.unwrap_err().sql_state(), Some("57014"));
     // Inside a transaction block the error aborted the block: running C again would not
     // run it in the same transaction.
     let fake = collateral_script(b'E');
     let (a, c) = run_a_and_c(&fake, Some(Duration::from_millis(200)), false);
-    assert!(a.is_timeout(), "A: {a}");
+    assert!(a.unwrap_err().is_timeout());
     assert_eq!(c.unwrap_err().sql_state(), Some("57014"));
     assert_eq!(
         fake.connections()[0].received.len(),
@@ -283,7 +251,7 @@ fn a_cancel_the_caller_sent_or_one_inside_a_transaction_is_not_retried() {
 fn a_thousand_transactions_dropped_without_commit_open_no_connection() {
     let c = Cluster::new().unwrap();
     let o = opts_for(&c).pool_size(2);
-    run(Duration::from_secs(120), async move {
+    run_within(Duration::from_secs(120), async move {
         let pool = PgPool::start(&Reactor::current(), o).unwrap();
         pool.query("CREATE TABLE t (id int8)").await.unwrap();
         while pool.stats().open < 2 {
@@ -329,7 +297,7 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 #[test]
 fn a_panicking_row_callback_reaches_its_caller_and_the_connection_is_not_reused() {
-    run(Duration::from_secs(20), async {
+    run_within(Duration::from_secs(20), async {
         let conn = PgConnection::connect(&opts()).await.unwrap();
         let seen = Cell::new(0);
         let r = CatchUnwind(Box::pin(conn.query_rows(
@@ -379,7 +347,7 @@ fn a_rented_connection_dropped_outside_a_reactor_is_discarded_quietly() {
 
 #[test]
 fn a_second_pool_does_not_replace_the_current_one_and_named_pools_coexist() {
-    run(Duration::from_secs(20), async {
+    run_within(Duration::from_secs(20), async {
         let r = Reactor::current();
         assert!(PgPool::try_current().is_none());
         let first = PgPool::start(&r, opts().pool_size(1)).unwrap();
@@ -396,5 +364,12 @@ fn a_second_pool_does_not_replace_the_current_one_and_named_pools_coexist() {
         assert!(!reads.same_as(&first));
         assert_eq!(reads.query("SELECT 42").await.unwrap().value(), Some("42"));
         assert_eq!(first.query("SELECT 42").await.unwrap().value(), Some("42"));
+        // A closed pool gives up its place.
+        first.close().await;
+        assert!(PgPool::try_current().is_none());
+        let second = PgPool::start(&r, opts().pool_size(1)).unwrap();
+        assert!(PgPool::current().same_as(&second));
+        reads.close().await;
+        assert!(PgPool::named("reads").is_none());
     });
 }

@@ -206,8 +206,17 @@ impl PgPool {
     }
 
     /// Closes every connection gracefully (Terminate) and stops replenishing; waiting and
-    /// later requests fail.
+    /// later requests fail. The pool is no longer the reactor's current (or named) pool, so
+    /// another may be started in its place.
     pub async fn close(&self) {
+        if let Some(pools) = Reactor::try_current().and_then(|r| r.try_service::<Pools>()) {
+            let mut current = pools.default.borrow_mut();
+            if current.as_ref().is_some_and(|p| p.same_as(self)) {
+                *current = None;
+            }
+            drop(current);
+            pools.named.borrow_mut().retain(|(_, p)| !p.same_as(self));
+        }
         let conns: Vec<PgConnection> = {
             let mut st = self.inner.st.borrow_mut();
             st.closed = true;

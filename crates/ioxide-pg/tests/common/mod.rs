@@ -2,7 +2,9 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use ioxide_pg::PgOptions;
-use testkit::Cluster;
+use std::future::Future;
+use std::time::Duration;
+use testkit::{backend, Cluster, Step};
 
 /// Options for a cluster's test user over TCP.
 pub fn opts_for(c: &Cluster) -> PgOptions {
@@ -38,4 +40,35 @@ pub fn established_to(port: u16) -> Vec<u16> {
             u16::from_str_radix(local.split(':').nth(1)?, 16).ok()
         })
         .collect()
+}
+
+/// Options for a fake server on loopback (user `u`, password `p`, 3 s connect timeout).
+pub fn fake_opts(port: u16) -> PgOptions {
+    PgOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("u")
+        .password("p")
+        .connect_timeout(Duration::from_secs(3))
+}
+
+/// A fake server's script: answer `n` simple queries with `42`, one at a time, then stall.
+pub fn answer_queries(n: usize) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for _ in 0..n {
+        steps.push(Step::ReadMessage);
+        steps.push(Step::Send(backend::simple_query_result("?column?", "42")));
+    }
+    steps.push(Step::StallForever);
+    steps
+}
+
+/// Runs a test body on a fresh reactor, failing the test if it takes longer than `limit`.
+pub fn run_within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
+    ioxide::block_on(async move {
+        match ioxide::time::timeout(limit, f).await {
+            Ok(v) => v,
+            Err(e) => panic!("test body did not finish: {e}"),
+        }
+    })
 }
