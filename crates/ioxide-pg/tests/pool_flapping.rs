@@ -28,15 +28,19 @@ const UP_FOR: Duration = Duration::from_millis(180);
 const WARM: Duration = Duration::from_secs(1);
 /// How long the load runs after the last flap.
 const SETTLED_FOR: Duration = Duration::from_secs(2);
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Acquire and command timeouts: far above a flap's 120 ms outage, and above the ~1.4 s
+/// stall seen once on this shared machine (every reactor of the test process, in both tests
+/// at the same instant, 3.5 s into the flapping: a 1 s bound turned it into command and
+/// acquire timeouts beyond the in-flight count the test allows).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// No query may take longer than acquire + command timeouts plus this (cancel grace, a
 /// loaded 2-core machine).
 const WAIT_SLACK: Duration = Duration::from_millis(1500);
 /// A query still unanswered after this counts as hung (and fails the test) instead of
 /// hanging it.
-const HUNG: Duration = Duration::from_secs(6);
+const HUNG: Duration = Duration::from_secs(8);
 /// The load stops at this age at the latest, should the flapper never say when.
 const LOAD_CAP: Duration = Duration::from_secs(60);
 /// How long the main thread waits for the reactors to report their pools refilled.

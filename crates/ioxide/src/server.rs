@@ -4,7 +4,7 @@
 use crate::future::{select, Either};
 use crate::net::{Stream, TcpListener};
 use crate::reactor::{Reactor, RemoteHandle, Runtime};
-use crate::ring::{sys, Fd, RingConfig};
+use crate::ring::{signal, sys, Fd, RingConfig};
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
@@ -14,6 +14,9 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
+
+/// The signals that stop [`Server::run`] gracefully.
+const STOP_SIGNALS: [i32; 2] = [signal::SIGINT, signal::SIGTERM];
 
 type OnStart = Arc<dyn Fn(&Reactor) + Send + Sync>;
 type OnStop = Arc<dyn Fn(Reactor) -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
@@ -219,17 +222,19 @@ impl Server {
     {
         // Blocked before the reactors spawn, so they inherit the mask and only this thread
         // receives the signals (with sigtimedwait).
-        let old = sys::block_shutdown_signals();
+        let old = signal::block_saving(&STOP_SIGNALS)?;
         let handle = match self.start(handler) {
             Ok(h) => h,
             Err(e) => {
-                sys::restore_sigmask(&old);
+                signal::restore(&old);
                 return Err(e);
             }
         };
         started(handle.local_addr());
         loop {
-            if let Some(sig) = sys::wait_signal(Duration::from_millis(500)) {
+            // Valid, fixed signals: sigtimedwait cannot refuse them.
+            let taken = signal::wait_timeout(&STOP_SIGNALS, Duration::from_millis(500));
+            if let Ok(Some(sig)) = taken {
                 tracing::info!(signal = sig, "shutdown requested");
                 break;
             }
@@ -239,7 +244,7 @@ impl Server {
         }
         handle.shutdown();
         let r = handle.join();
-        sys::restore_sigmask(&old);
+        signal::restore(&old);
         r
     }
 }

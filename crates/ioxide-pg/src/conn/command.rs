@@ -38,10 +38,12 @@ impl<'c, 's, S: Sink> CmdFuture<'c, 's, S> {
 }
 
 impl<S: Sink> CmdFuture<'_, '_, S> {
-    /// After it resolved with an error: whether that error was our own automatic cancel of
-    /// another command landing on this one (see `CmdErrors::collateral_cancel`).
-    pub(crate) fn collateral_cancel(&self) -> bool {
-        self.errs.collateral_cancel
+    /// Awaits the command; the flag says whether its error was our own automatic cancel of
+    /// another command landing on this one (see `CmdErrors::collateral_cancel`), which makes
+    /// it safe to run again.
+    pub(crate) async fn outcome(mut self) -> (Result<(), PgError>, bool) {
+        let r = (&mut self).await;
+        (r, self.errs.collateral_cancel)
     }
 }
 

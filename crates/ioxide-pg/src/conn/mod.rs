@@ -135,10 +135,9 @@ impl PgConnection {
                 .conn
                 .enqueue(Reply::simple(), |out| encode::query(sql, out))?;
             let mut sink = QrSink(QueryResult::new());
-            let mut cmd = CmdFuture::new(&self.conn, seq, from, &mut sink);
-            let r = (&mut cmd).await;
-            let collateral = cmd.collateral_cancel();
-            drop(cmd);
+            let (r, collateral) = CmdFuture::new(&self.conn, seq, from, &mut sink)
+                .outcome()
+                .await;
             match r {
                 Ok(()) => return Ok(sink.0),
                 Err(_) if collateral && !retried => retried = true,
@@ -403,10 +402,7 @@ impl PgConnection {
                 self.close_statement_detached(&name);
             }
             reset(sink, &stmt);
-            let mut cmd = CmdFuture::new(&self.conn, seq, from, sink);
-            let r = (&mut cmd).await;
-            let collateral = cmd.collateral_cancel();
-            drop(cmd);
+            let (r, collateral) = CmdFuture::new(&self.conn, seq, from, sink).outcome().await;
             let Err(e) = r else { return r };
             if collateral && !collateral_retried {
                 // Our automatic cancel of another command hit this one, in autocommit,

@@ -408,6 +408,13 @@ impl Conn {
         }
     }
 
+    /// Tells the pool (the `on_drained` hook) that the connection has room again.
+    fn room_freed(&self) {
+        if let Some(hook) = self.on_drained.borrow().as_ref() {
+            hook();
+        }
+    }
+
     /// Removes the finished head command and hands the socket to the next driver.
     fn pop_head(&self) {
         let room = {
@@ -437,9 +444,7 @@ impl Conn {
         if room {
             // Nobody awaited this command, so nobody gives its capacity back, or the cancel
             // that held the connection back ended with it: tell the pool.
-            if let Some(hook) = self.on_drained.borrow().as_ref() {
-                hook();
-            }
+            self.room_freed();
         }
     }
 
@@ -713,9 +718,7 @@ impl Conn {
             }
         }
         if room {
-            if let Some(hook) = self.on_drained.borrow().as_ref() {
-                hook();
-            }
+            self.room_freed();
         }
     }
 
@@ -836,9 +839,7 @@ impl Conn {
         // The connection takes commands again: hand its capacity to waiting requests now,
         // not at the pool's next sweep.
         if released {
-            if let Some(hook) = self.on_drained.borrow().as_ref() {
-                hook();
-            }
+            self.room_freed();
         }
     }
 }

@@ -47,13 +47,31 @@ fn sigset(signals: &[i32]) -> io::Result<libc::sigset_t> {
 /// Call it first in `main`, before any thread exists, so every thread blocks them and they
 /// stay pending for [`wait`]. An invalid signal number is an `EINVAL` error.
 pub fn block(signals: &[i32]) -> io::Result<()> {
+    block_saving(signals).map(drop)
+}
+
+/// The calling thread's signal mask before a [`block_saving`], to put back with
+/// [`restore`].
+pub(crate) struct SavedMask(libc::sigset_t);
+
+/// As [`block`], returning the mask it replaced.
+pub(crate) fn block_saving(signals: &[i32]) -> io::Result<SavedMask> {
     let set = sigset(signals)?;
-    // SAFETY: set is an initialised sigset_t; a null old-mask pointer is allowed.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // SAFETY: sigset_t is plain data; pthread_sigmask fills it before it is read.
+    let mut old: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: set is an initialised sigset_t and old a live one to write the previous mask to.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
     if r != 0 {
         return Err(io::Error::from_raw_os_error(r));
     }
-    Ok(())
+    Ok(SavedMask(old))
+}
+
+/// Puts back the calling thread's mask saved by [`block_saving`].
+pub(crate) fn restore(saved: &SavedMask) {
+    // SAFETY: saved.0 is the initialised mask pthread_sigmask wrote; a null old-mask pointer
+    // is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved.0, std::ptr::null_mut()) };
 }
 
 /// Waits until one of `signals` is pending and takes it; returns its number. The signals

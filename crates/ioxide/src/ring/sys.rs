@@ -1,5 +1,5 @@
 //! Thin, safe wrappers over the few plain syscalls the runtime makes outside the ring:
-//! socket options, bind/listen at server start, eventfd, signal masks and clocks. None of them
+//! socket options, bind/listen at server start, eventfd and clocks (signal masks: `signal`). None of them
 //! blocks.
 
 use std::io;
@@ -209,49 +209,6 @@ pub(crate) fn eventfd_signal(fd: RawFd) {
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a live u64; an error (counter overflow) is harmless here.
     unsafe { libc::write(fd, (&raw const one).cast(), 8) };
-}
-
-/// The signals a server waits for to shut down gracefully.
-pub(crate) fn shutdown_sigset() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set before we add to it.
-    unsafe {
-        let mut set: libc::sigset_t = mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        set
-    }
-}
-
-/// Blocks SIGINT/SIGTERM in the calling thread (threads spawned later inherit the mask), so
-/// they can be received with [`wait_signal`]. Returns the previous mask.
-pub(crate) fn block_shutdown_signals() -> libc::sigset_t {
-    let set = shutdown_sigset();
-    // SAFETY: both sets are valid for the call.
-    unsafe {
-        let mut old: libc::sigset_t = mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        old
-    }
-}
-
-/// Restores a signal mask saved by [`block_shutdown_signals`].
-pub(crate) fn restore_sigmask(old: &libc::sigset_t) {
-    // SAFETY: old is a valid set.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
-}
-
-/// Waits (blocking: call only from a non-reactor thread) until SIGINT/SIGTERM arrives or the
-/// timeout passes. Returns the signal number, or None on timeout.
-pub(crate) fn wait_signal(timeout: std::time::Duration) -> Option<i32> {
-    let set = shutdown_sigset();
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-    };
-    // SAFETY: set and ts are valid; a null info pointer is allowed.
-    let r = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-    (r > 0).then_some(r)
 }
 
 /// Process CPU time (user + system) so far.
