@@ -212,29 +212,34 @@ pub(crate) enum TxnVerdict {
 
 impl CmdErrors {
     /// The command's outcome; the flags (`completed`, `collateral_cancel`) stay readable.
+    #[inline]
     pub(crate) fn take_result(&mut self) -> Result<(), PgError> {
-        let server = self.server.take();
-        let sink = self.sink.take();
-        match self.txn {
-            TxnVerdict::Clean => {}
-            TxnVerdict::LeftOpen => {
-                return Err(match server {
-                    Some(e) => e.with_cause(TXN_NEEDS_RENT),
-                    None => PgError::misuse(TXN_NEEDS_RENT),
-                })
-            }
-            TxnVerdict::RanInForeign => {
-                return Err(PgError::closed(
-                    "the command ran inside a transaction another caller left open on the \
-                     pool's shared connection; that transaction was rolled back, so the \
-                     command took no effect",
-                )
-                .never_sent())
-            }
+        if self.txn != TxnVerdict::Clean {
+            return Err(self.txn_error());
         }
-        match (server, sink) {
+        match (self.server.take(), self.sink.take()) {
             (Some(e), _) | (None, Some(e)) => Err(e),
             (None, None) => Ok(()),
+        }
+    }
+
+    /// The error of a command that left a shared connection inside a transaction, or ran
+    /// inside one another command left open.
+    #[cold]
+    fn txn_error(&mut self) -> PgError {
+        let server = self.server.take();
+        self.sink = None;
+        match self.txn {
+            TxnVerdict::LeftOpen => match server {
+                Some(e) => e.with_cause(TXN_NEEDS_RENT),
+                None => PgError::misuse(TXN_NEEDS_RENT),
+            },
+            TxnVerdict::RanInForeign | TxnVerdict::Clean => PgError::closed(
+                "the command ran inside a transaction another caller left open on the pool's \
+                 shared connection; that transaction was rolled back, so the command took no \
+                 effect",
+            )
+            .never_sent(),
         }
     }
 }
@@ -397,7 +402,23 @@ impl Conn {
             }
             cmd.waker = Some(cx.waker().clone());
         }
-        match self.drive(cx, sink, errs) {
+        // The head's consumer (a row callback) runs inside `drive` and may panic. The reply
+        // is then half read and the receive buffer gone with the unwinding stack: the
+        // connection is closed (never reused out of sync) before the panic goes on to the
+        // caller. One catch per poll, not per row.
+        let driven =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive(cx, sink, errs)));
+        let driven = match driven {
+            Ok(d) => d,
+            Err(panic) => {
+                self.fail(&PgError::closed(
+                    "a row callback panicked in the middle of a reply; the connection was \
+                     closed",
+                ));
+                std::panic::resume_unwind(panic);
+            }
+        };
+        match driven {
             Driven::HeadDone => {
                 let r = errs.take_result();
                 self.pop_head();
@@ -648,23 +669,11 @@ impl Conn {
                         errs.completed = true;
                     }
                     if errs.sink.is_none() && errs.server.is_none() {
-                        // A consumer's callback may panic. The reply is then half read: the
-                        // connection is closed (never reused out of sync) before the panic
-                        // goes on to the caller.
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            sink.event(&ev)
-                        }));
-                        match r {
-                            Ok(Ok(())) => {}
-                            Ok(Err(SinkError::Stream(e))) => return Err(e),
-                            Ok(Err(SinkError::User(e))) => errs.sink = Some(e),
-                            Err(panic) => {
-                                self.fail(&PgError::closed(
-                                    "a row callback panicked in the middle of a reply; the \
-                                     connection was closed",
-                                ));
-                                std::panic::resume_unwind(panic);
-                            }
+                        // A consumer's callback may panic here: see `poll_cmd`.
+                        match sink.event(&ev) {
+                            Ok(()) => {}
+                            Err(SinkError::Stream(e)) => return Err(e),
+                            Err(SinkError::User(e)) => errs.sink = Some(e),
                         }
                     }
                 }
