@@ -556,6 +556,10 @@ impl state::Sink for QrSink {
     fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), state::SinkError> {
         Ok(self.0.accept(ev)?)
     }
+
+    fn took_effect(&self) -> bool {
+        self.0.statements() > 0 || self.0.saw_rows()
+    }
 }
 
 /// Connect, startup and authentication, then start the writer and watcher tasks.

@@ -158,6 +158,13 @@ pub(crate) trait Sink {
     /// breaks the connection; a `User` error (a row callback's) stops delivery, the reply is
     /// drained to its ReadyForQuery, and the command fails with it.
     fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), SinkError>;
+
+    /// Whether part of the command took effect for its caller: a row reached the consumer or
+    /// a statement completed. Asked only when a command failed (see
+    /// `CmdErrors::collateral_cancel`); a command that took effect is never run again.
+    fn took_effect(&self) -> bool {
+        true
+    }
 }
 
 /// Why a sink refused an event.
@@ -187,9 +194,6 @@ impl Sink for Discard {
 pub(crate) struct CmdErrors {
     pub(crate) server: Option<PgError>,
     pub(crate) sink: Option<PgError>,
-    /// A statement of the command completed (CommandComplete): part of it may have taken
-    /// effect, so it is never run again.
-    pub(crate) completed: bool,
     /// The command failed with `57014` (query_canceled) while our automatic CancelRequest of
     /// *another* command was in flight, in autocommit, before any statement of it completed:
     /// the cancel meant for the timed-out command landed on this one, and the server rolled
@@ -211,7 +215,7 @@ pub(crate) enum TxnVerdict {
 }
 
 impl CmdErrors {
-    /// The command's outcome; the flags (`completed`, `collateral_cancel`) stay readable.
+    /// The command's outcome; the `collateral_cancel` flag stays readable.
     #[inline]
     pub(crate) fn take_result(&mut self) -> Result<(), PgError> {
         if self.txn != TxnVerdict::Clean {
@@ -658,16 +662,13 @@ impl Conn {
                     errs.server.get_or_insert(err);
                 }
                 ReplyEvent::Done { txn_status } => {
-                    self.command_done(txn_status, errs);
+                    self.command_done(txn_status, errs, sink);
                     return Ok(true);
                 }
                 // An acknowledgement (ParseComplete, BindComplete, CloseComplete): no sink
                 // wants it, so skip the dynamic call.
                 ReplyEvent::Nothing => {}
                 ev => {
-                    if matches!(ev, ReplyEvent::DataRow(_) | ReplyEvent::CommandComplete(_)) {
-                        errs.completed = true;
-                    }
                     if errs.sink.is_none() && errs.server.is_none() {
                         // A consumer's callback may panic here: see `poll_cmd`.
                         match sink.event(&ev) {
@@ -684,7 +685,7 @@ impl Conn {
 
     /// The head command reached ReadyForQuery with `txn_status`: record the session's state,
     /// and on a shared connection judge what the command did to it (see `Conn::shared`).
-    fn command_done(&self, txn_status: TxnStatus, errs: &mut CmdErrors) {
+    fn command_done(&self, txn_status: TxnStatus, errs: &mut CmdErrors, sink: &dyn Sink) {
         let mut rollback = false;
         let mut room = false;
         let (auto, user) = {
@@ -714,9 +715,9 @@ impl Conn {
             e.set_transaction_status(txn_status);
             errs.collateral_cancel = auto
                 && !user
-                && !errs.completed
                 && txn_status == TxnStatus::Idle
-                && e.sql_state() == Some("57014");
+                && e.sql_state() == Some("57014")
+                && !sink.took_effect();
         }
         if rollback {
             let r = self.enqueue(Reply::simple(), |out| {

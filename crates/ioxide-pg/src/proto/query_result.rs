@@ -205,6 +205,11 @@ impl QueryResult {
         self.tag.as_str()
     }
 
+    /// Whether a row (DataRow) arrived.
+    pub(crate) fn saw_rows(&self) -> bool {
+        self.have_value
+    }
+
     /// How many statements completed (CommandComplete messages seen).
     pub fn statements(&self) -> usize {
         self.statements
