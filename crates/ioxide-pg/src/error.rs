@@ -91,6 +91,8 @@ enum Kind {
     Io { context: String },
     /// The server sent bytes that make no sense: malformed framing or a message out of place.
     Protocol(String),
+    /// TLS could not be set up, or a record failed; `source` holds the rustls error.
+    Tls(String),
     /// A backend message announced a length above `max_message_bytes`.
     MessageTooLarge { len: usize, max: usize },
     /// A deadline passed.
@@ -149,6 +151,15 @@ impl PgError {
     }
 
     /// A backend message of `len` bytes exceeds `max` (`max_message_bytes`).
+    pub(crate) fn tls(msg: impl Into<String>, err: rustls::Error) -> PgError {
+        PgError::new(Kind::Tls(msg.into())).with_source(Box::new(err))
+    }
+
+    /// A TLS failure without a rustls error (the server refused TLS, plaintext after `S`).
+    pub(crate) fn tls_refused(msg: impl Into<String>) -> PgError {
+        PgError::new(Kind::Tls(msg.into()))
+    }
+
     pub(crate) fn message_too_large(len: usize, max: usize) -> PgError {
         PgError::new(Kind::MessageTooLarge { len, max })
     }
@@ -227,6 +238,7 @@ impl PgError {
                 context: context.clone(),
             },
             Kind::Protocol(m) => Kind::Protocol(m.clone()),
+            Kind::Tls(m) => Kind::Tls(m.clone()),
             Kind::MessageTooLarge { len, max } => Kind::MessageTooLarge {
                 len: *len,
                 max: *max,
@@ -322,12 +334,20 @@ impl PgError {
     }
 
     /// A transport failure: I/O error, malformed framing, a message out of place or too
-    /// large. The connection that saw it is broken.
+    /// large, a TLS failure. The connection that saw it is broken.
     pub fn is_transport(&self) -> bool {
         matches!(
             self.inner.kind,
-            Kind::Io { .. } | Kind::Protocol(_) | Kind::MessageTooLarge { .. }
+            Kind::Io { .. } | Kind::Protocol(_) | Kind::MessageTooLarge { .. } | Kind::Tls(_)
         )
+    }
+
+    /// TLS failed: the server refused it where `sslmode` requires it, its certificate was
+    /// refused (unknown CA, expired, another host), it sent an alert, or a record was
+    /// corrupt. The message names the cause; the source is the rustls error when there is
+    /// one.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.inner.kind, Kind::Tls(_))
     }
 
     /// The server violated the protocol (including an oversized message).
@@ -382,6 +402,7 @@ impl fmt::Display for PgError {
             Kind::Server(e) => fmt::Display::fmt(e, f)?,
             Kind::Io { context } => write!(f, "I/O error while {context}")?,
             Kind::Protocol(msg) => write!(f, "protocol error: {msg}")?,
+            Kind::Tls(msg) => write!(f, "TLS error: {msg}")?,
             Kind::MessageTooLarge { len, max } => write!(
                 f,
                 "backend message of {len} bytes exceeds max_message_bytes ({max} bytes)"

@@ -28,10 +28,14 @@ pub mod options;
 mod pool;
 #[doc(hidden)]
 pub mod proto;
+mod tls;
 
 pub use conn::{Params, PgConnection, ResultSet};
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
-pub use options::{Host, PgOptions, Target};
+pub use options::{
+    ChannelBinding, Host, PgOptions, RootCert, SslCertMode, SslMode, SslNegotiation, Target,
+    TlsVersion,
+};
 pub use pool::{PgPool, PoolStats, PooledConn, Transaction};
 pub use proto::auth::{AuthMethod, RequireAuth};
 pub use proto::message::TxnStatus;

@@ -18,6 +18,10 @@ use crate::proto::auth::RequireAuth;
 use crate::PgError;
 
 mod parse;
+mod tls;
+
+pub(crate) use tls::TlsOptions;
+pub use tls::{ChannelBinding, RootCert, SslCertMode, SslMode, SslNegotiation, TlsVersion};
 
 use parse::{
     fill_empty_host, parse_conninfo, percent_decode, quotable_key, seconds, AFTER_PASSWORD,
@@ -77,6 +81,10 @@ pub struct PgOptions {
     acquire_timeout: Duration,
     reply_batch_window: Duration,
     reply_gather_limit: Duration,
+    tls: TlsOptions,
+    /// The TLS client configuration built from `tls`, made on first use and shared by every
+    /// connection of these options (and their clones); replaced when a TLS setting changes.
+    tls_config: crate::tls::ConfigCache,
 }
 
 /// Default for [`PgOptions::reply_batch_window`].
@@ -141,6 +149,8 @@ impl PgOptions {
             acquire_timeout: Duration::from_secs(5),
             reply_batch_window: DEFAULT_REPLY_BATCH_WINDOW,
             reply_gather_limit: DEFAULT_REPLY_GATHER_LIMIT,
+            tls: TlsOptions::default(),
+            tls_config: Default::default(),
         }
     }
 
@@ -154,7 +164,10 @@ impl PgOptions {
     /// Precedence: if `DATABASE_URL` is set and non-empty it wins outright — the options come
     /// from that URL alone (plus the user default below) and the `PG*` variables are ignored.
     /// Otherwise `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`,
-    /// `PGCONNECT_TIMEOUT` and `PGREQUIREAUTH` override the defaults. The user defaults to
+    /// `PGCONNECT_TIMEOUT`, `PGREQUIREAUTH` and the TLS variables (`PGSSLMODE`,
+    /// `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGSSLSNI`, `PGSSLNEGOTIATION`,
+    /// `PGCHANNELBINDING`, `PGSSLMINPROTOCOLVERSION`, `PGSSLMAXPROTOCOLVERSION`, `PGSSLCRL`,
+    /// `PGSSLCRLDIR`, `PGSSLCERTMODE`, `PGSSLCOMPRESSION`, `PGGSSENCMODE`) override the defaults. The user defaults to
     /// `PGUSER`, then `USER`, then `postgres`. Errors name the variable.
     pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<PgOptions, PgError> {
         let base = PgOptions::with_user_from(&lookup);
@@ -172,7 +185,7 @@ impl PgOptions {
             ("PGREQUIREAUTH", "require_auth"),
         ];
         let mut opts = base;
-        for (var, key) in VARS {
+        for (var, key) in VARS.into_iter().chain(tls::ENV_VARS) {
             if let Some(value) = lookup(var).filter(|v| !v.is_empty()) {
                 opts = opts.apply(key, &value, var)?;
             }
@@ -264,7 +277,11 @@ impl PgOptions {
     /// Sets one option by its libpq name (`host`, `hostaddr`, `port`, `user`, `password`,
     /// `dbname`, `application_name`, `fallback_application_name`, `connect_timeout` (seconds;
     /// 0 = none), `require_auth`, `sslmode` (`disable`/`allow`/`prefer` only: no TLS),
-    /// `client_encoding` (`UTF8` only)) or by one of ours (`command_timeout` (seconds; 0 =
+    /// `client_encoding` (`UTF8` only), the TLS settings `sslmode`, `sslrootcert`, `sslcert`,
+    /// `sslkey`, `sslpassword`, `sslsni`, `sslnegotiation`, `channel_binding`,
+    /// `ssl_min_protocol_version`, `ssl_max_protocol_version`, `sslcrl`, `sslcrldir`,
+    /// `sslcertmode`, `sslcompression` (0 only) and `gssencmode` (`disable`/`prefer`: no
+    /// GSSAPI) — see [`PgOptions::ssl_mode`]) or by one of ours (`command_timeout` (seconds; 0 =
     /// none), `acquire_timeout` (seconds), `max_message_bytes`, `statement_cache_capacity`,
     /// `pool_size`, `pipeline_depth`, `reply_batch_window_us`, `reply_gather_limit_us`). An
     /// unknown key or bad value is an error naming it.
@@ -314,14 +331,13 @@ impl PgOptions {
                     .parse()
                     .map_err(|e: PgError| PgError::config(label, Some(value), e.to_string()))?
             }
-            "sslmode" => match value {
-                "disable" | "allow" | "prefer" => {}
-                _ => return Err(bad(&"TLS is not supported; use disable, allow or prefer")),
-            },
             "client_encoding" => {
                 if !value.eq_ignore_ascii_case("utf8") && !value.eq_ignore_ascii_case("utf-8") {
                     return Err(bad(&"only UTF8 is supported"));
                 }
+            }
+            _ if self.tls.apply(key, value, label)? => {
+                self.tls_config = Default::default();
             }
             _ => {
                 return Err(PgError::config(
@@ -377,6 +393,7 @@ impl PgOptions {
         if self.user.is_empty() {
             return Err(PgError::config("user", None, "empty"));
         }
+        self.tls.validate()?;
         if self.max_message_bytes < MIN_MESSAGE_BYTES {
             let v = self.max_message_bytes.to_string();
             return Err(PgError::config(
@@ -568,6 +585,97 @@ impl PgOptions {
         self
     }
 
+    fn with_tls(mut self, f: impl FnOnce(&mut TlsOptions)) -> PgOptions {
+        f(&mut self.tls);
+        self.tls_config = Default::default();
+        self
+    }
+
+    /// libpq's `sslmode` (key `sslmode`, variable `PGSSLMODE`): whether TLS is used and
+    /// what of the server's certificate is checked; see [`SslMode`]. Default `prefer`
+    /// (`verify-full` with `sslrootcert=system`).
+    ///
+    /// TLS runs on the ring like everything else (rustls, in memory): the SSLRequest, the
+    /// handshake and every record are io_uring operations of the reactor that owns the
+    /// connection. Unix-socket connections never use TLS.
+    pub fn ssl_mode(self, mode: SslMode) -> PgOptions {
+        self.with_tls(|t| t.mode = Some(mode))
+    }
+
+    /// Trusted roots for the server certificate (key `sslrootcert`, `PGSSLROOTCERT`): a PEM
+    /// file, or [`RootCert::System`] for the platform's store. By default
+    /// `~/.postgresql/root.crt` is used when it exists, which makes `prefer` and `require`
+    /// check the chain (as `verify-ca`), as libpq does. `verify-ca` and `verify-full`
+    /// without any root certificate fail to connect, naming the missing file.
+    pub fn ssl_root_cert(self, root: RootCert) -> PgOptions {
+        self.with_tls(|t| t.root_cert = root)
+    }
+
+    /// A client certificate and its private key, PEM files (keys `sslcert` / `sslkey`,
+    /// `PGSSLCERT` / `PGSSLKEY`; default `~/.postgresql/postgresql.crt` and `.key` when they
+    /// exist), sent when the server asks (`cert` authentication, `clientcert=verify-*`). The
+    /// key may be PKCS#8, PKCS#1 (RSA) or SEC1 (EC); it must not be readable by group or
+    /// others (as libpq). An encrypted PKCS#8 key (`BEGIN ENCRYPTED PRIVATE KEY`) needs
+    /// [`ssl_password`](PgOptions::ssl_password); without it the connect fails saying so.
+    pub fn ssl_client_cert(self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> PgOptions {
+        let (cert, key) = (cert.into(), key.into());
+        self.with_tls(|t| {
+            t.cert = Some(cert);
+            t.key = Some(key);
+        })
+    }
+
+    /// The password of an encrypted client key (key `sslpassword`). Never logged.
+    pub fn ssl_password(self, password: impl Into<String>) -> PgOptions {
+        let password = password.into();
+        self.with_tls(|t| t.password = Some(password))
+    }
+
+    /// Whether the host name is sent as TLS SNI (key `sslsni`, `PGSSLSNI`; default on; never
+    /// for an IP address).
+    pub fn ssl_sni(self, on: bool) -> PgOptions {
+        self.with_tls(|t| t.sni = Some(on))
+    }
+
+    /// How TLS starts (key `sslnegotiation`, `PGSSLNEGOTIATION`): an SSLRequest first
+    /// (default), or `direct`: the TLS handshake at once with ALPN `postgresql`
+    /// (PostgreSQL 17+), which needs `sslmode=require` or stronger.
+    pub fn ssl_negotiation(self, negotiation: SslNegotiation) -> PgOptions {
+        self.with_tls(|t| t.negotiation = negotiation)
+    }
+
+    /// SCRAM channel binding (key `channel_binding`, `PGCHANNELBINDING`): see
+    /// [`ChannelBinding`]. Default `prefer`.
+    pub fn channel_binding(self, binding: ChannelBinding) -> PgOptions {
+        self.with_tls(|t| t.channel_binding = binding)
+    }
+
+    /// The lowest and highest TLS versions (keys `ssl_min_protocol_version` /
+    /// `ssl_max_protocol_version`, values `TLSv1.2` / `TLSv1.3`). Default: 1.2 to 1.3.
+    pub fn ssl_protocol_versions(self, min: TlsVersion, max: TlsVersion) -> PgOptions {
+        self.with_tls(|t| {
+            t.min_version = Some(min);
+            t.max_version = Some(max);
+        })
+    }
+
+    /// The `sslmode` in force.
+    pub fn get_ssl_mode(&self) -> SslMode {
+        self.tls.effective_mode()
+    }
+
+    /// The TLS settings (crate-internal).
+    pub(crate) fn tls(&self) -> &TlsOptions {
+        &self.tls
+    }
+
+    /// The rustls client configuration for these options, built once.
+    pub(crate) fn tls_client_config(
+        &self,
+    ) -> Result<std::sync::Arc<rustls::ClientConfig>, PgError> {
+        self.tls_config.get_or_build(&self.tls)
+    }
+
     /// The host.
     pub fn get_host(&self) -> &Host {
         &self.host
@@ -668,6 +776,7 @@ impl fmt::Debug for PgOptions {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("reply_batch_window", &self.reply_batch_window)
             .field("reply_gather_limit", &self.reply_gather_limit)
+            .field("tls", &self.tls)
             .finish()
     }
 }

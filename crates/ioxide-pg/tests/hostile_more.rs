@@ -227,12 +227,18 @@ fn scram_first_server(make: fn(&str) -> String) -> (u16, std::thread::JoinHandle
             return false;
         };
         s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
-        let mut len = [0u8; 4];
-        if s.read_exact(&mut len).is_err() {
-            return false;
+        // The startup packet, after an SSLRequest (sslmode=prefer) answered `N`.
+        loop {
+            let mut len = [0u8; 4];
+            if s.read_exact(&mut len).is_err() {
+                return false;
+            }
+            let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+            let _ = s.read_exact(&mut startup);
+            if startup != [0x04, 0xd2, 0x16, 0x2f] || s.write_all(b"N").is_err() {
+                break;
+            }
         }
-        let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-        let _ = s.read_exact(&mut startup);
         let _ = s.write_all(&backend::authentication_sasl(&["SCRAM-SHA-256"]));
         let mut head = [0u8; 5];
         if s.read_exact(&mut head).is_err() {

@@ -5,6 +5,7 @@
 mod cache;
 mod command;
 mod result;
+mod secure;
 mod state;
 mod tasks;
 
@@ -208,7 +209,7 @@ impl PgConnection {
                 for c in self.conn.st.borrow_mut().queue.iter_mut() {
                     c.exposed_to_user_cancel = true;
                 }
-                tasks::send_cancel(&self.conn.target, key).await
+                tasks::send_cancel(&self.conn.target, self.conn.tls_params.as_ref(), key).await
             }
             None => Err(PgError::closed(
                 "the server sent no BackendKeyData; cannot cancel",
@@ -562,19 +563,62 @@ impl state::Sink for QrSink {
     }
 }
 
-/// Connect, startup and authentication, then start the writer and watcher tasks.
+/// Connect, TLS as `sslmode` says, startup and authentication, then start the writer and
+/// watcher tasks. `allow` and `prefer` may take a second attempt on a new socket (see
+/// `secure::plans`).
 async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError> {
+    let plans = secure::plans(opts, &target);
+    let mut first: Option<PgError> = None;
+    for (i, plan) in plans.iter().enumerate() {
+        match open_once(opts, target.clone(), *plan).await {
+            Ok(c) => return Ok(c),
+            Err(e) if i + 1 < plans.len() && secure::may_fall_back(&e) => {
+                tracing::debug!(error = %e, sslmode = %opts.get_ssl_mode(), "connection attempt refused; trying the next way sslmode allows");
+                first = Some(e);
+            }
+            Err(e) => {
+                if let Some(f) = first {
+                    tracing::debug!(first_attempt = %f, "both attempts sslmode allows failed");
+                }
+                return Err(e);
+            }
+        }
+    }
+    Err(first.unwrap_or_else(|| PgError::closed("no connection attempt was made")))
+}
+
+/// One connection attempt with one TLS plan.
+async fn open_once(
+    opts: &PgOptions,
+    target: Target,
+    plan: secure::Plan,
+) -> Result<PgConnection, PgError> {
     let max = opts.get_max_message_bytes();
     let stream = tasks::connect_target(&target).await?;
+    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+    let (tls, tls_params) = if plan == secure::Plan::Plain {
+        (None, None)
+    } else {
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        let params = secure::params(opts, peer)?;
+        match secure::start(&stream, &params, plan, opts.get_ssl_mode()).await? {
+            Some((session, early)) => {
+                buf.extend_from_slice(&early);
+                (Some(session), Some(params))
+            }
+            None => (None, None),
+        }
+    };
     let mut startup = Startup::new(opts);
+    if let Some(t) = &tls {
+        startup = startup.with_tls(t.server_end_point());
+    }
     let mut out = BytesMut::with_capacity(512);
     startup.start(&mut out)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+    let mut pipe = secure::Pipe::new(&stream, tls.as_ref());
     let info: ServerInfo = 'handshake: loop {
         if !out.is_empty() {
-            let (r, b) = stream.send_all(out).await;
-            out = b;
-            r.map_err(|e| PgError::io("sending the startup handshake", e))?;
+            pipe.send(&out, "the startup handshake").await?;
             out.clear();
         }
         let mut pos = 0;
@@ -592,19 +636,14 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
         }
         let needed = frame::bytes_needed(&buf, max)?;
         buf.reserve(needed.max(1024));
-        let (r, b) = stream.recv(buf).await;
-        buf = b;
-        match r {
-            Ok(0) => {
-                return Err(PgError::io(
-                    "the server closed the connection during startup",
-                    std::io::ErrorKind::UnexpectedEof.into(),
-                ))
-            }
-            Ok(_) => {}
-            Err(e) => return Err(PgError::io("receiving the startup handshake", e)),
+        if !pipe.recv(&mut buf, "the startup handshake").await? {
+            return Err(PgError::io(
+                "the server closed the connection during startup",
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
         }
     };
+    drop(pipe);
     // Bytes that arrived with the final ReadyForQuery (a notice, a ParameterStatus, even a
     // FATAL) stay in the receive buffer: the watcher handles them on its first poll.
     let key: Option<BackendKey> = info.backend_key();
@@ -617,6 +656,8 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
     };
     let conn = Rc::new(Conn {
         stream,
+        tls,
+        tls_params,
         gather_limit,
         replies: ReplyMeter::default(),
         deep: DeepMark::default(),
@@ -629,6 +670,8 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
             rbuf: Some(buf),
             rpos: 0,
             recv: None,
+            parked: None,
+            cipher: None,
             queue: VecDeque::new(),
             next_seq: 0,
             broken: None,

@@ -13,10 +13,12 @@
 //! Whenever the head changes, the next driver is woken. Commands behind the head just wait.
 
 use super::cache::StatementCache;
+use super::secure::TlsParams;
 use crate::proto::frame;
 use crate::proto::message::{classify_async, is_async, log_notice, AsyncMessage, TxnStatus};
 use crate::proto::reply::{Reply, ReplyEvent};
 use crate::proto::startup::{BackendKey, ServerInfo};
+use crate::tls::TlsSession;
 use crate::{DbError, PgError, Target, TimeoutKind};
 use bytes::BytesMut;
 use ioxide::net::{Recv, Stream};
@@ -102,6 +104,10 @@ pub(crate) struct State {
     /// after every command, so draining a pipelined batch moves no bytes.
     pub(crate) rpos: usize,
     pub(crate) recv: Option<Recv<Vec<u8>>>,
+    /// Over TLS: the plaintext receive buffer while a receive of ciphertext is in flight
+    /// (`rbuf` is then `None`), and the ciphertext buffer between receives.
+    pub(crate) parked: Option<Vec<u8>>,
+    pub(crate) cipher: Option<Vec<u8>>,
     pub(crate) queue: VecDeque<Cmd>,
     pub(crate) next_seq: u64,
     /// Why the connection ended; every failed command gets a replica of it.
@@ -123,6 +129,11 @@ pub(crate) struct State {
 /// A connection: the socket, its state, and what it needs to cancel.
 pub(crate) struct Conn {
     pub(crate) stream: Stream,
+    /// The TLS session, when the connection is encrypted: the writer encrypts each batch,
+    /// the driver decrypts each receive into the plaintext buffer the parser reads.
+    pub(crate) tls: Option<TlsSession>,
+    /// How to open a connection like this one (the CancelRequest goes over TLS too).
+    pub(crate) tls_params: Option<TlsParams>,
     pub(crate) st: RefCell<State>,
     pub(crate) target: Target,
     pub(crate) key: Option<BackendKey>,
@@ -525,7 +536,29 @@ impl Conn {
                                     }
                                     Ok(n) => {
                                         self.replies.received(n);
-                                        (b, 0)
+                                        match &self.tls {
+                                            None => (b, 0),
+                                            Some(tls) => {
+                                                let mut plain =
+                                                    st.parked.take().unwrap_or_default();
+                                                // A close_notify needs no handling here:
+                                                // the end of the socket follows it.
+                                                let r = tls.decrypt(&b, &mut plain);
+                                                st.cipher = Some(b);
+                                                if let Err(e) = r {
+                                                    drop(st);
+                                                    self.fail(&e);
+                                                    return Driven::Broken;
+                                                }
+                                                // A KeyUpdate to answer, say.
+                                                if tls.wants_write() {
+                                                    if let Some(w) = st.writer_waker.take() {
+                                                        w.wake();
+                                                    }
+                                                }
+                                                (plain, 0)
+                                            }
+                                        }
                                     }
                                     Err(e) => {
                                         drop(st);
@@ -591,7 +624,26 @@ impl Conn {
     /// connections on this reactor, until the bytes of a `GATHER_DIVISOR`th of them have
     /// arrived, held at most the gather limit; otherwise the reactor's wait lasts a third of
     /// the oldest command's age, capped by the window.
+    ///
+    /// Over TLS the plaintext buffer is parked and the receive takes ciphertext, as much as
+    /// the plaintext buffer has room for; gathering then counts ciphertext bytes (the reply
+    /// meter measured ciphertext too).
     fn arm_recv(&self, buf: Vec<u8>) -> Recv<Vec<u8>> {
+        let buf = match &self.tls {
+            None => buf,
+            Some(_) => {
+                let mut st = self.st.borrow_mut();
+                let want = (buf.capacity() - buf.len()).max(RECV_BUF);
+                st.parked = Some(buf);
+                let mut c = st.cipher.take().unwrap_or_default();
+                c.clear();
+                if c.capacity() > RECV_BUF_SHRINK && want < RECV_BUF_SHRINK {
+                    c = Vec::new();
+                }
+                c.reserve(want);
+                c
+            }
+        };
         let (in_flight, oldest) = {
             let st = self.st.borrow();
             (st.queue.len(), st.queue.front().map(|c| c.started))

@@ -1,6 +1,7 @@
 //! The connection's two tasks (writer, watcher), the CancelRequest, and the per-reactor
 //! sweep that applies command timeouts.
 
+use super::secure::{self, TlsParams};
 use super::state::Conn;
 use crate::proto::startup::BackendKey;
 use crate::{PgError, Target};
@@ -19,6 +20,8 @@ const SEND_BUF_SHRINK: usize = 1 << 20;
 /// turn ([`ioxide::end_of_turn`]), so every command issued in the turn leaves in the same send.
 pub(crate) async fn writer(conn: Rc<Conn>) {
     let mut wbuf = BytesMut::with_capacity(8 * 1024);
+    // Over TLS: the records of a batch.
+    let mut cbuf: Vec<u8> = Vec::new();
     loop {
         let go = std::future::poll_fn(|cx| {
             let mut st = conn.st.borrow_mut();
@@ -28,7 +31,8 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
             // While a cancel is pending, hold new commands back: a late CancelRequest must
             // not hit a command sent after the one it was meant for.
             let held = st.cancelling.is_some() && !st.closing;
-            if st.out.is_empty() || held {
+            let tls_due = conn.tls.as_ref().is_some_and(|t| t.wants_write());
+            if (st.out.is_empty() && !tls_due) || held {
                 if st.closing && st.out.is_empty() {
                     return Poll::Ready(Some(false));
                 }
@@ -57,14 +61,35 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
             if st.broken.is_some() {
                 return;
             }
-            if st.out.is_empty() || (st.cancelling.is_some() && !st.closing) {
+            let tls_due = conn.tls.as_ref().is_some_and(|t| t.wants_write());
+            if (st.out.is_empty() && !tls_due) || (st.cancelling.is_some() && !st.closing) {
                 continue;
             }
             std::mem::swap(&mut st.out, &mut wbuf);
             st.handed_total = st.queued_total;
         }
-        let (r, b) = conn.stream.send_all(wbuf).await;
-        wbuf = b;
+        let r = match &conn.tls {
+            None => {
+                let (r, b) = conn.stream.send_all(wbuf).await;
+                wbuf = b;
+                r
+            }
+            Some(tls) => {
+                // Encrypt the batch into records (after any TLS message of the session's
+                // own, such as a KeyUpdate answer) and send those.
+                cbuf.clear();
+                if let Err(e) = tls.encrypt(&wbuf, &mut cbuf) {
+                    conn.fail(&e);
+                    return;
+                }
+                let (r, b) = conn.stream.send_all(std::mem::take(&mut cbuf)).await;
+                cbuf = b;
+                if cbuf.capacity() > SEND_BUF_SHRINK {
+                    cbuf = Vec::new();
+                }
+                r
+            }
+        };
         wbuf.clear();
         if wbuf.capacity() > SEND_BUF_SHRINK {
             wbuf = BytesMut::with_capacity(8 * 1024);
@@ -103,15 +128,25 @@ pub(crate) async fn connect_target(target: &Target) -> Result<Stream, PgError> {
 /// How long a CancelRequest connection may take before we stop waiting for it.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
-/// Sends a CancelRequest on a fresh connection and waits until the server closes it (it does
-/// so after acting on the request).
-pub(crate) async fn send_cancel(target: &Target, key: BackendKey) -> Result<(), PgError> {
+/// Sends a CancelRequest on a fresh connection, over TLS when the session is (as libpq), and
+/// waits until the server closes it (it does so after acting on the request).
+pub(crate) async fn send_cancel(
+    target: &Target,
+    tls: Option<&TlsParams>,
+    key: BackendKey,
+) -> Result<(), PgError> {
     let work = async {
         let s = connect_target(target).await?;
-        let (r, _) = s.send_all(key.cancel_request().to_vec()).await;
-        r.map_err(|e| PgError::io("sending a CancelRequest", e))?;
-        let (r, _) = s.recv(Vec::with_capacity(64)).await;
-        let _ = r;
+        let session = match tls {
+            Some(p) => secure::start(&s, p, secure::Plan::Must, crate::SslMode::Require)
+                .await?
+                .map(|(session, _)| session),
+            None => None,
+        };
+        let mut pipe = secure::Pipe::new(&s, session.as_ref());
+        pipe.send(&key.cancel_request(), "a CancelRequest").await?;
+        let mut buf = Vec::with_capacity(64);
+        let _ = pipe.recv(&mut buf, "the end of the CancelRequest").await;
         Ok(())
     };
     match ioxide::time::timeout(CANCEL_WAIT, work).await {
@@ -177,13 +212,11 @@ fn spawn_cancel(conn: &Rc<Conn>) {
     };
     let seq = conn.st.borrow().cancelling.as_ref().map(|c| c.seq);
     let Some(seq) = seq else { return };
+    let tls = conn.tls_params.clone();
+    let target = conn.target.clone();
     let conn = Rc::downgrade(conn);
-    let target = match conn.upgrade() {
-        Some(c) => c.target.clone(),
-        None => return,
-    };
     drop(ioxide::spawn(async move {
-        if let Err(e) = send_cancel(&target, key).await {
+        if let Err(e) = send_cancel(&target, tls.as_ref(), key).await {
             tracing::debug!(error = %e, "CancelRequest failed");
         }
         if let Some(c) = conn.upgrade() {

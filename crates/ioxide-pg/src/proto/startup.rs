@@ -195,6 +195,9 @@ pub struct Startup {
     database: String,
     application_name: Option<String>,
     require_auth: RequireAuth,
+    channel_binding: crate::options::ChannelBinding,
+    /// Over TLS: the server certificate's `tls-server-end-point` hash, if it has one.
+    tls: Option<Option<Vec<u8>>>,
     phase: Phase,
     info: ServerInfo,
 }
@@ -219,9 +222,30 @@ impl Startup {
             database: opts.get_database().to_owned(),
             application_name: opts.get_application_name().map(str::to_owned),
             require_auth: opts.get_require_auth(),
+            channel_binding: opts.tls().channel_binding,
+            tls: None,
             phase: Phase::NotStarted,
             info: ServerInfo::default(),
         }
+    }
+
+    /// The session runs over TLS; `end_point` is the server certificate's
+    /// `tls-server-end-point` hash (`None` when its signature algorithm has none), which
+    /// SCRAM-SHA-256-PLUS binds the login to.
+    pub fn with_tls(mut self, end_point: Option<Vec<u8>>) -> Startup {
+        self.tls = Some(end_point);
+        self
+    }
+
+    /// Refuses a login that skipped channel binding when `channel_binding=require`.
+    fn check_binding_not_required(&self, how: &str) -> Result<(), PgError> {
+        if self.channel_binding == crate::options::ChannelBinding::Require {
+            return Err(PgError::auth(format!(
+                "channel_binding=require, but the server authenticated the client {how}, \
+                 without channel binding"
+            )));
+        }
+        Ok(())
     }
 
     /// Appends the StartupMessage (protocol 3.0; user, database, application_name,
@@ -377,15 +401,18 @@ impl Startup {
         match req {
             AuthRequest::Ok => {
                 self.require_auth.check(AuthMethod::None)?;
+                self.check_binding_not_required("with no password (trust or cert)")?;
                 self.phase = Phase::Params;
             }
             AuthRequest::CleartextPassword => {
                 self.require_auth.check(AuthMethod::Password)?;
+                self.check_binding_not_required("by cleartext password")?;
                 encode::password(self.password(AuthMethod::Password)?.as_bytes(), out)?;
                 self.phase = Phase::AwaitOk;
             }
             AuthRequest::Md5Password { salt } => {
                 self.require_auth.check(AuthMethod::Md5)?;
+                self.check_binding_not_required("by MD5 password")?;
                 let password = self.password(AuthMethod::Md5)?;
                 let hash = md5_hash(self.user.as_bytes(), password.as_bytes(), salt);
                 encode::password(hash.as_bytes(), out)?;
@@ -394,19 +421,10 @@ impl Startup {
             AuthRequest::Sasl { mechanisms } => {
                 self.require_auth.check(AuthMethod::ScramSha256)?;
                 let (scram, plus) = sasl_mechanisms(mechanisms)?;
-                if !scram {
-                    return Err(if plus {
-                        PgError::auth(
-                            "the server offers only SCRAM-SHA-256-PLUS, whose channel binding needs TLS, which ioxide-pg does not speak",
-                        )
-                    } else {
-                        PgError::auth("the server offers no SASL mechanism ioxide-pg supports (only SCRAM-SHA-256 is)")
-                    });
-                }
                 let password = self.password(AuthMethod::ScramSha256)?;
-                // No TLS, so no channel binding: the "n" GS2 flag.
-                let scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                encode::sasl_initial_response(SCRAM_SHA_256, scram.message(), out)?;
+                let (mechanism, binding) = self.choose_sasl(scram, plus)?;
+                let scram = ScramSha256::new(password.as_bytes(), binding);
+                encode::sasl_initial_response(mechanism, scram.message(), out)?;
                 self.phase = Phase::Scram(Box::new(scram));
             }
             AuthRequest::KerberosV5 => return Err(unsupported("Kerberos V5")),
@@ -424,6 +442,89 @@ impl Startup {
             }
         }
         Ok(StartupStatus::Continue)
+    }
+}
+
+impl Startup {
+    /// The SASL mechanism and GS2 channel-binding flag, from what the server offers, whether
+    /// TLS is up, and `channel_binding` (RFC 5802 §6: `p` binds; `y` says "I could bind but
+    /// you offered no PLUS", which lets a server that did offer it detect a downgrade; `n`
+    /// says the client cannot bind).
+    fn choose_sasl(
+        &self,
+        scram: bool,
+        plus: bool,
+    ) -> Result<(&'static str, ChannelBinding), PgError> {
+        use crate::options::ChannelBinding as Policy;
+        let end_point = match &self.tls {
+            Some(e) => e.clone(),
+            None => None,
+        };
+        let tls = self.tls.is_some();
+        match self.channel_binding {
+            Policy::Require => {
+                if !tls {
+                    return Err(PgError::auth(
+                        "channel_binding=require, but the connection does not use TLS (a Unix \
+                         socket, or sslmode let it fall back to plaintext)",
+                    ));
+                }
+                if !plus {
+                    return Err(PgError::auth(
+                        "channel_binding=require, but the server does not offer \
+                         SCRAM-SHA-256-PLUS",
+                    ));
+                }
+                let Some(hash) = end_point else {
+                    return Err(PgError::auth(
+                        "channel_binding=require, but the server certificate's signature \
+                         algorithm has no tls-server-end-point hash",
+                    ));
+                };
+                Ok((
+                    SCRAM_SHA_256_PLUS,
+                    ChannelBinding::tls_server_end_point(hash),
+                ))
+            }
+            Policy::Prefer if tls && plus && end_point.is_some() => {
+                let hash = end_point.unwrap_or_default();
+                Ok((
+                    SCRAM_SHA_256_PLUS,
+                    ChannelBinding::tls_server_end_point(hash),
+                ))
+            }
+            policy => {
+                if !scram {
+                    return Err(if plus {
+                        PgError::auth(format!(
+                            "the server offers only SCRAM-SHA-256-PLUS, and channel binding is \
+                             not possible here ({})",
+                            if !tls {
+                                "no TLS"
+                            } else if policy == Policy::Disable {
+                                "channel_binding=disable"
+                            } else {
+                                "no tls-server-end-point hash for the server certificate"
+                            }
+                        ))
+                    } else {
+                        PgError::auth(
+                            "the server offers no SASL mechanism ioxide-pg supports \
+                             (SCRAM-SHA-256 and SCRAM-SHA-256-PLUS)",
+                        )
+                    });
+                }
+                // `y` only when we could have bound (TLS, a hash, binding allowed) and the
+                // server offered no PLUS.
+                let could = tls && end_point.is_some() && policy != Policy::Disable;
+                let binding = if could && !plus {
+                    ChannelBinding::unrequested()
+                } else {
+                    ChannelBinding::unsupported()
+                };
+                Ok((SCRAM_SHA_256, binding))
+            }
+        }
     }
 }
 

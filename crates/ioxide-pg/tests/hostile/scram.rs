@@ -105,15 +105,23 @@ fn serve(listener: &TcpListener) -> io::Result<Outcome> {
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     s.set_nodelay(true)?;
 
-    // StartupMessage (untagged).
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if !(8..=10_000).contains(&len) {
-        return Err(bad(format!("startup packet length {len}")));
+    // StartupMessage (untagged), after an SSLRequest answered `N` (sslmode=prefer sends one).
+    let mut startup;
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if !(8..=10_000).contains(&len) {
+            return Err(bad(format!("startup packet length {len}")));
+        }
+        startup = vec![0u8; len - 4];
+        s.read_exact(&mut startup)?;
+        if startup == [0x04, 0xd2, 0x16, 0x2f] {
+            s.write_all(b"N")?;
+            continue;
+        }
+        break;
     }
-    let mut startup = vec![0u8; len - 4];
-    s.read_exact(&mut startup)?;
 
     s.write_all(&backend::authentication_sasl(&["SCRAM-SHA-256"]))?;
 
