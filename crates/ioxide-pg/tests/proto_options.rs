@@ -5,7 +5,9 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ioxide_pg::{AuthMethod, Host, PgError, PgOptions, Target};
+use ioxide_pg::{
+    AuthMethod, ChannelBinding, Host, PgError, PgOptions, SslMode, SslNegotiation, Target,
+};
 
 fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let map: HashMap<String, String> = pairs
@@ -152,8 +154,8 @@ fn url_errors_name_the_field_and_never_echo_the_password() {
         e,
         "invalid option \"frobnicate\": unknown connection option"
     );
-    let e = err(PgOptions::from_url("postgres://h/d?sslmode=require"));
-    assert!(e.contains("TLS is not supported"), "{e}");
+    let e = err(PgOptions::from_url("postgres://h/d?sslmode=required"));
+    assert!(e.contains("sslmode") && e.contains("verify-full"), "{e}");
     let e = err(PgOptions::from_url("postgres://h1,h2/d"));
     assert!(e.contains("multiple hosts"), "{e}");
 }
@@ -358,4 +360,78 @@ fn errors_before_a_password_still_name_the_culprit() {
         e.starts_with("invalid option: unknown connection option (not shown:"),
         "{e}"
     );
+}
+
+#[test]
+fn tls_settings_from_url_conninfo_and_environment() {
+    let o = PgOptions::from_url(
+        "postgres://u@h/d?sslmode=verify-full&sslrootcert=/ca.pem&sslcert=/c.pem&sslkey=/k.pem\
+         &sslsni=0&channel_binding=require&ssl_min_protocol_version=TLSv1.3&sslcompression=0\
+         &gssencmode=disable&sslcertmode=allow",
+    )
+    .unwrap();
+    assert_eq!(o.get_ssl_mode(), SslMode::VerifyFull);
+    let shown = format!("{o:?}");
+    assert!(shown.contains("/ca.pem") && shown.contains("Require"), "{shown}");
+
+    let o: PgOptions = "host=h sslmode=require sslnegotiation=direct sslpassword=hunter2"
+        .parse()
+        .unwrap();
+    assert_eq!(o.get_ssl_mode(), SslMode::Require);
+    assert!(!format!("{o:?}").contains("hunter2"), "sslpassword is never shown");
+
+    // PGSSLMODE is read (it used to be ignored: a plaintext connection where the user asked
+    // for encryption).
+    let o = PgOptions::from_env_with(env(&[
+        ("PGSSLMODE", "require"),
+        ("PGSSLROOTCERT", "/etc/ca.pem"),
+        ("PGSSLNEGOTIATION", "postgres"),
+        ("PGCHANNELBINDING", "prefer"),
+    ]))
+    .unwrap();
+    assert_eq!(o.get_ssl_mode(), SslMode::Require);
+    let e = err(PgOptions::from_env_with(env(&[("PGSSLMODE", "requre")])));
+    assert!(e.contains("PGSSLMODE"), "the error names the variable: {e}");
+
+    // sslrootcert=system implies verify-full, and refuses a weaker mode (libpq 16+).
+    let o = PgOptions::from_conninfo("host=h sslrootcert=system").unwrap();
+    assert_eq!(o.get_ssl_mode(), SslMode::VerifyFull);
+    let e = err(PgOptions::from_conninfo("host=h sslrootcert=system sslmode=require"));
+    assert!(e.contains("verify-full"), "{e}");
+}
+
+#[test]
+fn tls_settings_libpq_refuses_are_errors() {
+    for (conninfo, needle) in [
+        ("sslmode=prefer sslnegotiation=direct", "sslnegotiation=direct"),
+        ("sslnegotiation=sideways", "postgres or direct"),
+        ("sslmode=disable channel_binding=require", "channel binding needs TLS"),
+        ("channel_binding=maybe", "disable, prefer or require"),
+        ("sslcompression=1", "compression"),
+        ("gssencmode=require", "GSSAPI"),
+        ("sslcertmode=require", "not supported"),
+        ("ssl_min_protocol_version=TLSv1.1", "not supported"),
+        ("ssl_max_protocol_version=SSLv3", "TLSv1.2 or TLSv1.3"),
+        (
+            "ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2",
+            "above ssl_max_protocol_version",
+        ),
+        ("sslsni=yes", "0 or 1"),
+        ("sslcrl_dir=/x", "unknown connection option"),
+    ] {
+        let e = err(PgOptions::from_conninfo(&format!("host=h {conninfo}")));
+        assert!(e.contains(needle), "{conninfo}: {e}");
+    }
+    // Builders agree with the keys.
+    let o = PgOptions::new()
+        .ssl_mode(SslMode::Require)
+        .ssl_negotiation(SslNegotiation::Direct)
+        .channel_binding(ChannelBinding::Require);
+    o.validate().unwrap();
+    let e = PgOptions::new()
+        .ssl_mode(SslMode::Allow)
+        .ssl_negotiation(SslNegotiation::Direct)
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.config_field(), Some("sslmode"));
 }
