@@ -5,7 +5,7 @@ use super::state::Conn;
 use crate::proto::startup::BackendKey;
 use crate::{PgError, Target};
 use bytes::BytesMut;
-use ioxide::net::{Shutdown, Stream};
+use ioxide::net::{Shutdown, Stream, TcpOptions};
 use ioxide::Reactor;
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
@@ -81,8 +81,9 @@ pub(crate) async fn watcher(conn: Rc<Conn>) {
     std::future::poll_fn(|cx| conn.poll_watch(cx)).await;
 }
 
-/// Opens a stream to the server (each TCP address in turn).
-pub(crate) async fn connect_target(target: &Target) -> Result<Stream, PgError> {
+/// Opens a stream to the server (each TCP address in turn); a TCP socket gets `tcp`
+/// (keepalives, user timeout) before its connect, a Unix socket ignores it.
+pub(crate) async fn connect_target(target: &Target, tcp: &TcpOptions) -> Result<Stream, PgError> {
     match target {
         Target::Unix(path) => Stream::connect_unix(path)
             .await
@@ -90,7 +91,7 @@ pub(crate) async fn connect_target(target: &Target) -> Result<Stream, PgError> {
         Target::Tcp(addrs) => {
             let mut last = None;
             for addr in addrs {
-                match Stream::connect(*addr).await {
+                match Stream::connect_with(*addr, tcp).await {
                     Ok(s) => return Ok(s),
                     Err(e) => last = Some(PgError::io(format!("connecting to {addr}"), e)),
                 }
@@ -105,9 +106,13 @@ const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
 /// Sends a CancelRequest on a fresh connection and waits until the server closes it (it does
 /// so after acting on the request).
-pub(crate) async fn send_cancel(target: &Target, key: BackendKey) -> Result<(), PgError> {
+pub(crate) async fn send_cancel(
+    target: &Target,
+    tcp: &TcpOptions,
+    key: BackendKey,
+) -> Result<(), PgError> {
     let work = async {
-        let s = connect_target(target).await?;
+        let s = connect_target(target, tcp).await?;
         let (r, _) = s.send_all(key.cancel_request().to_vec()).await;
         r.map_err(|e| PgError::io("sending a CancelRequest", e))?;
         let (r, _) = s.recv(Vec::with_capacity(64)).await;
@@ -178,12 +183,12 @@ fn spawn_cancel(conn: &Rc<Conn>) {
     let seq = conn.st.borrow().cancelling.as_ref().map(|c| c.seq);
     let Some(seq) = seq else { return };
     let conn = Rc::downgrade(conn);
-    let target = match conn.upgrade() {
-        Some(c) => c.target.clone(),
+    let (target, tcp) = match conn.upgrade() {
+        Some(c) => (c.target.clone(), c.tcp),
         None => return,
     };
     drop(ioxide::spawn(async move {
-        if let Err(e) = send_cancel(&target, key).await {
+        if let Err(e) = send_cancel(&target, &tcp, key).await {
             tracing::debug!(error = %e, "CancelRequest failed");
         }
         if let Some(c) = conn.upgrade() {
