@@ -5,6 +5,23 @@
 //! or from a libpq `key=value` string ([`PgOptions::from_conninfo`]); [`str::parse`] picks
 //! between the last two. Option names follow libpq, so users bring what they know.
 //!
+//! Beyond the basics, libpq's connection settings are supported with libpq's names, defaults
+//! and meanings, in code, as URL query parameters and conninfo keys, and from the environment
+//! where libpq has a variable:
+//!
+//! | key | builder | variable | meaning |
+//! | --- | --- | --- | --- |
+//! | `keepalives` | [`keepalives`](PgOptions::keepalives) | — | TCP keepalives on (`1`, default) or off (`0`) |
+//! | `keepalives_idle` | [`keepalives_idle`](PgOptions::keepalives_idle) | — | seconds idle before the first probe (0/unset: OS default) |
+//! | `keepalives_interval` | [`keepalives_interval`](PgOptions::keepalives_interval) | — | seconds between probes (0/unset: OS default) |
+//! | `keepalives_count` | [`keepalives_count`](PgOptions::keepalives_count) | — | probes lost before the connection is dead (0/unset: OS default) |
+//! | `tcp_user_timeout` | [`tcp_user_timeout`](PgOptions::tcp_user_timeout) | — | milliseconds sent data may stay unacknowledged (0/unset: OS default) |
+//! | `options` | [`options`](PgOptions::options) | `PGOPTIONS` | command-line options for the server session (`-c search_path=app`) |
+//! | `passfile` | [`passfile`](PgOptions::passfile) | `PGPASSFILE` | password file used when no password is given (default `~/.pgpass`) |
+//!
+//! The TCP settings are set on the socket before it connects, for the connection and its
+//! CancelRequests; Unix sockets ignore them.
+//!
 //! Host names are resolved once, by [`PgOptions::resolve`], which blocks and is meant to run
 //! before the reactors start; reactors then only ever connect to addresses.
 
@@ -18,6 +35,8 @@ use crate::proto::auth::RequireAuth;
 use crate::PgError;
 
 mod parse;
+mod passfile;
+mod socket;
 mod tls;
 
 pub(crate) use tls::TlsOptions;
@@ -85,6 +104,12 @@ pub struct PgOptions {
     /// The TLS client configuration built from `tls`, made on first use and shared by every
     /// connection of these options (and their clones); replaced when a TLS setting changes.
     tls_config: crate::tls::ConfigCache,
+    /// Keepalives and the user timeout (see `socket`).
+    tcp: ioxide::net::TcpOptions,
+    /// libpq's `options`: the StartupMessage's `options` parameter; never empty.
+    options: Option<String>,
+    /// libpq's `passfile` (see `passfile`).
+    passfile: Option<PathBuf>,
 }
 
 /// Default for [`PgOptions::reply_batch_window`].
@@ -122,7 +147,8 @@ impl PgOptions {
     /// Defaults: host `localhost`, port 5432, user `$PGUSER`, else `$USER`, else `postgres`;
     /// no password; database = user; connect_timeout 10 s; command_timeout 30 s;
     /// max_message_bytes 64 MiB; statement_cache_capacity 256; every auth method allowed;
-    /// pool_size 8; pipeline_depth 8; acquire_timeout 5 s.
+    /// pool_size 8; pipeline_depth 8; acquire_timeout 5 s; TCP keepalives on with the OS's
+    /// timers; passfile `$PGPASSFILE`, else `$HOME/.pgpass`.
     pub fn new() -> PgOptions {
         PgOptions::with_user_from(&|k| std::env::var(k).ok())
     }
@@ -151,6 +177,9 @@ impl PgOptions {
             reply_gather_limit: DEFAULT_REPLY_GATHER_LIMIT,
             tls: TlsOptions::default(),
             tls_config: Default::default(),
+            tcp: socket::DEFAULT,
+            options: None,
+            passfile: passfile::default_path(lookup),
         }
     }
 
@@ -164,11 +193,13 @@ impl PgOptions {
     /// Precedence: if `DATABASE_URL` is set and non-empty it wins outright — the options come
     /// from that URL alone (plus the user default below) and the `PG*` variables are ignored.
     /// Otherwise `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`,
-    /// `PGCONNECT_TIMEOUT`, `PGREQUIREAUTH` and the TLS variables (`PGSSLMODE`,
+    /// `PGCONNECT_TIMEOUT`, `PGREQUIREAUTH`, `PGOPTIONS` and the TLS variables (`PGSSLMODE`,
     /// `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGSSLSNI`, `PGSSLNEGOTIATION`,
     /// `PGCHANNELBINDING`, `PGSSLMINPROTOCOLVERSION`, `PGSSLMAXPROTOCOLVERSION`, `PGSSLCRL`,
-    /// `PGSSLCRLDIR`, `PGSSLCERTMODE`, `PGSSLCOMPRESSION`, `PGGSSENCMODE`) override the defaults. The user defaults to
-    /// `PGUSER`, then `USER`, then `postgres`. Errors name the variable.
+    /// `PGSSLCRLDIR`, `PGSSLCERTMODE`, `PGSSLCOMPRESSION`, `PGGSSENCMODE`) override the
+    /// defaults. The user defaults to `PGUSER`, then `USER`, then `postgres`; the password
+    /// file to `PGPASSFILE`, then `$HOME/.pgpass` (with `DATABASE_URL` too). Errors name the
+    /// variable.
     pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<PgOptions, PgError> {
         let base = PgOptions::with_user_from(&lookup);
         if let Some(url) = lookup("DATABASE_URL").filter(|u| !u.trim().is_empty()) {
@@ -189,6 +220,9 @@ impl PgOptions {
             if let Some(value) = lookup(var).filter(|v| !v.is_empty()) {
                 opts = opts.apply(key, &value, var)?;
             }
+        }
+        if let Some(value) = lookup("PGOPTIONS").filter(|v| !v.is_empty()) {
+            opts = opts.apply("options", &value, "PGOPTIONS")?;
         }
         opts.validate()?;
         Ok(opts)
@@ -276,12 +310,14 @@ impl PgOptions {
 
     /// Sets one option by its libpq name (`host`, `hostaddr`, `port`, `user`, `password`,
     /// `dbname`, `application_name`, `fallback_application_name`, `connect_timeout` (seconds;
-    /// 0 = none), `require_auth`, `sslmode` (`disable`/`allow`/`prefer` only: no TLS),
-    /// `client_encoding` (`UTF8` only), the TLS settings `sslmode`, `sslrootcert`, `sslcert`,
-    /// `sslkey`, `sslpassword`, `sslsni`, `sslnegotiation`, `channel_binding`,
-    /// `ssl_min_protocol_version`, `ssl_max_protocol_version`, `sslcrl`, `sslcrldir`,
-    /// `sslcertmode`, `sslcompression` (0 only) and `gssencmode` (`disable`/`prefer`: no
-    /// GSSAPI) — see [`PgOptions::ssl_mode`]) or by one of ours (`command_timeout` (seconds; 0 =
+    /// 0 = none), `require_auth`,
+    /// `client_encoding` (`UTF8` only), `keepalives`, `keepalives_idle`, `keepalives_interval`,
+    /// `keepalives_count`, `tcp_user_timeout`, `options`, `passfile`, the TLS settings
+    /// `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslpassword`, `sslsni`, `sslnegotiation`,
+    /// `channel_binding`, `ssl_min_protocol_version`, `ssl_max_protocol_version`, `sslcrl`,
+    /// `sslcrldir`, `sslcertmode`, `sslcompression` (0 only) and `gssencmode`
+    /// (`disable`/`prefer`: no GSSAPI) — see [`PgOptions::ssl_mode`] and the
+    /// [module docs](self)) or by one of ours (`command_timeout` (seconds; 0 =
     /// none), `acquire_timeout` (seconds), `max_message_bytes`, `statement_cache_capacity`,
     /// `pool_size`, `pipeline_depth`, `reply_batch_window_us`, `reply_gather_limit_us`). An
     /// unknown key or bad value is an error naming it.
@@ -331,6 +367,12 @@ impl PgOptions {
                     .parse()
                     .map_err(|e: PgError| PgError::config(label, Some(value), e.to_string()))?
             }
+            k if socket::KEYS.contains(&k) => {
+                self.tcp = socket::apply(self.tcp, k, value).map_err(|e| bad(&e))?
+            }
+            "options" => self = self.options(value),
+            "passfile" if value.is_empty() => {}
+            "passfile" => self = self.passfile(value),
             "client_encoding" => {
                 if !value.eq_ignore_ascii_case("utf8") && !value.eq_ignore_ascii_case("utf-8") {
                     return Err(bad(&"only UTF8 is supported"));
@@ -353,7 +395,8 @@ impl PgOptions {
     /// Checks the options are usable: a non-empty host without commas, a non-zero port, a
     /// non-empty user, `max_message_bytes` of at least 1024, a `pool_size`
     /// and `pipeline_depth` of at least 1, a `reply_batch_window` of at most 10 ms and a
-    /// `reply_gather_limit` of at most 100 ms. Errors name the field.
+    /// `reply_gather_limit` of at most 100 ms, and TCP keepalive timers and user timeout within
+    /// the kernel's ranges. Errors name the field.
     pub fn validate(&self) -> Result<(), PgError> {
         self.validate_connection()?;
         if self.pool_size == 0 {
@@ -402,6 +445,7 @@ impl PgOptions {
                 format!("must be at least {MIN_MESSAGE_BYTES}"),
             ));
         }
+        socket::validate(&self.tcp)?;
         for (field, value, max) in [
             (
                 "reply_batch_window",
@@ -579,6 +623,15 @@ impl PgOptions {
         self
     }
 
+    /// libpq's `options`: command-line options for the server session, sent at startup
+    /// (`-c search_path=app,public -c statement_timeout=5s`; a space inside a value is written
+    /// `\ `). The server checks them: a bad one fails the connect with its error naming it.
+    /// Empty: none. Key `options`; variable `PGOPTIONS`.
+    pub fn options(mut self, options: impl Into<String>) -> PgOptions {
+        self.options = Some(options.into()).filter(|o| !o.is_empty());
+        self
+    }
+
     /// How long renting a pooled connection may wait. Default 5 s.
     pub fn acquire_timeout(mut self, timeout: Duration) -> PgOptions {
         self.acquire_timeout = timeout;
@@ -674,6 +727,11 @@ impl PgOptions {
         &self,
     ) -> Result<std::sync::Arc<rustls::ClientConfig>, PgError> {
         self.tls_config.get_or_build(&self.tls)
+    }
+
+    /// The server command-line options sent at startup, if any.
+    pub fn get_options(&self) -> Option<&str> {
+        self.options.as_deref()
     }
 
     /// The host.
@@ -777,6 +835,9 @@ impl fmt::Debug for PgOptions {
             .field("reply_batch_window", &self.reply_batch_window)
             .field("reply_gather_limit", &self.reply_gather_limit)
             .field("tls", &self.tls)
+            .field("tcp", &self.tcp)
+            .field("options", &self.options)
+            .field("passfile", &self.passfile)
             .finish()
     }
 }

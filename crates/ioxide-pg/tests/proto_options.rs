@@ -372,13 +372,19 @@ fn tls_settings_from_url_conninfo_and_environment() {
     .unwrap();
     assert_eq!(o.get_ssl_mode(), SslMode::VerifyFull);
     let shown = format!("{o:?}");
-    assert!(shown.contains("/ca.pem") && shown.contains("Require"), "{shown}");
+    assert!(
+        shown.contains("/ca.pem") && shown.contains("Require"),
+        "{shown}"
+    );
 
     let o: PgOptions = "host=h sslmode=require sslnegotiation=direct sslpassword=hunter2"
         .parse()
         .unwrap();
     assert_eq!(o.get_ssl_mode(), SslMode::Require);
-    assert!(!format!("{o:?}").contains("hunter2"), "sslpassword is never shown");
+    assert!(
+        !format!("{o:?}").contains("hunter2"),
+        "sslpassword is never shown"
+    );
 
     // PGSSLMODE is read (it used to be ignored: a plaintext connection where the user asked
     // for encryption).
@@ -396,16 +402,24 @@ fn tls_settings_from_url_conninfo_and_environment() {
     // sslrootcert=system implies verify-full, and refuses a weaker mode (libpq 16+).
     let o = PgOptions::from_conninfo("host=h sslrootcert=system").unwrap();
     assert_eq!(o.get_ssl_mode(), SslMode::VerifyFull);
-    let e = err(PgOptions::from_conninfo("host=h sslrootcert=system sslmode=require"));
+    let e = err(PgOptions::from_conninfo(
+        "host=h sslrootcert=system sslmode=require",
+    ));
     assert!(e.contains("verify-full"), "{e}");
 }
 
 #[test]
 fn tls_settings_libpq_refuses_are_errors() {
     for (conninfo, needle) in [
-        ("sslmode=prefer sslnegotiation=direct", "sslnegotiation=direct"),
+        (
+            "sslmode=prefer sslnegotiation=direct",
+            "sslnegotiation=direct",
+        ),
         ("sslnegotiation=sideways", "postgres or direct"),
-        ("sslmode=disable channel_binding=require", "channel binding needs TLS"),
+        (
+            "sslmode=disable channel_binding=require",
+            "channel binding needs TLS",
+        ),
         ("channel_binding=maybe", "disable, prefer or require"),
         ("sslcompression=1", "compression"),
         ("gssencmode=require", "GSSAPI"),

@@ -78,7 +78,11 @@ fn every_sslmode_against_a_server_that_takes_both() {
         (SslMode::VerifyCa, true),
         (SslMode::VerifyFull, true),
     ] {
-        assert_eq!(connect(&with_mode(&c, mode)).unwrap(), tls, "sslmode={mode}");
+        assert_eq!(
+            connect(&with_mode(&c, mode)).unwrap(),
+            tls,
+            "sslmode={mode}"
+        );
     }
 }
 
@@ -86,7 +90,10 @@ fn every_sslmode_against_a_server_that_takes_both() {
 fn every_sslmode_against_a_server_without_tls() {
     let c = Cluster::builder().auth(Auth::ScramSha256).start().unwrap();
     for mode in [SslMode::Disable, SslMode::Allow, SslMode::Prefer] {
-        assert!(!connect(&opts_for(&c).ssl_mode(mode)).unwrap(), "sslmode={mode}");
+        assert!(
+            !connect(&opts_for(&c).ssl_mode(mode)).unwrap(),
+            "sslmode={mode}"
+        );
     }
     for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
         let root = TlsSetup::new().generate().unwrap();
@@ -108,7 +115,10 @@ fn a_tls_only_server_refuses_plaintext_and_allow_retries_with_tls() {
     let e = connect(&with_mode(&c, SslMode::Disable)).unwrap_err();
     assert_eq!(e.sql_state(), Some("28000"), "{e}");
     assert!(e.to_string().contains("no encryption"), "{e}");
-    assert!(connect(&with_mode(&c, SslMode::Allow)).unwrap(), "allow falls to TLS");
+    assert!(
+        connect(&with_mode(&c, SslMode::Allow)).unwrap(),
+        "allow falls to TLS"
+    );
     assert!(connect(&with_mode(&c, SslMode::Prefer)).unwrap());
 }
 
@@ -117,13 +127,20 @@ fn prefer_falls_back_to_plaintext_when_the_server_refuses_tls_logins() {
     let c = tls_cluster(TlsSetup::new(), &PLAIN_ONLY);
     assert!(!connect(&with_mode(&c, SslMode::Prefer)).unwrap());
     let e = connect(&with_mode(&c, SslMode::Require)).unwrap_err();
-    assert_eq!(e.sql_state(), Some("28000"), "require never falls back: {e}");
+    assert_eq!(
+        e.sql_state(),
+        Some("28000"),
+        "require never falls back: {e}"
+    );
 }
 
 #[test]
 fn certificate_checks_name_their_cause() {
     // A certificate for another host: fine for verify-ca, refused by verify-full.
-    let c = tls_cluster(TlsSetup::new().server_cert(ServerCert::WrongHost), &TLS_OR_NOT);
+    let c = tls_cluster(
+        TlsSetup::new().server_cert(ServerCert::WrongHost),
+        &TLS_OR_NOT,
+    );
     assert!(connect(&with_mode(&c, SslMode::VerifyCa)).unwrap());
     let e = connect(&with_mode(&c, SslMode::VerifyFull)).unwrap_err();
     assert!(e.is_tls(), "{e}");
@@ -132,11 +149,17 @@ fn certificate_checks_name_their_cause() {
 
     // An unknown CA: refused by verify-ca, by require with a root certificate (libpq:
     // require then verifies as verify-ca), taken by require without one.
-    let c = tls_cluster(TlsSetup::new().server_cert(ServerCert::OtherCa), &TLS_OR_NOT);
+    let c = tls_cluster(
+        TlsSetup::new().server_cert(ServerCert::OtherCa),
+        &TLS_OR_NOT,
+    );
     for mode in [SslMode::VerifyCa, SslMode::VerifyFull, SslMode::Require] {
         let e = connect(&with_mode(&c, mode)).unwrap_err();
         assert!(e.is_tls(), "sslmode={mode}: {e}");
-        assert!(e.to_string().contains("not signed by a trusted root"), "{e}");
+        assert!(
+            e.to_string().contains("not signed by a trusted root"),
+            "{e}"
+        );
     }
     assert!(connect(&opts_for(&c).ssl_mode(SslMode::Require)).unwrap());
     // prefer with the root: the TLS attempt fails, and libpq's prefer then tries plaintext.
@@ -187,7 +210,10 @@ fn client_certificate_login() {
         .clone()
         .ssl_client_cert(files.client_cert(), files.client_key_encrypted());
     let e = connect(&enc).unwrap_err();
-    assert!(e.is_config() && e.to_string().contains("sslpassword"), "{e}");
+    assert!(
+        e.is_config() && e.to_string().contains("sslpassword"),
+        "{e}"
+    );
     // …taken with it, refused with a wrong one.
     assert!(connect(&enc.clone().ssl_password(files.key_password())).unwrap());
     let e = connect(&enc.ssl_password("wrong")).unwrap_err();
@@ -219,7 +245,10 @@ fn channel_binding() {
     drop(c);
     let plain = Cluster::builder().auth(Auth::ScramSha256).start().unwrap();
     let e = connect(&opts_for(&plain).channel_binding(ChannelBinding::Require)).unwrap_err();
-    assert!(e.is_auth() && e.to_string().contains("does not use TLS"), "{e}");
+    assert!(
+        e.is_auth() && e.to_string().contains("does not use TLS"),
+        "{e}"
+    );
     // require against a login that is not SCRAM: refused.
     let trust = Cluster::builder().tls(TlsSetup::new()).start().unwrap();
     let e = connect(
@@ -228,7 +257,10 @@ fn channel_binding() {
             .channel_binding(ChannelBinding::Require),
     )
     .unwrap_err();
-    assert!(e.is_auth() && e.to_string().contains("without channel binding"), "{e}");
+    assert!(
+        e.is_auth() && e.to_string().contains("without channel binding"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -284,7 +316,11 @@ fn command_timeout_cancels_over_tls() {
         let started = Instant::now();
         let e = conn.query("SELECT pg_sleep(20)").await.unwrap_err();
         assert!(e.is_timeout() || e.sql_state() == Some("57014"), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         // The cancel landed (not a teardown): the connection resynced and still serves.
         let r = conn.query("SELECT 42").await.unwrap();
         assert_eq!(r.value(), Some("42"));
@@ -312,7 +348,10 @@ fn a_pool_over_tls_heals_after_a_restart() {
         let mut ok_streak = 0;
         while ok_streak < 50 {
             assert!(Instant::now() < deadline, "the pool did not heal");
-            match pool.query("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await {
+            match pool
+                .query("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .await
+            {
                 Ok(r) => {
                     assert_eq!(r.value(), Some("true"));
                     ok_streak += 1;

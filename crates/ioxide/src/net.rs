@@ -13,6 +13,9 @@ use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 pub use std::net::Shutdown;
+pub use tcp_options::{TcpOptions, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS};
+
+mod tcp_options;
 
 /// A connected stream socket (TCP or Unix), driven by ring ops on the current reactor.
 ///
@@ -42,6 +45,12 @@ impl AsRawFd for Stream {
 impl Stream {
     /// Opens a TCP connection (socket and connect are ring ops) with `TCP_NODELAY` set.
     pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
+        Stream::connect_with(addr, &TcpOptions::new()).await
+    }
+
+    /// As [`Stream::connect`], with `options` (keepalives, user timeout) set on the socket
+    /// before it connects. A value the kernel refuses (out of range) fails the connect.
+    pub async fn connect_with(addr: SocketAddr, options: &TcpOptions) -> io::Result<Stream> {
         let domain = if addr.is_ipv4() {
             libc::AF_INET
         } else {
@@ -49,6 +58,7 @@ impl Stream {
         };
         let fd = Rc::new(ring::socket(domain, libc::SOCK_STREAM).await?);
         sys::set_int_opt(fd.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        options.apply(fd.raw())?;
         ring::connect(fd.clone(), sys::RawAddr::from_inet(&addr)).await?;
         Ok(Stream::new(fd))
     }
@@ -264,6 +274,13 @@ impl Stream {
     /// Whether `TCP_NODELAY` is set.
     pub fn nodelay(&self) -> io::Result<bool> {
         sys::get_int_opt(self.fd.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY).map(|v| v != 0)
+    }
+
+    /// The socket's keepalive and user-timeout settings as the kernel has them (TCP only; an
+    /// error on a Unix socket): the keepalive timers are the effective values, the kernel's
+    /// defaults included, even when keepalives are off.
+    pub fn tcp_options(&self) -> io::Result<TcpOptions> {
+        TcpOptions::read(self.fd.raw())
     }
 
     /// The remote address (TCP only).

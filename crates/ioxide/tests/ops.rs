@@ -731,3 +731,62 @@ fn a_lagging_recv_stream_cannot_take_every_buffer_from_the_others() {
     assert_eq!(b_total, 1_000_000);
     assert_eq!(a_total, 2_000_000);
 }
+
+#[test]
+fn connect_with_sets_keepalives_and_the_user_timeout_before_connecting() {
+    use ioxide::net::TcpOptions;
+    let (l, addr) = std_listener();
+    let opts = TcpOptions::new()
+        .with_keepalive(true)
+        .with_keepalive_idle(Some(Duration::from_secs(37)))
+        .with_keepalive_interval(Some(Duration::from_millis(4500)))
+        .with_keepalive_count(Some(5))
+        .with_user_timeout(Some(Duration::from_millis(12_345)));
+    ioxide::block_on(async move {
+        let s = Stream::connect_with(addr, &opts).await.unwrap();
+        let got = s.tcp_options().unwrap();
+        assert!(got.keepalive);
+        assert_eq!(got.keepalive_idle, Some(Duration::from_secs(37)));
+        assert_eq!(
+            got.keepalive_interval,
+            Some(Duration::from_secs(5)),
+            "rounded up"
+        );
+        assert_eq!(got.keepalive_count, Some(5));
+        assert_eq!(got.user_timeout, Some(Duration::from_millis(12_345)));
+        assert!(s.nodelay().unwrap());
+        // The plain connect leaves the kernel's defaults: keepalives off, no user timeout.
+        let plain = Stream::connect(addr).await.unwrap().tcp_options().unwrap();
+        assert!(
+            !plain.keepalive && plain.user_timeout.is_none(),
+            "{plain:?}"
+        );
+        assert!(
+            plain.keepalive_idle.is_some(),
+            "the kernel's idle time is read back"
+        );
+        // Out of range: the connect fails before any SYN, naming the option.
+        let bad = TcpOptions::new()
+            .with_keepalive(true)
+            .with_keepalive_count(Some(128));
+        let e = Stream::connect_with(addr, &bad).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("keepalive_count"), "{e}");
+    });
+    drop(l);
+}
+
+#[test]
+fn tcp_options_of_a_unix_socket_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("ioxide-tcpopt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s");
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    ioxide::block_on(async {
+        let s = Stream::connect_unix(&path).await.unwrap();
+        assert!(s.tcp_options().is_err());
+    });
+    drop(l);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -209,7 +209,13 @@ impl PgConnection {
                 for c in self.conn.st.borrow_mut().queue.iter_mut() {
                     c.exposed_to_user_cancel = true;
                 }
-                tasks::send_cancel(&self.conn.target, self.conn.tls_params.as_ref(), key).await
+                tasks::send_cancel(
+                    &self.conn.target,
+                    &self.conn.tcp,
+                    self.conn.tls_params.as_ref(),
+                    key,
+                )
+                .await
             }
             None => Err(PgError::closed(
                 "the server sent no BackendKeyData; cannot cancel",
@@ -347,6 +353,13 @@ impl PgConnection {
     /// Whether two handles are the same connection.
     pub fn same_as(&self, other: &PgConnection) -> bool {
         Rc::ptr_eq(&self.conn, &other.conn)
+    }
+
+    /// The socket's keepalive and user-timeout settings as the kernel has them (tests; an
+    /// error over a Unix socket). See [`ioxide::net::Stream::tcp_options`].
+    #[doc(hidden)]
+    pub fn tcp_socket_options(&self) -> std::io::Result<ioxide::net::TcpOptions> {
+        self.conn.stream.tcp_options()
     }
 
     /// Statements currently in the cache.
@@ -563,6 +576,17 @@ impl state::Sink for QrSink {
     }
 }
 
+/// As libpq does, a wrong password that came from the password file says so.
+fn passfile_hint(e: PgError, passfile: Option<&std::path::Path>) -> PgError {
+    match passfile {
+        Some(path) if e.sql_state() == Some("28P01") => e.with_cause(format!(
+            "password retrieved from file \"{}\"",
+            path.display()
+        )),
+        _ => e,
+    }
+}
+
 /// Connect, TLS as `sslmode` says, startup and authentication, then start the writer and
 /// watcher tasks. `allow` and `prefer` may take a second attempt on a new socket (see
 /// `secure::plans`).
@@ -594,7 +618,10 @@ async fn open_once(
     plan: secure::Plan,
 ) -> Result<PgConnection, PgError> {
     let max = opts.get_max_message_bytes();
-    let stream = tasks::connect_target(&target).await?;
+    // Read before the socket exists: a file read, once per connect, only without a password.
+    let file_password = opts.password_from_file();
+    let from_file = file_password.is_some();
+    let stream = tasks::connect_target(&target, &opts.get_tcp_options()).await?;
     let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
     let (tls, tls_params) = if plan == secure::Plan::Plain {
         (None, None)
@@ -610,6 +637,9 @@ async fn open_once(
         }
     };
     let mut startup = Startup::new(opts);
+    if let Some(password) = file_password {
+        startup.set_password(password);
+    }
     if let Some(t) = &tls {
         startup = startup.with_tls(t.server_end_point());
     }
@@ -625,7 +655,10 @@ async fn open_once(
         while let Some(f) = frame::next_frame(&buf[pos..], max)? {
             let body = &buf[pos + frame::HEADER_LEN..pos + f.len];
             pos += f.len;
-            if let StartupStatus::Ready(info) = startup.handle(f.tag, body, &mut out)? {
+            let status = startup
+                .handle(f.tag, body, &mut out)
+                .map_err(|e| passfile_hint(e, from_file.then(|| opts.get_passfile()).flatten()))?;
+            if let StartupStatus::Ready(info) = status {
                 buf.drain(..pos);
                 break 'handshake info;
             }
@@ -685,6 +718,7 @@ async fn open_once(
             txn_dirty: false,
         }),
         target,
+        tcp: opts.get_tcp_options(),
         key,
         max_message: max,
         // validate() refuses more; clamp for options that skipped it.

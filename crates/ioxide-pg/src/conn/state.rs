@@ -21,7 +21,7 @@ use crate::proto::startup::{BackendKey, ServerInfo};
 use crate::tls::TlsSession;
 use crate::{DbError, PgError, Target, TimeoutKind};
 use bytes::BytesMut;
-use ioxide::net::{Recv, Stream};
+use ioxide::net::{Recv, Stream, TcpOptions};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -136,6 +136,8 @@ pub(crate) struct Conn {
     pub(crate) tls_params: Option<TlsParams>,
     pub(crate) st: RefCell<State>,
     pub(crate) target: Target,
+    /// Keepalives and the user timeout, for the CancelRequest connections too.
+    pub(crate) tcp: TcpOptions,
     pub(crate) key: Option<BackendKey>,
     pub(crate) max_message: usize,
     /// Reply batching (see `PgOptions::reply_batch_window`): the window, zero when off.

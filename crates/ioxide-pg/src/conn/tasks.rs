@@ -6,7 +6,7 @@ use super::state::Conn;
 use crate::proto::startup::BackendKey;
 use crate::{PgError, Target};
 use bytes::BytesMut;
-use ioxide::net::{Shutdown, Stream};
+use ioxide::net::{Shutdown, Stream, TcpOptions};
 use ioxide::Reactor;
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
@@ -106,8 +106,9 @@ pub(crate) async fn watcher(conn: Rc<Conn>) {
     std::future::poll_fn(|cx| conn.poll_watch(cx)).await;
 }
 
-/// Opens a stream to the server (each TCP address in turn).
-pub(crate) async fn connect_target(target: &Target) -> Result<Stream, PgError> {
+/// Opens a stream to the server (each TCP address in turn); a TCP socket gets `tcp`
+/// (keepalives, user timeout) before its connect, a Unix socket ignores it.
+pub(crate) async fn connect_target(target: &Target, tcp: &TcpOptions) -> Result<Stream, PgError> {
     match target {
         Target::Unix(path) => Stream::connect_unix(path)
             .await
@@ -115,7 +116,7 @@ pub(crate) async fn connect_target(target: &Target) -> Result<Stream, PgError> {
         Target::Tcp(addrs) => {
             let mut last = None;
             for addr in addrs {
-                match Stream::connect(*addr).await {
+                match Stream::connect_with(*addr, tcp).await {
                     Ok(s) => return Ok(s),
                     Err(e) => last = Some(PgError::io(format!("connecting to {addr}"), e)),
                 }
@@ -132,11 +133,12 @@ const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// waits until the server closes it (it does so after acting on the request).
 pub(crate) async fn send_cancel(
     target: &Target,
+    tcp: &TcpOptions,
     tls: Option<&TlsParams>,
     key: BackendKey,
 ) -> Result<(), PgError> {
     let work = async {
-        let s = connect_target(target).await?;
+        let s = connect_target(target, tcp).await?;
         let session = match tls {
             Some(p) => secure::start(&s, p, secure::Plan::Must, crate::SslMode::Require)
                 .await?
@@ -214,9 +216,10 @@ fn spawn_cancel(conn: &Rc<Conn>) {
     let Some(seq) = seq else { return };
     let tls = conn.tls_params.clone();
     let target = conn.target.clone();
+    let tcp = conn.tcp;
     let conn = Rc::downgrade(conn);
     drop(ioxide::spawn(async move {
-        if let Err(e) = send_cancel(&target, tls.as_ref(), key).await {
+        if let Err(e) = send_cancel(&target, &tcp, tls.as_ref(), key).await {
             tracing::debug!(error = %e, "CancelRequest failed");
         }
         if let Some(c) = conn.upgrade() {

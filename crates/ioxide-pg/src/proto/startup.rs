@@ -194,6 +194,7 @@ pub struct Startup {
     password: Option<String>,
     database: String,
     application_name: Option<String>,
+    options: Option<String>,
     require_auth: RequireAuth,
     channel_binding: crate::options::ChannelBinding,
     /// Over TLS: the server certificate's `tls-server-end-point` hash, if it has one.
@@ -213,14 +214,15 @@ impl fmt::Debug for Startup {
 }
 
 impl Startup {
-    /// A handshake for the user, password, database, application name and `require_auth`
-    /// of `opts`.
+    /// A handshake for the user, password, database, application name, server `options` and
+    /// `require_auth` of `opts`.
     pub fn new(opts: &PgOptions) -> Startup {
         Startup {
             user: opts.get_user().to_owned(),
             password: opts.get_password().map(str::to_owned),
             database: opts.get_database().to_owned(),
             application_name: opts.get_application_name().map(str::to_owned),
+            options: opts.get_options().map(str::to_owned),
             require_auth: opts.get_require_auth(),
             channel_binding: opts.tls().channel_binding,
             tls: None,
@@ -248,7 +250,7 @@ impl Startup {
         Ok(())
     }
 
-    /// Appends the StartupMessage (protocol 3.0; user, database, application_name,
+    /// Appends the StartupMessage (protocol 3.0; user, database, application_name, options,
     /// `client_encoding=UTF8`) to `out`.
     pub fn start(&mut self, out: &mut BytesMut) -> Result<(), PgError> {
         if !matches!(self.phase, Phase::NotStarted) {
@@ -262,9 +264,17 @@ impl Startup {
         if let Some(app) = &self.application_name {
             params.push(("application_name", app));
         }
+        if let Some(options) = &self.options {
+            params.push(("options", options));
+        }
         encode::startup(params, out)?;
         self.phase = Phase::Auth;
         Ok(())
+    }
+
+    /// Uses `password` (one from the password file) when the options gave none.
+    pub(crate) fn set_password(&mut self, password: String) {
+        self.password = Some(password);
     }
 
     /// Whether startup finished successfully.
