@@ -158,8 +158,8 @@ fn an_ip_address_gets_no_sni_and_alpn_may_go_unselected() {
 #[test]
 fn direct_tls_needs_alpn() {
     let server = FakeTlsServer::start_with(fresh_files(), |n| match n {
-        0 | 1 => TlsScript::new().direct(),
-        _ => TlsScript::new().direct().alpn(Alpn::Refuse),
+        2 => TlsScript::new().direct().alpn(Alpn::Refuse),
+        _ => TlsScript::new().direct(),
     })
     .unwrap();
     let client = Client::new(server.tls());
@@ -192,6 +192,12 @@ fn direct_tls_needs_alpn() {
     assert!(!log.handshake_done);
     let why = log.tls_error.unwrap();
     assert!(why.contains("support any known protocol"), "{why}");
+
+    // 3: a PostgreSQL 17 server still takes an SSLRequest first.
+    let mut tls = client.over_ssl_request(&server).unwrap();
+    converse(&mut tls);
+    let log = log_of(&server, 3);
+    assert!(log.ssl_request && !log.direct_tls && log.handshake_done);
 }
 
 #[test]
