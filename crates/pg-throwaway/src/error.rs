@@ -17,6 +17,8 @@ pub enum ErrorKind {
     Timeout,
     /// The postmaster exited when it should have kept running.
     ServerExited,
+    /// A test certificate or key could not be made.
+    Certificate,
 }
 
 /// An error starting or driving a cluster. Its `Display` text is written for a human (a

@@ -31,6 +31,7 @@ mod cluster;
 mod error;
 mod os;
 mod reaper;
+pub mod tls;
 
 pub use binaries::server_bin_dir;
 pub use cluster::{Auth, Cluster, ClusterBuilder, DEFAULT_DIR_PREFIX, SUPERUSER};

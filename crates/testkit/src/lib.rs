@@ -8,6 +8,13 @@
 //! * [`shared_cluster`] — one trust-auth cluster per test binary, for tests that only query.
 //! * [`FakeServer`] — a loopback listener that plays a [`Step`] script to each client, with
 //!   byte builders for [`backend`] and [`frontend`] messages, for protocol-abuse tests.
+//! * [`FakeTlsServer`] — the same over TLS (rustls): answers SSLRequest or a direct
+//!   ClientHello as a [`TlsScript`] says, misbehaves where a real server will not (`N`,
+//!   plaintext after `S`, fatal alerts, truncated records, garbage, ALPN refusal), and
+//!   records what the client offered (SNI, ALPN, client certificate).
+//! * [`tls`] — test certificates made at run time (CA, good and bad server certificates,
+//!   client certificate, encrypted client key); [`ClusterBuilder::tls`] starts a real
+//!   server with them.
 //! * [`FlakyProxy`] — a loopback TCP proxy in front of a server whose port can go down
 //!   (refused, every relayed connection cut) and come back on the same port: a flapping
 //!   server.
@@ -34,7 +41,12 @@ mod proxy;
 use std::sync::OnceLock;
 
 pub use fake::messages::{backend, frontend};
+pub use fake::tls::{
+    AfterHandshake, Alpn, ClientCertPolicy, FakeTlsServer, Negotiation, SslReply, TlsConnectionLog,
+    TlsScript, TlsVersion, ALPN_POSTGRESQL,
+};
 pub use fake::{ConnectionLog, FakeServer, Step};
+pub use pg_throwaway::tls::{self, KeyAlgorithm, ServerCert, TlsFiles, TlsSetup};
 pub use pg_throwaway::{
     process_alive, server_bin_dir, Auth, Cluster, ClusterBuilder, Error, ErrorKind, Result,
     DEFAULT_DIR_PREFIX, SUPERUSER,

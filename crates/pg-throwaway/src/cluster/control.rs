@@ -5,14 +5,17 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::server::{halt, thaw_locked, STOP_TIMEOUT};
+use super::server::{check_hba_lines, halt, hba_conf, thaw_locked, STOP_TIMEOUT};
 use super::{quote_literal, Cluster, SUPERUSER};
 use crate::binaries::binaries;
 use crate::error::{Error, ErrorKind, Result};
 use crate::os::{self, Pid};
+use crate::tls::ServerCert;
 
 /// How long one `psql` run may take before it is killed.
 const PSQL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long [`Cluster::reload`] waits for the postmaster to re-read its files.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who `psql` connects as, and how.
 enum Via<'a> {
@@ -20,6 +23,12 @@ enum Via<'a> {
     Socket { database: &'a str },
     /// Any role over TCP 127.0.0.1, with `PGPASSWORD`.
     Tcp { user: &'a str, password: &'a str },
+    /// Any role over TCP with extra libpq connection parameters (TLS options).
+    Conninfo {
+        user: &'a str,
+        password: Option<&'a str>,
+        params: &'a [(&'a str, &'a str)],
+    },
 }
 
 impl Cluster {
@@ -56,6 +65,142 @@ impl Cluster {
         self.run_psql(Via::Tcp { user, password }, sql)
     }
 
+    /// Runs `sql` as `user` over TCP with extra libpq connection parameters, e.g. TLS:
+    /// `&[("sslmode", "verify-full"), ("sslrootcert", ca), ("sslcert", crt), ("sslkey", key)]`.
+    /// `host` (default `127.0.0.1`), `port` and `dbname` may be overridden the same way;
+    /// `sslmode` is libpq's default (`prefer`) unless given. `password` goes in `PGPASSWORD`.
+    /// libpq insists that a client key file is not readable by group or others: the keys in
+    /// [`Cluster::tls`] are mode 0600.
+    ///
+    /// # Errors
+    /// As [`Cluster::psql`]; a TLS or authentication failure is [`ErrorKind::CommandFailed`]
+    /// with libpq's message (e.g. `certificate verify failed`, `pg_hba.conf rejects
+    /// connection`).
+    pub fn psql_with(
+        &self,
+        user: &str,
+        password: Option<&str>,
+        params: &[(&str, &str)],
+        sql: &str,
+    ) -> Result<String> {
+        self.run_psql(
+            Via::Conninfo {
+                user,
+                password,
+                params,
+            },
+            sql,
+        )
+    }
+
+    /// Rewrites `pg_hba.conf` with `lines` for everyone but the superuser (as
+    /// [`crate::ClusterBuilder::hba`]) and reloads the server; returns once new connections
+    /// get the new rules. A file the server would not load is refused (the old one stays),
+    /// with the server's complaint.
+    ///
+    /// # Errors
+    /// [`ErrorKind::CommandFailed`] naming the bad line; as [`Cluster::reload`].
+    pub fn set_hba<I, S>(&self, lines: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let lines: Vec<String> = lines.into_iter().map(Into::into).collect();
+        check_hba_lines(&lines)?;
+        let path = self.data_dir.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        std::fs::write(&path, hba_conf(self.auth, Some(&lines)))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        let complaints = self.psql_in(
+            "postgres",
+            "SELECT line_number || ': ' || error FROM pg_hba_file_rules WHERE error IS NOT NULL",
+        );
+        match complaints {
+            Ok(c) if c.is_empty() => self.reload(),
+            other => {
+                let _ = std::fs::write(&path, old);
+                Err(Error::new(
+                    ErrorKind::CommandFailed,
+                    format!(
+                        "set_hba: the server would not load the new pg_hba.conf (kept the old \
+                         one): {}",
+                        match other {
+                            Ok(c) => c,
+                            Err(e) => e.to_string(),
+                        }
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Makes the server present another of its certificates ([`Cluster::tls`]) to new
+    /// connections (`ALTER SYSTEM` + reload; survives restarts). Existing connections keep
+    /// theirs.
+    ///
+    /// # Errors
+    /// [`ErrorKind::CommandFailed`] if the cluster was started without TLS; as
+    /// [`Cluster::reload`].
+    pub fn set_server_cert(&self, which: ServerCert) -> Result<()> {
+        let Some(files) = &self.tls else {
+            return Err(Error::new(
+                ErrorKind::CommandFailed,
+                "set_server_cert: the cluster was started without ClusterBuilder::tls",
+            ));
+        };
+        let cert = files.server_cert(which).to_string_lossy().into_owned();
+        let key = files.server_key(which).to_string_lossy().into_owned();
+        self.psql_in(
+            "postgres",
+            &format!(
+                "ALTER SYSTEM SET ssl_cert_file = {};\nALTER SYSTEM SET ssl_key_file = {};",
+                quote_literal(&cert),
+                quote_literal(&key)
+            ),
+        )?;
+        self.reload()?;
+        let shown = self.psql_in("postgres", "SHOW ssl_cert_file")?;
+        if shown == cert {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::CommandFailed,
+                format!("set_server_cert({which:?}): the server still presents {shown}; log tail:"),
+            )
+            .with_detail(self.log_tail()))
+        }
+    }
+
+    /// Reloads the configuration files (`pg_reload_conf()`, i.e. SIGHUP) and waits until
+    /// the postmaster has re-read them, so new connections see the change (checked through
+    /// `pg_conf_load_time()` of new sessions). A setting that needs a restart stays pending.
+    ///
+    /// # Errors
+    /// As [`Cluster::psql`]; [`ErrorKind::Timeout`] if the reload is not seen within 10 s.
+    pub fn reload(&self) -> Result<()> {
+        let before = self.psql_in("postgres", "SELECT pg_conf_load_time()")?;
+        self.psql_in("postgres", "SELECT pg_reload_conf()")?;
+        let check = format!(
+            "SELECT pg_conf_load_time() > {}::timestamptz",
+            quote_literal(&before)
+        );
+        let deadline = Instant::now() + RELOAD_TIMEOUT;
+        loop {
+            if self.psql_in("postgres", &check)? == "t" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("reload not seen within {RELOAD_TIMEOUT:?}; server log tail:"),
+                )
+                .with_detail(self.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn run_psql(&self, via: Via<'_>, sql: &str) -> Result<String> {
         let bins = binaries()?;
         let mut cmd = Command::new(&bins.psql);
@@ -90,6 +235,40 @@ impl Cluster {
                     .env("PGPASSWORD", password)
                     .env("PGSSLMODE", "disable");
                 format!("psql as {user} via TCP {}:{}", self.host(), self.port)
+            }
+            Via::Conninfo {
+                user,
+                password,
+                params,
+            } => {
+                let port = self.port.to_string();
+                let mut all: Vec<(&str, &str)> = vec![
+                    ("host", self.host()),
+                    ("port", &port),
+                    ("dbname", &self.database),
+                    ("user", user),
+                    ("connect_timeout", "10"),
+                ];
+                for &(key, value) in params {
+                    match all.iter_mut().find(|(k, _)| *k == key) {
+                        Some(slot) => slot.1 = value,
+                        None => all.push((key, value)),
+                    }
+                }
+                let conninfo: Vec<String> = all
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", conninfo_quote(v)))
+                    .collect();
+                cmd.arg("-d").arg(conninfo.join(" "));
+                if let Some(password) = password {
+                    cmd.env("PGPASSWORD", password);
+                }
+                let shown: Vec<String> = all
+                    .iter()
+                    .filter(|(k, _)| !k.contains("password"))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!("psql {}", shown.join(" "))
             }
         };
         let (status, stdout, stderr) = run_with_timeout(cmd, sql.as_bytes(), PSQL_TIMEOUT)
@@ -238,6 +417,11 @@ impl Cluster {
         );
         parse_count(&self.psql_in("postgres", &sql)?)
     }
+}
+
+/// A libpq conninfo value: single-quoted, with `\\` and `'` escaped.
+fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 fn parse_count(text: &str) -> Result<usize> {

@@ -8,8 +8,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::reaper::Reaper;
+use crate::tls::{TlsFiles, TlsSetup};
 
-pub(crate) use server::State;
+pub(crate) use server::{random_u64, State};
 
 /// The superuser every cluster is initialised with. It is always trusted over the cluster's
 /// Unix socket and over loopback TCP, so control works whatever [`Auth`] the caller picked.
@@ -64,6 +65,8 @@ pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
     dir_prefix: String,
     locale: String,
+    tls: Option<TlsSetup>,
+    hba: Option<Vec<String>>,
 }
 
 /// The default name prefix of a cluster's temp directory.
@@ -79,6 +82,8 @@ impl Default for ClusterBuilder {
             settings: Vec::new(),
             dir_prefix: DEFAULT_DIR_PREFIX.to_owned(),
             locale: "C".to_owned(),
+            tls: None,
+            hba: None,
         }
     }
 }
@@ -130,6 +135,33 @@ impl ClusterBuilder {
         self
     }
 
+    /// Serves TLS (`ssl = on`) with certificates made for this cluster (see
+    /// [`crate::tls`]): the server presents [`TlsSetup::server_cert`] and trusts the test CA
+    /// for client certificates (`ssl_ca_file`), so `cert` authentication and
+    /// `clientcert=verify-full` work. The client certificate's CN is the test role unless
+    /// [`TlsSetup::client_user`] says otherwise. The files are in [`Cluster::tls`].
+    ///
+    /// Without [`ClusterBuilder::hba`], TCP logins are accepted with or without TLS.
+    pub fn tls(mut self, setup: TlsSetup) -> Self {
+        self.tls = Some(setup);
+        self
+    }
+
+    /// Replaces the `pg_hba.conf` rules for everyone but the superuser with `lines`, in
+    /// order, e.g. `["hostssl all all 127.0.0.1/32 cert", "hostnossl all all 127.0.0.1/32
+    /// reject"]`. The superuser's `trust` rules (Unix socket, 127.0.0.1, ::1) always come
+    /// first, so control through [`Cluster::psql`] keeps working; nothing else is added
+    /// (write a `local ...` line if the test role must log in over the socket).
+    /// Without this, the test role uses [`ClusterBuilder::auth`] over the socket and TCP.
+    pub fn hba<I, S>(mut self, lines: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hba = Some(lines.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Creates the temp directory, runs `initdb`, starts the server, creates the role and
     /// database, and returns once the server accepts connections.
     ///
@@ -174,6 +206,7 @@ pub struct Cluster {
     major_version: u32,
     /// `(uid, gid)` to run server programs as, when we are root.
     run_as: Option<(u32, u32)>,
+    tls: Option<TlsFiles>,
     state: Mutex<State>,
     temp_dir: Mutex<Option<tempfile::TempDir>>,
     reaper: Mutex<Option<Reaper>>,
@@ -264,6 +297,12 @@ impl Cluster {
     /// The data directory (`PGDATA`).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The certificates of a cluster started with [`ClusterBuilder::tls`] (CA, client
+    /// certificate and keys, every server certificate); `None` without TLS.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// The postmaster's pid, or `None` while the server is stopped.

@@ -16,6 +16,7 @@ use crate::binaries::binaries;
 use crate::error::{Error, ErrorKind, Result};
 use crate::os::{self, Pid};
 use crate::reaper::Reaper;
+use crate::tls::{ServerCert, TlsFiles, TlsSetup};
 
 /// How long a start (including crash recovery) may take before we give up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,6 +85,9 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
     {
         return Err(invalid(format!("invalid locale {:?}", b.locale)));
     }
+    if let Some(lines) = &b.hba {
+        check_hba_lines(lines)?;
+    }
     let bins = binaries()?;
     let run_as = if os::running_as_root() {
         Some(os::lookup_user(SERVER_OS_USER).ok_or_else(|| {
@@ -117,6 +121,14 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
     let data_dir = root.join("data");
     // The watchdog comes first, so even a kill during initdb leaves nothing behind.
     let reaper = Reaper::spawn(&root, &data_dir)?;
+    let tls = match &b.tls {
+        Some(setup) => Some(make_tls_files(setup, &root.join("tls"), &b.user, run_as)?),
+        None => None,
+    };
+    let tls_conf = match (&b.tls, &tls) {
+        (Some(setup), Some(files)) => tls_conf_block(files, setup.presented()),
+        _ => String::new(),
+    };
 
     let mut initdb = Command::new(&bins.initdb);
     initdb
@@ -142,7 +154,10 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
     let conf_path = data_dir.join("postgresql.conf");
     let base_conf = std::fs::read_to_string(&conf_path)
         .map_err(|e| Error::io(format!("reading {}", conf_path.display()), e))?;
-    write_file(&data_dir.join("pg_hba.conf"), &hba_conf(b.auth))?;
+    write_file(
+        &data_dir.join("pg_hba.conf"),
+        &hba_conf(b.auth, b.hba.as_deref()),
+    )?;
     let major_version = std::fs::read_to_string(data_dir.join("PG_VERSION"))
         .ok()
         .and_then(|v| v.trim().split('.').next()?.parse().ok())
@@ -158,6 +173,7 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
         data_dir,
         major_version,
         run_as,
+        tls,
         state: Mutex::new(State::default()),
         temp_dir: Mutex::new(Some(temp)),
         reaper: Mutex::new(Some(reaper)),
@@ -168,7 +184,7 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
         cluster.port = free_port()?;
         write_file(
             &conf_path,
-            &(base_conf.clone() + &cluster.conf_block(&b.settings)),
+            &(base_conf.clone() + &cluster.conf_block(&b.settings) + &tls_conf),
         )?;
         let result = cluster.launch(&mut cluster.lock_state());
         match result {
@@ -469,7 +485,7 @@ fn ephemeral_range() -> (u16, u16) {
 
 /// Randomness good enough to spread ports: std's per-process random hash keys, mixed with the
 /// time and pid so concurrent processes differ.
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
@@ -484,18 +500,78 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 }
 
 /// The superuser is trusted (control must work whatever the test's method); everyone else
-/// uses `auth`, over the socket and over IPv4/IPv6 loopback.
-fn hba_conf(auth: super::Auth) -> String {
-    let m = auth.hba_method();
-    format!(
+/// uses `auth`, over the socket and over IPv4/IPv6 loopback, or the caller's own `lines`.
+pub(super) fn hba_conf(auth: super::Auth, lines: Option<&[String]>) -> String {
+    let mut s = format!(
         "# written by pg-throwaway\n\
          # TYPE  DATABASE  USER      ADDRESS        METHOD\n\
          local   all       {SUPERUSER}                 trust\n\
          host    all       {SUPERUSER}  127.0.0.1/32   trust\n\
-         host    all       {SUPERUSER}  ::1/128        trust\n\
-         local   all       all                      {m}\n\
-         host    all       all       127.0.0.1/32   {m}\n\
-         host    all       all       ::1/128        {m}\n"
+         host    all       {SUPERUSER}  ::1/128        trust\n"
+    );
+    match lines {
+        Some(lines) => {
+            for line in lines {
+                s.push_str(line.trim());
+                s.push('\n');
+            }
+        }
+        None => {
+            let m = auth.hba_method();
+            s.push_str(&format!(
+                "local   all       all                      {m}\n\
+                 host    all       all       127.0.0.1/32   {m}\n\
+                 host    all       all       ::1/128        {m}\n"
+            ));
+        }
+    }
+    s
+}
+
+/// Each `pg_hba.conf` line of [`super::ClusterBuilder::hba`] must be one non-empty line.
+pub(super) fn check_hba_lines(lines: &[String]) -> Result<()> {
+    for line in lines {
+        if line.trim().is_empty() || line.contains(['\n', '\r']) {
+            return Err(invalid(format!(
+                "invalid pg_hba.conf line {line:?} (hba): give one rule per item, no line breaks"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Makes the cluster's certificates in `dir` and hands the server's files (the CA, every
+/// server certificate and key) to the server's OS user: PostgreSQL wants its key owned by
+/// itself with mode 0600 (or by root with 0640).
+fn make_tls_files(
+    setup: &TlsSetup,
+    dir: &Path,
+    role: &str,
+    run_as: Option<(u32, u32)>,
+) -> Result<TlsFiles> {
+    let files = setup.make(dir, setup.client_user_or(role))?;
+    if let Some((uid, gid)) = run_as {
+        let mut paths = files.server_side_files();
+        paths.push(dir);
+        for path in paths {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
+                Error::io(format!("chown {} to {SERVER_OS_USER}", path.display()), e)
+            })?;
+        }
+    }
+    Ok(files)
+}
+
+/// `ssl = on` with the presented certificate, and the CA for client certificates.
+fn tls_conf_block(files: &TlsFiles, presented: ServerCert) -> String {
+    format!(
+        "ssl = on\n\
+         ssl_cert_file = {}\n\
+         ssl_key_file = {}\n\
+         ssl_ca_file = {}\n",
+        quote_literal(&files.server_cert(presented).to_string_lossy()),
+        quote_literal(&files.server_key(presented).to_string_lossy()),
+        quote_literal(&files.ca_cert().to_string_lossy()),
     )
 }
 

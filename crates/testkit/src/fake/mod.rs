@@ -1,6 +1,7 @@
 //! A scripted fake PostgreSQL server for protocol-abuse tests.
 
 pub(crate) mod messages;
+pub(crate) mod tls;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -13,9 +14,9 @@ use std::time::{Duration, Instant};
 use messages::frontend::{GSSENC_REQUEST_CODE, SSL_REQUEST_CODE};
 
 /// How often blocked threads look at the stop flag; bounds how long `Drop` takes.
-const POLL: Duration = Duration::from_millis(10);
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 /// Largest startup packet or frontend message the fake server will buffer.
-const MAX_MESSAGE: usize = 1 << 20;
+pub(crate) const MAX_MESSAGE: usize = 1 << 20;
 
 /// One step of a connection's script, played after the startup packet was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,18 +57,18 @@ pub struct ConnectionLog {
 type ScriptFn = dyn Fn(usize) -> Vec<Step> + Send + Sync;
 
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     stop: AtomicBool,
     accepted: AtomicUsize,
     logs: Mutex<Vec<ConnectionLog>>,
 }
 
 impl Shared {
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
-    fn update(&self, index: usize, f: impl FnOnce(&mut ConnectionLog)) {
+    pub(crate) fn update(&self, index: usize, f: impl FnOnce(&mut ConnectionLog)) {
         let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(log) = logs.get_mut(index) {
             f(log);
@@ -227,7 +228,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, script_for: &Arc<Sc
 /// Blocks until the listener has a pending connection or `timeout` passes, so accepts are
 /// immediate while the stop flag is still checked every `POLL`.
 #[allow(unsafe_code)] // one libc poll(2)
-fn wait_readable(listener: &TcpListener, timeout: Duration) {
+pub(crate) fn wait_readable(listener: &TcpListener, timeout: Duration) {
     let mut fds = libc::pollfd {
         fd: listener.as_raw_fd(),
         events: libc::POLLIN,
@@ -239,7 +240,7 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) {
 }
 
 /// Why a connection's script stopped early.
-enum Halt {
+pub(crate) enum Halt {
     Stopping,
     ClientClosed,
     Io,
@@ -268,8 +269,26 @@ fn serve(
     result
 }
 
-fn play(
-    stream: &mut TcpStream,
+/// A byte stream a script plays over: plain TCP, or TLS on top of it.
+pub(crate) trait Transport: Read + Write {
+    /// Closes the connection in order (FIN; a TLS stream sends `close_notify` first).
+    fn close(&mut self);
+    /// Arranges for the connection to be reset (RST) when it is dropped.
+    fn reset(&mut self);
+}
+
+impl Transport for TcpStream {
+    fn close(&mut self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+
+    fn reset(&mut self) {
+        set_linger_zero(self);
+    }
+}
+
+pub(crate) fn play<T: Transport>(
+    stream: &mut T,
     index: usize,
     script: &[Step],
     shared: &Shared,
@@ -325,11 +344,11 @@ fn play(
                 shared.update(index, |log| log.received.push(buf));
             }
             Step::Close => {
-                let _ = stream.shutdown(Shutdown::Both);
+                stream.close();
                 break;
             }
             Step::Reset => {
-                set_linger_zero(stream);
+                stream.reset();
                 break;
             }
         }
@@ -338,14 +357,14 @@ fn play(
     Ok(())
 }
 
-fn xorshift(state: &mut u32) -> u8 {
+pub(crate) fn xorshift(state: &mut u32) -> u8 {
     *state ^= *state << 13;
     *state ^= *state >> 17;
     *state ^= *state << 5;
     state.to_le_bytes()[0]
 }
 
-fn sleep_unless_stopping(d: Duration, shared: &Shared) -> Result<(), Halt> {
+pub(crate) fn sleep_unless_stopping(d: Duration, shared: &Shared) -> Result<(), Halt> {
     let deadline = Instant::now() + d;
     loop {
         if shared.stopping() {
@@ -359,7 +378,11 @@ fn sleep_unless_stopping(d: Duration, shared: &Shared) -> Result<(), Halt> {
     }
 }
 
-fn read_exact(stream: &mut TcpStream, mut buf: &mut [u8], shared: &Shared) -> Result<(), Halt> {
+pub(crate) fn read_exact(
+    stream: &mut impl Read,
+    mut buf: &mut [u8],
+    shared: &Shared,
+) -> Result<(), Halt> {
     while !buf.is_empty() {
         if shared.stopping() {
             return Err(Halt::Stopping);
@@ -374,7 +397,11 @@ fn read_exact(stream: &mut TcpStream, mut buf: &mut [u8], shared: &Shared) -> Re
     Ok(())
 }
 
-fn write_all(stream: &mut TcpStream, mut buf: &[u8], shared: &Shared) -> Result<(), Halt> {
+pub(crate) fn write_all(
+    stream: &mut impl Write,
+    mut buf: &[u8],
+    shared: &Shared,
+) -> Result<(), Halt> {
     while !buf.is_empty() {
         if shared.stopping() {
             return Err(Halt::Stopping);
@@ -386,10 +413,20 @@ fn write_all(stream: &mut TcpStream, mut buf: &[u8], shared: &Shared) -> Result<
             Err(_) => return Err(Halt::ClientClosed),
         }
     }
-    Ok(())
+    // A TLS stream may hold records back; a TcpStream's flush does nothing.
+    loop {
+        if shared.stopping() {
+            return Err(Halt::Stopping);
+        }
+        match stream.flush() {
+            Ok(()) => return Ok(()),
+            Err(e) if is_retry(&e) => {}
+            Err(_) => return Err(Halt::ClientClosed),
+        }
+    }
 }
 
-fn is_retry(e: &io::Error) -> bool {
+pub(crate) fn is_retry(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
@@ -398,7 +435,7 @@ fn is_retry(e: &io::Error) -> bool {
 
 /// `SO_LINGER {on, 0}` so that closing sends RST instead of FIN.
 #[allow(unsafe_code)] // one libc setsockopt(2)
-fn set_linger_zero(stream: &TcpStream) {
+pub(crate) fn set_linger_zero(stream: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
