@@ -1,4 +1,5 @@
 //! `PgOptions`: builders, env, URL, conninfo, validation, resolution, redaction.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};

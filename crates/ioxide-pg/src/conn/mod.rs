@@ -594,9 +594,10 @@ async fn open(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError>
     let plans = secure::plans(opts, &target);
     let mut first: Option<PgError> = None;
     for (i, plan) in plans.iter().enumerate() {
-        match open_once(opts, target.clone(), *plan).await {
+        let handshake_failed = Cell::new(false);
+        match open_once(opts, target.clone(), *plan, &handshake_failed).await {
             Ok(c) => return Ok(c),
-            Err(e) if i + 1 < plans.len() && secure::may_fall_back(&e) => {
+            Err(e) if i + 1 < plans.len() && (e.is_server() || handshake_failed.get()) => {
                 tracing::debug!(error = %e, sslmode = %opts.get_ssl_mode(), "connection attempt refused; trying the next way sslmode allows");
                 first = Some(e);
             }
@@ -616,6 +617,7 @@ async fn open_once(
     opts: &PgOptions,
     target: Target,
     plan: secure::Plan,
+    handshake_failed: &Cell<bool>,
 ) -> Result<PgConnection, PgError> {
     let max = opts.get_max_message_bytes();
     // Read before the socket exists: a file read, once per connect, only without a password.
@@ -628,7 +630,8 @@ async fn open_once(
     } else {
         let peer = stream.peer_addr().ok().map(|a| a.ip());
         let params = secure::params(opts, peer)?;
-        match secure::start(&stream, &params, plan, opts.get_ssl_mode()).await? {
+        let mode = opts.get_ssl_mode();
+        match secure::start(&stream, &params, plan, mode, handshake_failed).await? {
             Some((session, early)) => {
                 buf.extend_from_slice(&early);
                 (Some(session), Some(params))

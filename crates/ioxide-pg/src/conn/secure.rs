@@ -55,13 +55,6 @@ pub(crate) fn plans(opts: &PgOptions, target: &Target) -> &'static [Plan] {
     }
 }
 
-/// Whether an attempt's failure lets the next plan run: the server refused something
-/// (an error during startup, TLS it could not or would not do), never a connect failure or a
-/// timeout, where a second attempt would only fail again.
-pub(crate) fn may_fall_back(e: &PgError) -> bool {
-    e.is_server() || e.is_tls()
-}
-
 /// The parameters of a TLS session for `opts` towards `target`.
 pub(crate) fn params(opts: &PgOptions, fallback: Option<IpAddr>) -> Result<TlsParams, PgError> {
     let config = opts.tls_client_config()?;
@@ -80,11 +73,18 @@ pub(crate) fn params(opts: &PgOptions, fallback: Option<IpAddr>) -> Result<TlsPa
 /// Starts TLS on a fresh socket: the SSLRequest and the server's answer (unless direct),
 /// then the handshake. `Ok(None)`: the server answered `N` and the plan allows plaintext.
 /// Returns the session and any plaintext that came with the end of the handshake.
+///
+/// `handshake_failed` is set when the handshake itself failed (an alert, a refused
+/// certificate, the server hanging up): `prefer` then tries plaintext on a new socket, as
+/// libpq. A reply to the SSLRequest that is neither `S` nor `N`, or plaintext injected
+/// after `S`, ends the attempt for good (libpq 17: they are what a man in the middle
+/// would do, and falling back would hand him a plaintext session).
 pub(crate) async fn start(
     stream: &Stream,
     p: &TlsParams,
     plan: Plan,
     mode: SslMode,
+    handshake_failed: &std::cell::Cell<bool>,
 ) -> Result<Option<(TlsSession, Vec<u8>)>, PgError> {
     if !p.direct {
         let (r, _) = stream.send_all(SSL_REQUEST.to_vec()).await;
@@ -136,7 +136,9 @@ pub(crate) async fn start(
         }
     }
     let session = TlsSession::new(p.config.clone(), p.name.clone())?;
-    let early = handshake(stream, &session).await?;
+    let early = handshake(stream, &session).await.inspect_err(|_| {
+        handshake_failed.set(true);
+    })?;
     if p.direct && session.alpn().as_deref() != Some(ALPN) {
         return Err(PgError::tls_refused(
             "the server did not select ALPN postgresql for direct TLS (sslnegotiation=direct \

@@ -140,9 +140,15 @@ pub(crate) async fn send_cancel(
     let work = async {
         let s = connect_target(target, tcp).await?;
         let session = match tls {
-            Some(p) => secure::start(&s, p, secure::Plan::Must, crate::SslMode::Require)
-                .await?
-                .map(|(session, _)| session),
+            Some(p) => secure::start(
+                &s,
+                p,
+                secure::Plan::Must,
+                crate::SslMode::Require,
+                &Default::default(),
+            )
+            .await?
+            .map(|(session, _)| session),
             None => None,
         };
         let mut pipe = secure::Pipe::new(&s, session.as_ref());
