@@ -23,13 +23,16 @@
 //! ```sh
 //! CHAOS_LONG=1 cargo test --release -p ioxide-pg --test chaos -- --nocapture
 //! ```
+//!
+//! The quick version runs twice, in plaintext and over TLS (`verify-full`, a server that
+//! refuses plaintext); `CHAOS_TLS=1` makes the long run use TLS.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::opts_for;
 use ioxide::Reactor;
-use ioxide_pg::{PgError, PgPool, PoolStats};
+use ioxide_pg::{PgError, PgPool, PoolStats, RootCert, SslMode};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -37,7 +40,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::Cluster;
+use testkit::{Cluster, TlsSetup};
 
 const REACTORS: usize = 2;
 const POOL_SIZE: usize = 4;
@@ -297,19 +300,39 @@ struct Plan {
     settle: Duration,
     /// Keep cycling through the faults until this much time has passed (at least one cycle).
     total: Duration,
+    /// Every connection over TLS (`sslmode=verify-full`; the server refuses plaintext), the
+    /// CancelRequests of the freeze's command timeouts included.
+    tls: bool,
 }
 
+/// One chaos run at a time in this binary: two would share the 2 cores and blur the bounds.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn run_chaos(plan: &Plan) {
-    let c = Cluster::builder()
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut b = Cluster::builder()
         .setting("synchronous_commit", "on")
-        .setting("fsync", "on")
-        .start()
-        .unwrap();
+        .setting("fsync", "on");
+    if plan.tls {
+        b = b.tls(TlsSetup::new()).hba([
+            "hostssl all all 127.0.0.1/32 trust",
+            "hostnossl all all 127.0.0.1/32 reject",
+        ]);
+    }
+    let c = b.start().unwrap();
     c.psql(
         "CREATE TABLE chaos (id int8 NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())",
     )
     .unwrap();
-    let o = opts_for(&c)
+    let mut o = opts_for(&c);
+    if let Some(files) = c.tls() {
+        o = o
+            .ssl_mode(SslMode::VerifyFull)
+            .ssl_root_cert(RootCert::File(files.ca_cert().to_owned()));
+    }
+    let o = o
         .pool_size(POOL_SIZE)
         .command_timeout(COMMAND_TIMEOUT)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -695,6 +718,20 @@ fn chaos_quick_every_insert_is_accounted_for() {
         warmup: Duration::from_secs(1),
         settle: Duration::from_millis(1500),
         total: Duration::ZERO,
+        tls: false,
+    });
+}
+
+#[test]
+fn chaos_quick_over_tls_every_insert_is_accounted_for() {
+    if std::env::var_os("CHAOS_LONG").is_some() {
+        return;
+    }
+    run_chaos(&Plan {
+        warmup: Duration::from_secs(1),
+        settle: Duration::from_millis(1500),
+        total: Duration::ZERO,
+        tls: true,
     });
 }
 
@@ -712,6 +749,7 @@ fn chaos_long_faults_repeated_for_minutes() {
         warmup: Duration::from_secs(2),
         settle: Duration::from_secs(4),
         total: Duration::from_secs(secs),
+        tls: std::env::var("CHAOS_TLS").ok().as_deref() == Some("1"),
     });
 }
 
