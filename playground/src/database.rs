@@ -90,8 +90,8 @@ impl Database {
         })
     }
 
-    /// `127.0.0.1:5432/db`, `[::1]:5432/db`, `/run/postgresql/.s.PGSQL.5432/db`, with
-    /// ` (throwaway)` for ours. Never a password.
+    /// `127.0.0.1:5432/db sslmode=prefer`, `[::1]:5432/db sslmode=verify-full`,
+    /// `/run/postgresql/.s.PGSQL.5432/db`, `127.0.0.1:5432/db (throwaway)`. Never a password.
     pub fn describe(&self) -> String {
         let o = &self.options;
         let place = match o.get_host() {
@@ -108,7 +108,13 @@ impl Database {
         } else {
             ""
         };
-        format!("{place}/{}{kind}", o.get_database())
+        // What TLS the connections to a configured server will use (Unix sockets and our
+        // throwaway cluster never do).
+        let tls = match o.get_host() {
+            Host::Tcp(_) if self.cluster.is_none() => format!(" sslmode={}", o.get_ssl_mode()),
+            _ => String::new(),
+        };
+        format!("{place}/{}{kind}{tls}", o.get_database())
     }
 }
 

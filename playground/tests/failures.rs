@@ -87,7 +87,7 @@ fn the_startup_line_names_the_database_but_never_the_password() {
     let line = out.lines().last().unwrap();
     assert!(line.starts_with("playground: 2 reactors on :"), "{line}");
     let db = format!(
-        "database 127.0.0.1:{}/{}, pool 3 per reactor",
+        "database 127.0.0.1:{}/{} sslmode=prefer, pool 3 per reactor",
         cluster.port(),
         cluster.database()
     );
