@@ -183,6 +183,12 @@ fn verify_modes_without_a_root_certificate_say_what_is_missing() {
     assert!(e.is_config(), "{e}");
     assert_eq!(e.config_field(), Some("sslrootcert"));
     assert!(e.to_string().contains("/nonexistent/root.crt"), "{e}");
+    // A pool says so when it starts, not at every connect.
+    let e = run_within(LIMIT, async move {
+        PgPool::start(&ioxide::Reactor::current(), o).map(|_| ())
+    })
+    .unwrap_err();
+    assert_eq!(e.config_field(), Some("sslrootcert"), "{e}");
 }
 
 #[test]

@@ -511,6 +511,15 @@ impl PgConnection {
     }
 }
 
+/// Builds (and caches in the options) the TLS configuration when connections to `target`
+/// may use TLS, so that a bad certificate or key file is reported once, up front.
+pub(crate) fn check_tls_files(opts: &PgOptions, target: &Target) -> Result<(), PgError> {
+    if secure::plans(opts, target) != [secure::Plan::Plain] {
+        opts.tls_client_config()?;
+    }
+    Ok(())
+}
+
 /// Resolves `opts` where no DNS lookup may happen (on a reactor): an IP literal or a Unix
 /// socket directory. A host name is a configuration error that says what to do instead.
 pub(crate) fn resolve_without_dns(opts: &PgOptions) -> Result<Target, PgError> {

@@ -65,6 +65,9 @@ impl PgPool {
     ///
     /// The host must be an IP literal or a Unix socket directory (no DNS on a reactor); for a
     /// host name, resolve first and use [`PgPool::start_with_target`].
+    ///
+    /// The TLS files the options name (`sslrootcert`, `sslcert`, `sslkey`) are read here, so
+    /// a missing or unreadable one fails the start, naming it, rather than every connect.
     pub fn start(reactor: &Reactor, options: PgOptions) -> Result<PgPool, PgError> {
         let target = crate::conn::resolve_without_dns(&options)?;
         Self::start_with_target(reactor, options, target)
@@ -76,6 +79,7 @@ impl PgPool {
         options: PgOptions,
         target: crate::Target,
     ) -> Result<PgPool, PgError> {
+        crate::conn::check_tls_files(&options, &target)?;
         let pools = registry(reactor);
         if pools.default.borrow().is_some() {
             return Err(PgError::misuse(
@@ -97,6 +101,7 @@ impl PgPool {
         options: PgOptions,
     ) -> Result<PgPool, PgError> {
         let target = crate::conn::resolve_without_dns(&options)?;
+        crate::conn::check_tls_files(&options, &target)?;
         let pools = registry(reactor);
         if pools.named.borrow().iter().any(|(n, _)| n == name) {
             return Err(PgError::misuse(format!(
