@@ -192,6 +192,24 @@ fn verify_modes_without_a_root_certificate_say_what_is_missing() {
 }
 
 #[test]
+fn sslrootcert_system_uses_the_platform_roots() {
+    // The platform's roots do not include the test CA: verify-full (implied) refuses it.
+    let c = tls_cluster(TlsSetup::new(), &TLS_OR_NOT);
+    let o = opts_for(&c).ssl_root_cert(RootCert::System);
+    assert_eq!(o.get_ssl_mode(), SslMode::VerifyFull);
+    let e = connect(&o).unwrap_err();
+    let platform_has_roots = std::fs::read_dir("/etc/ssl/certs").is_ok_and(|d| d.count() > 0);
+    if platform_has_roots {
+        assert!(
+            e.is_tls() && e.to_string().contains("not signed by a trusted root"),
+            "{e}"
+        );
+    } else {
+        assert_eq!(e.config_field(), Some("sslrootcert"), "{e}");
+    }
+}
+
+#[test]
 fn client_certificate_login() {
     let c = tls_cluster(
         TlsSetup::new(),
