@@ -32,7 +32,7 @@ pub mod proto;
 pub use conn::{Params, PgConnection, ResultSet};
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use options::{Host, PgOptions, Target};
-pub use pool::{PgPool, PoolStats, PooledConn, Transaction};
+pub use pool::{AfterConnectFuture, PgPool, PgPoolBuilder, PoolStats, PooledConn, Transaction};
 pub use proto::auth::{AuthMethod, RequireAuth};
 pub use proto::message::TxnStatus;
 pub use proto::query_result::QueryResult;

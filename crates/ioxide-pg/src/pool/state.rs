@@ -3,6 +3,7 @@
 //! Everything here runs on the pool's reactor thread; `RefCell` borrows are never held across
 //! an await or while waking a task.
 
+use super::builder::Hook;
 use crate::{PgConnection, PgError, PgOptions, Target, TimeoutKind};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -44,8 +45,15 @@ pub struct PoolStats {
     pub timeouts_total: u64,
     /// Queries retried transparently because their connection broke before sending them.
     pub retries_total: u64,
-    /// Failed connect attempts since start.
+    /// Failed connect attempts since start (after-connect hook failures included).
     pub connect_failures_total: u64,
+    /// New connections the after-connect hook failed (an error, a panic, past
+    /// `connect_timeout`), each closed instead of pooled.
+    pub hook_failures_total: u64,
+    /// Connections closed after `max_lifetime` (each once its replacement was open).
+    pub retired_total: u64,
+    /// Connections closed after `idle_timeout`.
+    pub idle_closed_total: u64,
 }
 
 pub(crate) struct Slot {
@@ -55,6 +63,13 @@ pub(crate) struct Slot {
     pub(crate) inflight: usize,
     /// Rented exclusively (a guard holds it).
     pub(crate) rented: bool,
+    /// When `max_lifetime` is up for it (jittered); `None`: no lifetime.
+    pub(crate) expires_at: Option<Instant>,
+    /// Past its lifetime and replaced: takes no new commands, closed once nothing is in
+    /// flight on it.
+    pub(crate) retiring: bool,
+    /// When it last became idle (kept only with `idle_timeout`).
+    pub(crate) idle_since: Instant,
 }
 
 /// A request waiting for capacity.
@@ -75,6 +90,15 @@ pub(crate) struct Waiter {
 pub(crate) struct PoolState {
     pub(crate) slots: Vec<Slot>,
     pub(crate) connecting: usize,
+    /// How many serving connections the pool heads for: `size`, less the connections
+    /// `idle_timeout` closed (never below `min_connections`), up again on demand.
+    pub(crate) target: usize,
+    /// A replacement for a connection past its lifetime is connecting (counted in
+    /// `connecting`).
+    pub(crate) replacing: bool,
+    /// The last retired connection, until its socket has closed: the next replacement waits
+    /// for it, so the server never holds more than one connection beyond `size`.
+    pub(crate) retired_closing: Option<PgConnection>,
     pub(crate) waiters: VecDeque<Rc<RefCell<Waiter>>>,
     pub(crate) failures: u32,
     pub(crate) failing_since: Option<Instant>,
@@ -104,6 +128,11 @@ pub(crate) struct Inner {
     pub(crate) size: usize,
     pub(crate) depth: usize,
     pub(crate) acquire_timeout: Duration,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) min_connections: usize,
+    /// Run on every new connection before it is pooled.
+    pub(crate) hook: Option<Hook>,
     pub(crate) st: RefCell<PoolState>,
     pub(crate) dirty: Cell<bool>,
     /// The waiter deadline the maintenance task's timer is set for (None: no timer).
@@ -111,19 +140,26 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn new(opts: PgOptions, target: Target) -> Inner {
+    pub(crate) fn new(opts: PgOptions, target: Target, hook: Option<Hook>) -> Inner {
         let size = opts.get_pool_size().max(1);
         let depth = opts.get_pipeline_depth().max(1);
         let acquire_timeout = opts.get_acquire_timeout();
         Inner {
+            max_lifetime: opts.get_max_lifetime(),
+            idle_timeout: opts.get_idle_timeout(),
+            min_connections: opts.get_min_connections().min(size),
+            hook,
             opts,
             target,
             size,
             depth,
             acquire_timeout,
             st: RefCell::new(PoolState {
-                slots: Vec::with_capacity(size),
+                slots: Vec::with_capacity(size + 1),
                 connecting: 0,
+                target: size,
+                replacing: false,
+                retired_closing: None,
                 waiters: VecDeque::new(),
                 failures: 0,
                 failing_since: None,
@@ -143,15 +179,15 @@ impl Inner {
         }
     }
 
-    /// The best slot for a new command: the least loaded healthy one under `depth` (or, for
-    /// an exclusive rent, an idle one).
-    fn pick(&self, st: &PoolState, exclusive: bool) -> Option<usize> {
+    /// The best slot for a new command, and its load: the least loaded healthy one under
+    /// `depth` (or, for an exclusive rent, an idle one).
+    fn pick(&self, st: &PoolState, exclusive: bool) -> Option<(usize, usize)> {
         let mut best: Option<(usize, usize)> = None;
         // Commands started before this are "running for a while"; computed at most once, and
         // only when a loaded connection is considered.
         let mut cutoff: Option<Option<Instant>> = None;
         for (i, s) in st.slots.iter().enumerate() {
-            if s.rented {
+            if s.rented || s.retiring {
                 continue;
             }
             let Some((queued, oldest)) = s.conn.routing_load() else {
@@ -176,13 +212,13 @@ impl Inner {
                 }
             }
             if load == 0 {
-                return Some(i);
+                return Some((i, 0));
             }
             if best.is_none_or(|(_, l)| load < l) {
                 best = Some((i, load));
             }
         }
-        best.map(|(i, _)| i)
+        best
     }
 
     fn take(st: &mut PoolState, i: usize, exclusive: bool) -> u64 {
@@ -201,8 +237,24 @@ impl Inner {
         if !st.waiters.is_empty() {
             return None;
         }
-        let i = self.pick(&st, exclusive)?;
-        Some(Self::take(&mut st, i, exclusive))
+        let (i, load) = self.pick(&st, exclusive)?;
+        let id = Self::take(&mut st, i, exclusive);
+        // No idle connection: demand, if idle_timeout closed some.
+        if load > 0 && st.target < self.size {
+            st.target += 1;
+            drop(st);
+            self.poke();
+        }
+        Some(id)
+    }
+
+    /// A request found no idle connection: head for one more connection, if idle_timeout
+    /// closed some.
+    pub(crate) fn want_one_more(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.target < self.size {
+            st.target += 1;
+        }
     }
 
     pub(crate) fn conn(&self, id: u64) -> Option<PgConnection> {
@@ -214,17 +266,32 @@ impl Inner {
             .map(|s| s.conn.share())
     }
 
-    /// Gives capacity back and hands it to queued waiters, in order.
+    /// Gives capacity back and hands it to queued waiters, in order. A retiring connection
+    /// left with nothing in flight is closed.
     pub(crate) fn release(&self, id: u64, exclusive: bool) {
+        let mut retired = None;
         {
             let mut st = self.st.borrow_mut();
-            if let Some(s) = st.slots.iter_mut().find(|s| s.id == id) {
+            if let Some(i) = st.slots.iter().position(|s| s.id == id) {
+                let s = &mut st.slots[i];
                 if exclusive {
                     s.rented = false;
                 } else {
                     s.inflight = s.inflight.saturating_sub(1);
                 }
+                if s.inflight == 0 && !s.rented {
+                    if s.retiring {
+                        let slot = st.slots.remove(i);
+                        retired = Some(Self::retire(&mut st, slot));
+                    } else if self.idle_timeout.is_some() {
+                        s.idle_since = ioxide::time::now();
+                    }
+                }
             }
+        }
+        // Closed (Terminate) outside the borrow.
+        if let Some(conn) = retired {
+            Self::close_retired(conn);
         }
         self.dispatch();
     }
@@ -239,7 +306,7 @@ impl Inner {
             let mut st = self.st.borrow_mut();
             while let Some(w) = st.waiters.front().cloned() {
                 let exclusive = w.borrow().exclusive;
-                let Some(i) = self.pick(&st, exclusive) else {
+                let Some((i, _)) = self.pick(&st, exclusive) else {
                     break;
                 };
                 let id = Self::take(&mut st, i, exclusive);
@@ -370,7 +437,8 @@ impl Inner {
         n
     }
 
-    /// How many connects to start now to head back to `size`: all missing ones when healthy,
+    /// How many connects to start now to head back to the target (`size`, unless idle_timeout
+    /// closed connections no demand has reopened): all missing ones when healthy,
     /// one probe first after connections broke (then the rest once it connects), one probe
     /// at a time (after the backoff) while connects fail. `urgent` (a request found
     /// no live connection) starts one more at once, even beside probes in flight (up to
@@ -382,16 +450,17 @@ impl Inner {
         if st.closed {
             return 0;
         }
-        let have = st.slots.len() + st.connecting;
+        let have = Self::serving(&st);
+        let want = st.target;
         let n = if st.failures == 0 && !st.suspect {
-            self.size.saturating_sub(have)
-        } else if st.failures == 0 && st.connecting == 0 && have < self.size {
+            want.saturating_sub(have)
+        } else if st.failures == 0 && st.connecting == 0 && have < want {
             // Coalesced: one probe after connections broke (see `suspect`).
             1
         } else if urgent && st.slots.is_empty() {
             // At most one beyond `size` in flight (`connected` closes a surplus connection).
             usize::from(st.connecting <= self.size)
-        } else if have < self.size && st.connecting == 0 && now >= st.next_attempt {
+        } else if have < want && st.connecting == 0 && now >= st.next_attempt {
             1
         } else {
             0
@@ -400,23 +469,35 @@ impl Inner {
         n
     }
 
+    /// Connections serving or on their way: open and not retiring, plus connects in flight
+    /// other than a lifetime replacement (which stands for a connection still open).
+    pub(crate) fn serving(st: &PoolState) -> usize {
+        let open = st.slots.iter().filter(|s| !s.retiring).count();
+        open + st.connecting.saturating_sub(usize::from(st.replacing))
+    }
+
     /// When the next backoff probe is due, if one is wanted: connects are failing, none is
     /// in flight, and the pool is short of `size`.
     pub(crate) fn next_probe(&self) -> Option<Instant> {
         let st = self.st.borrow();
-        let short = st.slots.len() + st.connecting < self.size;
+        let short = Self::serving(&st) < st.target;
         (!st.closed && st.failures > 0 && st.connecting == 0 && short).then_some(st.next_attempt)
     }
 
-    /// Records a finished connect (begun at `started`). Returns true when waiters that must
-    /// fail fast are still waiting for a connect of their own.
+    /// Records a finished connect (begun at `started`; `replacement`: for a connection past
+    /// its lifetime). Returns true when waiters that must fail fast are still waiting for a
+    /// connect of their own.
     pub(crate) fn connected(
         self: &Rc<Self>,
         r: Result<PgConnection, PgError>,
         started: Instant,
+        replacement: bool,
     ) -> bool {
         let mut st = self.st.borrow_mut();
         st.connecting -= 1;
+        if replacement {
+            st.replacing = false;
+        }
         match r {
             Ok(conn) => {
                 if st.closed {
@@ -426,12 +507,32 @@ impl Inner {
                     st.last_success = Some(started);
                 }
                 st.suspect = false;
-                let live = st.slots.iter().filter(|s| !s.conn.is_broken()).count();
-                if live >= self.size {
-                    // An urgent connect beside a probe that then succeeded too: surplus.
-                    drop(st);
-                    drop(conn);
-                    return false;
+                let live = st
+                    .slots
+                    .iter()
+                    .filter(|s| !s.retiring && !s.conn.is_broken())
+                    .count();
+                let mut retired = None;
+                if live >= st.target {
+                    // A replacement takes over from an expired connection; anything else is
+                    // surplus (an urgent connect beside a probe that then succeeded too, or
+                    // a connect idle_timeout overtook).
+                    let old = if replacement {
+                        Self::expired(&st, Instant::now())
+                    } else {
+                        None
+                    };
+                    let Some(i) = old else {
+                        drop(st);
+                        drop(conn);
+                        return false;
+                    };
+                    let s = &mut st.slots[i];
+                    s.retiring = true;
+                    if s.inflight == 0 && !s.rented {
+                        let slot = st.slots.remove(i);
+                        retired = Some(Self::retire(&mut st, slot));
+                    }
                 }
                 let id = st.next_id;
                 st.next_id += 1;
@@ -448,11 +549,16 @@ impl Inner {
                         p.dispatch();
                     }
                 });
+                let now = Instant::now();
+                let expires_at = self.lifetime_from(now, &mut st.rng);
                 st.slots.push(Slot {
                     id,
                     conn,
                     inflight: 0,
                     rented: false,
+                    expires_at,
+                    retiring: false,
+                    idle_since: now,
                 });
                 st.failures = 0;
                 st.failing_since = None;
@@ -460,6 +566,9 @@ impl Inner {
                 st.last_error = None;
                 st.stats.opened_total += 1;
                 drop(st);
+                if let Some(conn) = retired {
+                    Self::close_retired(conn);
+                }
                 self.dispatch();
                 self.poke();
                 false
@@ -493,7 +602,11 @@ impl Inner {
                     tracing::debug!(error = %e, failures = st.failures, ?delay, "pool connect failed");
                 }
                 drop(st);
-                let waiting = if fatal {
+                // A failed replacement leaves the expired connection serving: nobody waits
+                // for want of it.
+                let waiting = if replacement {
+                    false
+                } else if fatal {
                     self.fail_waiters(&e);
                     false
                 } else {
@@ -564,16 +677,20 @@ fn seed() -> u64 {
     t ^ (std::process::id() as u64).rotate_left(32) | 1
 }
 
-/// Capped exponential backoff with ±50 % jitter (xorshift), so reactors and processes that
-/// lost the server together do not reconnect in lockstep.
+/// Capped exponential backoff with ±50 % jitter, so reactors and processes that lost the
+/// server together do not reconnect in lockstep.
 fn backoff(failures: u32, rng: &mut u64) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1 << failures.min(10).saturating_sub(1));
     let base = exp.min(BACKOFF_CAP);
+    base.mul_f64(0.5 + unit(rng))
+}
+
+/// A draw in [0, 1) from a xorshift generator, in steps of 1/1000.
+pub(crate) fn unit(rng: &mut u64) -> f64 {
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
     *rng ^= *rng << 17;
-    let jitter = (*rng % 1000) as f64 / 1000.0; // 0..1
-    base.mul_f64(0.5 + jitter)
+    (*rng % 1000) as f64 / 1000.0
 }
 
 #[cfg(test)]
