@@ -616,6 +616,9 @@ impl PgOptions {
     /// Closes a pooled connection that has been idle (nothing in flight, not rented) this long,
     /// as long as more than [`min_connections`](PgOptions::min_connections) are open (an
     /// ioxide-pg extension, key `idle_timeout` in seconds). Zero: never. Default: never.
+    /// Idleness is judged by the pool's maintenance task, which looks at least every 250 ms,
+    /// not on the query path: a connection closes between `idle_timeout` and `idle_timeout`
+    /// + 250 ms after its last command.
     ///
     /// The pool still opens `pool_size` connections at start. Closed idle connections are
     /// reopened on demand, up to `pool_size`, as sqlx and bb8 do: a request that finds no

@@ -553,6 +553,30 @@ fn idle_timeout_closes_idle_connections_and_demand_reopens_them() {
 }
 
 #[test]
+fn a_connection_in_regular_use_is_never_closed_as_idle() {
+    let o = common::opts()
+        .pool_size(2)
+        .idle_timeout(Duration::from_millis(400));
+    run_within(Duration::from_secs(30), async move {
+        let pool = PgPool::start(&Reactor::current(), o).unwrap();
+        wait_until(Duration::from_secs(5), "2 open", || pool.stats().open == 2).await;
+        // One query every 100 ms for 1.6 s: routing takes the first idle connection, so one
+        // connection carries them all and the other idles out.
+        let mut pids = HashSet::new();
+        let until = Instant::now() + Duration::from_millis(1600);
+        while Instant::now() < until {
+            let r = pool.query("SELECT pg_backend_pid()").await.unwrap();
+            pids.insert(r.value().unwrap().to_owned());
+            ioxide::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(pids.len(), 1, "the busy connection was closed: {pids:?}");
+        let s = pool.stats();
+        assert_eq!((s.open, s.idle_closed_total, s.opened_total), (1, 1, 2));
+        pool.close().await;
+    });
+}
+
+#[test]
 fn idle_timeout_keeps_min_connections_open() {
     let c = Cluster::new().unwrap();
     let o = opts_for(&c)

@@ -25,12 +25,12 @@ impl Inner {
     }
 
     /// The serving connection past its lifetime the longest, if any may be replaced now: not
-    /// rented (a renter keeps it until it comes back), not broken, not already retiring.
+    /// rented (a renter keeps it until it comes back), not broken.
     pub(crate) fn expired(st: &PoolState, now: Instant) -> Option<usize> {
         st.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| !s.retiring && !s.rented && !s.conn.is_broken())
+            .filter(|(_, s)| !s.rented && !s.conn.is_broken())
             .filter_map(|(i, s)| s.expires_at.filter(|&t| t <= now).map(|t| (i, t)))
             .min_by_key(|&(_, t)| t)
             .map(|(i, _)| i)
@@ -45,21 +45,22 @@ impl Inner {
             && !st.replacing
             && !st.suspect
             && Self::serving(st) >= st.target
+            && st.retiring.is_none()
             && st
                 .retired_closing
                 .as_ref()
                 .is_none_or(PgConnection::is_broken)
-            && !st.slots.iter().any(|s| s.retiring)
     }
 
-    /// Takes a drained retiring connection out of the pool: counted, and remembered until its
-    /// socket has closed. Returns the handle to close with [`Inner::close_retired`], outside
-    /// the borrow. (Its broken callback, when the close ends, wakes the maintenance task for
-    /// the next replacement.)
-    pub(crate) fn retire(st: &mut PoolState, slot: Slot) -> PgConnection {
+    /// Takes the (drained) retiring connection out of the pool: counted, and remembered until
+    /// its socket has closed. Returns the handle to close with [`Inner::close_retired`],
+    /// outside the borrow. (Its broken callback, when the close ends, wakes the maintenance
+    /// task for the next replacement.)
+    pub(crate) fn retire(st: &mut PoolState) -> Option<PgConnection> {
+        let slot = st.retiring.take()?;
         st.stats.retired_total += 1;
         st.retired_closing = Some(slot.conn.share());
-        slot.conn
+        Some(slot.conn)
     }
 
     /// Closes a retired connection gracefully (Terminate, then the socket) in the background.
@@ -87,17 +88,21 @@ impl Inner {
             {
                 st.retired_closing = None;
             }
-            let mut retired = None;
-            if let Some(i) = st
-                .slots
-                .iter()
-                .position(|s| s.retiring && s.inflight == 0 && !s.rented)
-            {
-                let slot = st.slots.remove(i);
-                retired = Some(Self::retire(&mut st, slot));
-            }
+            let drained = st
+                .retiring
+                .as_ref()
+                .is_some_and(|s| s.inflight == 0 && !s.rented);
+            let retired = if drained { Self::retire(&mut st) } else { None };
             if let Some(idle) = self.idle_timeout {
-                let mut open = st.slots.iter().filter(|s| !s.retiring).count();
+                // Idle since this pass, unless idle at the last one with no command since.
+                for s in st.slots.iter_mut() {
+                    let issued = s.conn.commands_issued();
+                    if issued != s.seen_commands || !idle_now(s) {
+                        s.seen_commands = issued;
+                        s.idle_since = now;
+                    }
+                }
+                let mut open = st.slots.len();
                 let mut closed = 0;
                 // From the back: routing prefers the front, so the back idles first.
                 let mut i = st.slots.len();
@@ -105,7 +110,7 @@ impl Inner {
                     i -= 1;
                     let s = &st.slots[i];
                     let expired = s.idle_since.checked_add(idle).is_some_and(|t| t <= now);
-                    if !s.retiring && idle_now(s) && expired {
+                    if idle_now(s) && expired {
                         closing.push(st.slots.remove(i));
                         open -= 1;
                         closed += 1;
@@ -143,11 +148,10 @@ impl Inner {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         if let Some(idle) = self.idle_timeout {
-            let open = st.slots.iter().filter(|s| !s.retiring).count();
-            if open > self.min_connections {
+            if st.slots.len() > self.min_connections {
                 st.slots
                     .iter()
-                    .filter(|s| !s.retiring && idle_now(s))
+                    .filter(|s| idle_now(s))
                     .filter_map(|s| s.idle_since.checked_add(idle))
                     .for_each(&mut at);
             }
@@ -159,7 +163,7 @@ impl Inner {
             let due = st
                 .slots
                 .iter()
-                .filter(|s| !s.retiring && !s.rented && !s.conn.is_broken())
+                .filter(|s| !s.rented && !s.conn.is_broken())
                 .filter_map(|s| s.expires_at)
                 .min();
             if let Some(t) = due {

@@ -255,7 +255,8 @@ impl PgPool {
         let conns: Vec<PgConnection> = {
             let mut st = self.inner.st.borrow_mut();
             st.closed = true;
-            st.slots.drain(..).map(|s| s.conn).collect()
+            let retiring = st.retiring.take();
+            st.slots.drain(..).chain(retiring).map(|s| s.conn).collect()
         };
         self.inner
             .fail_waiters(&PgError::closed("the pool is closed"));

@@ -65,11 +65,11 @@ pub(crate) struct Slot {
     pub(crate) rented: bool,
     /// When `max_lifetime` is up for it (jittered); `None`: no lifetime.
     pub(crate) expires_at: Option<Instant>,
-    /// Past its lifetime and replaced: takes no new commands, closed once nothing is in
-    /// flight on it.
-    pub(crate) retiring: bool,
-    /// When it last became idle (kept only with `idle_timeout`).
+    /// Since when housekeeping has found it idle with no command issued in between (kept only
+    /// with `idle_timeout`, off the hot path).
     pub(crate) idle_since: Instant,
+    /// `commands_issued` when housekeeping last looked.
+    pub(crate) seen_commands: u64,
 }
 
 /// A request waiting for capacity.
@@ -88,7 +88,11 @@ pub(crate) struct Waiter {
 }
 
 pub(crate) struct PoolState {
+    /// The connections that take commands.
     pub(crate) slots: Vec<Slot>,
+    /// A connection past its lifetime whose replacement has joined `slots`: it takes no new
+    /// commands (routing never sees it) and is closed once nothing is in flight on it.
+    pub(crate) retiring: Option<Slot>,
     pub(crate) connecting: usize,
     /// How many serving connections the pool heads for: `size`, less the connections
     /// `idle_timeout` closed (never below `min_connections`), up again on demand.
@@ -155,7 +159,8 @@ impl Inner {
             depth,
             acquire_timeout,
             st: RefCell::new(PoolState {
-                slots: Vec::with_capacity(size + 1),
+                slots: Vec::with_capacity(size),
+                retiring: None,
                 connecting: 0,
                 target: size,
                 replacing: false,
@@ -179,15 +184,15 @@ impl Inner {
         }
     }
 
-    /// The best slot for a new command, and its load: the least loaded healthy one under
-    /// `depth` (or, for an exclusive rent, an idle one).
-    fn pick(&self, st: &PoolState, exclusive: bool) -> Option<(usize, usize)> {
+    /// The best slot for a new command: the least loaded healthy one under `depth` (or, for
+    /// an exclusive rent, an idle one).
+    fn pick(&self, st: &PoolState, exclusive: bool) -> Option<usize> {
         let mut best: Option<(usize, usize)> = None;
         // Commands started before this are "running for a while"; computed at most once, and
         // only when a loaded connection is considered.
         let mut cutoff: Option<Option<Instant>> = None;
         for (i, s) in st.slots.iter().enumerate() {
-            if s.rented || s.retiring {
+            if s.rented {
                 continue;
             }
             let Some((queued, oldest)) = s.conn.routing_load() else {
@@ -212,13 +217,13 @@ impl Inner {
                 }
             }
             if load == 0 {
-                return Some((i, 0));
+                return Some(i);
             }
             if best.is_none_or(|(_, l)| load < l) {
                 best = Some((i, load));
             }
         }
-        best
+        best.map(|(i, _)| i)
     }
 
     fn take(st: &mut PoolState, i: usize, exclusive: bool) -> u64 {
@@ -237,15 +242,22 @@ impl Inner {
         if !st.waiters.is_empty() {
             return None;
         }
-        let (i, load) = self.pick(&st, exclusive)?;
+        let i = self.pick(&st, exclusive)?;
         let id = Self::take(&mut st, i, exclusive);
-        // No idle connection: demand, if idle_timeout closed some.
-        if load > 0 && st.target < self.size {
-            st.target += 1;
+        // Shared on a connection already busy (routing takes an idle one first): no idle
+        // connection, so demand, if idle_timeout closed some.
+        if st.target < self.size && st.slots[i].inflight > 1 {
             drop(st);
-            self.poke();
+            self.grow();
         }
         Some(id)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&self) {
+        self.want_one_more();
+        self.poke();
     }
 
     /// A request found no idle connection: head for one more connection, if idle_timeout
@@ -258,42 +270,61 @@ impl Inner {
     }
 
     pub(crate) fn conn(&self, id: u64) -> Option<PgConnection> {
-        self.st
-            .borrow()
-            .slots
+        let st = self.st.borrow();
+        st.slots
             .iter()
             .find(|s| s.id == id)
+            // Capacity granted on a connection that began retiring before its waiter woke.
+            .or_else(|| st.retiring.as_ref().filter(|s| s.id == id))
             .map(|s| s.conn.share())
     }
 
     /// Gives capacity back and hands it to queued waiters, in order. A retiring connection
     /// left with nothing in flight is closed.
     pub(crate) fn release(&self, id: u64, exclusive: bool) {
-        let mut retired = None;
-        {
+        let found = {
             let mut st = self.st.borrow_mut();
-            if let Some(i) = st.slots.iter().position(|s| s.id == id) {
-                let s = &mut st.slots[i];
-                if exclusive {
-                    s.rented = false;
-                } else {
-                    s.inflight = s.inflight.saturating_sub(1);
+            match st.slots.iter_mut().find(|s| s.id == id) {
+                Some(s) => {
+                    Self::give_back(s, exclusive);
+                    true
                 }
-                if s.inflight == 0 && !s.rented {
-                    if s.retiring {
-                        let slot = st.slots.remove(i);
-                        retired = Some(Self::retire(&mut st, slot));
-                    } else if self.idle_timeout.is_some() {
-                        s.idle_since = ioxide::time::now();
-                    }
-                }
+                None => false,
             }
+        };
+        if !found {
+            self.release_retiring(id, exclusive);
         }
+        self.dispatch();
+    }
+
+    /// `release` for the retiring connection: closed once nothing is in flight on it.
+    #[cold]
+    #[inline(never)]
+    fn release_retiring(&self, id: u64, exclusive: bool) {
+        let retired = {
+            let mut st = self.st.borrow_mut();
+            match st.retiring.as_mut().filter(|s| s.id == id) {
+                Some(s) => {
+                    Self::give_back(s, exclusive);
+                    let drained = s.inflight == 0 && !s.rented;
+                    drained.then(|| Self::retire(&mut st)).flatten()
+                }
+                None => None,
+            }
+        };
         // Closed (Terminate) outside the borrow.
         if let Some(conn) = retired {
             Self::close_retired(conn);
         }
-        self.dispatch();
+    }
+
+    fn give_back(s: &mut Slot, exclusive: bool) {
+        if exclusive {
+            s.rented = false;
+        } else {
+            s.inflight = s.inflight.saturating_sub(1);
+        }
     }
 
     /// Hands free capacity to the waiters at the head of the queue.
@@ -306,7 +337,7 @@ impl Inner {
             let mut st = self.st.borrow_mut();
             while let Some(w) = st.waiters.front().cloned() {
                 let exclusive = w.borrow().exclusive;
-                let Some((i, _)) = self.pick(&st, exclusive) else {
+                let Some(i) = self.pick(&st, exclusive) else {
                     break;
                 };
                 let id = Self::take(&mut st, i, exclusive);
@@ -422,10 +453,13 @@ impl Inner {
     pub(crate) fn remove_broken(&self) -> usize {
         let removed: Vec<Slot> = {
             let mut st = self.st.borrow_mut();
-            let (broken, live): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut st.slots)
+            let (mut broken, live): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut st.slots)
                 .into_iter()
                 .partition(|s| s.conn.is_broken());
             st.slots = live;
+            if st.retiring.as_ref().is_some_and(|s| s.conn.is_broken()) {
+                broken.extend(st.retiring.take());
+            }
             st.stats.broken_total += broken.len() as u64;
             if !broken.is_empty() {
                 st.suspect = true;
@@ -469,11 +503,10 @@ impl Inner {
         n
     }
 
-    /// Connections serving or on their way: open and not retiring, plus connects in flight
+    /// Connections serving or on their way: open (not retiring), plus connects in flight
     /// other than a lifetime replacement (which stands for a connection still open).
     pub(crate) fn serving(st: &PoolState) -> usize {
-        let open = st.slots.iter().filter(|s| !s.retiring).count();
-        open + st.connecting.saturating_sub(usize::from(st.replacing))
+        st.slots.len() + st.connecting - usize::from(st.replacing)
     }
 
     /// When the next backoff probe is due, if one is wanted: connects are failing, none is
@@ -507,11 +540,7 @@ impl Inner {
                     st.last_success = Some(started);
                 }
                 st.suspect = false;
-                let live = st
-                    .slots
-                    .iter()
-                    .filter(|s| !s.retiring && !s.conn.is_broken())
-                    .count();
+                let live = st.slots.iter().filter(|s| !s.conn.is_broken()).count();
                 let mut retired = None;
                 if live >= st.target {
                     // A replacement takes over from an expired connection; anything else is
@@ -527,11 +556,11 @@ impl Inner {
                         drop(conn);
                         return false;
                     };
-                    let s = &mut st.slots[i];
-                    s.retiring = true;
-                    if s.inflight == 0 && !s.rented {
-                        let slot = st.slots.remove(i);
-                        retired = Some(Self::retire(&mut st, slot));
+                    let old = st.slots.remove(i);
+                    let idle = old.inflight == 0 && !old.rented;
+                    st.retiring = Some(old);
+                    if idle {
+                        retired = Self::retire(&mut st);
                     }
                 }
                 let id = st.next_id;
@@ -551,14 +580,15 @@ impl Inner {
                 });
                 let now = Instant::now();
                 let expires_at = self.lifetime_from(now, &mut st.rng);
+                let conn_commands = conn.commands_issued();
                 st.slots.push(Slot {
                     id,
                     conn,
                     inflight: 0,
                     rented: false,
                     expires_at,
-                    retiring: false,
                     idle_since: now,
+                    seen_commands: conn_commands,
                 });
                 st.failures = 0;
                 st.failing_since = None;
@@ -630,7 +660,8 @@ impl Inner {
     pub(crate) fn stats(&self) -> PoolStats {
         let st = self.st.borrow();
         let mut s = st.stats;
-        s.open = st.slots.len();
+        // A retiring connection is open, never idle (it is closed once it is).
+        s.open = st.slots.len() + usize::from(st.retiring.is_some());
         s.idle = st
             .slots
             .iter()
@@ -639,6 +670,7 @@ impl Inner {
         s.in_flight = st
             .slots
             .iter()
+            .chain(&st.retiring)
             .map(|s| s.inflight + usize::from(s.rented))
             .sum();
         s.waiting = st.waiters.len();
