@@ -34,7 +34,7 @@ pub(crate) type Hook = Rc<dyn for<'c> Fn(&'c PgConnection) -> AfterConnectFuture
 ///     .after_connect(|conn| {
 ///         Box::pin(async move {
 ///             conn.query("SET search_path = app, public").await?;
-///             conn.query("LISTEN jobs").await?;
+///             conn.query("SET statement_timeout = '5s'").await?;
 ///             Ok(())
 ///         })
 ///     })
@@ -87,7 +87,8 @@ impl PgPoolBuilder {
     /// (after a failure, [`max_lifetime`](PgOptions::max_lifetime), or
     /// [`idle_timeout`](PgOptions::idle_timeout)) — before it serves anyone: `SET` commands,
     /// `LISTEN`, statements to warm the cache. It runs on the pool's reactor, on the
-    /// connection alone (nothing else is routed to it until the hook has finished).
+    /// connection alone (nothing else is routed to it until the hook has finished). The
+    /// connection is the pool's: a handle to it cannot outlive the hook's future.
     ///
     /// A new connection must be ready — connected, authenticated and through the hook —
     /// within `connect_timeout`. If the hook returns an error, panics (the panic is caught),

@@ -506,7 +506,7 @@ impl Inner {
     /// Connections serving or on their way: open (not retiring), plus connects in flight
     /// other than a lifetime replacement (which stands for a connection still open).
     pub(crate) fn serving(st: &PoolState) -> usize {
-        st.slots.len() + st.connecting - usize::from(st.replacing)
+        st.slots.len() + st.connecting.saturating_sub(usize::from(st.replacing))
     }
 
     /// When the next backoff probe is due, if one is wanted: connects are failing, none is
