@@ -8,7 +8,8 @@
 //! than `min_connections` are open, and the pool's target drops with it; requests that find
 //! no idle connection raise the target again (`Inner::want_one_more`).
 
-use super::state::{unit, Inner, PoolState, Slot};
+use super::connect::unit;
+use super::state::{Inner, PoolState, Slot};
 use crate::PgConnection;
 use std::time::Instant;
 

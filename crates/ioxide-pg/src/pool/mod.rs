@@ -23,6 +23,7 @@
 //! after-connect hook (`builder.rs`) before it serves anyone.
 
 mod builder;
+mod connect;
 mod guard;
 mod housekeeping;
 mod state;
