@@ -471,8 +471,9 @@ fn a_rented_connection_outlives_its_lifetime_and_is_retired_after_it_returns() {
             pool.stats().retired_total == 1
         })
         .await;
+        // The next housekeeping pass (at most 250 ms) and one connect.
         assert!(
-            back.elapsed() < Duration::from_secs(1),
+            back.elapsed() < Duration::from_secs(2),
             "{:?}",
             back.elapsed()
         );
@@ -494,6 +495,9 @@ fn idle_timeout_closes_idle_connections_and_demand_reopens_them() {
         .idle_timeout(Duration::from_millis(500));
     run_within(Duration::from_secs(30), async move {
         let m = monitor(&c).await;
+        // No connection can have been idle since before the pool started; all three were
+        // open by `warm`.
+        let start = Instant::now();
         let pool = PgPool::start(&Reactor::current(), o).unwrap();
         wait_until(Duration::from_secs(5), "3 open", || pool.stats().open == 3).await;
         let warm = Instant::now();
@@ -501,10 +505,16 @@ fn idle_timeout_closes_idle_connections_and_demand_reopens_them() {
         ioxide::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(server_count(&m).await, 3, "closed before idle_timeout");
         let gone = wait_server_count(&m, 0, Duration::from_secs(3)).await;
-        let idle = gone - warm;
         assert!(
-            idle >= Duration::from_millis(450) && idle < Duration::from_millis(1500),
-            "{idle:?}"
+            gone - start >= Duration::from_millis(500),
+            "{:?}",
+            gone - start
+        );
+        // idle_timeout + the 250 ms housekeeping period + polling, with room for a busy machine.
+        assert!(
+            gone - warm < Duration::from_millis(1500),
+            "{:?}",
+            gone - warm
         );
         let s = pool.stats();
         assert_eq!((s.open, s.idle_closed_total, s.broken_total), (0, 3, 0));
@@ -539,11 +549,9 @@ fn idle_timeout_closes_idle_connections_and_demand_reopens_them() {
             pids.insert(t.await);
         }
         let took = started.elapsed();
+        // Three backends served them at once (serialized on one connection: one pid, 0.9 s).
         assert_eq!(pids.len(), 3);
-        assert!(
-            took < Duration::from_millis(850),
-            "{took:?}: not in parallel"
-        );
+        assert!(took < Duration::from_millis(1500), "{took:?}");
         assert_eq!(pool.stats().open, 3);
         // And idle again, closed again.
         wait_server_count(&m, 0, Duration::from_secs(3)).await;
@@ -592,10 +600,8 @@ fn idle_timeout_keeps_min_connections_open() {
         assert_eq!(server_count(&m).await, 1, "below min_connections");
         let s = pool.stats();
         assert_eq!((s.open, s.idle_closed_total), (1, 2));
-        // The one left serves at once.
-        let started = Instant::now();
+        // The one left serves, without a connect.
         pool.query("SELECT 1").await.unwrap();
-        assert!(started.elapsed() < Duration::from_millis(200));
         assert_eq!(pool.stats().opened_total, 3);
         pool.close().await;
     });
