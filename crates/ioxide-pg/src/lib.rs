@@ -36,7 +36,7 @@ pub use options::{
     ChannelBinding, Host, PgOptions, RootCert, SslCertMode, SslMode, SslNegotiation, Target,
     TlsVersion,
 };
-pub use pool::{PgPool, PoolStats, PooledConn, Transaction};
+pub use pool::{AfterConnectFuture, PgPool, PgPoolBuilder, PoolStats, PooledConn, Transaction};
 pub use proto::auth::{AuthMethod, RequireAuth};
 pub use proto::message::TxnStatus;
 pub use proto::query_result::QueryResult;

@@ -110,6 +110,9 @@ pub struct PgOptions {
     options: Option<String>,
     /// libpq's `passfile` (see `passfile`).
     passfile: Option<PathBuf>,
+    max_lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    min_connections: usize,
 }
 
 /// Default for [`PgOptions::reply_batch_window`].
@@ -120,6 +123,9 @@ pub(crate) const DEFAULT_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(1)
 
 /// The largest [`PgOptions::reply_gather_limit`] [`PgOptions::validate`] accepts.
 pub(crate) const MAX_REPLY_GATHER_LIMIT: Duration = Duration::from_millis(100);
+
+/// Default for [`PgOptions::max_lifetime`].
+pub(crate) const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 /// The smallest `max_message_bytes` [`PgOptions::validate`] accepts.
 pub(crate) const MIN_MESSAGE_BYTES: usize = 1024;
@@ -147,8 +153,9 @@ impl PgOptions {
     /// Defaults: host `localhost`, port 5432, user `$PGUSER`, else `$USER`, else `postgres`;
     /// no password; database = user; connect_timeout 10 s; command_timeout 30 s;
     /// max_message_bytes 64 MiB; statement_cache_capacity 256; every auth method allowed;
-    /// pool_size 8; pipeline_depth 8; acquire_timeout 5 s; TCP keepalives on with the OS's
-    /// timers; passfile `$PGPASSFILE`, else `$HOME/.pgpass`.
+    /// pool_size 8; pipeline_depth 8; acquire_timeout 5 s; max_lifetime 30 min; no
+    /// idle_timeout; min_connections 0; TCP keepalives on with the OS's timers; passfile
+    /// `$PGPASSFILE`, else `$HOME/.pgpass`; sslmode `prefer`.
     pub fn new() -> PgOptions {
         PgOptions::with_user_from(&|k| std::env::var(k).ok())
     }
@@ -180,6 +187,9 @@ impl PgOptions {
             tcp: socket::DEFAULT,
             options: None,
             passfile: passfile::default_path(lookup),
+            max_lifetime: Some(DEFAULT_MAX_LIFETIME),
+            idle_timeout: None,
+            min_connections: 0,
         }
     }
 
@@ -319,8 +329,10 @@ impl PgOptions {
     /// (`disable`/`prefer`: no GSSAPI) — see [`PgOptions::ssl_mode`] and the
     /// [module docs](self)) or by one of ours (`command_timeout` (seconds; 0 =
     /// none), `acquire_timeout` (seconds), `max_message_bytes`, `statement_cache_capacity`,
-    /// `pool_size`, `pipeline_depth`, `reply_batch_window_us`, `reply_gather_limit_us`). An
-    /// unknown key or bad value is an error naming it.
+    /// `pool_size`, `pipeline_depth`, `reply_batch_window_us`, `reply_gather_limit_us`,
+    /// `max_lifetime` (seconds; 0 = none), `idle_timeout` (seconds; 0 = none),
+    /// `min_connections`). Seconds may be fractional (`max_lifetime=0.5`). An unknown key or
+    /// bad value is an error naming it.
     pub fn set(self, key: &str, value: &str) -> Result<PgOptions, PgError> {
         self.apply(key, value, key)
     }
@@ -355,6 +367,9 @@ impl PgOptions {
                 self.statement_cache_capacity = value.parse().map_err(|e| bad(&e))?
             }
             "pool_size" => self.pool_size = value.parse().map_err(|e| bad(&e))?,
+            "max_lifetime" => self.max_lifetime = non_zero(seconds(value).map_err(|e| bad(&e))?),
+            "idle_timeout" => self.idle_timeout = non_zero(seconds(value).map_err(|e| bad(&e))?),
+            "min_connections" => self.min_connections = value.parse().map_err(|e| bad(&e))?,
             "pipeline_depth" => self.pipeline_depth = value.parse().map_err(|e| bad(&e))?,
             "reply_batch_window_us" => {
                 self.reply_batch_window = Duration::from_micros(value.parse().map_err(|e| bad(&e))?)
@@ -394,9 +409,10 @@ impl PgOptions {
 
     /// Checks the options are usable: a non-empty host without commas, a non-zero port, a
     /// non-empty user, `max_message_bytes` of at least 1024, a `pool_size`
-    /// and `pipeline_depth` of at least 1, a `reply_batch_window` of at most 10 ms and a
-    /// `reply_gather_limit` of at most 100 ms, and TCP keepalive timers and user timeout within
-    /// the kernel's ranges. Errors name the field.
+    /// and `pipeline_depth` of at least 1, a `min_connections` of at most `pool_size`, a
+    /// `reply_batch_window` of at most 10 ms and a `reply_gather_limit` of at most 100 ms,
+    /// TCP keepalive timers and user timeout within the kernel's ranges, and the TLS settings
+    /// libpq accepts together. Errors name the field.
     pub fn validate(&self) -> Result<(), PgError> {
         self.validate_connection()?;
         if self.pool_size == 0 {
@@ -411,6 +427,13 @@ impl PgOptions {
                 "pipeline_depth",
                 Some("0"),
                 "must be at least 1",
+            ));
+        }
+        if self.min_connections > self.pool_size {
+            return Err(PgError::config(
+                "min_connections",
+                Some(&self.min_connections.to_string()),
+                format!("must not exceed pool_size ({})", self.pool_size),
             ));
         }
         Ok(())
@@ -734,6 +757,56 @@ impl PgOptions {
         self.options.as_deref()
     }
 
+    /// The longest a pooled connection serves before the pool replaces it (an ioxide-pg
+    /// extension, key `max_lifetime` in seconds; libpq has no such key). Zero: forever.
+    /// Default 30 min, as sqlx and bb8: a long-lived backend only grows (catalog and plan
+    /// caches, prepared statements), and settings changed on the server (`ALTER ROLE … SET`,
+    /// a reloaded `pg_hba.conf`) reach pooled sessions only through new connections; the cost
+    /// is one connect per connection per half hour.
+    ///
+    /// Each connection's lifetime is drawn in [0.9, 1.0] × this value, so connections opened
+    /// together (the warm-up) are not replaced together. Past it, the pool first opens the
+    /// replacement (through the [`after_connect`](crate::PgPoolBuilder::after_connect) hook
+    /// like any new connection), then stops routing to the old connection and closes it once
+    /// nothing is in flight on it: a retirement never takes capacity away, and nothing in
+    /// flight fails because of it. One connection per pool is replaced at a time, so the
+    /// server sees at most `pool_size` + 1 connections per reactor for a moment. A rented
+    /// connection is never retired under its renter: it is replaced after it comes back. While
+    /// connects fail, an expired connection keeps serving (the replacement is retried with
+    /// the usual backoff).
+    pub fn max_lifetime(mut self, lifetime: Duration) -> PgOptions {
+        self.max_lifetime = non_zero(lifetime);
+        self
+    }
+
+    /// Closes a pooled connection that has been idle (nothing in flight, not rented) this long,
+    /// as long as more than [`min_connections`](PgOptions::min_connections) are open (an
+    /// ioxide-pg extension, key `idle_timeout` in seconds). Zero: never. Default: never.
+    /// Idleness is judged by the pool's maintenance task, which looks at least every 250 ms,
+    /// not on the query path: a connection closes between `idle_timeout` and `idle_timeout`
+    /// + 250 ms after its last command.
+    ///
+    /// The pool still opens `pool_size` connections at start. Closed idle connections are
+    /// reopened on demand, up to `pool_size`, as sqlx and bb8 do: a request that finds no
+    /// idle connection (it has to wait, or shares a connection that is already busy) opens
+    /// one more. The pool routes to its first idle connection, so under light load the rest
+    /// stay idle and close: the pool shrinks to what the load uses. Off by default because
+    /// the pool is sized and warmed up front so that no request pays for a connect (a SCRAM
+    /// login costs a PBKDF2); set it when idle clients hold server connections another
+    /// application needs.
+    pub fn idle_timeout(mut self, timeout: Duration) -> PgOptions {
+        self.idle_timeout = non_zero(timeout);
+        self
+    }
+
+    /// The fewest connections per reactor [`idle_timeout`](PgOptions::idle_timeout) leaves
+    /// open (key `min_connections`); at most `pool_size`. Default 0: a quiet pool closes all
+    /// of them, and the next request waits for a connect.
+    pub fn min_connections(mut self, min: usize) -> PgOptions {
+        self.min_connections = min;
+        self
+    }
+
     /// The host.
     pub fn get_host(&self) -> &Host {
         &self.host
@@ -813,6 +886,21 @@ impl PgOptions {
     pub fn get_reply_gather_limit(&self) -> Duration {
         self.reply_gather_limit
     }
+
+    /// The longest a pooled connection serves; `None`: forever.
+    pub fn get_max_lifetime(&self) -> Option<Duration> {
+        self.max_lifetime
+    }
+
+    /// How long a pooled connection may stay idle before it is closed; `None`: forever.
+    pub fn get_idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// The fewest connections `idle_timeout` leaves open per reactor.
+    pub fn get_min_connections(&self) -> usize {
+        self.min_connections
+    }
 }
 
 impl fmt::Debug for PgOptions {
@@ -838,6 +926,9 @@ impl fmt::Debug for PgOptions {
             .field("tcp", &self.tcp)
             .field("options", &self.options)
             .field("passfile", &self.passfile)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("min_connections", &self.min_connections)
             .finish()
     }
 }

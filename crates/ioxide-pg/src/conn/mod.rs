@@ -350,6 +350,12 @@ impl PgConnection {
         *self.conn.on_drained.borrow_mut() = Some(Box::new(f));
     }
 
+    /// Commands issued on this connection so far (the pool reads it to tell an idle
+    /// connection from one used since it last looked).
+    pub(crate) fn commands_issued(&self) -> u64 {
+        self.conn.st.borrow().next_seq
+    }
+
     /// Whether two handles are the same connection.
     pub fn same_as(&self, other: &PgConnection) -> bool {
         Rc::ptr_eq(&self.conn, &other.conn)

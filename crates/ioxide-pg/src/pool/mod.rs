@@ -16,10 +16,19 @@
 //! whose connection broke before any byte of it was sent is retried on another connection
 //! (up to `pool_size` times: in a restart each pooled connection may break in turn); one
 //! that may have reached the server never is.
+//!
+//! Housekeeping (`housekeeping.rs`): connections past `max_lifetime` are replaced one at a
+//! time, replacement first; connections idle past `idle_timeout` are closed down to
+//! `min_connections` and reopened on demand. Every new connection runs the pool's
+//! after-connect hook (`builder.rs`) before it serves anyone.
 
+mod builder;
+mod connect;
 mod guard;
+mod housekeeping;
 mod state;
 
+pub use builder::{AfterConnectFuture, PgPoolBuilder};
 pub use guard::{PooledConn, Transaction};
 pub use state::PoolStats;
 
@@ -68,9 +77,18 @@ impl PgPool {
     ///
     /// The TLS files the options name (`sslrootcert`, `sslcert`, `sslkey`) are read here, so
     /// a missing or unreadable one fails the start, naming it, rather than every connect.
+    ///
+    /// For an after-connect hook (or a name and a target together), use
+    /// [`PgPool::builder`].
     pub fn start(reactor: &Reactor, options: PgOptions) -> Result<PgPool, PgError> {
-        let target = crate::conn::resolve_without_dns(&options)?;
-        Self::start_with_target(reactor, options, target)
+        Self::builder(options).start(reactor)
+    }
+
+    /// A pool with more than options: an after-connect hook
+    /// ([`PgPoolBuilder::after_connect`]), a name, a resolved target. Started with
+    /// [`PgPoolBuilder::start`].
+    pub fn builder(options: PgOptions) -> PgPoolBuilder {
+        PgPoolBuilder::new(options)
     }
 
     /// As [`PgPool::start`], with an already resolved target.
@@ -79,17 +97,7 @@ impl PgPool {
         options: PgOptions,
         target: crate::Target,
     ) -> Result<PgPool, PgError> {
-        crate::conn::check_tls_files(&options, &target)?;
-        let pools = registry(reactor);
-        if pools.default.borrow().is_some() {
-            return Err(PgError::misuse(
-                "this reactor already has a current pool (PgPool::current); start further \
-                 pools with PgPool::start_named",
-            ));
-        }
-        let pool = Self::launch(reactor, options, target);
-        *pools.default.borrow_mut() = Some(pool.clone());
-        Ok(pool)
+        Self::builder(options).target(target).start(reactor)
     }
 
     /// Starts a pool registered under `name` on `reactor` (found again with
@@ -100,24 +108,51 @@ impl PgPool {
         name: &str,
         options: PgOptions,
     ) -> Result<PgPool, PgError> {
-        let target = crate::conn::resolve_without_dns(&options)?;
-        crate::conn::check_tls_files(&options, &target)?;
-        let pools = registry(reactor);
-        if pools.named.borrow().iter().any(|(n, _)| n == name) {
-            return Err(PgError::misuse(format!(
-                "a pool named {name:?} is already running on this reactor"
-            )));
-        }
-        let pool = Self::launch(reactor, options, target);
-        pools
-            .named
-            .borrow_mut()
-            .push((name.to_owned(), pool.clone()));
-        Ok(pool)
+        Self::builder(options).name(name).start(reactor)
     }
 
-    fn launch(reactor: &Reactor, options: PgOptions, target: crate::Target) -> PgPool {
-        let inner = Rc::new(Inner::new(options, target));
+    /// Registers and launches a pool: as the reactor's current one, or under `name`.
+    fn launch_registered(
+        reactor: &Reactor,
+        name: Option<String>,
+        options: PgOptions,
+        target: crate::Target,
+        hook: Option<builder::Hook>,
+    ) -> Result<PgPool, PgError> {
+        crate::conn::check_tls_files(&options, &target)?;
+        let pools = registry(reactor);
+        match name {
+            None => {
+                if pools.default.borrow().is_some() {
+                    return Err(PgError::misuse(
+                        "this reactor already has a current pool (PgPool::current); start \
+                         further pools with PgPool::start_named",
+                    ));
+                }
+                let pool = Self::launch(reactor, options, target, hook);
+                *pools.default.borrow_mut() = Some(pool.clone());
+                Ok(pool)
+            }
+            Some(name) => {
+                if pools.named.borrow().iter().any(|(n, _)| *n == name) {
+                    return Err(PgError::misuse(format!(
+                        "a pool named {name:?} is already running on this reactor"
+                    )));
+                }
+                let pool = Self::launch(reactor, options, target, hook);
+                pools.named.borrow_mut().push((name, pool.clone()));
+                Ok(pool)
+            }
+        }
+    }
+
+    fn launch(
+        reactor: &Reactor,
+        options: PgOptions,
+        target: crate::Target,
+        hook: Option<builder::Hook>,
+    ) -> PgPool {
+        let inner = Rc::new(Inner::new(options, target, hook));
         drop(reactor.spawn(maintenance(Rc::downgrade(&inner))));
         replenish(&inner, Instant::now(), false);
         PgPool { inner }
@@ -225,7 +260,8 @@ impl PgPool {
         let conns: Vec<PgConnection> = {
             let mut st = self.inner.st.borrow_mut();
             st.closed = true;
-            st.slots.drain(..).map(|s| s.conn).collect()
+            let retiring = st.retiring.take();
+            st.slots.drain(..).chain(retiring).map(|s| s.conn).collect()
         };
         self.inner
             .fail_waiters(&PgError::closed("the pool is closed"));
@@ -337,6 +373,9 @@ impl PgPool {
             // Down for long: wait only for the connect this request starts, so a dead
             // database fails fast and a revived one serves at once.
             let fail_fast = inner.down_for_long();
+            // A request that has to wait is demand: reopen one connection that idle_timeout
+            // closed, if any.
+            inner.want_one_more();
             // Nothing live and nothing connecting: connect now, not after a backoff.
             replenish(inner, Instant::now(), true);
             let deadline = *deadline.get_or_insert_with(|| {
@@ -451,24 +490,32 @@ impl Lease {
     }
 }
 
-/// Starts connects to head back to `pool_size`.
+/// Starts connects to head back to the pool's target (`pool_size`, less what idle_timeout
+/// closed and no demand has reopened).
 fn replenish(inner: &Rc<Inner>, now: Instant, urgent: bool) {
     let n = inner.connects_to_start(now, urgent);
     for _ in 0..n {
-        let inner = inner.clone();
-        drop(ioxide::spawn(async move {
-            let started = Instant::now();
-            let r = PgConnection::connect_to(&inner.opts, inner.target.clone()).await;
-            if inner.connected(r, started) {
-                // Requests that came after this connect began are owed one of their own.
-                replenish(&inner, Instant::now(), true);
-            }
-        }));
+        spawn_connect(inner, false);
     }
 }
 
+/// Opens one connection in the background (its `connecting` count already taken);
+/// `replacement`: for a connection past `max_lifetime`.
+fn spawn_connect(inner: &Rc<Inner>, replacement: bool) {
+    let inner = inner.clone();
+    drop(ioxide::spawn(async move {
+        let started = Instant::now();
+        let r = builder::open(&inner).await;
+        if inner.connected(r, started, replacement) {
+            // Requests that came after this connect began are owed one of their own.
+            replenish(&inner, Instant::now(), true);
+        }
+    }));
+}
+
 /// The pool's own task: on every poke (a connection broke, a connect finished) and every
-/// sweep period, drop broken connections, expire waiters and replenish.
+/// sweep period, drop broken connections, expire waiters, retire and close connections
+/// (lifetime, idle) and replenish.
 async fn maintenance(pool: std::rc::Weak<Inner>) {
     let mut ticker = ioxide::time::Ticker::new(SWEEP_PERIOD);
     loop {
@@ -480,6 +527,9 @@ async fn maintenance(pool: std::rc::Weak<Inner>) {
         inner.dirty.set(false);
         inner.remove_broken();
         inner.expire_waiters(now);
+        if inner.housekeep(now) {
+            spawn_connect(&inner, true);
+        }
         replenish(&inner, now, false);
         inner.dispatch();
         // While connects fail, the next probe is due at the end of its backoff (25 ms at
@@ -487,10 +537,11 @@ async fn maintenance(pool: std::rc::Weak<Inner>) {
         // deadline, not at the next sweep after it.
         let next_expiry = inner.next_expiry();
         inner.expiry_armed.set(next_expiry);
-        let wake_at = match (inner.next_probe(), next_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // And a connection is retired or closed when its lifetime or idle time is up.
+        let wake_at = [inner.next_probe(), next_expiry, inner.next_housekeeping()]
+            .into_iter()
+            .flatten()
+            .min();
         drop(inner);
         let poked = std::future::poll_fn(|cx| match pool.upgrade() {
             Some(i) if i.dirty.get() => Poll::Ready(()),

@@ -1,17 +1,17 @@
-//! The pool's bookkeeping: live connections, the FIFO of waiters, connects and backoff.
+//! The pool's bookkeeping: live connections, the FIFO of waiters, routing (connects and
+//! backoff are in `connect.rs`, lifetimes and idle timeouts in `housekeeping.rs`).
 //!
 //! Everything here runs on the pool's reactor thread; `RefCell` borrows are never held across
 //! an await or while waking a task.
 
+use super::builder::Hook;
 use crate::{PgConnection, PgError, PgOptions, Target, TimeoutKind};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-/// First reconnect delay after a failed connect; doubles per failure up to `BACKOFF_CAP`.
-const BACKOFF_BASE: Duration = Duration::from_millis(25);
 /// A connection whose oldest command has run longer than this takes no more pipelined
 /// commands until it finishes: requests wait for another connection rather than queue behind
 /// a slow query.
@@ -19,8 +19,6 @@ const PIPELINE_BEHIND_LIMIT: Duration = Duration::from_millis(20);
 /// How long after a request began waiting the first failed connect may come and still count
 /// as "the database was already down" (a refused or timed-out connect takes a moment).
 const DOWN_SLACK: Duration = Duration::from_millis(500);
-/// Longest reconnect delay, so a restarted server is reused within about this long.
-const BACKOFF_CAP: Duration = Duration::from_millis(500);
 
 /// Pool counters, cheap to read (see [`super::PgPool::stats`]). More may be added.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,8 +42,15 @@ pub struct PoolStats {
     pub timeouts_total: u64,
     /// Queries retried transparently because their connection broke before sending them.
     pub retries_total: u64,
-    /// Failed connect attempts since start.
+    /// Failed connect attempts since start (after-connect hook failures included).
     pub connect_failures_total: u64,
+    /// New connections the after-connect hook failed (an error, a panic, past
+    /// `connect_timeout`), each closed instead of pooled.
+    pub hook_failures_total: u64,
+    /// Connections closed after `max_lifetime` (each once its replacement was open).
+    pub retired_total: u64,
+    /// Connections closed after `idle_timeout`.
+    pub idle_closed_total: u64,
 }
 
 pub(crate) struct Slot {
@@ -55,6 +60,13 @@ pub(crate) struct Slot {
     pub(crate) inflight: usize,
     /// Rented exclusively (a guard holds it).
     pub(crate) rented: bool,
+    /// When `max_lifetime` is up for it (jittered); `None`: no lifetime.
+    pub(crate) expires_at: Option<Instant>,
+    /// Since when housekeeping has found it idle with no command issued in between (kept only
+    /// with `idle_timeout`, off the hot path).
+    pub(crate) idle_since: Instant,
+    /// `commands_issued` when housekeeping last looked.
+    pub(crate) seen_commands: u64,
 }
 
 /// A request waiting for capacity.
@@ -73,8 +85,21 @@ pub(crate) struct Waiter {
 }
 
 pub(crate) struct PoolState {
+    /// The connections that take commands.
     pub(crate) slots: Vec<Slot>,
+    /// A connection past its lifetime whose replacement has joined `slots`: it takes no new
+    /// commands (routing never sees it) and is closed once nothing is in flight on it.
+    pub(crate) retiring: Option<Slot>,
     pub(crate) connecting: usize,
+    /// How many serving connections the pool heads for: `size`, less the connections
+    /// `idle_timeout` closed (never below `min_connections`), up again on demand.
+    pub(crate) target: usize,
+    /// A replacement for a connection past its lifetime is connecting (counted in
+    /// `connecting`).
+    pub(crate) replacing: bool,
+    /// The last retired connection, until its socket has closed: the next replacement waits
+    /// for it, so the server never holds more than one connection beyond `size`.
+    pub(crate) retired_closing: Option<PgConnection>,
     pub(crate) waiters: VecDeque<Rc<RefCell<Waiter>>>,
     pub(crate) failures: u32,
     pub(crate) failing_since: Option<Instant>,
@@ -104,6 +129,11 @@ pub(crate) struct Inner {
     pub(crate) size: usize,
     pub(crate) depth: usize,
     pub(crate) acquire_timeout: Duration,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) min_connections: usize,
+    /// Run on every new connection before it is pooled.
+    pub(crate) hook: Option<Hook>,
     pub(crate) st: RefCell<PoolState>,
     pub(crate) dirty: Cell<bool>,
     /// The waiter deadline the maintenance task's timer is set for (None: no timer).
@@ -111,11 +141,15 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn new(opts: PgOptions, target: Target) -> Inner {
+    pub(crate) fn new(opts: PgOptions, target: Target, hook: Option<Hook>) -> Inner {
         let size = opts.get_pool_size().max(1);
         let depth = opts.get_pipeline_depth().max(1);
         let acquire_timeout = opts.get_acquire_timeout();
         Inner {
+            max_lifetime: opts.get_max_lifetime(),
+            idle_timeout: opts.get_idle_timeout(),
+            min_connections: opts.get_min_connections().min(size),
+            hook,
             opts,
             target,
             size,
@@ -123,7 +157,11 @@ impl Inner {
             acquire_timeout,
             st: RefCell::new(PoolState {
                 slots: Vec::with_capacity(size),
+                retiring: None,
                 connecting: 0,
+                target: size,
+                replacing: false,
+                retired_closing: None,
                 waiters: VecDeque::new(),
                 failures: 0,
                 failing_since: None,
@@ -202,31 +240,88 @@ impl Inner {
             return None;
         }
         let i = self.pick(&st, exclusive)?;
-        Some(Self::take(&mut st, i, exclusive))
+        let id = Self::take(&mut st, i, exclusive);
+        // Shared on a connection already busy (routing takes an idle one first): no idle
+        // connection, so demand, if idle_timeout closed some.
+        if st.target < self.size && st.slots[i].inflight > 1 {
+            drop(st);
+            self.grow();
+        }
+        Some(id)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&self) {
+        self.want_one_more();
+        self.poke();
+    }
+
+    /// A request found no idle connection: head for one more connection, if idle_timeout
+    /// closed some.
+    pub(crate) fn want_one_more(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.target < self.size {
+            st.target += 1;
+        }
     }
 
     pub(crate) fn conn(&self, id: u64) -> Option<PgConnection> {
-        self.st
-            .borrow()
-            .slots
+        let st = self.st.borrow();
+        st.slots
             .iter()
             .find(|s| s.id == id)
+            // Capacity granted on a connection that began retiring before its waiter woke.
+            .or_else(|| st.retiring.as_ref().filter(|s| s.id == id))
             .map(|s| s.conn.share())
     }
 
-    /// Gives capacity back and hands it to queued waiters, in order.
+    /// Gives capacity back and hands it to queued waiters, in order. A retiring connection
+    /// left with nothing in flight is closed.
     pub(crate) fn release(&self, id: u64, exclusive: bool) {
-        {
+        let found = {
             let mut st = self.st.borrow_mut();
-            if let Some(s) = st.slots.iter_mut().find(|s| s.id == id) {
-                if exclusive {
-                    s.rented = false;
-                } else {
-                    s.inflight = s.inflight.saturating_sub(1);
+            match st.slots.iter_mut().find(|s| s.id == id) {
+                Some(s) => {
+                    Self::give_back(s, exclusive);
+                    true
                 }
+                None => false,
             }
+        };
+        if !found {
+            self.release_retiring(id, exclusive);
         }
         self.dispatch();
+    }
+
+    /// `release` for the retiring connection: closed once nothing is in flight on it.
+    #[cold]
+    #[inline(never)]
+    fn release_retiring(&self, id: u64, exclusive: bool) {
+        let retired = {
+            let mut st = self.st.borrow_mut();
+            match st.retiring.as_mut().filter(|s| s.id == id) {
+                Some(s) => {
+                    Self::give_back(s, exclusive);
+                    let drained = s.inflight == 0 && !s.rented;
+                    drained.then(|| Self::retire(&mut st)).flatten()
+                }
+                None => None,
+            }
+        };
+        // Closed (Terminate) outside the borrow.
+        if let Some(conn) = retired {
+            Self::close_retired(conn);
+        }
+    }
+
+    fn give_back(s: &mut Slot, exclusive: bool) {
+        if exclusive {
+            s.rented = false;
+        } else {
+            s.inflight = s.inflight.saturating_sub(1);
+        }
     }
 
     /// Hands free capacity to the waiters at the head of the queue.
@@ -311,7 +406,7 @@ impl Inner {
     /// A connect begun at `started` failed while the database is known to be down: fail the
     /// waiters that asked to fail fast and were already waiting when it began. Returns
     /// whether fail-fast waiters remain (they need a connect of their own).
-    fn fail_fast_waiters(&self, e: &PgError, started: Instant) -> bool {
+    pub(crate) fn fail_fast_waiters(&self, e: &PgError, started: Instant) -> bool {
         let mut wake = Vec::new();
         {
             let mut st = self.st.borrow_mut();
@@ -355,10 +450,13 @@ impl Inner {
     pub(crate) fn remove_broken(&self) -> usize {
         let removed: Vec<Slot> = {
             let mut st = self.st.borrow_mut();
-            let (broken, live): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut st.slots)
+            let (mut broken, live): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut st.slots)
                 .into_iter()
                 .partition(|s| s.conn.is_broken());
             st.slots = live;
+            if st.retiring.as_ref().is_some_and(|s| s.conn.is_broken()) {
+                broken.extend(st.retiring.take());
+            }
             st.stats.broken_total += broken.len() as u64;
             if !broken.is_empty() {
                 st.suspect = true;
@@ -368,141 +466,6 @@ impl Inner {
         let n = removed.len();
         drop(removed);
         n
-    }
-
-    /// How many connects to start now to head back to `size`: all missing ones when healthy,
-    /// one probe first after connections broke (then the rest once it connects), one probe
-    /// at a time (after the backoff) while connects fail. `urgent` (a request found
-    /// no live connection) starts one more at once, even beside probes in flight (up to
-    /// `size + 1` in flight; `connected` closes a surplus connection): a probe begun before
-    /// the server came back may still be waiting on a half-started server, and the request
-    /// must not wait for its verdict.
-    pub(crate) fn connects_to_start(&self, now: Instant, urgent: bool) -> usize {
-        let mut st = self.st.borrow_mut();
-        if st.closed {
-            return 0;
-        }
-        let have = st.slots.len() + st.connecting;
-        let n = if st.failures == 0 && !st.suspect {
-            self.size.saturating_sub(have)
-        } else if st.failures == 0 && st.connecting == 0 && have < self.size {
-            // Coalesced: one probe after connections broke (see `suspect`).
-            1
-        } else if urgent && st.slots.is_empty() {
-            // At most one beyond `size` in flight (`connected` closes a surplus connection).
-            usize::from(st.connecting <= self.size)
-        } else if have < self.size && st.connecting == 0 && now >= st.next_attempt {
-            1
-        } else {
-            0
-        };
-        st.connecting += n;
-        n
-    }
-
-    /// When the next backoff probe is due, if one is wanted: connects are failing, none is
-    /// in flight, and the pool is short of `size`.
-    pub(crate) fn next_probe(&self) -> Option<Instant> {
-        let st = self.st.borrow();
-        let short = st.slots.len() + st.connecting < self.size;
-        (!st.closed && st.failures > 0 && st.connecting == 0 && short).then_some(st.next_attempt)
-    }
-
-    /// Records a finished connect (begun at `started`). Returns true when waiters that must
-    /// fail fast are still waiting for a connect of their own.
-    pub(crate) fn connected(
-        self: &Rc<Self>,
-        r: Result<PgConnection, PgError>,
-        started: Instant,
-    ) -> bool {
-        let mut st = self.st.borrow_mut();
-        st.connecting -= 1;
-        match r {
-            Ok(conn) => {
-                if st.closed {
-                    return false;
-                }
-                if st.last_success.is_none_or(|t| t < started) {
-                    st.last_success = Some(started);
-                }
-                st.suspect = false;
-                let live = st.slots.iter().filter(|s| !s.conn.is_broken()).count();
-                if live >= self.size {
-                    // An urgent connect beside a probe that then succeeded too: surplus.
-                    drop(st);
-                    drop(conn);
-                    return false;
-                }
-                let id = st.next_id;
-                st.next_id += 1;
-                let weak: Weak<Inner> = Rc::downgrade(self);
-                conn.on_broken(move || {
-                    if let Some(p) = weak.upgrade() {
-                        p.poke();
-                    }
-                });
-                conn.set_shared(true);
-                let weak: Weak<Inner> = Rc::downgrade(self);
-                conn.on_drained(move || {
-                    if let Some(p) = weak.upgrade() {
-                        p.dispatch();
-                    }
-                });
-                st.slots.push(Slot {
-                    id,
-                    conn,
-                    inflight: 0,
-                    rented: false,
-                });
-                st.failures = 0;
-                st.failing_since = None;
-                st.timed_out_while_down = false;
-                st.last_error = None;
-                st.stats.opened_total += 1;
-                drop(st);
-                self.dispatch();
-                self.poke();
-                false
-            }
-            Err(e) => {
-                st.stats.connect_failures_total += 1;
-                if st.last_success.is_some_and(|t| t > started) {
-                    // Overtaken: a connect begun after this one has succeeded since, so this
-                    // failure is old news — no backoff, no "down" state, no failed waiters.
-                    tracing::debug!(error = %e, "pool connect failed after a later one succeeded");
-                    return false;
-                }
-                st.failures = st.failures.saturating_add(1);
-                st.failing_since.get_or_insert_with(Instant::now);
-                // Requests are waiting for a connection right now: retry at the first
-                // step's pace, not the growing backoff meant for a server down for long
-                // (which the waiters' own deadline, acquire_timeout, bounds anyway).
-                let step = if st.waiters.is_empty() {
-                    st.failures
-                } else {
-                    1
-                };
-                let delay = backoff(step, &mut st.rng);
-                st.next_attempt = Instant::now() + delay;
-                st.last_error = Some(e.to_string());
-                let fatal = !transient(&e);
-                // Warn on the first failure and then at powers of two, not on every probe.
-                if st.failures.is_power_of_two() {
-                    tracing::warn!(error = %e, failures = st.failures, ?delay, "pool connect failed");
-                } else {
-                    tracing::debug!(error = %e, failures = st.failures, ?delay, "pool connect failed");
-                }
-                drop(st);
-                let waiting = if fatal {
-                    self.fail_waiters(&e);
-                    false
-                } else {
-                    self.fail_fast_waiters(&e, started)
-                };
-                self.poke();
-                waiting
-            }
-        }
     }
 
     /// Wakes the maintenance task (broken connection, connect finished, …).
@@ -517,7 +480,8 @@ impl Inner {
     pub(crate) fn stats(&self) -> PoolStats {
         let st = self.st.borrow();
         let mut s = st.stats;
-        s.open = st.slots.len();
+        // A retiring connection is open, never idle (it is closed once it is).
+        s.open = st.slots.len() + usize::from(st.retiring.is_some());
         s.idle = st
             .slots
             .iter()
@@ -526,24 +490,13 @@ impl Inner {
         s.in_flight = st
             .slots
             .iter()
+            .chain(&st.retiring)
             .map(|s| s.inflight + usize::from(s.rented))
             .sum();
         s.waiting = st.waiters.len();
         s.connecting = st.connecting;
         s
     }
-}
-
-/// Connect errors worth retrying: the transport, or the server not ready yet (starting up,
-/// shutting down, too many connections). Authentication and configuration errors are not.
-fn transient(e: &PgError) -> bool {
-    if e.is_transport() || e.is_timeout() || e.is_closed() {
-        return true;
-    }
-    matches!(
-        e.sql_state(),
-        Some("57P01" | "57P02" | "57P03" | "53300" | "08006" | "08001")
-    )
 }
 
 /// An acquire timeout (never sent), carrying the last connect error when the pool is failing
@@ -557,43 +510,9 @@ fn acquire_error(waited: Duration, last: Option<&str>) -> PgError {
     }
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     t ^ (std::process::id() as u64).rotate_left(32) | 1
-}
-
-/// Capped exponential backoff with ±50 % jitter (xorshift), so reactors and processes that
-/// lost the server together do not reconnect in lockstep.
-fn backoff(failures: u32, rng: &mut u64) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1 << failures.min(10).saturating_sub(1));
-    let base = exp.min(BACKOFF_CAP);
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    let jitter = (*rng % 1000) as f64 / 1000.0; // 0..1
-    base.mul_f64(0.5 + jitter)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let mut rng = 12345;
-        let first = backoff(1, &mut rng);
-        assert!(
-            first >= BACKOFF_BASE / 2 && first <= BACKOFF_BASE * 3 / 2,
-            "{first:?}"
-        );
-        for _ in 0..100 {
-            let d = backoff(30, &mut rng);
-            assert!(d >= BACKOFF_CAP / 2 && d <= BACKOFF_CAP * 3 / 2, "{d:?}");
-        }
-        let a = backoff(8, &mut rng);
-        let b = backoff(8, &mut rng);
-        assert_ne!(a, b, "no jitter");
-    }
 }
