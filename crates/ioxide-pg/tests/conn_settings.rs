@@ -4,31 +4,16 @@
 
 mod common;
 
-use common::{opts, opts_for};
+use common::{env, err, opts, opts_for};
 use ioxide::net::TcpOptions;
 use ioxide::Reactor;
-use ioxide_pg::{PgConnection, PgError, PgOptions, PgPool};
-use std::collections::HashMap;
+use ioxide_pg::{PgConnection, PgOptions, PgPool};
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::{Auth, Cluster};
-
-fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |k| map.get(k).cloned()
-}
-
-fn err(r: Result<PgOptions, PgError>) -> String {
-    r.err()
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| "no error".into())
-}
 
 // ---------------------------------------------------------------------------------------
 // Options: every form, defaults, errors

@@ -1,7 +1,9 @@
 //! `PgOptions`: builders, env, URL, conninfo, validation, resolution, redaction.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+mod common;
+
+use common::{env, err};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,20 +11,6 @@ use std::time::Duration;
 use ioxide_pg::{
     AuthMethod, ChannelBinding, Host, PgError, PgOptions, SslMode, SslNegotiation, Target,
 };
-
-fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |k| map.get(k).cloned()
-}
-
-fn err(r: Result<PgOptions, PgError>) -> String {
-    r.err()
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| "no error".into())
-}
 
 #[test]
 fn defaults_are_documented_values() {

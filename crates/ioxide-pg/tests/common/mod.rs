@@ -72,3 +72,19 @@ pub fn run_within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
         }
     })
 }
+
+/// An environment lookup over `pairs`, for `PgOptions::from_env_with`.
+pub fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+/// The error text of a failed parse, or "no error".
+pub fn err(r: Result<PgOptions, ioxide_pg::PgError>) -> String {
+    r.err()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "no error".into())
+}
