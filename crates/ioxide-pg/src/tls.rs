@@ -534,8 +534,13 @@ impl TlsSession {
         let mut state = Decrypted::Open;
         loop {
             if !cipher.is_empty() {
-                c.read_tls(&mut cipher)
+                let n = c
+                    .read_tls(&mut cipher)
                     .map_err(|e| PgError::io("receiving TLS records", e))?;
+                if n == 0 {
+                    // Not expected (the plaintext is drained every round), but never spin.
+                    return Err(PgError::protocol("the TLS session took no more bytes"));
+                }
             }
             let io = c
                 .process_new_packets()
@@ -607,4 +612,41 @@ pub(crate) fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
         384 => sha2::Sha384::digest(der).to_vec(),
         _ => sha2::Sha512::digest(der).to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sha2::Digest;
+
+    #[test]
+    fn the_end_point_hash_of_an_ecdsa_p256_certificate_is_its_sha256() {
+        let files = testkit::TlsSetup::new().generate().unwrap();
+        let der =
+            CertificateDer::from_pem_file(files.server_cert(testkit::ServerCert::Valid)).unwrap();
+        let hash = end_point_hash(der.as_ref()).unwrap();
+        assert_eq!(hash, sha2::Sha256::digest(der.as_ref()).to_vec());
+    }
+
+    #[test]
+    fn no_end_point_hash_for_bytes_that_are_not_a_certificate() {
+        assert_eq!(end_point_hash(b"not a certificate"), None);
+        assert_eq!(end_point_hash(&[]), None);
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_refused_naming_the_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let files = testkit::TlsSetup::new().generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("client.key");
+        std::fs::copy(files.client_key(), &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_key(&key, None).unwrap_err();
+        assert_eq!(e.config_field(), Some("sslkey"), "{e}");
+        assert!(e.to_string().contains("group or world access"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        load_key(&key, None).unwrap();
+    }
 }
