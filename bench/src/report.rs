@@ -1047,3 +1047,96 @@ pub fn tls_markdown(r: &Value) -> String {
     let _ = writeln!(s);
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn med(query: &str, conns: u64, label: &str, qps: f64, cpu: f64, tls: bool) -> Value {
+        json!({"group": "tls", "query": query, "conns": conns, "concurrency": 64,
+               "label": label, "qps": qps, "client_cpu_us_per_query": cpu, "p99_us": 900.0,
+               "server_cpu_us_per_query": 6.0, "errors": 0, "failed_runs": 0, "tls": tls,
+               "tls_version": if tls { "TLSv1.3" } else { "-" },
+               "tls_cipher": if tls { "TLS_AES_256_GCM_SHA384" } else { "-" }})
+    }
+
+    fn run(query: &str, conns: u64, label: &str, round: u64, cpu: f64) -> Value {
+        json!({"group": "tls", "label": label, "round": round,
+               "result": {"query": query, "conns": conns, "client_cpu_us_per_query": cpu}})
+    }
+
+    #[test]
+    fn tls_section_checks_both_targets() {
+        let mut medians = Vec::new();
+        let mut runs = Vec::new();
+        for conns in [1u64, 2, 8] {
+            // tokio-postgres is best at 2 conns; ioxide-pg TLS 0.4× its CPU there, and 1.2×
+            // its own plaintext CPU except at 8 conns (1.5×).
+            let tp_qps = if conns == 2 { 150_000.0 } else { 100_000.0 };
+            let io_tls = if conns == 8 { 1.5 } else { 1.2 };
+            medians.push(med(
+                "select42",
+                conns,
+                "ioxide-pg d=256",
+                200_000.0,
+                1.0,
+                false,
+            ));
+            medians.push(med(
+                "select42",
+                conns,
+                "ioxide-pg d=256 TLS",
+                180_000.0,
+                io_tls,
+                true,
+            ));
+            medians.push(med("select42", conns, "tokio-postgres", tp_qps, 2.5, false));
+            medians.push(med(
+                "select42",
+                conns,
+                "tokio-postgres TLS",
+                tp_qps,
+                3.0,
+                true,
+            ));
+            for round in 1..=3 {
+                runs.push(run("select42", conns, "ioxide-pg d=256", round, 1.0));
+                runs.push(run("select42", conns, "ioxide-pg d=256 TLS", round, io_tls));
+                runs.push(run("select42", conns, "tokio-postgres TLS", round, 3.0));
+            }
+        }
+        let r = json!({"settings": {"rounds": 3, "seconds": 2.0, "warmup": 1.0,
+                       "pipelined_depth": 256, "connect_n": 200, "warm_size": 64, "warm_reps": 5,
+                       "tls_server_key": "RSA 2048"},
+                       "machine": {"nproc": 2}, "medians": medians, "runs": runs,
+                       "connect_medians": [
+                         {"mode": "sequential", "setup": "TLS + SCRAM", "driver": "ioxide-pg",
+                          "connect_p50_us": 4000.0, "cpu_p50_us": 1300.0},
+                         {"mode": "sequential", "setup": "TLS + SCRAM", "driver": "tokio-postgres",
+                          "connect_p50_us": 5000.0, "cpu_p50_us": 1000.0},
+                         {"mode": "pool", "setup": "SCRAM", "driver": "ioxide-pg",
+                          "warm_ms": 50.0, "cpu_ms": 60.0},
+                         {"mode": "pool", "setup": "SCRAM", "driver": "tokio-postgres",
+                          "warm_ms": 100.0, "cpu_ms": 60.0}]});
+        let md = tls_markdown(&r);
+        let line = |needle: &str| {
+            md.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no line with {needle:?} in\n{md}"))
+                .to_string()
+        };
+        let best = line("at its best (2 conns), `select42`");
+        assert!(best.contains("0.40× CPU (0.40, 0.40, 0.40;"), "{best}");
+        assert!(best.ends_with("**met** |"), "{best}");
+        assert!(line("plaintext, 1 conn, `select42`").ends_with("**met** |"));
+        let eight = line("plaintext, 8 conns, `select42`");
+        assert!(eight.contains("1.50× CPU"), "{eight}");
+        assert!(eight.ends_with("**missed** |"), "{eight}");
+        assert!(md.contains("TLSv1.3 TLS_AES_256_GCM_SHA384"));
+        // Connect: ioxide-pg 1.3× tokio-postgres's CPU, 0.8× its time; warm-up 0.5× the time.
+        assert!(line("| TLS + SCRAM | ioxide-pg |").ends_with("| 1.30× | 0.80× |"));
+        assert!(line("| SCRAM | ioxide-pg | 50.0").contains("| 0.50× | 1.00× |"));
+        assert!(!md.contains("NaN"), "{md}");
+    }
+}
