@@ -45,5 +45,9 @@ GROUP_ARGS=()
 [ -n "${BENCH_GROUPS:-}" ] && GROUP_ARGS=(--groups "$BENCH_GROUPS")
 "$BIN/bench-run" --out "$OUT" --rounds "$ROUNDS" --seconds "$SECONDS_PER_RUN" \
     --http-seconds "$HTTP_SECONDS" "${PLAYGROUND_ARGS[@]}" "${GROUP_ARGS[@]}"
-"$BIN/bench-report" "$OUT" --md BENCHMARKS.md --findings bench/FINDINGS.md
+# The TLS section comes from the latest bench/tls.sh run, if any.
+TLS_ARGS=()
+TLS_RESULTS=$(ls bench/results/*-tls-*.json 2>/dev/null | sort | tail -1)
+[ -n "$TLS_RESULTS" ] && TLS_ARGS=(--tls "$TLS_RESULTS")
+"$BIN/bench-report" "$OUT" --md BENCHMARKS.md --findings bench/FINDINGS.md "${TLS_ARGS[@]}"
 echo "run.sh: $OUT, BENCHMARKS.md" >&2

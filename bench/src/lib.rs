@@ -1,7 +1,9 @@
-//! Side-by-side benchmarks against the Rust peers: `echo` (runtime), `pgload` (drivers).
+//! Side-by-side benchmarks against the Rust peers: `echo` (runtime), `pgload` (drivers),
+//! `pgconnect` (connection set-up).
 //!
 //! Shared pieces: a fixed-size latency histogram and small statistics helpers.
 
+pub mod connect;
 pub mod http;
 pub mod pgload;
 pub mod report;

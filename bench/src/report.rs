@@ -2,10 +2,11 @@
 //!
 //! The markdown holds: the targets with their measured ratios, the tables of medians, the
 //! ratios of ioxide-pg against each peer, HTTP end to end, the pipeline-depth, protocol and reactor
-//! sweeps, and — verbatim — `bench/FINDINGS.md`, the hand-written analysis (profiles, syscall
-//! counts) that a generator cannot produce.
+//! sweeps, the TLS section from a `bench-run --plan tls` results file ([`tls_markdown`]), and
+//! — verbatim — `bench/FINDINGS.md`, the hand-written analysis (profiles, syscall counts) that
+//! a generator cannot produce.
 
-use crate::suite::CONN_LABEL;
+use crate::suite::{CONN_LABEL, TLS_SUFFIX};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -258,7 +259,7 @@ fn table_header(s: &mut String, cols: &[&str]) {
 
 /// The whole markdown. `findings` is appended verbatim; `chart` is the SVG's path relative
 /// to the repository root.
-pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
+pub fn markdown(r: &Value, findings: &str, charts: &[String], tls: &str) -> String {
     let mut s = String::new();
     let st = &r["settings"];
     let m = &r["machine"];
@@ -447,6 +448,7 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String]) -> String {
         }
     }
     let _ = writeln!(s);
+    s.push_str(tls);
     s.push_str(findings);
     s
 }
@@ -652,4 +654,489 @@ pub fn chart(r: &Value, query: &str, path: &Path) -> Result<(), String> {
     }
     root.present().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The labels of one driver in the TLS plan: plaintext and TLS.
+fn tls_pair(label: &str) -> (String, String) {
+    (label.to_string(), format!("{label}{TLS_SUFFIX}"))
+}
+
+/// Per-round ratios `a ÷ b` of `metric` in the TLS plan (the two runs of one round ran back
+/// to back).
+fn round_ratios(r: &Value, query: &str, conns: u64, a: &str, b: &str, metric: &str) -> Vec<f64> {
+    let runs = r["runs"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let get = |label: &str, round: u64| {
+        runs.iter()
+            .find(|x| {
+                x["label"] == label
+                    && x["round"].as_u64() == Some(round)
+                    && x["result"]["query"] == query
+                    && x["result"]["conns"].as_u64() == Some(conns)
+            })
+            .and_then(|x| x["result"][metric].as_f64())
+    };
+    let rounds = r["settings"]["rounds"].as_u64().unwrap_or(0);
+    (1..=rounds)
+        .filter_map(|k| Some(get(a, k)? / get(b, k)?))
+        .collect()
+}
+
+fn list(xs: &[f64]) -> String {
+    xs.iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The pipelined ioxide-pg label, the drivers of the TLS plan in table order.
+fn tls_drivers(r: &Value) -> Vec<String> {
+    vec![
+        pipelined(r),
+        "tokio-postgres".into(),
+        "deadpool".into(),
+        "sqlx".into(),
+    ]
+}
+
+/// The connect row of `driver` for `mode` and `setup`.
+fn connect_row<'a>(r: &'a Value, mode: &str, setup: &str, driver: &str) -> Option<&'a Value> {
+    r["connect_medians"]
+        .as_array()?
+        .iter()
+        .find(|m| m["mode"] == mode && m["setup"] == setup && m["driver"] == driver)
+}
+
+/// The "TLS" section of BENCHMARKS.md from a `bench-run --plan tls` results file: targets,
+/// plaintext against TLS per driver, ioxide-pg against the peers over TLS, connect and
+/// handshake cost, pool warm-up.
+pub fn tls_markdown(r: &Value) -> String {
+    let mut s = String::new();
+    let st = &r["settings"];
+    let m = &r["machine"];
+    let p = pipelined(r);
+    let (p_plain, p_tls) = tls_pair(&p);
+    let t_tls = tls_pair("tokio-postgres").1;
+    let tls_of = |mm: &Value| {
+        format!(
+            "{} {}",
+            mm["tls_version"].as_str().unwrap_or("?"),
+            mm["tls_cipher"].as_str().unwrap_or("?")
+        )
+    };
+    let negotiated: Vec<String> = {
+        let mut v: Vec<String> = r["medians"]
+            .as_array()
+            .map(|a| a.iter().filter(|x| x["tls"] == true).map(tls_of).collect())
+            .unwrap_or_default();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let _ = writeln!(s, "## TLS\n");
+    let _ = writeln!(
+        s,
+        "_From `{}` (`bench/tls.sh`), run {} at commit `{}` on {} ({} CPUs, Linux {}), PostgreSQL \
+         {} on the same host. Every setting: {} rounds, interleaved (each driver's plaintext and \
+         TLS runs back to back, the order alternating between rounds), {} s measured after a {} s \
+         warm-up, 64 queries in flight; medians over rounds, ratios within this run only._\n",
+        r["source"].as_str().unwrap_or("bench/results/*-tls-*.json"),
+        r["date"].as_str().unwrap_or("?"),
+        r["commit"].as_str().unwrap_or("?"),
+        m["cpu"].as_str().unwrap_or("?"),
+        m["nproc"],
+        m["kernel"].as_str().unwrap_or("?"),
+        r["postgres"].as_str().unwrap_or("?"),
+        st["rounds"],
+        st["seconds"],
+        st["warmup"],
+    );
+    let _ = writeln!(
+        s,
+        "Every driver runs rustls 0.23 with the `ring` provider and checks the server's \
+         certificate fully (chain to the run's CA and host name `127.0.0.1`, libpq's \
+         `verify-full`): ioxide-pg through its options (`sslmode=verify-full`, `sslrootcert`), \
+         tokio-postgres and deadpool-postgres through `tokio-postgres-rustls` 0.14 with a ring \
+         `ClientConfig`, sqlx through its `tls-rustls-ring-webpki` feature (`PgSslMode::VerifyFull`, \
+         `ssl_root_cert`). Server certificate: {}, made at run time by `BENCH_TLS=1 \
+         bench/cluster.sh`. Negotiated (`pg_stat_ssl`, checked by every run at start — a run \
+         whose session is not encrypted as asked aborts): {}. Drivers as in the tables above \
+         ({p} = `PgPool` pipelined; tokio-postgres N clients, pipelined; deadpool and sqlx \
+         pools of N). Client CPU = the load generator's getrusage ÷ queries; server CPU = \
+         PostgreSQL's processes ÷ queries.\n",
+        st["tls_server_key"].as_str().unwrap_or("?"),
+        if negotiated.is_empty() {
+            "?".to_string()
+        } else {
+            negotiated.join("; ")
+        },
+    );
+
+    // Targets.
+    let _ = writeln!(s, "### TLS targets\n");
+    table_header(
+        &mut s,
+        &[
+            "comparison",
+            "target",
+            "measured (median ratio; per round)",
+            "verdict",
+        ],
+    );
+    for query in ["select42", "param"] {
+        let best = [1u64, 2, 8]
+            .into_iter()
+            .filter_map(|c| find(r, "tls", query, c, 64, &t_tls).map(|x| (c, x)))
+            .max_by(|a, b| f(a.1, "qps").total_cmp(&f(b.1, "qps")));
+        if let Some((c, tp)) = best {
+            if let Some(io) = find(r, "tls", query, c, 64, &p_tls) {
+                let cpu = ratio(
+                    f(io, "client_cpu_us_per_query"),
+                    f(tp, "client_cpu_us_per_query"),
+                );
+                let rounds = round_ratios(r, query, c, &p_tls, &t_tls, "client_cpu_us_per_query");
+                let _ = writeln!(
+                    s,
+                    "| ioxide-pg over TLS vs tokio-postgres over rustls at its best ({c} conns), \
+                     `{query}` | ≤ 0.5× client CPU/query | {cpu:.2}× CPU ({}; {:.2}× q/s, p99 \
+                     {:.2}×) | {} |",
+                    list(&rounds),
+                    ratio(f(io, "qps"), f(tp, "qps")),
+                    ratio(f(io, "p99_us"), f(tp, "p99_us")),
+                    verdict(cpu <= 0.5)
+                );
+            }
+        }
+        for c in [1u64, 2, 8] {
+            if let (Some(tls), Some(plain)) = (
+                find(r, "tls", query, c, 64, &p_tls),
+                find(r, "tls", query, c, 64, &p_plain),
+            ) {
+                let cpu = ratio(
+                    f(tls, "client_cpu_us_per_query"),
+                    f(plain, "client_cpu_us_per_query"),
+                );
+                let rounds = round_ratios(r, query, c, &p_tls, &p_plain, "client_cpu_us_per_query");
+                let _ = writeln!(
+                    s,
+                    "| ioxide-pg TLS vs plaintext, {c} conn{}, `{query}` | ≤ 1.3× client \
+                     CPU/query | {cpu:.2}× CPU ({}; {:.2}× q/s) | {} |",
+                    if c == 1 { "" } else { "s" },
+                    list(&rounds),
+                    ratio(f(tls, "qps"), f(plain, "qps")),
+                    verdict(cpu <= 1.3)
+                );
+            }
+        }
+    }
+    let _ = writeln!(s);
+
+    // Plaintext against TLS, per driver.
+    let _ = writeln!(
+        s,
+        "### Plaintext and TLS, per driver (medians)\n\nEach row: one driver at one connection \
+         count, its plaintext and TLS runs; `×` = TLS ÷ plaintext.\n"
+    );
+    table_header(
+        &mut s,
+        &[
+            "query",
+            "conns",
+            "driver",
+            "q/s plain",
+            "q/s TLS",
+            "×",
+            "CPU µs/q plain",
+            "CPU µs/q TLS",
+            "×",
+            "p99 µs plain",
+            "p99 µs TLS",
+            "server CPU µs/q plain",
+            "server CPU µs/q TLS",
+            "errors",
+        ],
+    );
+    for query in ["select42", "param"] {
+        for c in [1u64, 2, 8] {
+            for d in tls_drivers(r) {
+                let (a, b) = tls_pair(&d);
+                let (Some(x), Some(y)) = (
+                    find(r, "tls", query, c, 64, &a),
+                    find(r, "tls", query, c, 64, &b),
+                ) else {
+                    continue;
+                };
+                let errors = x["errors"].as_u64().unwrap_or(0)
+                    + y["errors"].as_u64().unwrap_or(0)
+                    + x["failed_runs"].as_u64().unwrap_or(0)
+                    + y["failed_runs"].as_u64().unwrap_or(0);
+                let _ = writeln!(
+                    s,
+                    "| `{query}` | {c} | {d} | {} | {} | {:.2} | {} | {} | {:.2} | {} | {} | {} | {} | {errors} |",
+                    num(f(x, "qps")),
+                    num(f(y, "qps")),
+                    ratio(f(y, "qps"), f(x, "qps")),
+                    num(f(x, "client_cpu_us_per_query")),
+                    num(f(y, "client_cpu_us_per_query")),
+                    ratio(
+                        f(y, "client_cpu_us_per_query"),
+                        f(x, "client_cpu_us_per_query")
+                    ),
+                    num(f(x, "p99_us")),
+                    num(f(y, "p99_us")),
+                    num(f(x, "server_cpu_us_per_query")),
+                    num(f(y, "server_cpu_us_per_query")),
+                );
+            }
+        }
+    }
+    let _ = writeln!(s);
+
+    // ioxide-pg against the peers, both over TLS.
+    let _ = writeln!(
+        s,
+        "### ioxide-pg against the peers, all over TLS\n\nMedian {p} TLS ÷ median peer TLS at \
+         the same connection count: q/s (higher is better) and client CPU per query (lower is \
+         better).\n"
+    );
+    table_header(
+        &mut s,
+        &[
+            "query",
+            "conns",
+            "-",
+            "vs tokio-postgres q/s",
+            "CPU",
+            "vs deadpool q/s",
+            "CPU",
+            "vs sqlx q/s",
+            "CPU",
+        ],
+    );
+    for query in ["select42", "param"] {
+        for c in [1u64, 2, 8] {
+            let Some(io) = find(r, "tls", query, c, 64, &p_tls) else {
+                continue;
+            };
+            let mut line = format!("| `{query}` | {c} | |");
+            for peer in ["tokio-postgres", "deadpool", "sqlx"] {
+                match find(r, "tls", query, c, 64, &tls_pair(peer).1) {
+                    Some(pm) => {
+                        let _ = write!(
+                            line,
+                            " {:.2}× | {:.2}× |",
+                            ratio(f(io, "qps"), f(pm, "qps")),
+                            ratio(
+                                f(io, "client_cpu_us_per_query"),
+                                f(pm, "client_cpu_us_per_query")
+                            )
+                        );
+                    }
+                    None => line.push_str(" — | — |"),
+                }
+            }
+            let _ = writeln!(s, "{line}");
+        }
+    }
+    let _ = writeln!(s);
+
+    // Connect and handshake.
+    let n = st["connect_n"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "### Connect and handshake\n\n`pgconnect --mode sequential`: {n} connects one after \
+         another per run (TCP, SSLRequest and TLS handshake, authentication, up to \
+         ReadyForQuery), each timed and its client CPU taken (getrusage around it); the \
+         connections stay open until the series ends so the server's CPU (postmaster forks \
+         and backends) covers them all. **TLS + SCRAM**: role `bench_scram`, SCRAM-SHA-256 with \
+         `channel_binding=require` for both drivers (SCRAM-SHA-256-PLUS, \
+         tls-server-end-point); **TLS, trust**: the superuser on a trust line (the TLS \
+         handshake alone); **SCRAM**: plaintext, for reference. ioxide-pg on one reactor \
+         (`PgConnection::connect_to`, address resolved once), tokio-postgres on a \
+         current-thread runtime (`Config::connect`, `tokio-postgres-rustls`). Medians over \
+         rounds of each run's median, p99 and mean.\n"
+    );
+    table_header(
+        &mut s,
+        &[
+            "setup",
+            "driver",
+            "connect p50 µs",
+            "connect p99 µs",
+            "client CPU µs/conn p50",
+            "p99",
+            "mean",
+            "server CPU µs/conn",
+            "ioxide-pg ÷ tokio-postgres CPU p50",
+            "time p50",
+        ],
+    );
+    for setup in ["TLS + SCRAM", "TLS, trust", "SCRAM"] {
+        let io = connect_row(r, "sequential", setup, "ioxide-pg");
+        let tp = connect_row(r, "sequential", setup, "tokio-postgres");
+        for (d, row) in [("ioxide-pg", io), ("tokio-postgres", tp)] {
+            let Some(x) = row else { continue };
+            let ratios = match (d, io, tp) {
+                ("ioxide-pg", Some(a), Some(b)) => format!(
+                    "{:.2}× | {:.2}×",
+                    ratio(f(a, "cpu_p50_us"), f(b, "cpu_p50_us")),
+                    ratio(f(a, "connect_p50_us"), f(b, "connect_p50_us"))
+                ),
+                _ => "| ".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {setup} | {d} | {} | {} | {} | {} | {} | {} | {ratios} |",
+                num(f(x, "connect_p50_us")),
+                num(f(x, "connect_p99_us")),
+                num(f(x, "cpu_p50_us")),
+                num(f(x, "cpu_p99_us")),
+                num(f(x, "cpu_mean_us")),
+                num(f(x, "server_cpu_us_per_conn")),
+            );
+        }
+    }
+    let _ = writeln!(s);
+
+    // Pool warm-up.
+    let size = st["warm_size"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "### Warming up {size} connections\n\n`pgconnect --mode pool`: the time until {size} \
+         connections are open at once, {} repetitions per run (median), the connections closed \
+         and 0.5 s given to the server between repetitions. ioxide-pg: `PgPool::start_with_target` \
+         with `pool_size` {size} on one reactor (it starts every missing connect at once), \
+         `stats().open` polled every 0.5 ms; tokio-postgres: {size} `Config::connect` tasks \
+         spawned at once on a current-thread runtime, all awaited. Client and server CPU over \
+         the same span.\n",
+        st["warm_reps"]
+    );
+    table_header(
+        &mut s,
+        &[
+            "setup",
+            "driver",
+            "all open after ms",
+            "client CPU ms",
+            "server CPU ms",
+            "ioxide-pg ÷ tokio-postgres time",
+            "client CPU",
+        ],
+    );
+    for setup in ["TLS + SCRAM", "SCRAM"] {
+        let io = connect_row(r, "pool", setup, "ioxide-pg");
+        let tp = connect_row(r, "pool", setup, "tokio-postgres");
+        for (d, row) in [("ioxide-pg", io), ("tokio-postgres", tp)] {
+            let Some(x) = row else { continue };
+            let ratios = match (d, io, tp) {
+                ("ioxide-pg", Some(a), Some(b)) => format!(
+                    "{:.2}× | {:.2}×",
+                    ratio(f(a, "warm_ms"), f(b, "warm_ms")),
+                    ratio(f(a, "cpu_ms"), f(b, "cpu_ms"))
+                ),
+                _ => "| ".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {setup} | {d} | {} | {} | {} | {ratios} |",
+                num(f(x, "warm_ms")),
+                num(f(x, "cpu_ms")),
+                num(f(x, "server_cpu_ms")),
+            );
+        }
+    }
+    let _ = writeln!(s);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn med(query: &str, conns: u64, label: &str, qps: f64, cpu: f64, tls: bool) -> Value {
+        json!({"group": "tls", "query": query, "conns": conns, "concurrency": 64,
+               "label": label, "qps": qps, "client_cpu_us_per_query": cpu, "p99_us": 900.0,
+               "server_cpu_us_per_query": 6.0, "errors": 0, "failed_runs": 0, "tls": tls,
+               "tls_version": if tls { "TLSv1.3" } else { "-" },
+               "tls_cipher": if tls { "TLS_AES_256_GCM_SHA384" } else { "-" }})
+    }
+
+    fn run(query: &str, conns: u64, label: &str, round: u64, cpu: f64) -> Value {
+        json!({"group": "tls", "label": label, "round": round,
+               "result": {"query": query, "conns": conns, "client_cpu_us_per_query": cpu}})
+    }
+
+    #[test]
+    fn tls_section_checks_both_targets() {
+        let mut medians = Vec::new();
+        let mut runs = Vec::new();
+        for conns in [1u64, 2, 8] {
+            // tokio-postgres is best at 2 conns; ioxide-pg TLS 0.4× its CPU there, and 1.2×
+            // its own plaintext CPU except at 8 conns (1.5×).
+            let tp_qps = if conns == 2 { 150_000.0 } else { 100_000.0 };
+            let io_tls = if conns == 8 { 1.5 } else { 1.2 };
+            medians.push(med(
+                "select42",
+                conns,
+                "ioxide-pg d=256",
+                200_000.0,
+                1.0,
+                false,
+            ));
+            medians.push(med(
+                "select42",
+                conns,
+                "ioxide-pg d=256 TLS",
+                180_000.0,
+                io_tls,
+                true,
+            ));
+            medians.push(med("select42", conns, "tokio-postgres", tp_qps, 2.5, false));
+            medians.push(med(
+                "select42",
+                conns,
+                "tokio-postgres TLS",
+                tp_qps,
+                3.0,
+                true,
+            ));
+            for round in 1..=3 {
+                runs.push(run("select42", conns, "ioxide-pg d=256", round, 1.0));
+                runs.push(run("select42", conns, "ioxide-pg d=256 TLS", round, io_tls));
+                runs.push(run("select42", conns, "tokio-postgres TLS", round, 3.0));
+            }
+        }
+        let r = json!({"settings": {"rounds": 3, "seconds": 2.0, "warmup": 1.0,
+                       "pipelined_depth": 256, "connect_n": 200, "warm_size": 64, "warm_reps": 5,
+                       "tls_server_key": "RSA 2048"},
+                       "machine": {"nproc": 2}, "medians": medians, "runs": runs,
+                       "connect_medians": [
+                         {"mode": "sequential", "setup": "TLS + SCRAM", "driver": "ioxide-pg",
+                          "connect_p50_us": 4000.0, "cpu_p50_us": 1300.0},
+                         {"mode": "sequential", "setup": "TLS + SCRAM", "driver": "tokio-postgres",
+                          "connect_p50_us": 5000.0, "cpu_p50_us": 1000.0},
+                         {"mode": "pool", "setup": "SCRAM", "driver": "ioxide-pg",
+                          "warm_ms": 50.0, "cpu_ms": 60.0},
+                         {"mode": "pool", "setup": "SCRAM", "driver": "tokio-postgres",
+                          "warm_ms": 100.0, "cpu_ms": 60.0}]});
+        let md = tls_markdown(&r);
+        let line = |needle: &str| {
+            md.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no line with {needle:?} in\n{md}"))
+                .to_string()
+        };
+        let best = line("at its best (2 conns), `select42`");
+        assert!(best.contains("0.40× CPU (0.40, 0.40, 0.40;"), "{best}");
+        assert!(best.ends_with("**met** |"), "{best}");
+        assert!(line("plaintext, 1 conn, `select42`").ends_with("**met** |"));
+        let eight = line("plaintext, 8 conns, `select42`");
+        assert!(eight.contains("1.50× CPU"), "{eight}");
+        assert!(eight.ends_with("**missed** |"), "{eight}");
+        assert!(md.contains("TLSv1.3 TLS_AES_256_GCM_SHA384"));
+        // Connect: ioxide-pg 1.3× tokio-postgres's CPU, 0.8× its time; warm-up 0.5× the time.
+        assert!(line("| TLS + SCRAM | ioxide-pg |").ends_with("| 1.30× | 0.80× |"));
+        assert!(line("| SCRAM | ioxide-pg | 50.0").contains("| 0.50× | 1.00× |"));
+        assert!(!md.contains("NaN"), "{md}");
+    }
 }

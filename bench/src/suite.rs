@@ -149,6 +149,135 @@ pub fn plan() -> Vec<Case> {
     cases
 }
 
+/// The suffix of a TLS variant's label (`tokio-postgres TLS`).
+pub const TLS_SUFFIX: &str = " TLS";
+
+/// The TLS plan (`bench-run --plan tls`, `bench/tls.sh`; needs a TLS server, e.g.
+/// `BENCH_TLS=1 bench/cluster.sh`): `select42` and `param`, 64 in flight, at 1, 2 and 8
+/// connections, every driver plaintext and over TLS (`--tls`) back to back: pipelined
+/// ioxide-pg and tokio-postgres at every count, deadpool and sqlx at 2 and 8 (pools of one
+/// are not how they are used).
+pub fn tls_plan() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for query in ["select42", "param"] {
+        for conns in [1, 2, 8] {
+            let mut drivers = vec![
+                ioxide(PIPELINED_DEPTH),
+                v("tokio-postgres", &["--driver", "tokio-postgres"]),
+            ];
+            if conns > 1 {
+                drivers.extend(peers().into_iter().skip(1));
+            }
+            let variants = drivers
+                .into_iter()
+                .flat_map(|d| {
+                    let mut tls = d.clone();
+                    tls.label.push_str(TLS_SUFFIX);
+                    tls.args.push("--tls".into());
+                    [d, tls]
+                })
+                .collect();
+            cases.push(Case {
+                group: "tls",
+                query,
+                conns,
+                concurrency: 64,
+                variants,
+            });
+        }
+    }
+    cases
+}
+
+/// Sequential connects per `pgconnect --mode sequential` run.
+pub const CONNECT_N: usize = 200;
+/// Connections opened at once per `pgconnect --mode pool` repetition.
+pub const WARM_SIZE: usize = 64;
+/// Repetitions per `pgconnect --mode pool` run.
+pub const WARM_REPS: usize = 5;
+
+/// One `pgconnect` invocation.
+#[derive(Debug, Clone)]
+pub struct ConnectVariant {
+    /// `sequential` or `pool`.
+    pub mode: &'static str,
+    /// `TLS + SCRAM`, `TLS, trust`, `SCRAM` (plaintext).
+    pub setup: &'static str,
+    /// `ioxide-pg` or `tokio-postgres`.
+    pub driver: &'static str,
+    pub args: Vec<String>,
+}
+
+/// The connect plan of the TLS run: sequential connects (TLS + SCRAM, TLS with trust, and
+/// plaintext SCRAM for reference) and the warm-up of 64 connections (TLS + SCRAM and
+/// plaintext SCRAM), ioxide-pg and tokio-postgres back to back.
+pub fn connect_plan() -> Vec<ConnectVariant> {
+    let setups: [(&str, &[&str]); 3] = [
+        ("TLS + SCRAM", &["--tls", "--auth", "scram"]),
+        ("TLS, trust", &["--tls", "--auth", "trust"]),
+        ("SCRAM", &["--auth", "scram"]),
+    ];
+    let mut out = Vec::new();
+    for mode in ["sequential", "pool"] {
+        for (setup, flags) in setups {
+            if mode == "pool" && setup == "TLS, trust" {
+                continue;
+            }
+            for driver in ["ioxide-pg", "tokio-postgres"] {
+                let mut args: Vec<String> = ["--driver", driver, "--mode", mode]
+                    .iter()
+                    .chain(flags)
+                    .map(|s| s.to_string())
+                    .collect();
+                args.extend([
+                    "--n".to_string(),
+                    CONNECT_N.to_string(),
+                    "--size".into(),
+                    WARM_SIZE.to_string(),
+                    "--reps".into(),
+                    WARM_REPS.to_string(),
+                ]);
+                out.push(ConnectVariant {
+                    mode,
+                    setup,
+                    driver,
+                    args,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs one pgconnect child and parses its JSON line (an error object if it failed).
+pub fn run_pgconnect(pgconnect: &Path, var: &ConnectVariant) -> Value {
+    let mut cmd = Command::new(pgconnect);
+    cmd.args(&var.args);
+    json_line(cmd)
+}
+
+/// Medians over rounds of every number a connect variant's runs report.
+pub fn connect_medians(var: &ConnectVariant, runs: &[Value]) -> Value {
+    let mut m = Map::new();
+    m.insert("mode".into(), json!(var.mode));
+    m.insert("setup".into(), json!(var.setup));
+    m.insert("driver".into(), json!(var.driver));
+    let ok: Vec<&Value> = runs.iter().filter(|r| r.get("failed").is_none()).collect();
+    if let Some(first) = ok.first().and_then(|r| r.as_object()) {
+        for (k, x) in first {
+            if x.is_number() {
+                let xs: Vec<f64> = ok.iter().filter_map(|r| r.get(k)?.as_f64()).collect();
+                m.insert(k.clone(), json!(crate::pgload::round(median(&xs), 2)));
+            } else if !x.is_array() && !m.contains_key(k) {
+                m.insert(k.clone(), x.clone());
+            }
+        }
+    }
+    m.insert("failed_runs".into(), json!(runs.len() - ok.len()));
+    m.insert("rounds".into(), json!(runs.len()));
+    Value::Object(m)
+}
+
 /// Runs one pgload child and parses its JSON line (an error object if it failed).
 pub fn run_pgload(pgload: &Path, case: &Case, var: &Variant, seconds: f64) -> Value {
     let mut cmd = Command::new(pgload);
@@ -157,6 +286,11 @@ pub fn run_pgload(pgload: &Path, case: &Case, var: &Variant, seconds: f64) -> Va
         .args(["--concurrency", &case.concurrency.to_string()])
         .args(["--seconds", &seconds.to_string()])
         .args(&var.args);
+    json_line(cmd)
+}
+
+/// Runs a child that prints one JSON line.
+fn json_line(mut cmd: Command) -> Value {
     match cmd.output() {
         Ok(o) if o.status.success() => {
             let out = String::from_utf8_lossy(&o.stdout);
@@ -190,7 +324,15 @@ pub fn medians(case: &Case, var: &Variant, runs: &[Value]) -> Value {
     m.insert("concurrency".into(), json!(case.concurrency));
     m.insert("label".into(), json!(var.label));
     if let Some(first) = runs.iter().find(|r| r.get("failed").is_none()) {
-        for k in ["driver", "pipeline_depth", "reactors", "runtime"] {
+        for k in [
+            "driver",
+            "pipeline_depth",
+            "reactors",
+            "runtime",
+            "tls",
+            "tls_version",
+            "tls_cipher",
+        ] {
             if let Some(x) = first.get(k) {
                 m.insert(k.into(), x.clone());
             }
@@ -268,10 +410,33 @@ mod tests {
         ] {
             assert!(plan.iter().any(|c| c.group == g), "{g}");
         }
+        assert!(
+            plan.iter().all(|c| c.group != "tls"),
+            "TLS needs its own server"
+        );
         // Depth 1 only where it differs from the pipelined run.
         for c in plan.iter().filter(|c| c.group == "matrix") {
             let has_d1 = c.variants.iter().any(|v| v.label == "ioxide-pg d=1");
             assert_eq!(has_d1, c.concurrency > c.conns, "{c:?}");
         }
+    }
+
+    #[test]
+    fn tls_plan_pairs_every_variant_with_its_tls_twin() {
+        let plan = tls_plan();
+        assert_eq!(plan.len(), 6);
+        for c in &plan {
+            assert_eq!((c.group, c.concurrency), ("tls", 64));
+            assert_eq!(c.variants.len() % 2, 0);
+            for pair in c.variants.chunks(2) {
+                assert_eq!(format!("{}{TLS_SUFFIX}", pair[0].label), pair[1].label);
+                assert!(!pair[0].args.iter().any(|a| a == "--tls"));
+                assert_eq!(pair[1].args.last().map(String::as_str), Some("--tls"));
+            }
+            assert_eq!(c.variants.len(), if c.conns == 1 { 4 } else { 8 });
+        }
+        let connect = connect_plan();
+        assert_eq!(connect.len(), 10);
+        assert!(connect.iter().all(|v| v.args.iter().any(|a| a == "--mode")));
     }
 }

@@ -3,7 +3,11 @@
 //! `bench/run.sh` calls it with a database in the environment, then `bench-report`.
 //!
 //! `bench-run --out FILE [--rounds N] [--seconds S] [--groups a,b] [--http-seconds S]
-//!            [--http-conns C] [--playground PATH] [--no-http]`
+//!            [--http-conns C] [--playground PATH] [--no-http] [--plan main|tls]`
+//!
+//! `--plan tls` (`bench/tls.sh`, a TLS server in the environment) runs `suite::tls_plan`
+//! (every driver plaintext and over TLS) and, in each round after it, `suite::connect_plan`
+//! through `pgconnect`; no HTTP.
 
 use bench::http::{self, Server};
 use bench::median;
@@ -26,6 +30,8 @@ struct Opts {
     http_conns: usize,
     http_pool: usize,
     playground: Option<PathBuf>,
+    /// `suite::tls_plan` + `suite::connect_plan` instead of `suite::plan` + HTTP.
+    tls: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -39,6 +45,7 @@ fn parse() -> Result<Opts, String> {
         http_conns: 64,
         http_pool: 8,
         playground: None,
+        tls: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -56,6 +63,13 @@ fn parse() -> Result<Opts, String> {
             "--http-conns" => o.http_conns = num(val()?)?,
             "--http-pool" => o.http_pool = num(val()?)?,
             "--playground" => o.playground = Some(val()?.into()),
+            "--plan" => {
+                o.tls = match val()?.as_str() {
+                    "main" => false,
+                    "tls" => true,
+                    other => return Err(format!("unknown plan {other} (main|tls)")),
+                }
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -78,7 +92,19 @@ fn main() -> ExitCode {
         }
     };
     let pgload = dir.join("pgload");
-    let cases: Vec<Case> = suite::plan()
+    let pgconnect = dir.join("pgconnect");
+    let plan = if o.tls {
+        suite::tls_plan()
+    } else {
+        suite::plan()
+    };
+    let connect = if o.tls {
+        suite::connect_plan()
+    } else {
+        Vec::new()
+    };
+    let http_on = o.http && !o.tls;
+    let cases: Vec<Case> = plan
         .into_iter()
         .filter(|c| {
             o.groups
@@ -91,6 +117,7 @@ fn main() -> ExitCode {
         .iter()
         .map(|c| vec![Vec::new(); c.variants.len()])
         .collect();
+    let mut connect_runs: Vec<Vec<Value>> = vec![Vec::new(); connect.len()];
     let mut http_runs: Vec<Value> = Vec::new();
     let mut http_note: Option<String> = None;
     for round in 0..o.rounds {
@@ -118,7 +145,26 @@ fn main() -> ExitCode {
                 runs[ci][vi].push(r);
             }
         }
-        if o.http {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..connect.len()).collect()
+        } else {
+            (0..connect.len()).rev().collect()
+        };
+        for vi in order {
+            let var = &connect[vi];
+            let r = suite::run_pgconnect(&pgconnect, var);
+            eprintln!(
+                "[{:>4.0}s] round {} connect {} {} {}: {}",
+                started.elapsed().as_secs_f64(),
+                round + 1,
+                var.mode,
+                var.setup,
+                var.driver,
+                r
+            );
+            connect_runs[vi].push(r);
+        }
+        if http_on {
             match http_round(&o, &dir) {
                 Ok(mut v) => {
                     for r in &mut v {
@@ -144,7 +190,19 @@ fn main() -> ExitCode {
             }
         }
     }
+    let mut connect_med = Vec::new();
+    let mut connect_raw = Vec::new();
+    for (vi, var) in connect.iter().enumerate() {
+        connect_med.push(suite::connect_medians(var, &connect_runs[vi]));
+        for (round, r) in connect_runs[vi].iter().enumerate() {
+            connect_raw.push(
+                json!({"mode": var.mode, "setup": var.setup, "driver": var.driver,
+                "round": round + 1, "result": r}),
+            );
+        }
+    }
     let results = json!({
+        "plan": if o.tls { "tls" } else { "main" },
         "date": date(),
         "commit": suite::commit(),
         "machine": suite::machine(),
@@ -160,12 +218,18 @@ fn main() -> ExitCode {
             "http_reactors": 1,
             "http_playground_depths": [1, PLAYGROUND_DEPTH],
             "wall_seconds": started.elapsed().as_secs(),
+            "connect_n": suite::CONNECT_N,
+            "warm_size": suite::WARM_SIZE,
+            "warm_reps": suite::WARM_REPS,
+            "tls_server_key": std::env::var("BENCH_TLS_KEY_DESC").ok(),
         },
         "medians": med,
         "http": http_medians(&http_runs),
         "http_note": http_note,
         "runs": raw,
         "http_runs": http_runs,
+        "connect_medians": connect_med,
+        "connect_runs": connect_raw,
     });
     if let Some(p) = o.out.parent() {
         let _ = std::fs::create_dir_all(p);

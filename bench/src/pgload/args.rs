@@ -1,6 +1,7 @@
 //! Command-line settings of one `pgload` run.
 
-use ioxide_pg::PgOptions;
+use ioxide_pg::{PgOptions, RootCert, SslMode};
+use std::path::PathBuf;
 
 /// The client under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +139,13 @@ pub struct Args {
     pub sqlx_test_before_acquire: bool,
     /// Run exactly this many queries (no warm-up, no timed window), for instruction counts.
     pub fixed_queries: Option<u64>,
+    /// Every driver over TLS (rustls on `ring`, `verify-full` against [`Args::tls_root_cert`]);
+    /// without it every driver is forced to plaintext. See [`super::tls`].
+    pub tls: bool,
+    /// With `--tls`: the CA file (`--sslrootcert`, else `PGSSLROOTCERT`).
+    pub tls_root_cert: Option<PathBuf>,
+    /// ioxide-pg's options; the `sslmode` set from `--tls` (the peers are configured from
+    /// these plus `tls` / `tls_root_cert`).
     pub options: PgOptions,
 }
 
@@ -148,9 +156,11 @@ usage: pgload --driver ioxide-pg|tokio-postgres|deadpool|sqlx [--conns N] [--con
               [--reactors R] [--pipeline-depth D] [--no-pool]          (ioxide-pg)
               [--runtime current_thread|multi_thread_1]                (peers)
               [--sqlx-test-before-acquire]                             (sqlx)
-              [--fixed-queries N] [--url postgres://...]
+              [--fixed-queries N] [--url postgres://...] [--tls [--sslrootcert CA.pem]]
 Without --url the libpq environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) or
-DATABASE_URL is used. Prints one JSON line.";
+DATABASE_URL is used. --tls: every driver over TLS (rustls, ring), verify-full against the CA
+in --sslrootcert or PGSSLROOTCERT; without it every driver is forced to plaintext. Prints one
+JSON line.";
 
 impl Args {
     /// Parses the command line (without the program name).
@@ -169,9 +179,12 @@ impl Args {
             flavor: Flavor::CurrentThread,
             sqlx_test_before_acquire: false,
             fixed_queries: None,
+            tls: false,
+            tls_root_cert: None,
             options: PgOptions::new(),
         };
         let mut url = None;
+        let mut root_cert = None;
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
@@ -194,6 +207,8 @@ impl Args {
                 "--sqlx-test-before-acquire" => a.sqlx_test_before_acquire = true,
                 "--fixed-queries" => a.fixed_queries = Some(num(&flag, &value()?)?),
                 "--url" => url = Some(value()?),
+                "--tls" => a.tls = true,
+                "--sslrootcert" => root_cert = Some(PathBuf::from(value()?)),
                 "-h" | "--help" => return Err(USAGE.into()),
                 other => return Err(format!("unknown argument {other}\n{USAGE}")),
             }
@@ -204,6 +219,15 @@ impl Args {
             None => PgOptions::from_env(),
         }
         .map_err(|e| format!("connection options: {e}"))?;
+        a.options = if a.tls {
+            let ca = super::tls::root_cert(root_cert)?;
+            a.tls_root_cert = Some(ca.clone());
+            a.options
+                .ssl_mode(SslMode::VerifyFull)
+                .ssl_root_cert(RootCert::File(ca))
+        } else {
+            a.options.ssl_mode(SslMode::Disable)
+        };
         if a.conns == 0 || a.concurrency == 0 || a.reactors == 0 || a.pipeline_depth == 0 {
             return Err("--conns, --concurrency, --reactors, --pipeline-depth must be >= 1".into());
         }
@@ -254,6 +278,18 @@ mod tests {
         assert_eq!(a.options.get_port(), 5433);
         assert_eq!(a.fixed_queries, None);
         assert!(!a.no_pool);
+        assert!(!a.tls);
+        assert_eq!(
+            a.options.get_ssl_mode(),
+            SslMode::Disable,
+            "plaintext unless --tls"
+        );
+        let a =
+            parse("--driver sqlx --tls --sslrootcert /tmp/ca.pem --url postgres://u@127.0.0.1/db")
+                .expect("valid");
+        assert!(a.tls);
+        assert_eq!(a.tls_root_cert, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(a.options.get_ssl_mode(), SslMode::VerifyFull);
         let a = parse("--driver ioxide-pg --conns 1 --no-pool --url postgres://u@127.0.0.1/db")
             .expect("valid");
         assert!(a.no_pool);

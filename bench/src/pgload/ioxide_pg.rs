@@ -1,7 +1,8 @@
 //! The ioxide-pg driver: one `PgPool` per reactor thread, `pool_size = conns / reactors`,
 //! `concurrency / reactors` closed-loop tasks per reactor calling `pool.query`,
 //! `pool.query_params` or `pool.query_rows`. With `--no-pool` each reactor opens its
-//! `conns / reactors` `PgConnection`s itself and its tasks share them round-robin.
+//! `conns / reactors` `PgConnection`s itself and its tasks share them round-robin. TLS or not
+//! comes with the options (`--tls` sets `sslmode`); each reactor checks its first connection.
 
 use super::{control, report, Args, Ctl, Outcome, Query, RingDelta};
 use crate::Histogram;
@@ -39,11 +40,11 @@ pub fn run(args: &Args) -> Result<Value, String> {
         first += n;
         let (ctl, exited, opts, target) =
             (ctl.clone(), exited.clone(), opts.clone(), target.clone());
-        let (query, no_pool) = (args.query, args.no_pool);
+        let (query, no_pool, tls) = (args.query, args.no_pool, args.tls);
         let t = std::thread::Builder::new()
             .name(format!("reactor-{i}"))
             .spawn(move || {
-                let r = reactor_main(i, &ctl, opts, target, query, no_pool, tasks);
+                let r = reactor_main(i, &ctl, opts, target, query, no_pool, tls, tasks);
                 if let Err(e) = &r {
                     ctl.setup_failed(e);
                 }
@@ -86,12 +87,14 @@ enum Client {
     Conn(Rc<PgConnection>),
 }
 
-/// Opens this reactor's client: the pool (waiting until it is full), or `size` connections.
+/// Opens this reactor's client: the pool (waiting until it is full), or `size` connections;
+/// then checks that the first is encrypted exactly when `tls` asks for it.
 async fn open(
     ctl: &Ctl,
     opts: PgOptions,
     target: Target,
     no_pool: bool,
+    tls: bool,
 ) -> Result<Vec<Client>, String> {
     let size = opts.get_pool_size();
     if no_pool {
@@ -101,6 +104,13 @@ async fn open(
                 .await
                 .map_err(|e| format!("connecting: {e}"))?;
             conns.push(Client::Conn(Rc::new(c)));
+        }
+        if let Some(Client::Conn(c)) = conns.first() {
+            let r = c
+                .query(super::tls::CHECK_SQL)
+                .await
+                .map_err(|e| format!("the TLS check: {e}"))?;
+            ctl.check_tls(tls, r.value().unwrap_or(""))?;
         }
         return Ok(conns);
     }
@@ -119,10 +129,16 @@ async fn open(
         }
         ioxide::time::sleep(Duration::from_millis(5)).await;
     }
+    let r = pool
+        .query(super::tls::CHECK_SQL)
+        .await
+        .map_err(|e| format!("the TLS check: {e}"))?;
+    ctl.check_tls(tls, r.value().unwrap_or(""))?;
     Ok(vec![Client::Pool(pool)])
 }
 
 /// One reactor: open its client, run this reactor's share of tasks.
+#[allow(clippy::too_many_arguments)]
 fn reactor_main(
     index: usize,
     ctl: &Arc<Ctl>,
@@ -130,12 +146,13 @@ fn reactor_main(
     target: Target,
     query: Query,
     no_pool: bool,
+    tls: bool,
     tasks: Range<usize>,
 ) -> Result<(Histogram, RingDelta), String> {
     let rt = ioxide::Runtime::with_config(ioxide::RingConfig::default(), index)
         .map_err(|e| format!("starting a reactor: {e}"))?;
     rt.block_on(async move {
-        let clients = open(ctl, opts, target, no_pool).await?;
+        let clients = open(ctl, opts, target, no_pool, tls).await?;
         ctl.ready();
         let window = Rc::new(RingWindow::default());
         if ctl.fixed.is_some() {

@@ -8,12 +8,14 @@
 //! runs on this machine, its CPU over the same window is reported too ([`server`]).
 //!
 //! The drivers: [`ioxide_pg`] (our pool on R reactor threads), [`peers`] (tokio-postgres,
-//! deadpool-postgres, sqlx on a tokio runtime).
+//! deadpool-postgres, sqlx on a tokio runtime), each over plaintext or, with `--tls`, TLS
+//! ([`tls`]).
 
 pub mod args;
 pub mod ioxide_pg;
 pub mod peers;
 pub mod server;
+pub mod tls;
 
 use crate::Histogram;
 pub use args::{Args, Driver, Flavor, Query};
@@ -22,6 +24,7 @@ use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tls::TlsCheck;
 
 /// `SELECT 42`, checked as 42.
 pub const SQL_SELECT42: &str = "SELECT 42";
@@ -54,6 +57,8 @@ pub struct Ctl {
     tickets: AtomicU64,
     ready: AtomicUsize,
     setup_failed: Mutex<Option<String>>,
+    /// The server's answer to [`tls::CHECK_SQL`] on the first connection checked.
+    tls: Mutex<Option<TlsCheck>>,
 }
 
 impl Ctl {
@@ -70,6 +75,7 @@ impl Ctl {
             tickets: AtomicU64::new(0),
             ready: AtomicUsize::new(0),
             setup_failed: Mutex::new(None),
+            tls: Mutex::new(None),
         }
     }
 
@@ -130,6 +136,16 @@ impl Ctl {
         let mut f = self.setup_failed.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert_with(|| e.to_string());
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Checks a connection's answer to [`tls::CHECK_SQL`] against `want` (`--tls`) and keeps
+    /// the first for the report; an error aborts the setup.
+    pub fn check_tls(&self, want: bool, answer: &str) -> Result<(), String> {
+        let check = TlsCheck::parse(answer)?;
+        check.expect(want)?;
+        let mut t = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        t.get_or_insert(check);
+        Ok(())
     }
 
     fn completed(&self) -> u64 {
@@ -274,6 +290,7 @@ pub fn report(args: &Args, w: &Window, out: &Outcome, rss_kib: Option<u64>) -> V
         "concurrency": args.concurrency,
         "seconds": round(wall, 3),
         "query": args.query.name(),
+        "tls": args.tls,
         "queries": queries,
         "qps": round(queries as f64 / wall, 0),
         "client_cpu_us_per_query": round(per_q(cpu * 1e6), 3),
@@ -316,9 +333,13 @@ pub fn report(args: &Args, w: &Window, out: &Outcome, rss_kib: Option<u64>) -> V
     v
 }
 
-/// Adds the run-wide error details to a report.
+/// Adds the run-wide error details and the TLS check's version and cipher to a report.
 pub fn add_errors(v: &mut Value, ctl: &Ctl) {
     let m = v.as_object_mut().expect("an object");
+    if let Some(t) = ctl.tls.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        m.insert("tls_version".into(), json!(t.version));
+        m.insert("tls_cipher".into(), json!(t.cipher));
+    }
     m.insert(
         "wrong_answers".into(),
         json!(ctl.wrong.load(Ordering::Relaxed)),

@@ -6,6 +6,9 @@
 //!   client, `prepare_cached`, runs, returns it;
 //! * sqlx: a `PgPool` of `conns` (its per-connection statement cache; `test_before_acquire`
 //!   off unless `--sqlx-test-before-acquire`).
+//!
+//! With `--tls` the first two connect through `tokio-postgres-rustls` and sqlx through its
+//! rustls feature, all on `ring` ([`super::tls`]); each checks one connection at start.
 
 use super::{control, report, Args, Ctl, Driver, Flavor, Outcome, Query};
 use crate::{closed_loop, Histogram};
@@ -13,7 +16,9 @@ use ioxide_pg::{Host, PgOptions};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio_postgres::config::SslMode as TpSslMode;
 use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Runs one measurement.
 pub fn run(args: &Args) -> Result<Value, String> {
@@ -78,7 +83,62 @@ pub(crate) fn tp_config(o: &PgOptions) -> tokio_postgres::Config {
     c
 }
 
-fn sqlx_options(o: &PgOptions) -> sqlx::postgres::PgConnectOptions {
+/// The rustls connector of tokio-postgres and deadpool with `--tls` (`None`: plaintext).
+pub(crate) fn tp_tls(args: &Args) -> Result<Option<MakeRustlsConnect>, String> {
+    match (&args.tls_root_cert, args.tls) {
+        (Some(ca), true) => Ok(Some(MakeRustlsConnect::new(super::tls::client_config(ca)?))),
+        (None, true) => Err("--tls without a CA file".into()),
+        _ => Ok(None),
+    }
+}
+
+/// [`tp_config`] with the `sslmode` for `tls`: `require` with a connector (the connector's
+/// WebPKI verifier checks chain and host name), `disable` without.
+pub(crate) fn tp_config_tls(o: &PgOptions, tls: bool) -> tokio_postgres::Config {
+    let mut c = tp_config(o);
+    c.ssl_mode(if tls {
+        TpSslMode::Require
+    } else {
+        TpSslMode::Disable
+    });
+    c
+}
+
+/// Connects one tokio-postgres client, over TLS when `tls` is given, and spawns its
+/// connection task on the current runtime.
+pub(crate) async fn tp_connect(
+    cfg: &tokio_postgres::Config,
+    tls: Option<&MakeRustlsConnect>,
+) -> Result<Client, tokio_postgres::Error> {
+    match tls {
+        None => {
+            let (client, conn) = cfg.connect(NoTls).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(client)
+        }
+        Some(t) => {
+            let (client, conn) = cfg.connect(t.clone()).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(client)
+        }
+    }
+}
+
+/// A tokio-postgres client's answer to the TLS check.
+pub(crate) async fn tp_check(c: &Client) -> Result<String, String> {
+    let row = c
+        .query_one(super::tls::CHECK_SQL, &[])
+        .await
+        .map_err(|e| format!("the TLS check: {e}"))?;
+    row.try_get::<_, String>(0).map_err(err)
+}
+
+fn sqlx_options(o: &PgOptions, args: &Args) -> sqlx::postgres::PgConnectOptions {
+    use sqlx::postgres::PgSslMode;
     let mut c = sqlx::postgres::PgConnectOptions::new_without_pgpass()
         .port(o.get_port())
         .username(o.get_user())
@@ -91,7 +151,10 @@ fn sqlx_options(o: &PgOptions) -> sqlx::postgres::PgConnectOptions {
     if let Some(p) = o.get_password() {
         c = c.password(p);
     }
-    c
+    match (&args.tls_root_cert, args.tls) {
+        (Some(ca), true) => c.ssl_mode(PgSslMode::VerifyFull).ssl_root_cert(ca),
+        _ => c.ssl_mode(PgSslMode::Disable),
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -102,15 +165,16 @@ fn err(e: impl std::fmt::Display) -> String {
 async fn load(args: Args, ctl: Arc<Ctl>) -> Result<Histogram, String> {
     let (q, sql) = (args.query, args.query.sql());
     let mut handles = Vec::with_capacity(args.concurrency);
+    let tls = tp_tls(&args)?;
     match args.driver {
         Driver::TokioPostgres => {
-            let cfg = tp_config(&args.options);
+            let cfg = tp_config_tls(&args.options, args.tls);
             let mut clients = Vec::with_capacity(args.conns);
             for _ in 0..args.conns {
-                let (client, conn) = cfg.connect(NoTls).await.map_err(err)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let client = tp_connect(&cfg, tls.as_ref()).await.map_err(err)?;
+                if clients.is_empty() {
+                    ctl.check_tls(args.tls, &tp_check(&client).await?)?;
+                }
                 let stmt = client.prepare(sql).await.map_err(err)?;
                 clients.push(Arc::new((client, stmt)));
             }
@@ -124,13 +188,14 @@ async fn load(args: Args, ctl: Arc<Ctl>) -> Result<Histogram, String> {
         }
         Driver::Deadpool => {
             use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-            let mgr = Manager::from_config(
-                tp_config(&args.options),
-                NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            let cfg = tp_config_tls(&args.options, args.tls);
+            let mc = || ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let mgr = match tls {
+                Some(t) => Manager::from_config(cfg, t, mc()),
+                None => Manager::from_config(cfg, NoTls, mc()),
+            };
             let pool = Pool::builder(mgr)
                 .max_size(args.conns)
                 .build()
@@ -139,6 +204,9 @@ async fn load(args: Args, ctl: Arc<Ctl>) -> Result<Histogram, String> {
             let mut held = Vec::with_capacity(args.conns);
             for _ in 0..args.conns {
                 let c = pool.get().await.map_err(err)?;
+                if held.is_empty() {
+                    ctl.check_tls(args.tls, &tp_check(&c).await?)?;
+                }
                 c.prepare_cached(sql).await.map_err(err)?;
                 held.push(c);
             }
@@ -161,12 +229,19 @@ async fn load(args: Args, ctl: Arc<Ctl>) -> Result<Histogram, String> {
                 .max_connections(args.conns as u32)
                 .min_connections(args.conns as u32)
                 .test_before_acquire(args.sqlx_test_before_acquire)
-                .connect_with(sqlx_options(&args.options))
+                .connect_with(sqlx_options(&args.options, &args))
                 .await
                 .map_err(err)?;
             let mut held = Vec::with_capacity(args.conns);
             for _ in 0..args.conns {
                 let mut c = pool.acquire().await.map_err(err)?;
+                if held.is_empty() {
+                    let answer: String = sqlx::query_scalar(super::tls::CHECK_SQL)
+                        .fetch_one(&mut *c)
+                        .await
+                        .map_err(|e| format!("the TLS check: {e}"))?;
+                    ctl.check_tls(args.tls, &answer)?;
+                }
                 sqlx_one_on(&mut c, q).await?;
                 held.push(c);
             }
