@@ -562,14 +562,14 @@ impl TlsSession {
         }
     }
 
-    /// The server's certificate's `tls-server-end-point` hash (RFC 5929: the certificate
-    /// hashed with its signature's hash, SHA-256 for MD5 and SHA-1), or `None` when its
-    /// signature algorithm has no such hash (RSASSA-PSS, Ed25519: the server cannot bind
-    /// to those either).
-    pub(crate) fn server_end_point(&self) -> Option<Vec<u8>> {
+    /// The server's certificate (DER), or nothing if it sent none; its
+    /// `tls-server-end-point` hash ([`end_point_hash`]) is what SCRAM-SHA-256-PLUS binds to.
+    pub(crate) fn server_cert(&self) -> Vec<u8> {
         let c = self.conn.borrow();
-        let cert = c.peer_certificates()?.first()?;
-        end_point_hash(cert.as_ref())
+        c.peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|cert| cert.as_ref().to_vec())
+            .unwrap_or_default()
     }
 
     /// The ALPN protocol the server selected.
@@ -588,7 +588,9 @@ impl TlsSession {
     }
 }
 
-/// RFC 5929's `tls-server-end-point` for a DER certificate.
+/// RFC 5929's `tls-server-end-point` for a DER certificate: the certificate hashed with
+/// its signature's hash (SHA-256 for MD5 and SHA-1), or `None` when its signature algorithm
+/// has no such hash (RSASSA-PSS, Ed25519: the server cannot bind to those either).
 pub(crate) fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
     use sha2::Digest;
     use x509_cert::der::Decode;

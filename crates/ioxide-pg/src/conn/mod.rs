@@ -659,7 +659,7 @@ async fn open_once(
         startup.set_password(password);
     }
     if let Some(t) = &tls {
-        startup = startup.with_tls(t.server_end_point());
+        startup = startup.with_tls(t.server_cert());
     }
     let mut out = BytesMut::with_capacity(512);
     startup.start(&mut out)?;

@@ -197,8 +197,9 @@ pub struct Startup {
     options: Option<String>,
     require_auth: RequireAuth,
     channel_binding: crate::options::ChannelBinding,
-    /// Over TLS: the server certificate's `tls-server-end-point` hash, if it has one.
-    tls: Option<Option<Vec<u8>>>,
+    /// Over TLS: the server's certificate (DER; empty if it sent none), hashed for
+    /// `tls-server-end-point` only if SCRAM-SHA-256-PLUS is chosen.
+    tls: Option<Vec<u8>>,
     phase: Phase,
     info: ServerInfo,
 }
@@ -231,11 +232,12 @@ impl Startup {
         }
     }
 
-    /// The session runs over TLS; `end_point` is the server certificate's
-    /// `tls-server-end-point` hash (`None` when its signature algorithm has none), which
-    /// SCRAM-SHA-256-PLUS binds the login to.
-    pub fn with_tls(mut self, end_point: Option<Vec<u8>>) -> Startup {
-        self.tls = Some(end_point);
+    /// The session runs over TLS with the server certificate `cert` (DER), whose
+    /// `tls-server-end-point` hash SCRAM-SHA-256-PLUS binds the login to. The hash is made
+    /// only when the server asks for SCRAM (parsing and hashing the certificate at every
+    /// connect cost ~14 µs where trust or cert authentication needs none of it).
+    pub fn with_tls(mut self, cert: Vec<u8>) -> Startup {
+        self.tls = Some(cert);
         self
     }
 
@@ -467,7 +469,7 @@ impl Startup {
     ) -> Result<(&'static str, ChannelBinding), PgError> {
         use crate::options::ChannelBinding as Policy;
         let end_point = match &self.tls {
-            Some(e) => e.clone(),
+            Some(cert) => crate::tls::end_point_hash(cert),
             None => None,
         };
         let tls = self.tls.is_some();

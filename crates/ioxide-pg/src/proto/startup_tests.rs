@@ -302,3 +302,99 @@ fn endless_distinct_parameters_during_startup_fail_the_handshake() {
         "startup failed for good"
     );
 }
+
+/// The SASLInitialResponse's mechanism and the start of its client-first message.
+fn initial_response(out: &BytesMut) -> (String, String) {
+    assert_eq!(out[0], b'p');
+    let body = &out[5..];
+    let nul = body.iter().position(|&b| b == 0).unwrap_or(0);
+    let mech = String::from_utf8_lossy(&body[..nul]).into_owned();
+    let first = String::from_utf8_lossy(&body[nul + 1 + 4..]).into_owned();
+    (mech, first)
+}
+
+fn server_cert_der() -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    let files = testkit::TlsSetup::new().generate().expect("certificates");
+    rustls::pki_types::CertificateDer::from_pem_file(files.server_cert(testkit::ServerCert::Valid))
+        .expect("PEM")
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn channel_binding_flags_follow_tls_the_offer_and_the_policy() {
+    use crate::options::ChannelBinding as Cb;
+    let cert = server_cert_der();
+    let both = auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+    let plain_only = auth(10, b"SCRAM-SHA-256\0\0");
+    // (policy, TLS?, offer) -> (mechanism, GS2 header)
+    let cases: [(Cb, bool, &[u8], &str, &str); 6] = [
+        (
+            Cb::Prefer,
+            true,
+            &both,
+            "SCRAM-SHA-256-PLUS",
+            "p=tls-server-end-point,,",
+        ),
+        (
+            Cb::Require,
+            true,
+            &both,
+            "SCRAM-SHA-256-PLUS",
+            "p=tls-server-end-point,,",
+        ),
+        // TLS and a hash, but no PLUS offered: "y" lets a server that did offer it see a
+        // downgrade.
+        (Cb::Prefer, true, &plain_only, "SCRAM-SHA-256", "y,,"),
+        (Cb::Disable, true, &both, "SCRAM-SHA-256", "n,,"),
+        (Cb::Prefer, false, &both, "SCRAM-SHA-256", "n,,"),
+        (Cb::Disable, false, &plain_only, "SCRAM-SHA-256", "n,,"),
+    ];
+    for (policy, tls, offer, mech, gs2) in cases {
+        let o = opts().channel_binding(policy);
+        let mut s = Startup::new(&o);
+        if tls {
+            s = s.with_tls(cert.clone());
+        }
+        let mut out = BytesMut::new();
+        s.start(&mut out).expect("start");
+        out.clear();
+        s.handle(b'R', offer, &mut out).expect("SASL");
+        let (m, first) = initial_response(&out);
+        assert_eq!(m, mech, "{policy:?} tls={tls}");
+        assert!(first.starts_with(gs2), "{policy:?} tls={tls}: {first}");
+    }
+}
+
+#[test]
+fn channel_binding_require_refuses_what_cannot_bind() {
+    use crate::options::ChannelBinding as Cb;
+    let o = opts().channel_binding(Cb::Require);
+    let cert = server_cert_der();
+    // No TLS.
+    let (mut s, mut out) = started(&o);
+    let e = err_text(s.handle(
+        b'R',
+        &auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"),
+        &mut out,
+    ));
+    assert!(e.contains("does not use TLS"), "{e}");
+    // TLS, but the server offers no PLUS.
+    let mut s = Startup::new(&o).with_tls(cert.clone());
+    s.start(&mut out).expect("start");
+    let e = err_text(s.handle(b'R', &auth(10, b"SCRAM-SHA-256\0\0"), &mut out));
+    assert!(e.contains("does not offer SCRAM-SHA-256-PLUS"), "{e}");
+    // TLS, but the certificate has no end-point hash.
+    let mut s = Startup::new(&o).with_tls(b"not a certificate".to_vec());
+    s.start(&mut out).expect("start");
+    let e = err_text(s.handle(b'R', &auth(10, b"SCRAM-SHA-256-PLUS\0\0"), &mut out));
+    assert!(e.contains("no tls-server-end-point hash"), "{e}");
+    // A login that never reaches SCRAM: trust, cleartext, MD5.
+    for (code, extra) in [(0, &b""[..]), (3, b""), (5, b"salt")] {
+        let mut s = Startup::new(&o).with_tls(cert.clone());
+        s.start(&mut out).expect("start");
+        let e = err_text(s.handle(b'R', &auth(code, extra), &mut out));
+        assert!(e.contains("without channel binding"), "code {code}: {e}");
+    }
+}
