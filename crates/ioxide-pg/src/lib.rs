@@ -30,13 +30,13 @@ mod pool;
 pub mod proto;
 mod tls;
 
-pub use conn::{Params, PgConnection, ResultSet};
+pub use conn::{IsolationLevel, Params, PgConnection, ResultSet, Transaction, TransactionBuilder};
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use options::{
     ChannelBinding, Host, PgOptions, RootCert, SslCertMode, SslMode, SslNegotiation, Target,
     TlsVersion,
 };
-pub use pool::{AfterConnectFuture, PgPool, PgPoolBuilder, PoolStats, PooledConn, Transaction};
+pub use pool::{AfterConnectFuture, PgPool, PgPoolBuilder, PoolStats, PooledConn};
 pub use proto::auth::{AuthMethod, RequireAuth};
 pub use proto::message::TxnStatus;
 pub use proto::query_result::QueryResult;

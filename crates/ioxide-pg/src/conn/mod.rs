@@ -8,8 +8,10 @@ mod result;
 mod secure;
 mod state;
 mod tasks;
+mod txn;
 
 pub use result::ResultSet;
+pub use txn::{IsolationLevel, Transaction, TransactionBuilder};
 
 use crate::proto::encode;
 use crate::proto::message::TxnStatus;

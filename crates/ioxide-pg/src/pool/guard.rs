@@ -1,7 +1,7 @@
 //! Rented connections and transactions.
 
 use super::Lease;
-use crate::{PgConnection, PgError, TxnStatus};
+use crate::{PgConnection, TxnStatus};
 use std::fmt;
 use std::ops::Deref;
 use std::time::Duration;
@@ -34,16 +34,6 @@ impl PooledConn {
         // autocommit guard is off until the connection is back.
         lease.conn.set_shared(false);
         PooledConn { lease: Some(lease) }
-    }
-
-    /// Starts a transaction (`BEGIN`); it rolls back if dropped without
-    /// [`Transaction::commit`].
-    pub async fn begin(&self) -> Result<Transaction<'_>, PgError> {
-        self.query("BEGIN").await?;
-        Ok(Transaction {
-            conn: self,
-            done: false,
-        })
     }
 }
 
@@ -98,50 +88,5 @@ impl Drop for PooledConn {
             }
             drop(lease);
         }));
-    }
-}
-
-/// A transaction on a rented connection. Dropped without commit, it rolls back (through the
-/// rented connection's return path).
-pub struct Transaction<'a> {
-    conn: &'a PooledConn,
-    done: bool,
-}
-
-impl fmt::Debug for Transaction<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transaction")
-            .field("done", &self.done)
-            .finish()
-    }
-}
-
-impl Deref for Transaction<'_> {
-    type Target = PgConnection;
-    fn deref(&self) -> &PgConnection {
-        self.conn
-    }
-}
-
-impl Drop for Transaction<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            // Queued behind whatever is in flight, ahead of anything issued later.
-            self.conn.query_detached("ROLLBACK");
-        }
-    }
-}
-
-impl Transaction<'_> {
-    /// `COMMIT`.
-    pub async fn commit(mut self) -> Result<(), PgError> {
-        self.done = true;
-        self.conn.query("COMMIT").await.map(drop)
-    }
-
-    /// `ROLLBACK`.
-    pub async fn rollback(mut self) -> Result<(), PgError> {
-        self.done = true;
-        self.conn.query("ROLLBACK").await.map(drop)
     }
 }

@@ -29,7 +29,7 @@ mod housekeeping;
 mod state;
 
 pub use builder::{AfterConnectFuture, PgPoolBuilder};
-pub use guard::{PooledConn, Transaction};
+pub use guard::PooledConn;
 pub use state::PoolStats;
 
 use crate::conn::Params;
