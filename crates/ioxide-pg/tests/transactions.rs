@@ -213,3 +213,50 @@ fn rented_connections_take_transactions_and_the_shared_path_does_not() {
         pool.close().await;
     });
 }
+
+#[test]
+fn batch_execute_returns_every_tag_and_fails_as_one_implicit_transaction() {
+    run_within(LIMIT, async {
+        let c = PgConnection::connect(&opts()).await.unwrap();
+        let tags = c
+            .batch_execute(
+                "DROP TABLE IF EXISTS batch_t; CREATE TABLE batch_t (v int8 PRIMARY KEY); \
+                 INSERT INTO batch_t VALUES (1), (2); SELECT * FROM batch_t; \
+                 UPDATE batch_t SET v = v + 10 WHERE v = 2",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            tags,
+            [
+                "DROP TABLE",
+                "CREATE TABLE",
+                "INSERT 0 2",
+                "SELECT 2",
+                "UPDATE 1"
+            ]
+        );
+        assert!(c.batch_execute("").await.unwrap().is_empty());
+        // The third statement fails: the first two are undone with it (one implicit
+        // transaction), and the error says which statement it was.
+        let e = c
+            .batch_execute(
+                "INSERT INTO batch_t VALUES (3); INSERT INTO batch_t VALUES (4); \
+                 INSERT INTO batch_t VALUES (1); INSERT INTO batch_t VALUES (5)",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.sql_state(), Some("23505"), "{e}");
+        assert!(e.to_string().contains("statement 2 of the batch"), "{e}");
+        assert_eq!(values(&c, "batch_t").await, vec![1, 12]);
+        assert_eq!(c.transaction_status(), TxnStatus::Idle);
+        // Through the pool's shared path too.
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
+        let tags = pool
+            .batch_execute("INSERT INTO batch_t VALUES (6); DELETE FROM batch_t WHERE v = 6")
+            .await
+            .unwrap();
+        assert_eq!(tags, ["INSERT 0 1", "DELETE 1"]);
+        pool.close().await;
+    });
+}

@@ -163,6 +163,24 @@ impl Sink for SetSink {
     }
 }
 
+/// Collects the command tag of every statement of a simple-protocol script; rows are read
+/// and dropped.
+#[derive(Default)]
+pub(crate) struct TagsSink(pub(crate) Vec<String>);
+
+impl Sink for TagsSink {
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), SinkError> {
+        if let ReplyEvent::CommandComplete(tag) = ev {
+            self.0.push(tag.as_str().to_owned());
+        }
+        Ok(())
+    }
+
+    fn took_effect(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
 /// Hands each row to a borrowed callback as it arrives.
 pub(crate) struct RowsSink<'f, F> {
     pub(crate) columns: Rc<Columns>,

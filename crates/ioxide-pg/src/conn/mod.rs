@@ -24,7 +24,7 @@ use crate::proto::{
 use crate::{Host, PgError, PgOptions, QueryResult, Target, TimeoutKind};
 use bytes::BytesMut;
 use cache::StatementCache;
-use command::{CmdFuture, RowsSink, SetSink};
+use command::{CmdFuture, RowsSink, SetSink, TagsSink};
 use postgres_types::ToSql;
 use state::{Conn, DeepMark, ReplyMeter, State, RECV_BUF};
 use std::cell::{Cell, RefCell};
@@ -146,6 +146,44 @@ impl PgConnection {
                 Err(_) if collateral && !retried => retried = true,
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Runs a script of `;`-separated statements (simple protocol, one round trip) and
+    /// returns every statement's command tag, in order (`["CREATE TABLE", "INSERT 0 3",
+    /// "SELECT 2"]`); rows are read and dropped. An empty script returns no tags.
+    ///
+    /// Without an explicit `BEGIN`/`COMMIT` in it, PostgreSQL runs the whole script in one
+    /// implicit transaction: if a statement fails, none of the script's work stays, and the
+    /// error says which statement (0-based) failed, counting the ones that completed before
+    /// it.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
+    /// let tags = conn
+    ///     .batch_execute("CREATE TEMP TABLE t (v int); INSERT INTO t VALUES (1), (2)")
+    ///     .await?;
+    /// assert_eq!(tags, ["CREATE TABLE", "INSERT 0 2"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch_execute(&self, sql: &str) -> Result<Vec<String>, PgError> {
+        let (seq, from) = self
+            .conn
+            .enqueue(Reply::simple(), |out| encode::query(sql, out))?;
+        let mut sink = TagsSink::default();
+        let (r, _) = CmdFuture::new(&self.conn, seq, from, &mut sink)
+            .outcome()
+            .await;
+        match r {
+            Ok(()) => Ok(sink.0),
+            Err(e) if e.is_server() => {
+                let done = sink.0.len();
+                Err(e.with_cause(format!(
+                    "statement {done} of the batch failed ({done} completed before it; \
+                     without an explicit transaction none of the batch's work stays)"
+                )))
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -210,6 +210,14 @@ impl PgPool {
             .await
     }
 
+    /// A script of statements, every statement's tag returned (see
+    /// [`PgConnection::batch_execute`]); on the shared path, so in autocommit: a script that
+    /// leaves a transaction open is refused and rolled back (rent a connection for that).
+    pub async fn batch_execute(&self, sql: &str) -> Result<Vec<String>, PgError> {
+        self.with_conn(|c| async move { c.batch_execute(sql).await })
+            .await
+    }
+
     /// Parameterized statement; returns the rows affected.
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, PgError> {
         self.with_conn(|c| async move { c.execute(sql, params).await })
