@@ -1,6 +1,7 @@
 //! Transactions on `PgConnection` and on rented pool connections: the builder's options as
 //! the server sees them, commit, rollback, rollback on drop, savepoints, a second `begin`
-//! refused, a failed transaction's commit reported.
+//! refused, a failed transaction's commit reported; and the batches: `batch_execute`,
+//! `execute_many`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -257,6 +258,76 @@ fn batch_execute_returns_every_tag_and_fails_as_one_implicit_transaction() {
             .await
             .unwrap();
         assert_eq!(tags, ["INSERT 0 1", "DELETE 1"]);
+        pool.close().await;
+    });
+}
+
+#[test]
+fn execute_many_runs_a_pipeline_batch_all_or_nothing() {
+    run_within(LIMIT, async {
+        let c = PgConnection::connect(&opts()).await.unwrap();
+        table(&c, "many_t").await;
+        c.query("ALTER TABLE many_t ADD PRIMARY KEY (v)")
+            .await
+            .unwrap();
+        let ids: Vec<i64> = (0..2000).collect();
+        let params: Vec<[&(dyn ioxide_pg::types::ToSql + Sync); 1]> =
+            ids.iter().map(|v| [v as _]).collect();
+        let batch: Vec<ioxide_pg::Params<'_>> = params.iter().map(|p| &p[..]).collect();
+        let n = c
+            .execute_many("INSERT INTO many_t VALUES ($1)", &batch)
+            .await
+            .unwrap();
+        assert_eq!(n, 2000);
+        assert_eq!(values(&c, "many_t").await.len(), 2000);
+        assert_eq!(
+            c.execute_many("INSERT INTO many_t VALUES ($1)", &[])
+                .await
+                .unwrap(),
+            0
+        );
+
+        // Row 3 collides: none of the batch stays, and the error names the row.
+        let more: Vec<i64> = vec![5000, 5001, 5002, 7, 5003];
+        let params: Vec<[&(dyn ioxide_pg::types::ToSql + Sync); 1]> =
+            more.iter().map(|v| [v as _]).collect();
+        let batch: Vec<ioxide_pg::Params<'_>> = params.iter().map(|p| &p[..]).collect();
+        let e = c
+            .execute_many("INSERT INTO many_t VALUES ($1)", &batch)
+            .await
+            .unwrap_err();
+        assert_eq!(e.sql_state(), Some("23505"), "{e}");
+        assert!(e.to_string().contains("row 3 failed"), "{e}");
+        assert_eq!(
+            values(&c, "many_t").await.len(),
+            2000,
+            "nothing of the batch stays"
+        );
+        assert_eq!(c.transaction_status(), TxnStatus::Idle);
+
+        // A value that cannot be encoded: nothing is sent, the row is named.
+        let bad: Vec<[&(dyn ioxide_pg::types::ToSql + Sync); 1]> =
+            vec![[&1_000_000i64], [&"not a number"]];
+        let batch: Vec<ioxide_pg::Params<'_>> = bad.iter().map(|p| &p[..]).collect();
+        let e = c
+            .execute_many("INSERT INTO many_t VALUES ($1)", &batch)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("row 1"), "{e}");
+        assert!(!values(&c, "many_t").await.contains(&1_000_000));
+
+        // UPDATE counts add up; the pool runs batches too.
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
+        let ks: Vec<i64> = vec![1, 2, 3];
+        let params: Vec<[&(dyn ioxide_pg::types::ToSql + Sync); 1]> =
+            ks.iter().map(|v| [v as _]).collect();
+        let batch: Vec<ioxide_pg::Params<'_>> = params.iter().map(|p| &p[..]).collect();
+        let n = pool
+            .execute_many("UPDATE many_t SET v = v + 100000 WHERE v <= $1", &batch)
+            .await
+            .unwrap();
+        // v <= 1 → 2 rows (0, 1); then v <= 2 → 1 row (2); then v <= 3 → 1 row (3).
+        assert_eq!(n, 4);
         pool.close().await;
     });
 }

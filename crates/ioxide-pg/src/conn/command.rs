@@ -181,6 +181,27 @@ impl Sink for TagsSink {
     }
 }
 
+/// Counts the statements of a batch that completed and the rows they affected.
+#[derive(Default)]
+pub(crate) struct CountSink {
+    pub(crate) completed: usize,
+    pub(crate) rows: u64,
+}
+
+impl Sink for CountSink {
+    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), SinkError> {
+        if let ReplyEvent::CommandComplete(tag) = ev {
+            self.completed += 1;
+            self.rows += crate::proto::query_result::rows_from_tag(tag.as_str());
+        }
+        Ok(())
+    }
+
+    fn took_effect(&self) -> bool {
+        self.completed > 0
+    }
+}
+
 /// Hands each row to a borrowed callback as it arrives.
 pub(crate) struct RowsSink<'f, F> {
     pub(crate) columns: Rc<Columns>,

@@ -24,7 +24,7 @@ use crate::proto::{
 use crate::{Host, PgError, PgOptions, QueryResult, Target, TimeoutKind};
 use bytes::BytesMut;
 use cache::StatementCache;
-use command::{CmdFuture, RowsSink, SetSink, TagsSink};
+use command::{CmdFuture, CountSink, RowsSink, SetSink, TagsSink};
 use postgres_types::ToSql;
 use state::{Conn, DeepMark, ReplyMeter, State, RECV_BUF};
 use std::cell::{Cell, RefCell};
@@ -184,6 +184,91 @@ impl PgConnection {
                 )))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Runs one statement once per parameter row, as one pipeline batch: the statement is
+    /// prepared (and cached) once, then every row's Bind + Execute leaves in one send under
+    /// a single Sync — libpq's pipeline mode, JDBC's batches — and the server answers them in
+    /// one go. Returns the rows affected, summed. Use it for bulk inserts and updates that
+    /// are too few or too mixed for COPY.
+    ///
+    /// The batch is **one implicit transaction** (outside an explicit `BEGIN`): if any row
+    /// fails, none of the batch's rows stay, and the error says which row (0-based) failed.
+    /// Inside a transaction a failure aborts that transaction, as any failed statement does.
+    /// A value that cannot be encoded fails before anything is sent, naming its row. Every
+    /// row is encoded into the send buffer first: memory grows with the batch (split very
+    /// large ones).
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
+    /// let rows: Vec<(i64, String)> = (0..1000).map(|i| (i, format!("item {i}"))).collect();
+    /// let params: Vec<[&(dyn ioxide_pg::types::ToSql + Sync); 2]> =
+    ///     rows.iter().map(|(id, name)| [id as _, name as _]).collect();
+    /// let batch: Vec<ioxide_pg::Params<'_>> = params.iter().map(|p| &p[..]).collect();
+    /// let n = conn
+    ///     .execute_many("INSERT INTO items (id, name) VALUES ($1, $2)", &batch)
+    ///     .await?;
+    /// assert_eq!(n, 1000);
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_many(&self, sql: &str, rows: &[Params<'_>]) -> Result<u64, PgError> {
+        let Ok(n) = u32::try_from(rows.len()) else {
+            return Err(PgError::misuse(format!(
+                "execute_many: {} rows is more than one batch can carry (2^32 - 1)",
+                rows.len()
+            ))
+            .never_sent());
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut attempt = 0;
+        loop {
+            let (stmt, close_after) = self.statement(sql).await?;
+            let (seq, from) = self.conn.enqueue(Reply::bind_execute_many(n), |out| {
+                for (i, params) in rows.iter().enumerate() {
+                    encode::bind("", &stmt.name, params, &stmt.params, out)
+                        .map_err(|e| e.with_cause(format!("execute_many: row {i}")))?;
+                    encode::execute("", 0, out)?;
+                }
+                encode::sync(out);
+                Ok(())
+            })?;
+            if let Some(name) = close_after {
+                self.close_statement_detached(&name);
+            }
+            let mut sink = CountSink::default();
+            let (r, _) = CmdFuture::new(&self.conn, seq, from, &mut sink)
+                .outcome()
+                .await;
+            let e = match r {
+                Ok(()) => return Ok(sink.rows),
+                Err(e) => e,
+            };
+            let stale = stale_statement(&e);
+            if stale != Stale::No {
+                let name = self.conn.st.borrow_mut().cache.remove(sql);
+                if let Some(name) = name {
+                    self.close_statement_detached(&name);
+                }
+                if stale == Stale::Retry && attempt == 0 {
+                    attempt += 1;
+                    continue;
+                }
+            }
+            if !e.is_server() {
+                return Err(e);
+            }
+            let failed = sink.completed;
+            let what = if e.transaction_status() == Some(TxnStatus::Idle) {
+                "the batch ran as one implicit transaction, so none of its rows stay"
+            } else {
+                "the transaction it ran in is aborted"
+            };
+            return Err(e.with_cause(format!(
+                "execute_many: row {failed} failed ({failed} ran before it); {what}"
+            )));
         }
     }
 

@@ -218,6 +218,13 @@ impl PgPool {
             .await
     }
 
+    /// One statement run once per parameter row as a pipeline batch under one Sync (see
+    /// [`PgConnection::execute_many`]): all rows or none.
+    pub async fn execute_many(&self, sql: &str, rows: &[Params<'_>]) -> Result<u64, PgError> {
+        self.with_conn(|c| async move { c.execute_many(sql, rows).await })
+            .await
+    }
+
     /// Parameterized statement; returns the rows affected.
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, PgError> {
         self.with_conn(|c| async move { c.execute(sql, params).await })

@@ -165,6 +165,9 @@ pub struct Reply {
     /// Set when the Describe in this command answered NoData: DataRow would be nonsense.
     no_data: bool,
     failed: bool,
+    /// Bind + Execute pairs still expected before the Sync (`bind_execute_many`); 1 for
+    /// every other command.
+    repeat: u32,
 }
 
 impl Reply {
@@ -177,6 +180,7 @@ impl Reply {
             state: State::SimpleIdle,
             no_data: false,
             failed: false,
+            repeat: 1,
         }
     }
 
@@ -187,6 +191,7 @@ impl Reply {
             state: steps.next(None),
             no_data: false,
             failed: false,
+            repeat: 1,
         }
     }
 
@@ -206,6 +211,14 @@ impl Reply {
             execute: true,
             ..Steps::default()
         })
+    }
+
+    /// `n` Bind + Execute pairs of one prepared statement, then one Sync (a pipeline batch:
+    /// one implicit transaction). `n` is at least 1.
+    pub fn bind_execute_many(n: u32) -> Reply {
+        let mut r = Reply::bind_execute();
+        r.repeat = n.max(1);
+        r
     }
 
     /// The steps of an extended command; `None` for a simple query.
@@ -320,6 +333,12 @@ impl Reply {
             }
             _ => return Err(self.unexpected(tag)),
         };
+        if step == Ext::Execute && self.repeat > 1 {
+            // The next pair of a batch: its BindComplete comes next.
+            self.repeat -= 1;
+            self.state = State::Ext(Ext::BindComplete);
+            return Ok(event);
+        }
         let steps = self.steps.unwrap_or_default();
         self.state = steps.next(Some(step));
         Ok(event)

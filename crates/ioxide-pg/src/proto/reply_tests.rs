@@ -350,3 +350,59 @@ fn async_messages_and_messages_after_done_are_rejected() {
     let got = run(&mut Reply::simple(), &[(b'x', b"")]);
     assert!(got.is_err_and(|e| e.contains("unknown backend message type")));
 }
+
+#[test]
+fn a_batch_of_bind_execute_pairs_under_one_sync() {
+    let mut r = Reply::bind_execute_many(3);
+    let got = run(
+        &mut r,
+        &[
+            (b'2', b""),
+            (b'C', b"INSERT 0 1\0"),
+            (b'2', b""),
+            (b'D', ROW),
+            (b'C', b"INSERT 0 1\0"),
+            (b'2', b""),
+            (b'C', b"INSERT 0 1\0"),
+            (b'Z', b"I"),
+        ],
+    );
+    assert_eq!(
+        got,
+        names(&[
+            "ack",
+            "complete:INSERT 0 1",
+            "ack",
+            "row",
+            "complete:INSERT 0 1",
+            "ack",
+            "complete:INSERT 0 1",
+            "done:I"
+        ])
+    );
+    // ReadyForQuery before the last pair answered: the stream is out of sync.
+    let mut r = Reply::bind_execute_many(2);
+    let e = run(
+        &mut r,
+        &[(b'2', b""), (b'C', b"INSERT 0 1\0"), (b'Z', b"I")],
+    )
+    .unwrap_err();
+    assert!(e.contains("unexpected ReadyForQuery"), "{e}");
+    // An error in the second pair: the server skips to the Sync.
+    let mut r = Reply::bind_execute_many(3);
+    let body = error_body("23505");
+    let got = run(
+        &mut r,
+        &[
+            (b'2', b""),
+            (b'C', b"INSERT 0 1\0"),
+            (b'2', b""),
+            (b'E', &body),
+            (b'Z', b"I"),
+        ],
+    );
+    assert_eq!(
+        got,
+        names(&["ack", "complete:INSERT 0 1", "ack", "error:23505", "done:I"])
+    );
+}
