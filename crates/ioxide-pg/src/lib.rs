@@ -30,7 +30,10 @@ mod pool;
 pub mod proto;
 mod tls;
 
-pub use conn::{IsolationLevel, Params, PgConnection, ResultSet, Transaction, TransactionBuilder};
+pub use conn::{
+    IsolationLevel, Params, PgConnection, ResultSet, Statement, ToStatement, Transaction,
+    TransactionBuilder,
+};
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use options::{
     ChannelBinding, Host, PgOptions, RootCert, SslCertMode, SslMode, SslNegotiation, Target,

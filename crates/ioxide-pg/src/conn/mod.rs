@@ -4,12 +4,14 @@
 
 mod cache;
 mod command;
+mod prepared;
 mod result;
 mod secure;
 mod state;
 mod tasks;
 mod txn;
 
+pub use prepared::{Statement, StatementRef, ToStatement};
 pub use result::ResultSet;
 pub use txn::{IsolationLevel, Transaction, TransactionBuilder};
 
@@ -212,7 +214,12 @@ impl PgConnection {
     /// assert_eq!(n, 1000);
     /// # Ok(()) }
     /// ```
-    pub async fn execute_many(&self, sql: &str, rows: &[Params<'_>]) -> Result<u64, PgError> {
+    pub async fn execute_many<S: ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        rows: &[Params<'_>],
+    ) -> Result<u64, PgError> {
+        let target = statement.statement_ref();
         let Ok(n) = u32::try_from(rows.len()) else {
             return Err(PgError::misuse(format!(
                 "execute_many: {} rows is more than one batch can carry (2^32 - 1)",
@@ -225,7 +232,7 @@ impl PgConnection {
         }
         let mut attempt = 0;
         loop {
-            let (stmt, close_after) = self.statement(sql).await?;
+            let (stmt, close_after) = self.statement_with(target).await?;
             let (seq, from) = self.conn.enqueue(Reply::bind_execute_many(n), |out| {
                 for (i, params) in rows.iter().enumerate() {
                     encode::bind("", &stmt.name, params, &stmt.params, out)
@@ -248,7 +255,7 @@ impl PgConnection {
             };
             let stale = stale_statement(&e);
             if stale != Stale::No {
-                let name = self.conn.st.borrow_mut().cache.remove(sql);
+                let name = self.conn.st.borrow_mut().cache.remove(target.key);
                 if let Some(name) = name {
                     self.close_statement_detached(&name);
                 }
@@ -275,11 +282,20 @@ impl PgConnection {
     /// Runs a parameterized statement (prepared and cached per connection) and collects its
     /// rows. Values travel in binary; the first use of `sql` costs two round trips, later
     /// ones one.
-    pub async fn query_params(&self, sql: &str, params: Params<'_>) -> Result<ResultSet, PgError> {
+    pub async fn query_params<S: ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        params: Params<'_>,
+    ) -> Result<ResultSet, PgError> {
         let mut sink = SetSink(ResultSet::new(Columns::none()));
-        self.run_cached(sql, params, &mut sink, &mut |s, stmt| {
-            s.0 = ResultSet::new(stmt.columns.clone());
-        })
+        self.run_cached(
+            statement.statement_ref(),
+            params,
+            &mut sink,
+            &mut |s, stmt| {
+                s.0 = ResultSet::new(stmt.columns.clone());
+            },
+        )
         .await?;
         Ok(sink.0)
     }
@@ -300,27 +316,37 @@ impl PgConnection {
     /// assert_eq!((n, sum), (10, 55));
     /// # Ok(()) }
     /// ```
-    pub async fn query_rows<F>(
+    pub async fn query_rows<S, F>(
         &self,
-        sql: &str,
+        statement: &S,
         params: Params<'_>,
         mut f: F,
     ) -> Result<u64, PgError>
     where
+        S: ToStatement + ?Sized,
         F: FnMut(Row<'_>) -> Result<(), PgError>,
     {
         let mut sink = RowsSink::new(Columns::none(), &mut f);
-        self.run_cached(sql, params, &mut sink, &mut |s, stmt| {
-            s.columns = stmt.columns.clone();
-            s.rows = 0;
-        })
+        self.run_cached(
+            statement.statement_ref(),
+            params,
+            &mut sink,
+            &mut |s, stmt| {
+                s.columns = stmt.columns.clone();
+                s.rows = 0;
+            },
+        )
         .await?;
         Ok(sink.rows)
     }
 
     /// Runs a parameterized statement and returns the rows it affected.
-    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, PgError> {
-        self.query_params(sql, params)
+    pub async fn execute<S: ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        params: Params<'_>,
+    ) -> Result<u64, PgError> {
+        self.query_params(statement, params)
             .await
             .map(|r| r.rows_affected())
     }
@@ -502,7 +528,7 @@ impl PgConnection {
     /// cached statement is stale (`0A000` cached plan changed, `26000` no such statement).
     async fn run_cached<S: state::Sink>(
         &self,
-        sql: &str,
+        target: StatementRef<'_>,
         params: Params<'_>,
         sink: &mut S,
         reset: &mut dyn FnMut(&mut S, &cache::Statement),
@@ -513,12 +539,14 @@ impl PgConnection {
             // The cache hit is the common case: take it without entering `statement`'s future.
             let (hit, caching) = {
                 let mut st = self.conn.st.borrow_mut();
-                (st.cache.get(sql), st.cache.enabled())
+                (st.cache.get(target.key), st.cache.enabled())
             };
             let (stmt, close_after) = match hit {
                 Some(stmt) => (stmt, None),
-                None if !caching => (self.describe_unnamed(sql, params).await?, None),
-                None => self.statement(sql).await?,
+                None if !caching && target.types.is_empty() => {
+                    (self.describe_unnamed(target.sql, params).await?, None)
+                }
+                None => self.statement_with(target).await?,
             };
             let (seq, from) = if stmt.name.is_empty() {
                 // The unnamed statement is parsed again in the same command as its Bind:
@@ -534,7 +562,7 @@ impl PgConnection {
                 self.conn.enqueue(Reply::extended(steps), |out| {
                     let oids: Vec<u32> =
                         stmt.params.iter().map(postgres_types::Type::oid).collect();
-                    encode::parse("", sql, &oids, out)?;
+                    encode::parse("", target.sql, &oids, out)?;
                     encode::describe(encode::Target::Statement, "", out)?;
                     encode::bind_execute_sync("", params, &stmt.params, out)
                 })?
@@ -559,7 +587,7 @@ impl PgConnection {
             if stale == Stale::No {
                 return Err(e);
             }
-            let name = self.conn.st.borrow_mut().cache.remove(sql);
+            let name = self.conn.st.borrow_mut().cache.remove(target.key);
             if let Some(name) = name {
                 self.close_statement_detached(&name);
             }
@@ -570,16 +598,20 @@ impl PgConnection {
         }
     }
 
-    /// The prepared statement for `sql`: from the cache, or prepared now (Parse + Describe +
-    /// Sync). The second value names a statement to close after use (caching off, or a race
-    /// with another first use).
-    async fn statement(&self, sql: &str) -> Result<(cache::Statement, Option<Rc<str>>), PgError> {
-        if let Some(stmt) = self.conn.st.borrow_mut().cache.get(sql) {
+    /// The prepared statement for `target`: from the cache (by its key), or prepared now
+    /// (Parse with its asked-for types + Describe + Sync). The second value names a
+    /// statement to close after use (caching off, or a race with another first use).
+    async fn statement_with(
+        &self,
+        target: StatementRef<'_>,
+    ) -> Result<(cache::Statement, Option<Rc<str>>), PgError> {
+        if let Some(stmt) = self.conn.st.borrow_mut().cache.get(target.key) {
             return Ok((stmt, None));
         }
         let name = self.conn.st.borrow_mut().cache.new_name();
+        let oids: Vec<u32> = target.types.iter().map(postgres_types::Type::oid).collect();
         let (seq, from) = self.conn.enqueue(Reply::prepare(), |out| {
-            encode::parse(&name, sql, &[], out)?;
+            encode::parse(&name, target.sql, &oids, out)?;
             encode::describe(encode::Target::Statement, &name, out)?;
             encode::sync(out);
             Ok(())
@@ -587,7 +619,12 @@ impl PgConnection {
         let mut prep = command::PrepareSink::default();
         CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
         let stmt = prep.into_statement(name)?;
-        let extra = self.conn.st.borrow_mut().cache.insert(sql, stmt.clone());
+        let extra = self
+            .conn
+            .st
+            .borrow_mut()
+            .cache
+            .insert(target.key, stmt.clone());
         let close_after = match extra {
             Some(n) if n == stmt.name => Some(n),
             Some(evicted) => {

@@ -205,8 +205,15 @@ impl PgPool {
     }
 
     /// Parameterized query (prepared and cached per connection), rows collected.
-    pub async fn query_params(&self, sql: &str, params: Params<'_>) -> Result<ResultSet, PgError> {
-        self.with_conn(|c| async move { c.query_params(sql, params).await })
+    ///
+    /// Takes SQL text or a [`crate::Statement`] (prepared on any connection: each pooled
+    /// connection prepares it on first use).
+    pub async fn query_params<S: crate::ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        params: Params<'_>,
+    ) -> Result<ResultSet, PgError> {
+        self.with_conn(|c| async move { c.query_params(statement, params).await })
             .await
     }
 
@@ -220,25 +227,39 @@ impl PgPool {
 
     /// One statement run once per parameter row as a pipeline batch under one Sync (see
     /// [`PgConnection::execute_many`]): all rows or none.
-    pub async fn execute_many(&self, sql: &str, rows: &[Params<'_>]) -> Result<u64, PgError> {
-        self.with_conn(|c| async move { c.execute_many(sql, rows).await })
+    pub async fn execute_many<S: crate::ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        rows: &[Params<'_>],
+    ) -> Result<u64, PgError> {
+        self.with_conn(|c| async move { c.execute_many(statement, rows).await })
             .await
     }
 
     /// Parameterized statement; returns the rows affected.
-    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, PgError> {
-        self.with_conn(|c| async move { c.execute(sql, params).await })
+    pub async fn execute<S: crate::ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        params: Params<'_>,
+    ) -> Result<u64, PgError> {
+        self.with_conn(|c| async move { c.execute(statement, params).await })
             .await
     }
 
     /// Parameterized query whose rows stream to `f`, borrowed (see
     /// [`PgConnection::query_rows`]). Not retried: rows may already have been delivered.
-    pub async fn query_rows<F>(&self, sql: &str, params: Params<'_>, f: F) -> Result<u64, PgError>
+    pub async fn query_rows<S, F>(
+        &self,
+        statement: &S,
+        params: Params<'_>,
+        f: F,
+    ) -> Result<u64, PgError>
     where
+        S: crate::ToStatement + ?Sized,
         F: FnMut(Row<'_>) -> Result<(), PgError>,
     {
         let lease = self.acquire(false).await?;
-        let r = lease.conn.query_rows(sql, params, f).await;
+        let r = lease.conn.query_rows(statement, params, f).await;
         self.note_timeout(&r);
         r
     }
