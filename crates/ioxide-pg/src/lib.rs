@@ -28,6 +28,9 @@ pub mod options;
 mod pool;
 #[doc(hidden)]
 pub mod proto;
+mod sqlstate;
+#[cfg(test)]
+mod sqlstate_tests;
 mod tls;
 
 pub use conn::{Params, PgConnection, ResultSet};
@@ -42,6 +45,7 @@ pub use proto::message::TxnStatus;
 pub use proto::query_result::QueryResult;
 pub use proto::row::{Column, Columns, Format, Row, RowIndex};
 pub use proto::startup::{BackendKey, ServerInfo};
+pub use sqlstate::SqlState;
 
 /// `postgres-types`, re-exported so users name the same `ToSql`/`FromSql`/`Type`.
 pub use postgres_types as types;
