@@ -33,7 +33,7 @@ mod sqlstate;
 mod sqlstate_tests;
 mod tls;
 
-pub use conn::{Params, PgConnection, ResultSet};
+pub use conn::{CancelToken, Params, PgConnection, ResultSet};
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use options::{
     ChannelBinding, Host, PgOptions, RootCert, SslCertMode, SslMode, SslNegotiation, Target,

@@ -3,12 +3,14 @@
 //! CancelRequest and the timeout sweep.
 
 mod cache;
+mod cancel_token;
 mod command;
 mod result;
 mod secure;
 mod state;
 mod tasks;
 
+pub use cancel_token::CancelToken;
 pub use result::ResultSet;
 
 use crate::proto::encode;
@@ -221,6 +223,12 @@ impl PgConnection {
                 "the server sent no BackendKeyData; cannot cancel",
             )),
         }
+    }
+
+    /// A [`CancelToken`] for this connection: `Send + Sync`, so another thread can cancel
+    /// what the connection runs (the request is posted to this reactor and sent on its ring).
+    pub fn cancel_token(&self) -> CancelToken {
+        CancelToken::new(&self.conn)
     }
 
     /// Closes gracefully: Terminate, then the socket. Commands in flight finish first.
