@@ -13,6 +13,7 @@ use std::io;
 use std::time::Duration;
 
 pub use crate::proto::db_error::{DbError, ErrorPosition, Severity};
+pub use crate::sqlstate::SqlState;
 
 /// A boxed error source, as produced by `postgres-types` conversions.
 type Source = Box<dyn StdError + Send + Sync + 'static>;
@@ -305,6 +306,19 @@ impl PgError {
     /// The SQLSTATE of a server error (`Some("42P01")`), `None` for other errors.
     pub fn sql_state(&self) -> Option<&str> {
         self.as_db_error().map(DbError::code)
+    }
+
+    /// The SQLSTATE of a server error as a [`SqlState`], `None` for other errors; compare it
+    /// with the named constants as with tokio-postgres:
+    ///
+    /// ```
+    /// # use ioxide_pg::{PgError, SqlState};
+    /// fn is_duplicate(e: &PgError) -> bool {
+    ///     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+    /// }
+    /// ```
+    pub fn code(&self) -> Option<&SqlState> {
+        self.as_db_error().map(DbError::state)
     }
 
     /// The server error with all its fields, if this is one.

@@ -28,11 +28,14 @@ pub mod options;
 mod pool;
 #[doc(hidden)]
 pub mod proto;
+mod sqlstate;
+#[cfg(test)]
+mod sqlstate_tests;
 mod tls;
 
 pub use conn::{
-    IsolationLevel, Params, PgConnection, ResultSet, Statement, ToStatement, Transaction,
-    TransactionBuilder,
+    CancelToken, IsolationLevel, Params, PgConnection, ResultSet, Statement, ToStatement,
+    Transaction, TransactionBuilder,
 };
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use options::{
@@ -45,6 +48,7 @@ pub use proto::message::TxnStatus;
 pub use proto::query_result::QueryResult;
 pub use proto::row::{Column, Columns, Format, Row, RowIndex};
 pub use proto::startup::{BackendKey, ServerInfo};
+pub use sqlstate::SqlState;
 
 /// `postgres-types`, re-exported so users name the same `ToSql`/`FromSql`/`Type`.
 pub use postgres_types as types;

@@ -37,7 +37,8 @@ pub mod time;
 
 pub use executor::JoinHandle;
 pub use reactor::{
-    batch_wait, block_on, end_of_turn, spawn, Reactor, RemoteHandle, Runtime, MAX_BATCH_WINDOW,
+    batch_wait, block_on, end_of_turn, spawn, Reactor, ReactorStopped, RemoteHandle, Runtime,
+    MAX_BATCH_WINDOW,
 };
 pub use ring::signal;
 pub use ring::{

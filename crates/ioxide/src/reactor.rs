@@ -17,7 +17,7 @@ use std::os::fd::RawFd;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -51,11 +51,29 @@ pub(crate) struct Shared {
     shutdown: AtomicBool,
     /// Test hook: this many doorbell reads are treated as failed.
     failing_reads: AtomicU32,
+    /// Closures posted from other threads ([`RemoteHandle::post`]), run by the doorbell task;
+    /// `None` once the reactor stopped (teardown drops what was still queued).
+    posted: Mutex<Option<Vec<Posted>>>,
 }
+
+/// A closure posted to a reactor from another thread.
+type Posted = Box<dyn FnOnce() + Send + 'static>;
 
 impl Shared {
     pub(crate) fn ring_doorbell(&self) {
         ring::sys::eventfd_signal(self.eventfd);
+    }
+
+    /// The posted closures to run now (empty once stopped).
+    fn take_posted(&self) -> Vec<Posted> {
+        let mut q = self.posted.lock().unwrap_or_else(PoisonError::into_inner);
+        q.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Refuses further posts and returns what was still queued.
+    fn close_posted(&self) -> Vec<Posted> {
+        let mut q = self.posted.lock().unwrap_or_else(PoisonError::into_inner);
+        q.take().unwrap_or_default()
     }
 }
 
@@ -430,7 +448,57 @@ impl RemoteHandle {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.ring_doorbell();
     }
+
+    /// Runs `f` on the reactor's thread, with the reactor current (so it may
+    /// [`spawn`] local futures and reach services), soon after the call: the doorbell wakes
+    /// the reactor, and closures run in the order they were posted, from the reactor's
+    /// internal doorbell task. `f` should be short and must not block: it holds up the
+    /// reactor while it runs. A panic in `f` is caught and logged.
+    ///
+    /// Fails with [`ReactorStopped`] once the reactor has stopped. A closure posted just
+    /// before the reactor stops may be dropped without running (on the reactor's thread,
+    /// during its teardown): anything that waits for it should hold something `f` owns (a
+    /// channel's sender) and treat its drop as "the reactor stopped".
+    pub fn post<F>(&self, f: F) -> Result<(), ReactorStopped>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        {
+            let mut q = self
+                .shared
+                .posted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match q.as_mut() {
+                Some(q) => q.push(Box::new(f)),
+                None => return Err(ReactorStopped),
+            }
+        }
+        self.shared.ring_doorbell();
+        Ok(())
+    }
+
+    /// Whether the reactor has stopped (a [`post`](RemoteHandle::post) would fail).
+    pub fn is_stopped(&self) -> bool {
+        self.shared
+            .posted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
 }
+
+/// The reactor a [`RemoteHandle`] names has stopped: nothing posted to it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReactorStopped;
+
+impl fmt::Display for ReactorStopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the reactor has stopped")
+    }
+}
+
+impl std::error::Error for ReactorStopped {}
 
 struct RootWaker {
     shared: Arc<Shared>,
@@ -496,6 +564,7 @@ impl Runtime {
             root_woken: AtomicBool::new(true),
             shutdown: AtomicBool::new(false),
             failing_reads: AtomicU32::new(0),
+            posted: Mutex::new(Some(Vec::new())),
         });
         let inner = Rc::new(Inner {
             id,
@@ -578,6 +647,12 @@ async fn doorbell(reactor: Reactor, shared: Arc<Shared>) {
         }
         for r in shared.remote.take() {
             RUN_QUEUE.with(|q| q.borrow_mut().push_back(r));
+        }
+        for f in shared.take_posted() {
+            // A panicking closure must not take the doorbell (every remote wake) with it.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                tracing::error!("ioxide: a closure posted to the reactor panicked");
+            }
         }
         if shared.shutdown.load(Ordering::Acquire) {
             reactor.request_shutdown();
@@ -796,6 +871,9 @@ struct Teardown {
 impl Drop for Teardown {
     fn drop(&mut self) {
         let inner = &self.inner;
+        // 0. Refuse further posts; drop the closures still queued (their owners learn the
+        //    reactor stopped from what the closures owned being dropped).
+        drop(inner.shared.close_posted());
         // 1. Services first: they may own connections whose fds close through the ring.
         let services = std::mem::take(&mut *inner.services.borrow_mut());
         drop(services);

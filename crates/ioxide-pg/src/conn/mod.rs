@@ -3,6 +3,7 @@
 //! CancelRequest and the timeout sweep.
 
 mod cache;
+mod cancel_token;
 mod command;
 mod prepared;
 mod result;
@@ -11,6 +12,7 @@ mod state;
 mod tasks;
 mod txn;
 
+pub use cancel_token::CancelToken;
 pub use prepared::{Statement, StatementRef, ToStatement};
 pub use result::ResultSet;
 pub use txn::{IsolationLevel, Transaction, TransactionBuilder};
@@ -372,6 +374,12 @@ impl PgConnection {
                 "the server sent no BackendKeyData; cannot cancel",
             )),
         }
+    }
+
+    /// A [`CancelToken`] for this connection: `Send + Sync`, so another thread can cancel
+    /// what the connection runs (the request is posted to this reactor and sent on its ring).
+    pub fn cancel_token(&self) -> CancelToken {
+        CancelToken::new(&self.conn)
     }
 
     /// Closes gracefully: Terminate, then the socket. Commands in flight finish first.

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::cursor::Cursor;
-use crate::PgError;
+use crate::{PgError, SqlState};
 
 /// How bad a server message is (the non-localized `V` field, or `S` when `V` is absent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub enum ErrorPosition {
 pub struct DbError {
     severity: String,
     severity_nonlocalized: Option<String>,
-    code: String,
+    code: SqlState,
     message: String,
     detail: Option<String>,
     hint: Option<String>,
@@ -138,7 +138,7 @@ impl DbError {
         let mut e = DbError {
             severity: String::new(),
             severity_nonlocalized: None,
-            code: String::new(),
+            code: SqlState::SUCCESSFUL_COMPLETION,
             message: String::new(),
             detail: None,
             hint: None,
@@ -190,7 +190,7 @@ impl DbError {
         }
         let missing = |f: &str| PgError::protocol(format!("{what} lacks the {f} field"));
         e.severity = severity.ok_or_else(|| missing("severity (S)"))?;
-        e.code = code.ok_or_else(|| missing("SQLSTATE (C)"))?;
+        e.code = SqlState::from_code(&code.ok_or_else(|| missing("SQLSTATE (C)"))?);
         e.message = message.ok_or_else(|| missing("message (M)"))?;
         Ok(e)
     }
@@ -221,6 +221,12 @@ impl DbError {
 
     /// The SQLSTATE code (`C`), e.g. `42P01`.
     pub fn code(&self) -> &str {
+        self.code.code()
+    }
+
+    /// The SQLSTATE as a [`SqlState`], to compare with its named constants:
+    /// `db.state() == &SqlState::UNIQUE_VIOLATION`.
+    pub fn state(&self) -> &SqlState {
         &self.code
     }
 
