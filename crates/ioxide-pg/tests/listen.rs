@@ -316,3 +316,42 @@ fn on_notice_receives_raise_notice_from_a_do_block() {
         );
     });
 }
+
+#[test]
+fn a_listener_waiting_while_the_server_is_down_reconnects_soon_after_it_starts() {
+    let c = Cluster::new().unwrap();
+    let o = opts_for(&c);
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+        let c = &c;
+        run_within(Duration::from_secs(60), async {
+            let mut l = PgListener::connect(&o).await.unwrap();
+            l.listen("down").await.unwrap();
+            c.stop().unwrap();
+            s.spawn(move || {
+                // Down for 1.5 s: the listener's reconnects are refused meanwhile.
+                std::thread::sleep(Duration::from_millis(1500));
+                c.start().unwrap();
+                tx.send(Instant::now()).unwrap();
+            });
+            let started = Instant::now();
+            assert_eq!(
+                next_within(&mut l, Duration::from_secs(30), "the gap").await,
+                ListenEvent::Gap
+            );
+            let gap_at = Instant::now();
+            let up_at = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(started.elapsed() >= Duration::from_millis(1400));
+            // The backoff is capped at 500 ms (±50 %): listening again well within a second
+            // of the server accepting again.
+            let after_up = gap_at.saturating_duration_since(up_at);
+            assert!(after_up < Duration::from_secs(1), "{after_up:?}");
+            let sender = PgConnection::connect(&o).await.unwrap();
+            sender.query("NOTIFY down, 'back'").await.unwrap();
+            assert_eq!(next_note(&mut l).await.payload, "back");
+            assert_eq!(l.buffered(), 0);
+            eprintln!("down: listening again {after_up:?} after the server started");
+            l.close().await;
+        });
+    });
+}
