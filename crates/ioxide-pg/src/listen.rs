@@ -4,7 +4,7 @@
 
 use crate::pool::{backoff, seed, transient};
 use crate::{PgConnection, PgError, PgOptions, Target};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -136,7 +136,8 @@ pub struct PgListener {
     /// Every channel listened to, in the order first listened.
     channels: Vec<String>,
     buf: Rc<RefCell<Buffer>>,
-    failures: Cell<u32>,
+    /// Failed reconnects in a row (the backoff's step).
+    failures: u32,
     rng: u64,
 }
 
@@ -167,7 +168,7 @@ impl PgListener {
             conn: None,
             channels: Vec::new(),
             buf: Rc::new(RefCell::new(Buffer::new())),
-            failures: Cell::new(0),
+            failures: 0,
             rng: seed(),
         };
         l.open().await?;
@@ -284,21 +285,21 @@ impl PgListener {
     async fn reconnect(&mut self) -> Result<(), PgError> {
         self.conn = None;
         loop {
-            let failures = self.failures.get();
+            let failures = self.failures;
             if failures > 0 {
                 ioxide::time::sleep(backoff(failures, &mut self.rng)).await;
             }
             match self.open().await {
                 Ok(()) => {
-                    self.failures.set(0);
+                    self.failures = 0;
                     return Ok(());
                 }
                 Err(e) if transient(&e) => {
                     tracing::debug!(error = %e, failures, "listener reconnect failed; retrying");
-                    self.failures.set(failures.saturating_add(1));
+                    self.failures = failures.saturating_add(1);
                 }
                 Err(e) => {
-                    self.failures.set(failures.saturating_add(1));
+                    self.failures = failures.saturating_add(1);
                     return Err(e);
                 }
             }

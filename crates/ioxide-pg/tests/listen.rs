@@ -355,3 +355,34 @@ fn a_listener_waiting_while_the_server_is_down_reconnects_soon_after_it_starts()
         });
     });
 }
+
+#[test]
+fn a_reconnect_refused_for_good_is_returned_and_the_next_call_tries_again() {
+    let c = testkit::shared_cluster();
+    c.psql("DROP DATABASE IF EXISTS listen_gone").unwrap();
+    c.psql("CREATE DATABASE listen_gone").unwrap();
+    let o = opts().database("listen_gone");
+    run_within(Duration::from_secs(30), async {
+        let mut l = PgListener::connect(&o).await.unwrap();
+        l.listen("x").await.unwrap();
+        // Terminates the listener's backend; its reconnect then finds no database (3D000),
+        // which no retry can fix: next() returns it rather than retrying for ever.
+        c.psql("DROP DATABASE listen_gone WITH (FORCE)").unwrap();
+        let e = match ioxide::time::timeout(Duration::from_secs(10), l.next()).await {
+            Ok(r) => r.unwrap_err(),
+            Err(_) => panic!("next() kept retrying a missing database"),
+        };
+        assert_eq!(e.sql_state(), Some("3D000"), "{e}");
+        c.psql("CREATE DATABASE listen_gone").unwrap();
+        assert_eq!(
+            next_within(&mut l, Duration::from_secs(10), "the gap").await,
+            ListenEvent::Gap
+        );
+        let sender = PgConnection::connect(&o).await.unwrap();
+        sender.query("NOTIFY x, 'back'").await.unwrap();
+        assert_eq!(next_note(&mut l).await.payload, "back");
+        sender.close().await;
+        l.close().await;
+    });
+    c.psql("DROP DATABASE listen_gone WITH (FORCE)").unwrap();
+}
