@@ -360,7 +360,9 @@ impl PgConnection {
     /// channel it `LISTEN`s to), on its reactor, in arrival order, replacing any earlier
     /// handler. Without one, notifications are dropped (logged at debug). `f` runs while the
     /// connection reads its socket: keep it short, and do not panic in it. For a dedicated
-    /// connection that reconnects and re-listens on its own, see [`crate::PgListener`].
+    /// connection that reconnects and re-listens on its own, see [`crate::PgListener`]; on a
+    /// connection rented from a pool the handler (like a `LISTEN`) stays with the connection
+    /// after it returns, so listen on a connection of your own.
     pub fn on_notification(&self, f: impl Fn(&crate::Notification) + 'static) {
         *self.conn.on_notification.borrow_mut() = Some(Rc::new(f));
     }
