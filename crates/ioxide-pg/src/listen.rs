@@ -218,7 +218,8 @@ impl PgListener {
     /// The next event: a buffered one at once, else waits for one. After a lost connection
     /// it reconnects first (see the type's documentation); it fails only with an error that
     /// is not transient (authentication, configuration, a refused `LISTEN`), and may be called
-    /// again after one.
+    /// again after one. Cancel-safe: a `next` dropped while waiting or reconnecting (a
+    /// timeout around it) loses no event, and the next call carries on.
     pub async fn next(&mut self) -> Result<ListenEvent, PgError> {
         loop {
             if let Some(ev) = self.buf.borrow_mut().pop() {
