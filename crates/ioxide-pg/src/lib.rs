@@ -24,6 +24,7 @@
 
 mod conn;
 pub mod error;
+mod listen;
 pub mod options;
 mod pool;
 #[doc(hidden)]
@@ -38,6 +39,7 @@ pub use conn::{
     Transaction, TransactionBuilder,
 };
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
+pub use listen::{ListenEvent, Notification, PgListener, LISTEN_BUFFER_LIMIT};
 pub use options::{
     ChannelBinding, Host, PgOptions, RootCert, SslCertMode, SslMode, SslNegotiation, Target,
     TlsVersion,

@@ -515,6 +515,24 @@ impl PgConnection {
         self.conn.st.borrow().next_seq
     }
 
+    /// Runs `f` for every NotificationResponse this connection receives (a `NOTIFY` on a
+    /// channel it `LISTEN`s to), on its reactor, in arrival order, replacing any earlier
+    /// handler. Without one, notifications are dropped (logged at debug). `f` runs while the
+    /// connection reads its socket: keep it short, and do not panic in it. For a dedicated
+    /// connection that reconnects and re-listens on its own, see [`crate::PgListener`]; on a
+    /// connection rented from a pool the handler (like a `LISTEN`) stays with the connection
+    /// after it returns, so listen on a connection of your own.
+    pub fn on_notification(&self, f: impl Fn(&crate::Notification) + 'static) {
+        *self.conn.on_notification.borrow_mut() = Some(Rc::new(f));
+    }
+
+    /// Runs `f` for every NoticeResponse (`RAISE NOTICE`, a warning) this connection receives
+    /// after startup, replacing any earlier handler; notices are logged through `tracing`
+    /// whether or not one is set. The same rules as [`on_notification`](Self::on_notification).
+    pub fn on_notice(&self, f: impl Fn(&crate::DbError) + 'static) {
+        *self.conn.on_notice.borrow_mut() = Some(Rc::new(f));
+    }
+
     /// Whether two handles are the same connection.
     pub fn same_as(&self, other: &PgConnection) -> bool {
         Rc::ptr_eq(&self.conn, &other.conn)
@@ -917,6 +935,8 @@ async fn open_once(
         on_broken: RefCell::new(None),
         on_drained: RefCell::new(None),
         shared: Cell::new(false),
+        on_notification: RefCell::new(None),
+        on_notice: RefCell::new(None),
     });
     drop(ioxide::spawn(tasks::writer(conn.clone())));
     drop(ioxide::spawn(tasks::watcher(conn.clone())));

@@ -14,6 +14,7 @@
 
 use super::cache::StatementCache;
 use super::secure::TlsParams;
+use crate::listen::Notification;
 use crate::proto::frame;
 use crate::proto::message::{classify_async, is_async, log_notice, AsyncMessage, TxnStatus};
 use crate::proto::reply::{Reply, ReplyEvent};
@@ -26,6 +27,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,11 @@ const GATHER_DIVISOR: usize = 2;
 /// many deep connections on a reactor the window is used instead (measured at 2, 4 and 8
 /// connections: bench/FINDINGS.md, "Gathering receives").
 const GATHER_MAX_CONNS: usize = 4;
+
+/// What `PgConnection::on_notification` installs.
+pub(crate) type NotificationHandler = Rc<dyn Fn(&Notification)>;
+/// What `PgConnection::on_notice` installs.
+pub(crate) type NoticeHandler = Rc<dyn Fn(&DbError)>;
 
 /// One command in flight.
 pub(crate) struct Cmd {
@@ -163,6 +170,10 @@ pub(crate) struct Conn {
     /// that ran inside that stranger's transaction are failed as never having taken effect.
     /// Off for a direct connection and while a guard rents it.
     pub(crate) shared: Cell<bool>,
+    /// `PgConnection::on_notification` / `on_notice`: run for each NotificationResponse /
+    /// NoticeResponse (cloned out of the cell first, so a handler may replace itself).
+    pub(crate) on_notification: RefCell<Option<NotificationHandler>>,
+    pub(crate) on_notice: RefCell<Option<NoticeHandler>>,
 }
 
 /// Where a driver's events go: the head command's consumer, or nowhere (drained replies).
@@ -788,7 +799,13 @@ impl Conn {
 
     fn on_async(&self, msg: AsyncMessage<'_>) -> Result<(), PgError> {
         match msg {
-            AsyncMessage::Notice(n) => log_notice(&n),
+            AsyncMessage::Notice(n) => {
+                log_notice(&n);
+                let handler = self.on_notice.borrow().clone();
+                if let Some(h) = handler {
+                    h(&n);
+                }
+            }
             AsyncMessage::ParameterStatus { name, value } => {
                 self.st.borrow_mut().info.set_parameter(name, value)?;
             }
@@ -797,7 +814,17 @@ impl Conn {
                 channel,
                 payload,
             } => {
-                tracing::debug!(process_id, channel, payload, "notification (no listener)");
+                let handler = self.on_notification.borrow().clone();
+                match handler {
+                    Some(h) => h(&Notification {
+                        channel: channel.to_owned(),
+                        payload: payload.to_owned(),
+                        process_id,
+                    }),
+                    None => {
+                        tracing::debug!(process_id, channel, payload, "notification (no handler)")
+                    }
+                }
             }
         }
         Ok(())

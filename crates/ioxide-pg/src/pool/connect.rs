@@ -192,7 +192,7 @@ impl Inner {
 
 /// Connect errors worth retrying: the transport, or the server not ready yet (starting up,
 /// shutting down, too many connections). Authentication and configuration errors are not.
-fn transient(e: &PgError) -> bool {
+pub(crate) fn transient(e: &PgError) -> bool {
     if e.is_transport() || e.is_timeout() || e.is_closed() {
         return true;
     }
@@ -204,7 +204,7 @@ fn transient(e: &PgError) -> bool {
 
 /// Capped exponential backoff with ±50 % jitter, so reactors and processes that lost the
 /// server together do not reconnect in lockstep.
-fn backoff(failures: u32, rng: &mut u64) -> Duration {
+pub(crate) fn backoff(failures: u32, rng: &mut u64) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1 << failures.min(10).saturating_sub(1));
     let base = exp.min(BACKOFF_CAP);
     base.mul_f64(0.5 + unit(rng))
