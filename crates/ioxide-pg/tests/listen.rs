@@ -392,3 +392,26 @@ fn a_reconnect_refused_for_good_is_returned_and_the_next_call_tries_again() {
     });
     c.psql("DROP DATABASE listen_gone WITH (FORCE)").unwrap();
 }
+
+#[test]
+fn a_panicking_handler_is_removed_and_the_idle_connection_serves_on() {
+    let o = common::opts();
+    common::run_within(std::time::Duration::from_secs(20), async move {
+        let c = ioxide_pg::PgConnection::connect(&o).await.unwrap();
+        let sender = ioxide_pg::PgConnection::connect(&o).await.unwrap();
+        c.query("LISTEN panicky").await.unwrap();
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let seen = calls.clone();
+        c.on_notification(move |_| {
+            seen.set(seen.get() + 1);
+            panic!("handler bug");
+        });
+        // Two notifications reach the idle connection (its watcher reads them).
+        sender.query("NOTIFY panicky, 'a'").await.unwrap();
+        sender.query("NOTIFY panicky, 'b'").await.unwrap();
+        ioxide::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(calls.get(), 1, "the handler is gone after its panic");
+        assert!(!c.is_broken());
+        assert_eq!(c.query("SELECT 42").await.unwrap().value(), Some("42"));
+    });
+}

@@ -518,7 +518,8 @@ impl PgConnection {
     /// Runs `f` for every NotificationResponse this connection receives (a `NOTIFY` on a
     /// channel it `LISTEN`s to), on its reactor, in arrival order, replacing any earlier
     /// handler. Without one, notifications are dropped (logged at debug). `f` runs while the
-    /// connection reads its socket: keep it short, and do not panic in it. For a dedicated
+    /// connection reads its socket: keep it short. One that panics is removed (the panic is
+    /// logged) and the connection serves on. For a dedicated
     /// connection that reconnects and re-listens on its own, see [`crate::PgListener`]; on a
     /// connection rented from a pool the handler (like a `LISTEN`) stays with the connection
     /// after it returns, so listen on a connection of your own.

@@ -797,13 +797,19 @@ impl Conn {
         }
     }
 
+    /// Asynchronous messages: notices (logged, and to `on_notice`), ParameterStatus,
+    /// notifications (to `on_notification`). A handler that panics is removed and the panic
+    /// logged: the message was consumed, so the stream stays in sync and the connection
+    /// serves on — an idle connection's watcher must not unwind the reactor.
     fn on_async(&self, msg: AsyncMessage<'_>) -> Result<(), PgError> {
         match msg {
             AsyncMessage::Notice(n) => {
                 log_notice(&n);
                 let handler = self.on_notice.borrow().clone();
                 if let Some(h) = handler {
-                    h(&n);
+                    if !run_handler(|| h(&n)) {
+                        self.on_notice.borrow_mut().take();
+                    }
                 }
             }
             AsyncMessage::ParameterStatus { name, value } => {
@@ -816,11 +822,16 @@ impl Conn {
             } => {
                 let handler = self.on_notification.borrow().clone();
                 match handler {
-                    Some(h) => h(&Notification {
-                        channel: channel.to_owned(),
-                        payload: payload.to_owned(),
-                        process_id,
-                    }),
+                    Some(h) => {
+                        let n = Notification {
+                            channel: channel.to_owned(),
+                            payload: payload.to_owned(),
+                            process_id,
+                        };
+                        if !run_handler(|| h(&n)) {
+                            self.on_notification.borrow_mut().take();
+                        }
+                    }
                     None => {
                         tracing::debug!(process_id, channel, payload, "notification (no handler)")
                     }
@@ -1058,6 +1069,17 @@ impl Drop for DeepMark {
     fn drop(&mut self) {
         if self.0.get() {
             let _ = DEEP.try_with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+}
+
+/// Runs a user handler; `false` (after logging) if it panicked.
+fn run_handler(f: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::error!("a notification or notice handler panicked; it was removed");
+            false
         }
     }
 }
