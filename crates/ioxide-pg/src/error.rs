@@ -112,6 +112,12 @@ enum Kind {
     /// The API was used in a way it cannot serve (e.g. a transaction on the pool's shared
     /// connections).
     Misuse(String),
+    /// `query_one`/`query_opt` got a number of rows it cannot return.
+    RowCount {
+        op: &'static str,
+        expected: &'static str,
+        rows: u64,
+    },
 }
 
 impl PgError {
@@ -217,6 +223,11 @@ impl PgError {
         PgError::new(Kind::Misuse(msg.into()))
     }
 
+    /// `op` (`"query_one"`) expected `expected` (`"exactly one row"`) but got `rows`.
+    pub(crate) fn wrong_row_count(op: &'static str, expected: &'static str, rows: u64) -> PgError {
+        PgError::new(Kind::RowCount { op, expected, rows })
+    }
+
     /// The connection is closed or broken; `msg` says why.
     pub(crate) fn closed(msg: impl Into<String>) -> PgError {
         PgError::new(Kind::Closed(msg.into()))
@@ -256,6 +267,11 @@ impl PgError {
             Kind::Conversion(m) => Kind::Conversion(m.clone()),
             Kind::Closed(m) => Kind::Closed(m.clone()),
             Kind::Misuse(m) => Kind::Misuse(m.clone()),
+            Kind::RowCount { op, expected, rows } => Kind::RowCount {
+                op,
+                expected,
+                rows: *rows,
+            },
         };
         let mut e = PgError::new(kind);
         e.inner.sent = self.inner.sent;
@@ -394,6 +410,20 @@ impl PgError {
     pub fn is_misuse(&self) -> bool {
         matches!(self.inner.kind, Kind::Misuse(_))
     }
+
+    /// `query_one` got no row or several, or `query_opt` several: the statement ran (and
+    /// committed, in autocommit) but its row count was not what the caller asked for.
+    pub fn is_row_count(&self) -> bool {
+        matches!(self.inner.kind, Kind::RowCount { .. })
+    }
+
+    /// For a [row-count error](PgError::is_row_count): how many rows the query returned.
+    pub fn row_count(&self) -> Option<u64> {
+        match self.inner.kind {
+            Kind::RowCount { rows, .. } => Some(rows),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for PgError {
@@ -422,6 +452,11 @@ impl fmt::Display for PgError {
             Kind::Conversion(msg) => write!(f, "conversion error: {msg}")?,
             Kind::Closed(msg) => write!(f, "connection closed: {msg}")?,
             Kind::Misuse(msg) => write!(f, "misuse: {msg}")?,
+            Kind::RowCount { op, expected, rows } => write!(
+                f,
+                "{op}: expected {expected}, the query returned {rows} row{}",
+                if *rows == 1 { "" } else { "s" }
+            )?,
         }
         if let Some(source) = &self.inner.source {
             write!(f, ": {source}")?;

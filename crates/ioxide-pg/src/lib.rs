@@ -30,7 +30,7 @@ mod pool;
 pub mod proto;
 mod tls;
 
-pub use conn::{Params, PgConnection, ResultSet};
+pub use conn::{FromRow, OwnedRow, Params, PgConnection, ResultSet};
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use options::{
     ChannelBinding, Host, PgOptions, RootCert, SslCertMode, SslMode, SslNegotiation, Target,

@@ -34,7 +34,7 @@ pub use state::PoolStats;
 
 use crate::conn::Params;
 use crate::proto::row::Row;
-use crate::{PgConnection, PgError, PgOptions, QueryResult, ResultSet};
+use crate::{OwnedRow, PgConnection, PgError, PgOptions, QueryResult, ResultSet};
 use ioxide::Reactor;
 use state::{Inner, Waiter};
 use std::cell::RefCell;
@@ -208,6 +208,34 @@ impl PgPool {
     pub async fn query_params(&self, sql: &str, params: Params<'_>) -> Result<ResultSet, PgError> {
         self.with_conn(|c| async move { c.query_params(sql, params).await })
             .await
+    }
+
+    /// Parameterized query that must return exactly one row (see
+    /// [`PgConnection::query_one`]).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &ioxide_pg::PgPool) -> Result<(), ioxide_pg::PgError> {
+    /// let row = pool.query_one("SELECT 'ann'::text AS name", &[]).await?;
+    /// assert_eq!(row.get::<&str>("name")?, "ann");
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<OwnedRow, PgError> {
+        self.query_params(sql, params).await?.into_one("query_one")
+    }
+
+    /// Parameterized query that returns at most one row (see [`PgConnection::query_opt`]).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &ioxide_pg::PgPool) -> Result<(), ioxide_pg::PgError> {
+    /// assert!(pool.query_opt("SELECT 1 WHERE false", &[]).await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<OwnedRow>, PgError> {
+        self.query_params(sql, params).await?.into_opt("query_opt")
     }
 
     /// Parameterized statement; returns the rows affected.
