@@ -573,4 +573,18 @@ mod tests {
             "backend message of 100 bytes exceeds max_message_bytes (10 bytes)"
         );
     }
+
+    #[test]
+    fn a_row_count_error_says_how_many_and_is_its_own_kind() {
+        let e = PgError::wrong_row_count("query_one", "exactly one row", 1);
+        assert_eq!(
+            e.to_string(),
+            "query_one: expected exactly one row, the query returned 1 row"
+        );
+        let e = PgError::wrong_row_count("query_opt", "at most one row", 4);
+        assert_eq!((e.is_row_count(), e.row_count()), (true, Some(4)));
+        assert!(!e.is_conversion() && !e.is_misuse() && !e.is_server() && e.was_sent());
+        let c = PgError::conversion("x");
+        assert_eq!((c.is_row_count(), c.row_count()), (false, None));
+    }
 }

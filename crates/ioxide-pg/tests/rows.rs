@@ -28,6 +28,8 @@ fn assert_send_sync<T: Send + Sync + 'static>() {}
 fn owned_row_is_send_sync_and_static() {
     assert_send_sync::<OwnedRow>();
     assert_send_sync::<ioxide_pg::ResultSet>();
+    // An `Arc`, the row's range and the 16 recorded field offsets (ARCHITECTURE.md).
+    assert_eq!(std::mem::size_of::<OwnedRow>(), 80);
 }
 
 #[test]
@@ -328,5 +330,61 @@ fn the_pool_and_a_rented_connection_have_query_one_and_query_opt() {
         };
         assert_eq!(row.get::<i64>(0).unwrap(), 3);
         pool.close().await;
+    });
+}
+
+/// Client CPU per row of reading 10 000 rows of the five columns through typed `get`: borrowed
+/// from the `ResultSet`, and as `OwnedRow`s (including `into_rows`). Prints the figures;
+/// asserts only that owned rows cost at most three times the borrowed read. Meant for
+/// `--release -- --ignored`.
+#[test]
+#[ignore = "a measurement: run with --release -- --ignored --nocapture"]
+fn owned_rows_cost_about_what_borrowed_rows_cost() {
+    run_within(Duration::from_secs(120), async {
+        let conn = PgConnection::connect(&opts()).await.unwrap();
+        let sql = "SELECT n::int8 AS i, 'row ' || n AS t, n * 0.5::float8 AS f, n % 2 = 0 AS b, \
+                   now() AS ts FROM generate_series(1, 10000) n";
+        let rounds = 30u32;
+        let (mut borrowed, mut owned, mut convert) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        for _ in 0..rounds {
+            let rs = conn.query_params(sql, &[]).await.unwrap();
+            let t = std::time::Instant::now();
+            let mut acc = 0i64;
+            for row in rs.iter() {
+                acc += row.get::<i64>(0).unwrap();
+                acc += row.get::<&str>(1).unwrap().len() as i64;
+                acc += row.get::<f64>(2).unwrap() as i64;
+                acc += i64::from(row.get::<bool>(3).unwrap());
+                acc += i64::from(row.get::<SystemTime>(4).unwrap() > UNIX_EPOCH);
+            }
+            borrowed += t.elapsed();
+            assert!(acc > 0);
+            let t = std::time::Instant::now();
+            let rows = rs.into_rows();
+            convert += t.elapsed();
+            let mut acc2 = 0i64;
+            for row in rows {
+                acc2 += row.get::<i64>(0).unwrap();
+                acc2 += row.get::<&str>(1).unwrap().len() as i64;
+                acc2 += row.get::<f64>(2).unwrap() as i64;
+                acc2 += i64::from(row.get::<bool>(3).unwrap());
+                acc2 += i64::from(row.get::<SystemTime>(4).unwrap() > UNIX_EPOCH);
+            }
+            owned += t.elapsed();
+            assert_eq!(acc, acc2);
+        }
+        let per_row = |d: Duration| d.as_nanos() as f64 / f64::from(rounds) / 10_000.0;
+        println!(
+            "10 000 rows x 5 columns, typed get: borrowed {:.1} ns/row, owned (into_rows + get + drop) {:.1} ns/row, of which into_rows {:.1}",
+            per_row(borrowed),
+            per_row(owned),
+            per_row(convert)
+        );
+        assert!(
+            owned <= borrowed * 3,
+            "owned {owned:?} vs borrowed {borrowed:?}"
+        );
+        conn.close().await;
     });
 }

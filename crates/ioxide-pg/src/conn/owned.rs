@@ -2,7 +2,6 @@
 
 use crate::proto::row::{Columns, Row, RowIndex, INLINE_FIELDS};
 use crate::PgError;
-use bytes::Bytes;
 use postgres_types::FromSql;
 use std::fmt;
 use std::sync::Arc;
@@ -10,8 +9,8 @@ use std::sync::Arc;
 /// One row that owns its data: return it from a function, keep it after its
 /// [`ResultSet`](crate::ResultSet) is gone, move it to another task or thread.
 ///
-/// Cheap: the rows of one result set share that result's buffer (a [`Bytes`] slice each, no
-/// copy per row) and its column description (an `Arc`). It is `Send + Sync`, so it crosses
+/// Cheap: the rows of one result set share that result's buffer and column description
+/// behind one `Arc` (one count per row, no copy per row). It is `Send + Sync`, so it crosses
 /// tasks and reactors alike. Reading a field costs what it costs on a borrowed [`Row`]: the
 /// field offsets were recorded when the row was made.
 ///
@@ -36,20 +35,43 @@ use std::sync::Arc;
 /// ```
 #[derive(Clone)]
 pub struct OwnedRow {
-    body: Bytes,
-    columns: Arc<Columns>,
+    shared: Arc<Shared>,
+    /// This row's DataRow body in `shared.data`.
+    start: u32,
+    end: u32,
     starts: [u32; INLINE_FIELDS],
 }
 
+/// What the rows of one result set share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) data: Vec<u8>,
+    pub(crate) columns: Arc<Columns>,
+}
+
 impl OwnedRow {
-    /// Validates `body` (a DataRow body) against `columns`.
-    pub(crate) fn new(body: Bytes, columns: Arc<Columns>) -> Result<OwnedRow, PgError> {
-        let starts = Row::new(&body, &columns)?.field_starts();
+    /// Validates the DataRow body at `start..end` of `shared.data` against its columns.
+    pub(crate) fn new(shared: &Arc<Shared>, start: u32, end: u32) -> Result<OwnedRow, PgError> {
+        let body = shared
+            .data
+            .get(start as usize..end as usize)
+            .ok_or_else(|| PgError::protocol("row outside its result buffer"))?;
+        let starts = Row::new(body, &shared.columns)?.field_starts();
         Ok(OwnedRow {
-            body,
-            columns,
+            shared: shared.clone(),
+            start,
+            end,
             starts,
         })
+    }
+
+    #[inline]
+    fn body(&self) -> &[u8] {
+        // `new` checked the range.
+        self.shared
+            .data
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
     }
 
     /// This row as a borrowed [`Row`] (free: no walk, no copy), for APIs that take one.
@@ -61,8 +83,9 @@ impl OwnedRow {
     /// assert_eq!(borrowed.get::<i64>(0)?, 1);
     /// # Ok(()) }
     /// ```
+    #[inline]
     pub fn as_row(&self) -> Row<'_> {
-        Row::validated(&self.body, &self.columns, self.starts)
+        Row::validated(self.body(), &self.shared.columns, self.starts)
     }
 
     /// Number of fields.
@@ -72,8 +95,9 @@ impl OwnedRow {
     /// assert_eq!(conn.query_one("SELECT 1, 2", &[]).await?.len(), 2);
     /// # Ok(()) }
     /// ```
+    #[inline]
     pub fn len(&self) -> usize {
-        self.columns.len()
+        self.shared.columns.len()
     }
 
     /// No fields (`SELECT` with an empty target list).
@@ -84,7 +108,7 @@ impl OwnedRow {
     /// # Ok(()) }
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.columns.is_empty()
+        self.shared.columns.is_empty()
     }
 
     /// The columns of this row: names, type OIDs and [`Type`](postgres_types::Type)s.
@@ -98,7 +122,7 @@ impl OwnedRow {
     /// # Ok(()) }
     /// ```
     pub fn columns(&self) -> &Columns {
-        &self.columns
+        &self.shared.columns
     }
 
     /// The raw bytes of field `idx`: `Some(None)` for NULL, `None` if out of range.
@@ -110,6 +134,7 @@ impl OwnedRow {
     /// assert_eq!(row.raw(1), Some(None));
     /// # Ok(()) }
     /// ```
+    #[inline]
     pub fn raw(&self, idx: usize) -> Option<Option<&[u8]>> {
         self.as_row().raw(idx)
     }
@@ -122,6 +147,7 @@ impl OwnedRow {
     /// assert!(row.is_null("t")?);
     /// # Ok(()) }
     /// ```
+    #[inline]
     pub fn is_null(&self, idx: impl RowIndex) -> Result<bool, PgError> {
         self.as_row().is_null(idx)
     }
@@ -136,6 +162,7 @@ impl OwnedRow {
     /// assert_eq!(row.get::<Option<i64>>(1)?, None);
     /// # Ok(()) }
     /// ```
+    #[inline]
     pub fn get<'r, T: FromSql<'r>>(&'r self, idx: impl RowIndex) -> Result<T, PgError> {
         self.as_row().get(idx)
     }
@@ -149,6 +176,7 @@ impl OwnedRow {
     /// assert!(row.try_get::<i64>("t").unwrap_err().is_conversion());
     /// # Ok(()) }
     /// ```
+    #[inline]
     pub fn try_get<'r, T: FromSql<'r>>(&'r self, idx: impl RowIndex) -> Result<T, PgError> {
         self.get(idx)
     }

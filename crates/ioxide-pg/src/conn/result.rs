@@ -1,11 +1,10 @@
 //! Owned results of extended-protocol queries: every row of a result set in one buffer.
 
-use super::owned::OwnedRow;
+use super::owned::{OwnedRow, Shared};
 use crate::proto::query_result::TagBuf;
 use crate::proto::reply::ReplyEvent;
 use crate::proto::row::{Columns, Row};
 use crate::PgError;
-use bytes::Bytes;
 use postgres_types::FromSql;
 use smallvec::SmallVec;
 use std::ops::Range;
@@ -124,7 +123,7 @@ impl ResultSet {
 
     /// The rows as [`OwnedRow`]s, which outlive the result set and move between tasks. No
     /// copy per row: the rows share this result's buffer (moved, not copied, unless it was
-    /// small enough to be held inline) and its column description. Iterating a `ResultSet` by
+    /// small enough to be held inline) and its column description behind one `Arc`. Iterating a `ResultSet` by
     /// value does the same.
     ///
     /// ```no_run
@@ -145,19 +144,19 @@ impl ResultSet {
             rest,
             ..
         } = self;
-        let data = Bytes::from(data.into_vec());
+        let shared = Arc::new(Shared {
+            data: data.into_vec(),
+            columns,
+        });
+        let mut rows = Vec::with_capacity(usize::from(first.is_some()) + rest.len());
         // Every row was validated when it arrived, so `OwnedRow::new` cannot fail here.
-        first
-            .iter()
-            .chain(&rest)
-            .filter_map(|r| {
-                OwnedRow::new(
-                    data.slice(r.start as usize..r.end as usize),
-                    columns.clone(),
-                )
-                .ok()
-            })
-            .collect()
+        rows.extend(
+            first
+                .iter()
+                .chain(&rest)
+                .filter_map(|r| OwnedRow::new(&shared, r.start, r.end).ok()),
+        );
+        rows
     }
 
     /// Exactly one row, else a [row-count error](PgError::is_row_count) from `op`.

@@ -391,6 +391,7 @@ impl<'a> Row<'a> {
 
     /// A row over a body [`Row::new`] already validated against `columns`, with the offsets it
     /// recorded ([`Row::field_starts`]); no walk. Reads stay bounds-checked.
+    #[inline]
     pub(crate) fn validated(
         body: &'a [u8],
         columns: &'a Columns,
