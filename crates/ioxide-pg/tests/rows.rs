@@ -60,6 +60,10 @@ fn values_and_types_round_trip_through_an_owned_row() {
         assert!(row.get::<i64>(5).unwrap_err().is_conversion());
         assert_eq!(row.raw(0), Some(Some(&7i64.to_be_bytes()[..])));
         assert_eq!(row.raw(5), None);
+        // A row of no columns is a row all the same.
+        let empty = conn.query_one("SELECT", &[]).await.unwrap();
+        assert_eq!((empty.len(), empty.is_empty()), (0, true));
+        assert!(empty.get_tuple::<(i64,)>().unwrap_err().is_conversion());
         // Debug shows the fields.
         assert!(format!("{row:?}").starts_with('['), "{row:?}");
 
