@@ -113,6 +113,12 @@ enum Kind {
     /// The API was used in a way it cannot serve (e.g. a transaction on the pool's shared
     /// connections).
     Misuse(String),
+    /// `query_one`/`query_opt` got a number of rows it cannot return.
+    RowCount {
+        op: &'static str,
+        expected: &'static str,
+        rows: u64,
+    },
 }
 
 impl PgError {
@@ -218,6 +224,11 @@ impl PgError {
         PgError::new(Kind::Misuse(msg.into()))
     }
 
+    /// `op` (`"query_one"`) expected `expected` (`"exactly one row"`) but got `rows`.
+    pub(crate) fn wrong_row_count(op: &'static str, expected: &'static str, rows: u64) -> PgError {
+        PgError::new(Kind::RowCount { op, expected, rows })
+    }
+
     /// The connection is closed or broken; `msg` says why.
     pub(crate) fn closed(msg: impl Into<String>) -> PgError {
         PgError::new(Kind::Closed(msg.into()))
@@ -257,6 +268,11 @@ impl PgError {
             Kind::Conversion(m) => Kind::Conversion(m.clone()),
             Kind::Closed(m) => Kind::Closed(m.clone()),
             Kind::Misuse(m) => Kind::Misuse(m.clone()),
+            Kind::RowCount { op, expected, rows } => Kind::RowCount {
+                op,
+                expected,
+                rows: *rows,
+            },
         };
         let mut e = PgError::new(kind);
         e.inner.sent = self.inner.sent;
@@ -408,6 +424,20 @@ impl PgError {
     pub fn is_misuse(&self) -> bool {
         matches!(self.inner.kind, Kind::Misuse(_))
     }
+
+    /// `query_one` got no row or several, or `query_opt` several: the statement ran (and
+    /// committed, in autocommit) but its row count was not what the caller asked for.
+    pub fn is_row_count(&self) -> bool {
+        matches!(self.inner.kind, Kind::RowCount { .. })
+    }
+
+    /// For a [row-count error](PgError::is_row_count): how many rows the query returned.
+    pub fn row_count(&self) -> Option<u64> {
+        match self.inner.kind {
+            Kind::RowCount { rows, .. } => Some(rows),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for PgError {
@@ -436,6 +466,11 @@ impl fmt::Display for PgError {
             Kind::Conversion(msg) => write!(f, "conversion error: {msg}")?,
             Kind::Closed(msg) => write!(f, "connection closed: {msg}")?,
             Kind::Misuse(msg) => write!(f, "misuse: {msg}")?,
+            Kind::RowCount { op, expected, rows } => write!(
+                f,
+                "{op}: expected {expected}, the query returned {rows} row{}",
+                if *rows == 1 { "" } else { "s" }
+            )?,
         }
         if let Some(source) = &self.inner.source {
             write!(f, ": {source}")?;
@@ -551,5 +586,19 @@ mod tests {
             e.to_string(),
             "backend message of 100 bytes exceeds max_message_bytes (10 bytes)"
         );
+    }
+
+    #[test]
+    fn a_row_count_error_says_how_many_and_is_its_own_kind() {
+        let e = PgError::wrong_row_count("query_one", "exactly one row", 1);
+        assert_eq!(
+            e.to_string(),
+            "query_one: expected exactly one row, the query returned 1 row"
+        );
+        let e = PgError::wrong_row_count("query_opt", "at most one row", 4);
+        assert_eq!((e.is_row_count(), e.row_count()), (true, Some(4)));
+        assert!(!e.is_conversion() && !e.is_misuse() && !e.is_server() && e.was_sent());
+        let c = PgError::conversion("x");
+        assert_eq!((c.is_row_count(), c.row_count()), (false, None));
     }
 }

@@ -35,8 +35,8 @@ mod sqlstate_tests;
 mod tls;
 
 pub use conn::{
-    CancelToken, IsolationLevel, Params, PgConnection, ResultSet, Statement, ToStatement,
-    Transaction, TransactionBuilder,
+    CancelToken, FromRow, IsolationLevel, OwnedRow, Params, PgConnection, ResultSet, Statement,
+    ToStatement, Transaction, TransactionBuilder,
 };
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use listen::{ListenEvent, Notification, PgListener, LISTEN_BUFFER_LIMIT};

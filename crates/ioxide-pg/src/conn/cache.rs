@@ -4,6 +4,7 @@
 use crate::proto::row::Columns;
 use postgres_types::Type;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// A statement prepared on the server, shared: the cache and every query running it hold
 /// one reference (one count to bump per query, not one per field).
@@ -15,7 +16,7 @@ pub(crate) struct Prepared {
     pub(crate) name: Rc<str>,
     pub(crate) params: Rc<[Type]>,
     /// Result columns, formats set to binary (what Bind asks for).
-    pub(crate) columns: Rc<Columns>,
+    pub(crate) columns: Arc<Columns>,
 }
 
 #[derive(Debug)]
@@ -116,7 +117,7 @@ mod tests {
         Rc::new(Prepared {
             name: c.new_name(),
             params: Rc::from(vec![]),
-            columns: Rc::new(Columns::default()),
+            columns: Arc::new(Columns::default()),
         })
     }
 

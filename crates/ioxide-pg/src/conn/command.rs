@@ -10,6 +10,7 @@ use postgres_types::Type;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// Awaits command `seq`'s reply, feeding its events to `sink`. Dropping it before the end
@@ -141,7 +142,7 @@ impl PrepareSink {
             (Some(params), Some(columns)) => Ok(Rc::new(Prepared {
                 name,
                 params: Rc::from(params),
-                columns: Rc::new(columns),
+                columns: Arc::new(columns),
             })),
             _ => Err(PgError::protocol(
                 "the server did not describe the prepared statement",
@@ -204,7 +205,7 @@ impl Sink for CountSink {
 
 /// Hands each row to a borrowed callback as it arrives.
 pub(crate) struct RowsSink<'f, F> {
-    pub(crate) columns: Rc<Columns>,
+    pub(crate) columns: Arc<Columns>,
     f: &'f mut F,
     pub(crate) rows: u64,
     /// A row reached the callback or a statement completed (see `Sink::took_effect`).
@@ -212,7 +213,7 @@ pub(crate) struct RowsSink<'f, F> {
 }
 
 impl<'f, F> RowsSink<'f, F> {
-    pub(crate) fn new(columns: Rc<Columns>, f: &'f mut F) -> Self {
+    pub(crate) fn new(columns: Arc<Columns>, f: &'f mut F) -> Self {
         RowsSink {
             columns,
             f,
@@ -237,7 +238,7 @@ where
                 self.rows += 1;
             }
             // Only an unnamed statement's reply describes its rows (it is parsed afresh).
-            ReplyEvent::RowDescription(body) => self.columns = Rc::new(described_columns(body)?),
+            ReplyEvent::RowDescription(body) => self.columns = Arc::new(described_columns(body)?),
             ReplyEvent::NoData => self.columns = Columns::none(),
             ReplyEvent::CommandComplete(_) => self.delivered = true,
             _ => {}

@@ -5,6 +5,7 @@
 mod cache;
 mod cancel_token;
 mod command;
+mod owned;
 mod prepared;
 mod result;
 mod secure;
@@ -13,6 +14,7 @@ mod tasks;
 mod txn;
 
 pub use cancel_token::CancelToken;
+pub use owned::{FromRow, OwnedRow};
 pub use prepared::{Statement, StatementRef, ToStatement};
 pub use result::ResultSet;
 pub use txn::{IsolationLevel, Transaction, TransactionBuilder};
@@ -340,6 +342,47 @@ impl PgConnection {
         )
         .await?;
         Ok(sink.rows)
+    }
+
+    /// Runs a parameterized statement that must return exactly one row, and returns it.
+    /// No row, or several, is an error ([`PgError::is_row_count`], [`PgError::row_count`])
+    /// saying how many came back; the statement has run all the same.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
+    /// let row = conn.query_one("SELECT $1::int8 + 1 AS n", &[&41i64]).await?;
+    /// assert_eq!(row.get::<i64>("n")?, 42);
+    /// let e = conn.query_one("SELECT 1 WHERE false", &[]).await.unwrap_err();
+    /// assert_eq!((e.is_row_count(), e.row_count()), (true, Some(0)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_one<S: crate::ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        params: Params<'_>,
+    ) -> Result<OwnedRow, PgError> {
+        self.query_params(statement, params)
+            .await?
+            .into_one("query_one")
+    }
+
+    /// Runs a parameterized statement that returns at most one row: `None` for no row, a
+    /// [row-count error](PgError::is_row_count) for several.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
+    /// let row = conn.query_opt("SELECT 1 WHERE $1", &[&false]).await?;
+    /// assert!(row.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_opt<S: crate::ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        params: Params<'_>,
+    ) -> Result<Option<OwnedRow>, PgError> {
+        self.query_params(statement, params)
+            .await?
+            .into_opt("query_opt")
     }
 
     /// Runs a parameterized statement and returns the rows it affected.

@@ -40,7 +40,7 @@ struct Inner {
     key: Box<str>,
     asked: Box<[Type]>,
     params: Rc<[Type]>,
-    columns: Rc<Columns>,
+    columns: std::sync::Arc<Columns>,
 }
 
 impl fmt::Debug for Statement {

@@ -1,5 +1,6 @@
 //! Owned results of extended-protocol queries: every row of a result set in one buffer.
 
+use super::owned::{OwnedRow, Shared};
 use crate::proto::query_result::TagBuf;
 use crate::proto::reply::ReplyEvent;
 use crate::proto::row::{Columns, Row};
@@ -7,7 +8,7 @@ use crate::PgError;
 use postgres_types::FromSql;
 use smallvec::SmallVec;
 use std::ops::Range;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// DataRow bytes a [`ResultSet`] holds inline. A single row of a few numbers fits (the row of
 /// `SELECT $1::int8 + 1` is 14 bytes); allocating the buffer cost that query ~300 of its
@@ -29,7 +30,7 @@ const INLINE_ROW_BYTES: usize = 48;
 /// ```
 #[derive(Debug, Clone)]
 pub struct ResultSet {
-    columns: Rc<Columns>,
+    columns: Arc<Columns>,
     data: SmallVec<[u8; INLINE_ROW_BYTES]>,
     /// The first row's range inline (most results have one row, or none), the rest after.
     first: Option<Range<u32>>,
@@ -38,7 +39,7 @@ pub struct ResultSet {
 }
 
 impl ResultSet {
-    pub(crate) fn new(columns: Rc<Columns>) -> ResultSet {
+    pub(crate) fn new(columns: Arc<Columns>) -> ResultSet {
         ResultSet {
             columns,
             data: SmallVec::new(),
@@ -67,7 +68,7 @@ impl ResultSet {
             ReplyEvent::CommandComplete(tag) => self.tag.set(*tag),
             // Only an unnamed statement's reply describes its rows (it is parsed afresh).
             ReplyEvent::RowDescription(body) => {
-                self.columns = Rc::new(super::command::described_columns(body)?);
+                self.columns = Arc::new(super::command::described_columns(body)?);
             }
             ReplyEvent::NoData => self.columns = Columns::none(),
             _ => {}
@@ -120,6 +121,67 @@ impl ResultSet {
         self.row(0)?.get(0)
     }
 
+    /// The rows as [`OwnedRow`]s, which outlive the result set and move between tasks. No
+    /// copy per row: the rows share this result's buffer (moved, not copied, unless it was
+    /// small enough to be held inline) and its column description behind one `Arc`. Iterating a `ResultSet` by
+    /// value does the same.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
+    /// async fn names(conn: &ioxide_pg::PgConnection) -> Result<Vec<ioxide_pg::OwnedRow>, ioxide_pg::PgError> {
+    ///     Ok(conn.query_params("SELECT relname FROM pg_class", &[]).await?.into_rows())
+    /// }
+    /// for row in names(conn).await? {
+    ///     let _name: &str = row.get(0)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn into_rows(self) -> Vec<OwnedRow> {
+        let ResultSet {
+            columns,
+            data,
+            first,
+            rest,
+            ..
+        } = self;
+        let shared = Arc::new(Shared {
+            data: data.into_vec(),
+            columns,
+        });
+        let mut rows = Vec::with_capacity(usize::from(first.is_some()) + rest.len());
+        // Every row was validated when it arrived, so `OwnedRow::new` cannot fail here.
+        rows.extend(
+            first
+                .iter()
+                .chain(&rest)
+                .filter_map(|r| OwnedRow::new(&shared, r.start, r.end).ok()),
+        );
+        rows
+    }
+
+    /// Exactly one row, else a [row-count error](PgError::is_row_count) from `op`.
+    pub(crate) fn into_one(self, op: &'static str) -> Result<OwnedRow, PgError> {
+        match self.len() {
+            1 => self.into_first(op, "exactly one row"),
+            n => Err(PgError::wrong_row_count(op, "exactly one row", n as u64)),
+        }
+    }
+
+    /// No row or one, else a [row-count error](PgError::is_row_count) from `op`.
+    pub(crate) fn into_opt(self, op: &'static str) -> Result<Option<OwnedRow>, PgError> {
+        match self.len() {
+            0 => Ok(None),
+            1 => self.into_first(op, "at most one row").map(Some),
+            n => Err(PgError::wrong_row_count(op, "at most one row", n as u64)),
+        }
+    }
+
+    fn into_first(self, op: &'static str, expected: &'static str) -> Result<OwnedRow, PgError> {
+        self.into_rows()
+            .pop()
+            .ok_or_else(|| PgError::wrong_row_count(op, expected, 0))
+    }
+
     /// The command tag (`SELECT 1`, `INSERT 0 3`, …).
     pub fn command_tag(&self) -> &str {
         self.tag.as_str()
@@ -128,5 +190,15 @@ impl ResultSet {
     /// Rows affected or returned, as the command tag reports.
     pub fn rows_affected(&self) -> u64 {
         self.tag.rows()
+    }
+}
+
+impl IntoIterator for ResultSet {
+    type Item = OwnedRow;
+    type IntoIter = std::vec::IntoIter<OwnedRow>;
+
+    /// The rows as [`OwnedRow`]s; see [`ResultSet::into_rows`].
+    fn into_iter(self) -> Self::IntoIter {
+        self.into_rows().into_iter()
     }
 }

@@ -34,7 +34,7 @@ pub use state::PoolStats;
 
 use crate::conn::Params;
 use crate::proto::row::Row;
-use crate::{PgConnection, PgError, PgOptions, QueryResult, ResultSet};
+use crate::{OwnedRow, PgConnection, PgError, PgOptions, QueryResult, ResultSet};
 pub(crate) use connect::{backoff, transient};
 use ioxide::Reactor;
 pub(crate) use state::seed;
@@ -236,6 +236,42 @@ impl PgPool {
     ) -> Result<u64, PgError> {
         self.with_conn(|c| async move { c.execute_many(statement, rows).await })
             .await
+    }
+
+    /// Parameterized query that must return exactly one row (see
+    /// [`PgConnection::query_one`]).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &ioxide_pg::PgPool) -> Result<(), ioxide_pg::PgError> {
+    /// let row = pool.query_one("SELECT 'ann'::text AS name", &[]).await?;
+    /// assert_eq!(row.get::<&str>("name")?, "ann");
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_one<S: crate::ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        params: Params<'_>,
+    ) -> Result<OwnedRow, PgError> {
+        self.query_params(statement, params)
+            .await?
+            .into_one("query_one")
+    }
+
+    /// Parameterized query that returns at most one row (see [`PgConnection::query_opt`]).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &ioxide_pg::PgPool) -> Result<(), ioxide_pg::PgError> {
+    /// assert!(pool.query_opt("SELECT 1 WHERE false", &[]).await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_opt<S: crate::ToStatement + ?Sized>(
+        &self,
+        statement: &S,
+        params: Params<'_>,
+    ) -> Result<Option<OwnedRow>, PgError> {
+        self.query_params(statement, params)
+            .await?
+            .into_opt("query_opt")
     }
 
     /// Parameterized statement; returns the rows affected.

@@ -1,12 +1,12 @@
 //! Result columns and zero-allocation row views.
 //!
 //! [`Columns`] is parsed once from a RowDescription and is meant to be cached per prepared
-//! statement (behind an `Rc`). A [`Row`] borrows one DataRow body plus the `Columns`; reading
+//! statement (behind an `Arc`, so that owned rows can cross threads). A [`Row`] borrows one DataRow body plus the `Columns`; reading
 //! a field walks no allocation: the field offsets of the first [`INLINE_FIELDS`] columns are
 //! recorded on the stack when the row is validated, later ones are found by a short scan.
 
 use std::fmt;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use postgres_types::{FromSql, Type};
 
@@ -69,6 +69,11 @@ impl Column {
         &self.type_
     }
 
+    /// The OID of the column type (`pg_type.oid`), known or not to `postgres-types`.
+    pub fn type_oid(&self) -> u32 {
+        self.type_.oid()
+    }
+
     /// `pg_type.typlen` (negative for variable width).
     pub fn type_size(&self) -> i16 {
         self.type_size
@@ -106,9 +111,9 @@ pub struct Columns {
 impl Columns {
     /// The empty description, shared per thread: a placeholder until the statement is known
     /// without allocating one per query.
-    pub(crate) fn none() -> Rc<Columns> {
-        thread_local!(static NONE: Rc<Columns> = Rc::default());
-        NONE.with(Rc::clone)
+    pub(crate) fn none() -> Arc<Columns> {
+        thread_local!(static NONE: Arc<Columns> = Arc::default());
+        NONE.with(Arc::clone)
     }
 
     /// Parses a RowDescription (`T`) body.
@@ -180,9 +185,30 @@ impl Columns {
         self.columns.iter()
     }
 
+    /// The column names, in order.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
+    /// let rs = conn.query_params("SELECT 1::int8 AS a, 'x'::text AS b", &[]).await?;
+    /// assert_eq!(rs.columns().names().collect::<Vec<_>>(), ["a", "b"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.columns.iter().map(Column::name)
+    }
+
     /// The index of the first column named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+impl<'c> IntoIterator for &'c Columns {
+    type Item = &'c Column;
+    type IntoIter = std::slice::Iter<'c, Column>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.columns.iter()
     }
 }
 
@@ -356,6 +382,26 @@ impl<'a> Row<'a> {
             columns,
             starts,
         })
+    }
+
+    /// Offsets recorded by [`Row::new`], for an owned row to keep.
+    pub(crate) fn field_starts(&self) -> [u32; INLINE_FIELDS] {
+        self.starts
+    }
+
+    /// A row over a body [`Row::new`] already validated against `columns`, with the offsets it
+    /// recorded ([`Row::field_starts`]); no walk. Reads stay bounds-checked.
+    #[inline]
+    pub(crate) fn validated(
+        body: &'a [u8],
+        columns: &'a Columns,
+        starts: [u32; INLINE_FIELDS],
+    ) -> Row<'a> {
+        Row {
+            body,
+            columns,
+            starts,
+        }
     }
 
     /// Number of fields.
