@@ -28,6 +28,7 @@ pub struct Notification {
 
 /// What [`PgListener::next`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ListenEvent {
     /// A notification, in the order the server sent them.
     Notification(Notification),
