@@ -20,6 +20,14 @@
 //! stability**: it is the driver's internals, and any release may change or remove any of it.
 //! Do not use it; the types it holds that users need are re-exported above.
 
+//! # Optional types
+//!
+//! Values go through `postgres-types`' `ToSql`/`FromSql`. Its impls for other crates are
+//! switched on by this crate's features, named as in tokio-postgres: `with-uuid-1`,
+//! `with-chrono-0_4`, `with-time-0_3`, `with-serde_json-1` (JSON and JSONB). `rust_decimal`
+//! carries its own impls (`NUMERIC`): enable its `db-postgres` feature. Each is round-tripped
+//! against a server in `tests/types_optional.rs`.
+
 #![warn(missing_docs)]
 
 mod conn;
