@@ -16,8 +16,12 @@ use super::PgConnection;
 use crate::proto::row::Columns;
 use crate::PgError;
 
-/// A prepared statement: SQL with its parameter and column types; see the
-/// [module docs](self). Cheap to clone.
+/// A prepared statement: SQL with its parameter and column types. Cheap to clone.
+///
+/// A description, not a server handle: each connection prepares it on first use and keeps
+/// it in its statement cache (keyed by the text and the asked-for types), so a statement
+/// prepared on one pooled connection runs on whichever connection the pool picks, and
+/// survives a reconnect or a `DEALLOCATE ALL`.
 ///
 /// ```no_run
 /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {

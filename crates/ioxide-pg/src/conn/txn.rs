@@ -143,7 +143,8 @@ impl<'a> TransactionBuilder<'a> {
 
 /// A transaction (or a savepoint inside one) on a borrowed connection; derefs to
 /// [`PgConnection`] for queries. Commit or roll back explicitly; dropped without either, it
-/// rolls back (see the [module docs](self)).
+/// rolls back: a `ROLLBACK` (`ROLLBACK TO SAVEPOINT` for a savepoint) is queued on the
+/// connection at once, ahead of anything issued later, and the next `begin` waits for it.
 ///
 /// ```no_run
 /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
