@@ -126,6 +126,7 @@ impl Buffer {
 ///     match l.next().await? {
 ///         ListenEvent::Notification(n) => println!("{}: {}", n.channel, n.payload),
 ///         ListenEvent::Gap => println!("may have missed some: re-read the state"),
+///         _ => {} // ListenEvent may grow
 ///     }
 /// }
 /// # }
