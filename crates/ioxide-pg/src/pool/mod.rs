@@ -453,7 +453,11 @@ impl PgPool {
             // Nothing live and nothing connecting: connect now, not after a backoff.
             replenish(inner, Instant::now(), true);
             let deadline = *deadline.get_or_insert_with(|| {
-                let now = ioxide::time::now();
+                // The precise clock, not the loop turn's: a deadline counted from the turn's
+                // start (earlier by however long the turn has run) fired up to a fraction of
+                // a millisecond before acquire_timeout had passed for the caller (seen:
+                // 49.92 ms of 50 in `pool_timing`). One clock read, on the waiting path only.
+                let now = Instant::now();
                 // An acquire_timeout too long to represent means no deadline worth keeping.
                 now.checked_add(inner.acquire_timeout)
                     .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
