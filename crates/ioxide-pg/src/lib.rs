@@ -43,6 +43,9 @@ mod sqlstate_tests;
 mod tls;
 
 pub use conn::{
+    BinaryCopyInWriter, BinaryCopyOutRow, BinaryCopyOutStream, CopyIn, CopyOut, COPY_IN_HIGH_WATER,
+};
+pub use conn::{
     CancelToken, FromRow, IsolationLevel, OwnedRow, Params, PgConnection, ResultSet, Statement,
     ToStatement, Transaction, TransactionBuilder,
 };
@@ -54,7 +57,7 @@ pub use options::{
 };
 pub use pool::{AfterConnectFuture, PgPool, PgPoolBuilder, PoolStats, PooledConn};
 pub use proto::auth::{AuthMethod, RequireAuth};
-pub use proto::message::TxnStatus;
+pub use proto::message::{CopyFormat, TxnStatus};
 pub use proto::query_result::QueryResult;
 pub use proto::row::{Column, Columns, Format, Row, RowIndex};
 pub use proto::startup::{BackendKey, ServerInfo};

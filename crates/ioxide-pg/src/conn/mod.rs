@@ -5,6 +5,7 @@
 mod cache;
 mod cancel_token;
 mod command;
+mod copy;
 mod owned;
 mod prepared;
 mod result;
@@ -14,6 +15,9 @@ mod tasks;
 mod txn;
 
 pub use cancel_token::CancelToken;
+pub use copy::{
+    BinaryCopyInWriter, BinaryCopyOutRow, BinaryCopyOutStream, CopyIn, CopyOut, COPY_IN_HIGH_WATER,
+};
 pub use owned::{FromRow, OwnedRow};
 pub use prepared::{Statement, StatementRef, ToStatement};
 pub use result::ResultSet;
@@ -966,6 +970,10 @@ async fn open_once(
             close_waiters: Vec::new(),
             idle_waiters: Vec::new(),
             txn_dirty: false,
+            copy_hold: None,
+            copy_waker: None,
+            copy_turn: Vec::new(),
+            copy_outcome: None,
         }),
         target,
         tcp: opts.get_tcp_options(),

@@ -131,6 +131,21 @@ pub(crate) struct State {
     /// A command on a shared connection (see `Conn::shared`) left it inside a transaction:
     /// it takes no new commands until the ROLLBACK queued behind it brings it back to Idle.
     pub(crate) txn_dirty: bool,
+    /// A COPY owns the send buffer (`copy` module): the COPY command's seq, and the bytes of
+    /// commands queued behind it. From its Query until its CopyDone or CopyFail (copy-in), or
+    /// until its CopyOutResponse (copy-out), commands queued behind it encode here and go out
+    /// after it: in copy-in mode the server would take their first message as a bad COPY
+    /// message, swallow it, and the replies would no longer match the queue. `None` when no
+    /// COPY holds the connection.
+    pub(crate) copy_hold: Option<(u64, BytesMut)>,
+    /// A COPY FROM STDIN waiting for the writer to take `out` (its backpressure).
+    pub(crate) copy_waker: Option<Waker>,
+    /// COPY FROM STDINs of other tasks waiting for the hold to be released.
+    pub(crate) copy_turn: Vec<Waker>,
+    /// A COPY FROM STDIN the sweep ended for stalling (its seq and the timeout error): the
+    /// watcher drains its reply at once, so its `CopyIn` may find the command gone and
+    /// reports this instead.
+    pub(crate) copy_outcome: Option<(u64, PgError)>,
 }
 
 /// A connection: the socket, its state, and what it needs to cancel.
@@ -316,6 +331,8 @@ impl Conn {
             self.deep.set(false);
             let mut wakers: Vec<Waker> = st.queue.drain(..).filter_map(|c| c.waker).collect();
             wakers.extend(st.writer_waker.take());
+            wakers.extend(st.copy_waker.take());
+            wakers.append(&mut st.copy_turn);
             wakers.extend(st.watcher_waker.take());
             wakers.append(&mut st.close_waiters);
             wakers.append(&mut st.idle_waiters);
@@ -346,19 +363,29 @@ impl Conn {
         reply: Reply,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), PgError>,
     ) -> Result<(u64, u64), PgError> {
-        let mut st = self.st.borrow_mut();
+        let st = self.st.borrow_mut();
         if st.broken.is_some() || st.closing {
             drop(st);
             return Err(self.broken_error(u64::MAX));
         }
-        let before = st.out.len();
-        if let Err(e) = encode(&mut st.out) {
-            st.out.truncate(before);
+        let mut guard = st;
+        let st = &mut *guard;
+        // Behind a COPY FROM STDIN: wait in the hold (a command's first byte then counts as
+        // at most where it will be sent; see `copy_hold`).
+        let (out, counted) = match &mut st.copy_hold {
+            None => (&mut st.out, true),
+            Some((_, held)) => (held, false),
+        };
+        let before = out.len();
+        if let Err(e) = encode(out) {
+            out.truncate(before);
             return Err(e.never_sent());
         }
-        let added = (st.out.len() - before) as u64;
+        let added = (out.len() - before) as u64;
         let sent_from = st.queued_total;
-        st.queued_total += added;
+        if counted {
+            st.queued_total += added;
+        }
         let seq = st.next_seq;
         st.next_seq += 1;
         st.queue.push_back(Cmd {
@@ -372,10 +399,82 @@ impl Conn {
             exposed_to_user_cancel: false,
         });
         if let Some(w) = st.writer_waker.take() {
-            drop(st);
+            drop(guard);
             w.wake();
         }
         Ok((seq, sent_from))
+    }
+
+    /// COPY `seq` was just queued: commands queued from now on wait behind it (see
+    /// `State::copy_hold`). The caller waited for any other COPY's hold to end.
+    pub(crate) fn hold_for_copy(&self, seq: u64) {
+        let mut st = self.st.borrow_mut();
+        if st.copy_hold.is_none() {
+            st.copy_hold = Some((seq, BytesMut::new()));
+            st.copy_outcome = None;
+        }
+    }
+
+    /// Appends COPY `seq`'s messages (encoded by `f`) to the send buffer — the COPY's own
+    /// bytes go out past the hold — and wakes the writer. When `release` (after CopyDone or
+    /// CopyFail, or a COPY TO STDOUT that started), the commands held behind it follow.
+    /// Nothing happens unless `seq` holds the connection: once its hold is released (by a
+    /// stall's CopyFail from the sweep, say), the COPY sends nothing more.
+    pub(crate) fn copy_send(&self, seq: u64, release: bool, f: impl FnOnce(&mut BytesMut)) {
+        let (w, turn) = {
+            let mut st = self.st.borrow_mut();
+            if st.broken.is_some() || st.copy_hold.as_ref().is_none_or(|(s, _)| *s != seq) {
+                return;
+            }
+            let st = &mut *st;
+            let before = st.out.len();
+            f(&mut st.out);
+            let mut turn = Vec::new();
+            if release {
+                if let Some((_, held)) = st.copy_hold.take() {
+                    st.out.extend_from_slice(&held);
+                }
+                turn = std::mem::take(&mut st.copy_turn);
+            }
+            st.queued_total += (st.out.len() - before) as u64;
+            touch(st, seq);
+            (st.writer_waker.take(), turn)
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+        turn.into_iter().for_each(Waker::wake);
+    }
+
+    /// COPY `seq` made progress (see `touch`).
+    pub(crate) fn copy_progress(&self, seq: u64) {
+        touch(&mut self.st.borrow_mut(), seq);
+    }
+
+    /// Starts cancelling head command `seq`, whose future is gone (a COPY TO STDOUT dropped
+    /// before its end): a CancelRequest ends it sooner than draining the rest would. New
+    /// commands are held back meanwhile, as for a command timeout. True when the caller
+    /// should send the CancelRequest now (`tasks::spawn_cancel`).
+    pub(crate) fn cancel_head(&self, seq: u64) -> bool {
+        if self.key.is_none() {
+            return false;
+        }
+        let mut st = self.st.borrow_mut();
+        if st.broken.is_some() || st.closing || st.cancelling.is_some() {
+            return false;
+        }
+        if st.queue.front().is_none_or(|h| h.seq != seq) {
+            return false;
+        }
+        st.cancelling = Some(Cancelling {
+            seq,
+            deadline: Instant::now() + self.cancel_grace,
+            cancel_done: false,
+        });
+        for c in st.queue.iter_mut().skip(1) {
+            c.exposed_to_auto_cancel = true;
+        }
+        true
     }
 
     /// Wakes whoever must drive the socket now: the head command's future, or the watcher.
@@ -862,6 +961,7 @@ impl Conn {
         let Some(limit) = self.command_timeout else {
             return false;
         };
+        let mut copy_stalled = None;
         let (wake, teardown, cancel) = {
             let mut st = self.st.borrow_mut();
             if st.broken.is_some() {
@@ -872,6 +972,26 @@ impl Conn {
                 (None, still_there && now >= c.deadline, false)
             } else {
                 match st.queue.front_mut() {
+                    // A COPY FROM STDIN the client stopped feeding: the server waits for our
+                    // data and would act on a CancelRequest only when some arrived. A
+                    // CopyFail ends it at once (the next `send` reports the timeout).
+                    // (Once: if the CopyFail is not answered within another timeout, the
+                    // CancelRequest below follows.)
+                    Some(head)
+                        if now.duration_since(head.started) >= limit
+                            && head.reply.in_copy_in()
+                            && !head.abandoned =>
+                    {
+                        let wake = head.waker.take();
+                        head.abandoned = true;
+                        let seq = head.seq;
+                        st.copy_outcome =
+                            Some((seq, PgError::timeout(TimeoutKind::Command, limit)));
+                        // The CopyFail's answer gets a whole timeout of its own.
+                        head.started = now;
+                        copy_stalled = Some(seq);
+                        (wake, false, false)
+                    }
                     // Nothing can cancel the query without the server's key (a pooler or
                     // proxy may not pass one on): the connection goes, at the timeout.
                     Some(head)
@@ -905,6 +1025,16 @@ impl Conn {
         if teardown {
             self.fail(&PgError::timeout(TimeoutKind::Command, limit).maybe_sent());
             return false;
+        }
+        if let Some(seq) = copy_stalled {
+            self.copy_send(seq, true, |out| {
+                crate::proto::encode::copy_fail(
+                    &format!("COPY FROM STDIN stalled: no data for {limit:?} (command_timeout)"),
+                    out,
+                )
+            });
+            // The head is abandoned now: the watcher drains the COPY's answer.
+            self.wake_driver();
         }
         if let Some(w) = wake {
             w.wake();
@@ -942,6 +1072,16 @@ impl Conn {
         // not at the pool's next sweep.
         if released {
             self.room_freed();
+        }
+    }
+}
+
+/// A COPY at the head made progress: its command timeout counts from now, so that it measures
+/// a stall, not the length of the whole COPY (see `PgOptions::command_timeout`).
+fn touch(st: &mut State, seq: u64) {
+    if let Some(head) = st.queue.front_mut() {
+        if head.seq == seq {
+            head.started = ioxide::time::now();
         }
     }
 }

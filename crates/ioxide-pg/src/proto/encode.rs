@@ -239,6 +239,38 @@ pub fn flush(out: &mut BytesMut) {
     frontend::flush(out);
 }
 
+/// The largest COPY data payload one CopyData message carries here: bigger chunks are split
+/// (the server accepts up to 1 GB per message, but one message is one allocation on its side).
+pub const COPY_DATA_MAX: usize = 1 << 20;
+
+/// CopyData: `data` as one or more messages of at most [`COPY_DATA_MAX`] bytes.
+pub fn copy_data(data: &[u8], out: &mut BytesMut) {
+    use bytes::BufMut;
+    for piece in data.chunks(COPY_DATA_MAX) {
+        out.reserve(5 + piece.len());
+        out.put_u8(b'd');
+        // At most COPY_DATA_MAX + 4: fits an i32.
+        out.put_i32((piece.len() + 4) as i32);
+        out.put_slice(piece);
+    }
+}
+
+/// CopyDone: the end of the COPY data; the server answers CommandComplete.
+pub fn copy_done(out: &mut BytesMut) {
+    frontend::copy_done(out);
+}
+
+/// CopyFail: abort the COPY with `message` (a NUL in it is replaced); the server answers an
+/// error (`57014`) that carries the message.
+pub fn copy_fail(message: &str, out: &mut BytesMut) {
+    let clean = message.replace('\0', " ");
+    let before = out.len();
+    if frontend::copy_fail(&clean, out).is_err() {
+        out.truncate(before);
+        let _ = frontend::copy_fail("COPY aborted by the client", out);
+    }
+}
+
 /// Terminate: the polite goodbye before closing the socket.
 pub fn terminate(out: &mut BytesMut) {
     frontend::terminate(out);

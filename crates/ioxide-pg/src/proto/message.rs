@@ -136,15 +136,15 @@ pub enum BackendMessage<'a> {
     CloseComplete,
     /// `C`: the command tag.
     CommandComplete(CommandTag<'a>),
-    /// `d` (COPY is not supported; decoded only to be reported).
-    CopyData,
+    /// `d`: a chunk of COPY data (COPY TO STDOUT), raw.
+    CopyData(&'a [u8]),
     /// `c`
     CopyDone,
-    /// `G`
-    CopyInResponse,
-    /// `H`
-    CopyOutResponse,
-    /// `W`
+    /// `G`: the server waits for COPY data; raw body, read with [`CopyFormat::parse`].
+    CopyInResponse(&'a [u8]),
+    /// `H`: COPY data follows; raw body, read with [`CopyFormat::parse`].
+    CopyOutResponse(&'a [u8]),
+    /// `W` (streaming replication only; never accepted in a reply).
     CopyBothResponse,
     /// `D`: raw body, read through [`crate::Row`].
     DataRow(&'a [u8]),
@@ -189,6 +189,47 @@ pub enum BackendMessage<'a> {
         /// How many protocol options it did not recognise.
         unrecognized: i32,
     },
+}
+
+/// What a CopyInResponse or CopyOutResponse announces: the overall format and each column's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFormat {
+    /// `BINARY` COPY (otherwise text or CSV: every column is text).
+    pub binary: bool,
+    /// Each column's format code: 0 text, 1 binary.
+    pub column_formats: Vec<i16>,
+}
+
+impl CopyFormat {
+    /// Reads the body of a CopyInResponse or CopyOutResponse.
+    pub fn parse(body: &[u8]) -> Result<CopyFormat, PgError> {
+        let mut c = Cursor::new(body, "CopyInResponse/CopyOutResponse");
+        let overall = c.u8()?;
+        if overall > 1 {
+            return Err(PgError::protocol(format!(
+                "COPY response announces format {overall} (expected 0 text or 1 binary)"
+            )));
+        }
+        let n = c.i16()?;
+        let n = usize::try_from(n).map_err(|_| {
+            PgError::protocol(format!("COPY response announces {n} columns"))
+        })?;
+        let mut column_formats = Vec::with_capacity(n.min(1600));
+        for _ in 0..n {
+            let f = c.i16()?;
+            if !(0..=1).contains(&f) {
+                return Err(PgError::protocol(format!(
+                    "COPY response announces column format {f} (expected 0 or 1)"
+                )));
+            }
+            column_formats.push(f);
+        }
+        c.finish()?;
+        Ok(CopyFormat {
+            binary: overall == 1,
+            column_formats,
+        })
+    }
 }
 
 /// A command tag (`SELECT 1`, `INSERT 0 3`, `CREATE TABLE`) as it arrived, without its NUL.
@@ -278,10 +319,13 @@ impl<'a> BackendMessage<'a> {
             tags::COMMAND_COMPLETE_TAG => {
                 BackendMessage::CommandComplete(CommandTag::decode(body)?)
             }
-            tags::COPY_DATA_TAG => BackendMessage::CopyData,
-            tags::COPY_DONE_TAG => BackendMessage::CopyDone,
-            tags::COPY_IN_RESPONSE_TAG => BackendMessage::CopyInResponse,
-            tags::COPY_OUT_RESPONSE_TAG => BackendMessage::CopyOutResponse,
+            tags::COPY_DATA_TAG => BackendMessage::CopyData(body),
+            tags::COPY_DONE_TAG => {
+                empty(body, "CopyDone")?;
+                BackendMessage::CopyDone
+            }
+            tags::COPY_IN_RESPONSE_TAG => BackendMessage::CopyInResponse(body),
+            tags::COPY_OUT_RESPONSE_TAG => BackendMessage::CopyOutResponse(body),
             COPY_BOTH_RESPONSE_TAG => BackendMessage::CopyBothResponse,
             tags::DATA_ROW_TAG => BackendMessage::DataRow(body),
             tags::EMPTY_QUERY_RESPONSE_TAG => {

@@ -19,9 +19,14 @@
 //! stream — exactly one ReadyForQuery still ends the command — so it is reported as an event
 //! too, and the connection keeps the first error (the cause) as the command's outcome.
 //!
-//! COPY is not supported: a CopyInResponse/CopyOutResponse/CopyBothResponse is a protocol
-//! error, and the connection must be marked broken (the server now waits for COPY data we
-//! will never send, or streams data we cannot route).
+//! COPY is accepted only by the machine of a COPY command ([`Reply::copy`], what
+//! `PgConnection::copy_in`/`copy_out` send, simple protocol): CopyInResponse (the server now
+//! waits for our CopyData, then CopyDone or CopyFail) and CopyOutResponse (CopyData*, CopyDone)
+//! are followed by the COPY's CommandComplete (or an ErrorResponse) and ReadyForQuery. In any
+//! other command's reply they are a protocol error and the connection must be marked broken:
+//! the server now waits for COPY data nobody will send (and would swallow the next pipelined
+//! command as a bad COPY message), or streams data nobody reads. CopyBothResponse (streaming
+//! replication) is always one.
 
 use super::db_error::DbError;
 use super::message::{is_async, tag_name, BackendMessage, CommandTag, TxnStatus};
@@ -103,6 +108,13 @@ enum State {
     AwaitReady { after_error: bool },
     /// ReadyForQuery arrived: this command is finished.
     Done,
+    /// COPY FROM STDIN: the server waits for our data; it answers only after CopyDone or
+    /// CopyFail (CommandComplete or ErrorResponse).
+    CopyIn,
+    /// COPY TO STDOUT: CopyData until CopyDone.
+    CopyOut,
+    /// COPY TO STDOUT after CopyDone: CommandComplete next.
+    CopyOutDone,
 }
 
 impl State {
@@ -122,6 +134,9 @@ impl State {
             }
             State::AwaitReady { .. } => "ReadyForQuery or ErrorResponse",
             State::Done => "nothing (the reply is complete)",
+            State::CopyIn => "CommandComplete or ErrorResponse (after our CopyDone/CopyFail)",
+            State::CopyOut => "CopyData, CopyDone or ErrorResponse",
+            State::CopyOutDone => "CommandComplete or ErrorResponse",
         }
     }
 }
@@ -146,6 +161,14 @@ pub enum ReplyEvent<'a> {
     EmptyQuery,
     /// Execute's row limit was reached; the portal could continue.
     PortalSuspended,
+    /// CopyInResponse ([`Reply::copy`] only): the server waits for COPY data. The body is
+    /// read with [`super::message::CopyFormat::parse`].
+    CopyIn(&'a [u8]),
+    /// CopyOutResponse ([`Reply::copy`] only): CopyData follows. The body is read with
+    /// [`super::message::CopyFormat::parse`].
+    CopyOut(&'a [u8]),
+    /// One CopyData message of a COPY TO STDOUT.
+    CopyData(&'a [u8]),
     /// The server reported an error. The machine now skips to ReadyForQuery; the error
     /// belongs to this command and is reported once the command is [`Done`](Self::Done). If
     /// [`DbError::is_fatal`], the server closes the connection instead.
@@ -168,6 +191,8 @@ pub struct Reply {
     /// Bind + Execute pairs still expected before the Sync (`bind_execute_many`); 1 for
     /// every other command.
     repeat: u32,
+    /// A COPY command ([`Reply::copy`]): CopyInResponse/CopyOutResponse are expected.
+    copy: bool,
 }
 
 impl Reply {
@@ -181,6 +206,17 @@ impl Reply {
             no_data: false,
             failed: false,
             repeat: 1,
+            copy: false,
+        }
+    }
+
+    /// The reply to a Query message that runs a COPY (FROM STDIN or TO STDOUT): as
+    /// [`Reply::simple`], and CopyInResponse / CopyOutResponse, CopyData, CopyDone are
+    /// accepted (see the [module docs](self)).
+    pub fn copy() -> Reply {
+        Reply {
+            copy: true,
+            ..Reply::simple()
         }
     }
 
@@ -192,6 +228,7 @@ impl Reply {
             no_data: false,
             failed: false,
             repeat: 1,
+            copy: false,
         }
     }
 
@@ -224,6 +261,11 @@ impl Reply {
     /// The steps of an extended command; `None` for a simple query.
     pub fn steps(&self) -> Option<Steps> {
         self.steps
+    }
+
+    /// A COPY FROM STDIN is in progress: the server waits for the client's data.
+    pub fn in_copy_in(&self) -> bool {
+        self.state == State::CopyIn
     }
 
     /// ReadyForQuery arrived.
@@ -265,9 +307,28 @@ impl Reply {
         let msg = BackendMessage::decode(tag, body)?;
         use BackendMessage as M;
         match (self.state, msg) {
-            (_, M::CopyInResponse | M::CopyOutResponse | M::CopyBothResponse) => {
+            (State::SimpleIdle, M::CopyInResponse(body)) if self.copy => {
+                self.state = State::CopyIn;
+                Ok(ReplyEvent::CopyIn(body))
+            }
+            (State::SimpleIdle, M::CopyOutResponse(body)) if self.copy => {
+                self.state = State::CopyOut;
+                Ok(ReplyEvent::CopyOut(body))
+            }
+            (State::CopyOut, M::CopyData(body)) => Ok(ReplyEvent::CopyData(body)),
+            (State::CopyOut, M::CopyDone) => {
+                self.state = State::CopyOutDone;
+                Ok(ReplyEvent::Nothing)
+            }
+            (State::CopyIn | State::CopyOutDone, M::CommandComplete(tag)) => {
+                self.state = State::SimpleIdle;
+                Ok(ReplyEvent::CommandComplete(tag))
+            }
+            (_, M::CopyInResponse(_) | M::CopyOutResponse(_) | M::CopyBothResponse) => {
                 Err(PgError::protocol(format!(
-                    "COPY is not supported, but the server started it with {}",
+                    "the server started a COPY ({}) in the reply to a command that cannot \
+                     carry one: run COPY FROM STDIN / TO STDOUT with PgConnection::copy_in / \
+                     copy_out",
                     tag_name(tag)
                 )))
             }
