@@ -60,7 +60,13 @@ fn text_and_csv_copy_in_with_rows_split_across_sends() {
             .unwrap();
         let got: Vec<(i64, Option<String>, bool)> = r
             .iter()
-            .map(|row| (row.get(0).unwrap(), row.get(1).unwrap(), row.get(2).unwrap()))
+            .map(|row| {
+                (
+                    row.get(0).unwrap(),
+                    row.get(1).unwrap(),
+                    row.get(2).unwrap(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -75,7 +81,9 @@ fn text_and_csv_copy_in_with_rows_split_across_sends() {
             .copy_in("COPY copy_text (id, name) FROM STDIN (FORMAT csv, HEADER true)")
             .await
             .unwrap();
-        copy.send(b"id,name\n10,\"a, quoted\"\n11,plain\n").await.unwrap();
+        copy.send(b"id,name\n10,\"a, quoted\"\n11,plain\n")
+            .await
+            .unwrap();
         assert_eq!(copy.finish().await.unwrap(), 2);
         let name: String = c
             .query_one("SELECT name FROM copy_text WHERE id = 10", &[])
@@ -114,9 +122,7 @@ fn copy_out_text_and_csv_arrive_whole_with_the_row_count() {
         assert_eq!(copy.collect_all().await.unwrap(), b"1\tv1\n2\tv2\n3\tv3\n");
 
         let mut copy = c
-            .copy_out(
-                "COPY (SELECT n FROM generate_series(1, 100000) n) TO STDOUT (FORMAT csv)",
-            )
+            .copy_out("COPY (SELECT n FROM generate_series(1, 100000) n) TO STDOUT (FORMAT csv)")
             .await
             .unwrap();
         let (mut bytes, mut chunks, mut lines) = (0usize, 0usize, 0usize);
@@ -143,7 +149,13 @@ fn binary_writer_and_reader_round_trip_five_types_and_nulls() {
     run_within(LIMIT, async {
         let c = PgConnection::connect(&opts()).await.unwrap();
         table(&c, "copy_bin").await;
-        let types = [Type::INT8, Type::TEXT, Type::FLOAT8, Type::TIMESTAMPTZ, Type::BOOL];
+        let types = [
+            Type::INT8,
+            Type::TEXT,
+            Type::FLOAT8,
+            Type::TIMESTAMPTZ,
+            Type::BOOL,
+        ];
         let copy = c
             .copy_in("COPY copy_bin (id, name, score, at, ok) FROM STDIN (FORMAT binary)")
             .await
@@ -179,7 +191,10 @@ fn binary_writer_and_reader_round_trip_five_types_and_nulls() {
             let row = row.unwrap();
             assert_eq!(row.get::<i64>(0).unwrap(), i);
             let name: Option<&str> = row.get(1).unwrap();
-            assert_eq!(name.map(str::to_owned), (i % 7 != 0).then(|| format!("name {i}")));
+            assert_eq!(
+                name.map(str::to_owned),
+                (i % 7 != 0).then(|| format!("name {i}"))
+            );
             assert_eq!(row.get::<f64>(2).unwrap(), i as f64 / 2.0);
             assert_eq!(
                 row.get::<SystemTime>(3).unwrap(),
@@ -300,17 +315,17 @@ fn statements_that_are_not_the_asked_for_copy_are_refused_and_the_connection_ser
         table(&c, "copy_mix").await;
         let e = c.copy_in("SELECT 1").await.unwrap_err();
         assert!(e.is_misuse() && e.to_string().contains("SELECT 1"), "{e}");
-        let e = c
-            .copy_in("COPY (SELECT 1) TO STDOUT")
-            .await
-            .unwrap_err();
+        let e = c.copy_in("COPY (SELECT 1) TO STDOUT").await.unwrap_err();
         assert!(e.to_string().contains("COPY TO STDOUT"), "{e}");
         let e = c
             .copy_out("COPY copy_mix (id) FROM STDIN")
             .await
             .unwrap_err();
         assert!(e.is_misuse() && e.to_string().contains("FROM STDIN"), "{e}");
-        let e = c.copy_in("COPY no_such_table FROM STDIN").await.unwrap_err();
+        let e = c
+            .copy_in("COPY no_such_table FROM STDIN")
+            .await
+            .unwrap_err();
         assert_eq!(e.sql_state(), Some("42P01"), "{e}");
         // COPY through the other APIs is refused by the server's own rules or ours, and
         // the connection is replaced only in the latter case (the server waits for data).
@@ -361,7 +376,10 @@ fn commands_of_other_tasks_wait_behind_a_copy_in_and_all_succeed() {
         let c2 = c.clone();
         let first = c.copy_in("COPY copy_shared (id) FROM STDIN").await.unwrap();
         let second = ioxide::spawn(async move {
-            let mut copy = c2.copy_in("COPY copy_shared (id) FROM STDIN").await.unwrap();
+            let mut copy = c2
+                .copy_in("COPY copy_shared (id) FROM STDIN")
+                .await
+                .unwrap();
             copy.send(b"1000\n").await.unwrap();
             copy.finish().await.unwrap()
         });
@@ -381,7 +399,9 @@ fn a_slow_consumer_holds_the_server_back_and_a_dropped_one_is_cancelled() {
         let watch = PgConnection::connect(&opts()).await.unwrap();
         let pid = c.backend_pid().unwrap();
         let mut copy = c
-            .copy_out("COPY (SELECT n, repeat('x', 100) FROM generate_series(1, 5000000) n) TO STDOUT")
+            .copy_out(
+                "COPY (SELECT n, repeat('x', 100) FROM generate_series(1, 5000000) n) TO STDOUT",
+            )
             .await
             .unwrap();
         let first = copy.next_chunk().await.unwrap().unwrap();
@@ -432,7 +452,10 @@ fn the_pool_rents_a_connection_for_the_copy_alone() {
         let copy_pid = copy.connection().backend_pid();
         // Shared queries go to the other connection meanwhile, at once.
         for _ in 0..5 {
-            let r = pool.query_one("SELECT pg_backend_pid()", &[]).await.unwrap();
+            let r = pool
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap();
             assert_ne!(Some(r.get::<i32>(0).unwrap()), copy_pid);
         }
         copy.send(b"1\n2\n3\n").await.unwrap();
@@ -450,7 +473,10 @@ fn the_pool_rents_a_connection_for_the_copy_alone() {
         copy.send(b"4\n").await.unwrap();
         drop(copy);
         for _ in 0..10 {
-            let n = pool.query_one("SELECT count(*) FROM copy_pool", &[]).await.unwrap();
+            let n = pool
+                .query_one("SELECT count(*) FROM copy_pool", &[])
+                .await
+                .unwrap();
             assert_eq!(n.get::<i64>(0).unwrap(), 3);
         }
         pool.close().await;

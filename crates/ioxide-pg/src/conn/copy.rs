@@ -219,7 +219,9 @@ impl<'a> CopyIn<'a> {
         let mut run = start(holder.conn(), sql).await?;
         let conn = holder.conn();
         let started = poll_fn(|cx| match run.poll(conn, cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Err(run.not_started("copy_in", "COPY … FROM STDIN"))),
+            Poll::Ready(Ok(())) => {
+                Poll::Ready(Err(run.not_started("copy_in", "COPY … FROM STDIN")))
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => match run.sink.started {
                 Some((true, _)) => Poll::Ready(Ok(())),
@@ -341,7 +343,7 @@ impl<'a> CopyIn<'a> {
         self.ended = true;
         self.holder
             .conn()
-            .copy_send(self.run.seq, true, |out| encode::copy_done(out));
+            .copy_send(self.run.seq, true, encode::copy_done);
         let conn = self.holder.conn();
         let run = &mut self.run;
         poll_fn(|cx| run.poll(conn, cx)).await?;
@@ -441,12 +443,12 @@ impl<'a> CopyOut<'a> {
                 // Nothing more to send for this COPY: the held commands may go.
                 conn.copy_send(run.seq, true, |_| {});
                 Ok(CopyOut {
-                holder,
-                run,
-                format,
-                finished: false,
-                error: None,
-            })
+                    holder,
+                    run,
+                    format,
+                    finished: false,
+                    error: None,
+                })
             }
             _ => {
                 // A COPY FROM STDIN: the server waits for data; end it at once (the commands
@@ -885,7 +887,9 @@ impl<'a> BinaryCopyOutStream<'a> {
             return Ok(false);
         }
         if &self.buf[..BINARY_SIGNATURE.len()] != BINARY_SIGNATURE {
-            return Err(PgError::protocol("binary COPY data lacks the PGCOPY signature"));
+            return Err(PgError::protocol(
+                "binary COPY data lacks the PGCOPY signature",
+            ));
         }
         let at = BINARY_SIGNATURE.len();
         let flags = i32::from_be_bytes([
@@ -901,7 +905,9 @@ impl<'a> BinaryCopyOutStream<'a> {
             self.buf[at + 7],
         ]);
         if flags & (1 << 16) != 0 {
-            return Err(PgError::protocol("binary COPY data with OIDs is not supported"));
+            return Err(PgError::protocol(
+                "binary COPY data with OIDs is not supported",
+            ));
         }
         let ext = usize::try_from(ext)
             .map_err(|_| PgError::protocol("binary COPY header extension length is negative"))?;
@@ -965,7 +971,10 @@ impl<'a> BinaryCopyOutStream<'a> {
         }))
     }
 
-    fn poll_row(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<BinaryCopyOutRow, PgError>>> {
+    fn poll_row(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BinaryCopyOutRow, PgError>>> {
         if self.ended {
             return Poll::Ready(None);
         }

@@ -984,11 +984,11 @@ impl Conn {
                     {
                         let wake = head.waker.take();
                         head.abandoned = true;
+                        // The CopyFail's answer gets a whole timeout of its own.
+                        head.started = now;
                         let seq = head.seq;
                         st.copy_outcome =
                             Some((seq, PgError::timeout(TimeoutKind::Command, limit)));
-                        // The CopyFail's answer gets a whole timeout of its own.
-                        head.started = now;
                         copy_stalled = Some(seq);
                         (wake, false, false)
                     }

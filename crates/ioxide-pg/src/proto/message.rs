@@ -211,9 +211,8 @@ impl CopyFormat {
             )));
         }
         let n = c.i16()?;
-        let n = usize::try_from(n).map_err(|_| {
-            PgError::protocol(format!("COPY response announces {n} columns"))
-        })?;
+        let n = usize::try_from(n)
+            .map_err(|_| PgError::protocol(format!("COPY response announces {n} columns")))?;
         let mut column_formats = Vec::with_capacity(n.min(1600));
         for _ in 0..n {
             let f = c.i16()?;

@@ -22,6 +22,9 @@ fn run(reply: &mut Reply, msgs: &[(u8, &[u8])]) -> Result<Vec<String>, String> {
             ReplyEvent::CommandComplete(t) => format!("complete:{t}"),
             ReplyEvent::EmptyQuery => "empty".to_owned(),
             ReplyEvent::PortalSuspended => "suspended".to_owned(),
+            ReplyEvent::CopyIn(_) => "copy-in".to_owned(),
+            ReplyEvent::CopyOut(_) => "copy-out".to_owned(),
+            ReplyEvent::CopyData(d) => format!("data:{}", String::from_utf8_lossy(d)),
             ReplyEvent::ServerError(e) => format!("error:{}", e.code()),
             ReplyEvent::Done { txn_status } => format!("done:{}", txn_status.as_byte() as char),
         });
@@ -105,7 +108,7 @@ fn simple_out_of_place_messages_are_protocol_errors() {
             "expecting DataRow, CommandComplete",
         ),
         ("bind complete", &[(b'2', b"")], "BindComplete ('2')"),
-        ("copy in", &[(b'G', b"\0\0\0")], "COPY is not supported"),
+        ("copy in", &[(b'G', b"\0\0\0")], "PgConnection::copy_in"),
         ("copy out", &[(b'H', b"\0\0\0")], "CopyOutResponse"),
         ("copy both", &[(b'W', b"\0\0\0")], "CopyBothResponse"),
     ];
@@ -405,5 +408,69 @@ fn a_batch_of_bind_execute_pairs_under_one_sync() {
     assert_eq!(
         got,
         names(&["ack", "complete:INSERT 0 1", "ack", "error:23505", "done:I"])
+    );
+}
+
+#[test]
+fn copy_in_waits_for_the_client_then_completes() {
+    let mut r = Reply::copy();
+    let got = run(&mut r, &[(b'G', b"\0\0\x01\0\0")]);
+    assert_eq!(got, names(&["copy-in"]));
+    assert!(r.in_copy_in());
+    // The client's CopyDone happens here; the server answers.
+    let got = run(&mut r, &[(b'C', b"COPY 3\0"), (b'Z', b"I")]);
+    assert_eq!(got, names(&["complete:COPY 3", "done:I"]));
+    assert!(!r.in_copy_in() && r.is_done());
+}
+
+#[test]
+fn copy_in_error_skips_to_ready() {
+    let mut r = Reply::copy();
+    let e = error_body("22P02");
+    let got = run(&mut r, &[(b'G', b"\0\0\0"), (b'E', &e), (b'Z', b"I")]);
+    assert_eq!(got, names(&["copy-in", "error:22P02", "done:I"]));
+}
+
+#[test]
+fn copy_out_streams_data_until_copy_done() {
+    let mut r = Reply::copy();
+    let got = run(
+        &mut r,
+        &[
+            (b'H', b"\0\0\x01\0\0"),
+            (b'd', b"1\n"),
+            (b'd', b"2\n"),
+            (b'c', b""),
+            (b'C', b"COPY 2\0"),
+            (b'Z', b"I"),
+        ],
+    );
+    assert_eq!(
+        got,
+        names(&[
+            "copy-out",
+            "data:1\n",
+            "data:2\n",
+            "ack",
+            "complete:COPY 2",
+            "done:I"
+        ])
+    );
+    // Data after CopyDone, CopyDone before CopyOutResponse, CopyBoth: refused.
+    let cases: [&[(u8, &[u8])]; 3] = [
+        &[(b'H', b"\0\0\0"), (b'c', b""), (b'd', b"x")],
+        &[(b'c', b"")],
+        &[(b'W', b"\0\0\0")],
+    ];
+    for msgs in cases {
+        assert!(run(&mut Reply::copy(), msgs).is_err(), "{msgs:?}");
+    }
+    // A bad format byte in the response is a protocol error when parsed.
+    assert!(crate::proto::message::CopyFormat::parse(b"\x02\0\0").is_err());
+    assert!(crate::proto::message::CopyFormat::parse(b"\x01\0\x01\0\x05").is_err());
+    let f = crate::proto::message::CopyFormat::parse(b"\x01\0\x02\0\x01\0\x01");
+    assert_eq!(
+        f.map(|f| (f.binary, f.column_formats)).ok(),
+        Some((true, vec![1, 1]))
     );
 }
