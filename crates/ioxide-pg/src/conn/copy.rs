@@ -514,7 +514,7 @@ impl<'a> CopyOut<'a> {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => self.error = Some(e),
                 Poll::Pending if self.run.sink.data.is_empty() => return Poll::Pending,
-                Poll::Pending => self.holder.conn().copy_progress(self.run.seq),
+                Poll::Pending => self.holder.conn().progress(self.run.seq),
             }
         }
     }

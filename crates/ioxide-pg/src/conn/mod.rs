@@ -11,6 +11,7 @@ mod prepared;
 mod result;
 mod secure;
 mod state;
+mod stream;
 mod tasks;
 mod txn;
 
@@ -21,6 +22,7 @@ pub use copy::{
 pub use owned::{FromRow, OwnedRow};
 pub use prepared::{Statement, StatementRef, ToStatement};
 pub use result::ResultSet;
+pub use stream::{Portal, RowStream};
 pub use txn::{IsolationLevel, Transaction, TransactionBuilder};
 
 use crate::proto::encode;
@@ -622,29 +624,7 @@ impl PgConnection {
                 }
                 None => self.statement_with(target).await?,
             };
-            let (seq, from) = if stmt.name.is_empty() {
-                // The unnamed statement is parsed again in the same command as its Bind:
-                // another command pipelined in between may have replaced it since it was
-                // described. Its reply describes the rows afresh.
-                let steps = crate::proto::reply::Steps {
-                    parse: true,
-                    describe: true,
-                    bind: true,
-                    execute: true,
-                    ..Default::default()
-                };
-                self.conn.enqueue(Reply::extended(steps), |out| {
-                    let oids: Vec<u32> =
-                        stmt.params.iter().map(postgres_types::Type::oid).collect();
-                    encode::parse("", target.sql, &oids, out)?;
-                    encode::describe(encode::Target::Statement, "", out)?;
-                    encode::bind_execute_sync("", params, &stmt.params, out)
-                })?
-            } else {
-                self.conn.enqueue(Reply::bind_execute(), |out| {
-                    encode::bind_execute_sync(&stmt.name, params, &stmt.params, out)
-                })?
-            };
+            let (seq, from) = self.enqueue_bound(&stmt, target.sql, params)?;
             if let Some(name) = close_after {
                 self.close_statement_detached(&name);
             }
@@ -669,6 +649,39 @@ impl PgConnection {
                 return Err(e);
             }
             attempt += 1;
+        }
+    }
+
+    /// Queues Bind + Execute (all rows) + Sync of `stmt` with `params`; for the unnamed
+    /// statement (caching off), Parse + Describe of `sql` first.
+    #[inline]
+    fn enqueue_bound(
+        &self,
+        stmt: &cache::Statement,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<(u64, u64), PgError> {
+        if stmt.name.is_empty() {
+            // The unnamed statement is parsed again in the same command as its Bind:
+            // another command pipelined in between may have replaced it since it was
+            // described. Its reply describes the rows afresh.
+            let steps = crate::proto::reply::Steps {
+                parse: true,
+                describe: true,
+                bind: true,
+                execute: true,
+                ..Default::default()
+            };
+            self.conn.enqueue(Reply::extended(steps), |out| {
+                let oids: Vec<u32> = stmt.params.iter().map(postgres_types::Type::oid).collect();
+                encode::parse("", sql, &oids, out)?;
+                encode::describe(encode::Target::Statement, "", out)?;
+                encode::bind_execute_sync("", params, &stmt.params, out)
+            })
+        } else {
+            self.conn.enqueue(Reply::bind_execute(), |out| {
+                encode::bind_execute_sync(&stmt.name, params, &stmt.params, out)
+            })
         }
     }
 

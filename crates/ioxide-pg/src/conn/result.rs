@@ -76,6 +76,11 @@ impl ResultSet {
         Ok(())
     }
 
+    /// The column description, shared.
+    pub(crate) fn columns_arc(&self) -> Arc<Columns> {
+        self.columns.clone()
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()

@@ -446,8 +446,8 @@ impl Conn {
         turn.into_iter().for_each(Waker::wake);
     }
 
-    /// COPY `seq` made progress (see `touch`).
-    pub(crate) fn copy_progress(&self, seq: u64) {
+    /// Command `seq` (a COPY, a row stream) made progress (see `touch`).
+    pub(crate) fn progress(&self, seq: u64) {
         touch(&mut self.st.borrow_mut(), seq);
     }
 
@@ -1076,8 +1076,9 @@ impl Conn {
     }
 }
 
-/// A COPY at the head made progress: its command timeout counts from now, so that it measures
-/// a stall, not the length of the whole COPY (see `PgOptions::command_timeout`).
+/// A COPY or a row stream at the head made progress: its command timeout counts from now, so
+/// that it measures a stall, not the length of the whole COPY or stream (see
+/// `PgOptions::command_timeout`).
 fn touch(st: &mut State, seq: u64) {
     if let Some(head) = st.queue.front_mut() {
         if head.seq == seq {
