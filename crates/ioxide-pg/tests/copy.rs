@@ -208,6 +208,28 @@ fn binary_writer_and_reader_round_trip_five_types_and_nulls() {
         }
         assert_eq!(i, N);
         assert_eq!(rows.rows(), Some(N as u64));
+        drop(rows);
+        // A small result: header, rows and trailer in one chunk.
+        let copy = c
+            .copy_out("COPY (SELECT id, name, score, at, ok FROM copy_bin WHERE id < 3 ORDER BY id) TO STDOUT (FORMAT binary)")
+            .await
+            .unwrap();
+        let mut rows = BinaryCopyOutStream::new(copy, &types).unwrap();
+        let mut ids = Vec::new();
+        while let Some(row) = rows.next_row().await {
+            ids.push(row.unwrap().get::<i64>(0).unwrap());
+        }
+        assert_eq!(ids, [0, 1, 2]);
+        assert_eq!(rows.rows(), Some(3));
+        drop(rows);
+        // No rows at all.
+        let copy = c
+            .copy_out("COPY (SELECT id, name, score, at, ok FROM copy_bin WHERE false) TO STDOUT (FORMAT binary)")
+            .await
+            .unwrap();
+        let mut rows = BinaryCopyOutStream::new(copy, &types).unwrap();
+        assert!(rows.next_row().await.is_none());
+        assert_eq!(rows.rows(), Some(0));
 
         // The writer checks the COPY's format and width.
         let copy = c.copy_in("COPY copy_bin (id) FROM STDIN").await.unwrap();

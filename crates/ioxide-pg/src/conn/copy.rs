@@ -980,7 +980,12 @@ impl<'a> BinaryCopyOutStream<'a> {
         }
         loop {
             let parsed = if !self.header {
-                self.parse_header().map(|_| None)
+                match self.parse_header() {
+                    // The rows may be in the same chunk.
+                    Ok(true) => continue,
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(e),
+                }
             } else if self.trailer {
                 Ok(None)
             } else {
