@@ -46,8 +46,8 @@ pub use conn::{
     BinaryCopyInWriter, BinaryCopyOutRow, BinaryCopyOutStream, CopyIn, CopyOut, COPY_IN_HIGH_WATER,
 };
 pub use conn::{
-    CancelToken, FromRow, IsolationLevel, OwnedRow, Params, PgConnection, Portal, ResultSet,
-    RowStream, Statement, ToStatement, Transaction, TransactionBuilder,
+    CancelToken, FromRow, IsolationLevel, OwnedRow, Params, PgConnection, Pipeline, Portal,
+    ResultSet, RowStream, Statement, ToStatement, Transaction, TransactionBuilder,
 };
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use listen::{ListenEvent, Notification, PgListener, LISTEN_BUFFER_LIMIT};

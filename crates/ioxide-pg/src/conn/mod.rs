@@ -2,6 +2,7 @@
 //! opened it. See `state` for who reads the socket, `tasks` for the writer, the watcher, the
 //! CancelRequest and the timeout sweep.
 
+mod batch;
 mod cache;
 mod cancel_token;
 mod command;
@@ -15,6 +16,7 @@ mod stream;
 mod tasks;
 mod txn;
 
+pub use batch::Pipeline;
 pub use cancel_token::CancelToken;
 pub use copy::{
     BinaryCopyInWriter, BinaryCopyOutRow, BinaryCopyOutStream, CopyIn, CopyOut, COPY_IN_HIGH_WATER,

@@ -238,6 +238,25 @@ impl PgPool {
             .await
     }
 
+    /// Mixed parameterized statements in one send under one Sync (see
+    /// [`PgConnection::run_pipeline`]): all or nothing, one result per entry. On the shared
+    /// path, so in autocommit; rent a connection to run one inside a transaction.
+    pub async fn run_pipeline(
+        &self,
+        pipeline: &crate::Pipeline<'_>,
+    ) -> Result<Vec<ResultSet>, PgError> {
+        self.with_conn(|c| async move { c.run_pipeline(pipeline).await })
+            .await
+    }
+
+    /// A script whose every statement returns its tag and rows (text format; see
+    /// [`PgConnection::batch_query`]); on the shared path, as
+    /// [`batch_execute`](Self::batch_execute).
+    pub async fn batch_query(&self, sql: &str) -> Result<Vec<ResultSet>, PgError> {
+        self.with_conn(|c| async move { c.batch_query(sql).await })
+            .await
+    }
+
     /// Parameterized query that must return exactly one row (see
     /// [`PgConnection::query_one`]).
     ///
