@@ -249,7 +249,7 @@ fn an_unencodable_value_names_its_entry_and_sends_nothing() {
         assert!(!e.was_sent(), "{e}");
         assert!(e.to_string().contains("pipeline entry 1"), "{e}");
         assert!(
-            e.to_string().contains("nothing of the pipeline was sent"),
+            e.to_string().contains("no entry of the pipeline was sent"),
             "{e}"
         );
         // Too few parameters: the same.
@@ -428,5 +428,64 @@ fn pipelines_and_scripts_through_the_pool() {
         assert_eq!(s[0].row(0).unwrap().get_text(0).unwrap(), Some("4"));
         assert_eq!(s[1].row(0).unwrap().get_text(0).unwrap(), Some("done"));
         pool.close().await;
+    });
+}
+
+#[test]
+fn a_pipeline_given_up_on_leaves_the_connection_usable_and_all_or_nothing() {
+    run_within(LIMIT, async {
+        let c = PgConnection::connect(&opts()).await.unwrap();
+        table(&c, "pl_drop").await;
+        let ids: Vec<i64> = (0..5000).collect();
+        for round in 0..3u32 {
+            let mut p = Pipeline::new();
+            // Statements this connection has not cached: the caller gives up while they
+            // are prepared (round 0) or while the pipeline's reply arrives (later rounds).
+            let sql: Vec<String> = (0..3)
+                .map(|k| {
+                    format!(
+                        "INSERT INTO pl_drop VALUES ($1::int8 + {k} * 100000 + {round} * 1000000, 'd')"
+                    )
+                })
+                .collect();
+            for (i, id) in ids.iter().enumerate() {
+                p.execute(&sql[i % 3], &[id as &(dyn ToSql + Sync)]);
+            }
+            let wait = Duration::from_micros(if round == 0 { 1 } else { 2000 });
+            let r = ioxide::time::timeout(wait, c.run_pipeline(&p)).await;
+            // Whatever happened, the connection answers the next command in order.
+            assert_eq!(c.query("SELECT 42").await.unwrap().value(), Some("42"));
+            let n = count(&c, "pl_drop").await;
+            let lo = i64::from(round) * 1_000_000;
+            let this_round = c
+                .query_one(
+                    "SELECT count(*) FROM pl_drop WHERE id >= $1 AND id < $1 + 1000000",
+                    &[&lo],
+                )
+                .await
+                .unwrap()
+                .get::<i64>(0)
+                .unwrap();
+            assert!(
+                this_round == 0 || this_round == 5000,
+                "round {round}: {this_round} of 5000"
+            );
+            let finished = r.map(|r| r.map(|sets| sets.len()));
+            eprintln!("round {round}: {finished:?}, {this_round} rows stayed, {n} in all");
+            if let Ok(done) = finished {
+                assert_eq!(done.unwrap(), 5000);
+                assert_eq!(this_round, 5000);
+            }
+        }
+        assert!(!c.is_broken());
+        assert_eq!(c.in_flight(), 0);
+        // Every statement is prepared once and either cached or closed.
+        let open = c
+            .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .await
+            .unwrap()
+            .get::<i64>(0)
+            .unwrap();
+        assert_eq!(open as usize, c.cached_statements());
     });
 }

@@ -213,6 +213,7 @@ impl PgConnection {
         };
         let plan = Plan::new(pipeline);
         let mut attempt = 0;
+        let mut collateral_retried = false;
         loop {
             let (stmts, to_close) = self.prepare_plan(&plan).await?;
             let enqueued = self.conn.enqueue(Reply::bind_execute_many(n), |out| {
@@ -221,8 +222,7 @@ impl PgConnection {
                     encode::bind("", &stmt.name, pipeline.params_of(e), &stmt.params, out)
                         .map_err(|err| {
                             err.with_cause(format!(
-                                "pipeline entry {i} ({:?}); nothing of the pipeline was sent",
-                                e.target.sql
+                                "pipeline entry {i}; no entry of the pipeline was sent"
                             ))
                         })?;
                     encode::execute("", 0, out)?;
@@ -237,13 +237,19 @@ impl PgConnection {
             }
             let (seq, from) = enqueued?;
             let mut sink = PipelineSink::new(pipeline, &plan, &stmts);
-            let (r, _) = CmdFuture::new(&self.conn, seq, from, &mut sink)
+            let (r, collateral) = CmdFuture::new(&self.conn, seq, from, &mut sink)
                 .outcome()
                 .await;
             let e = match r {
                 Ok(()) => return Ok(sink.sets),
                 Err(e) => e,
             };
+            if collateral && !collateral_retried {
+                // Our automatic cancel of another command hit this one, in autocommit,
+                // before any entry completed: the server rolled it back. Run it again, once.
+                collateral_retried = true;
+                continue;
+            }
             let stale = stale_statement(&e);
             if stale != Stale::No {
                 // Which of the pipeline's statements are stale is not said (a DEALLOCATE ALL
@@ -268,9 +274,8 @@ impl PgConnection {
             } else {
                 "the transaction it ran in is aborted"
             };
-            let sql = entries.get(failed).map_or("", |e| e.target.sql);
             return Err(e.with_cause(format!(
-                "pipeline entry {failed} ({sql:?}) failed ({failed} ran before it); {what}"
+                "pipeline entry {failed} failed ({failed} ran before it); {what}"
             )));
         }
     }
@@ -287,6 +292,15 @@ impl PgConnection {
             let mut st = self.conn.st.borrow_mut();
             plan.targets.iter().map(|t| st.cache.get(t.key)).collect()
         };
+        // Should the caller give up (or an enqueue fail) before every preparation was
+        // awaited, the guard abandons the rest (the watcher drains their replies), closes
+        // their statements and those the cache let go meanwhile.
+        let mut guard = Preparing {
+            conn: self,
+            pending: Vec::new(),
+            awaited: 0,
+            to_close: Vec::new(),
+        };
         let mut pending: Vec<(usize, Rc<str>, u64, u64)> = Vec::new();
         for (s, t) in plan.targets.iter().enumerate() {
             if stmts.get(s).is_some_and(Option::is_some) {
@@ -301,59 +315,46 @@ impl PgConnection {
                 Ok(())
             });
             match r {
-                Ok((seq, from)) => pending.push((s, name, seq, from)),
+                Ok((seq, from)) => {
+                    guard.pending.push((seq, name.clone()));
+                    pending.push((s, name, seq, from));
+                }
                 Err(e) => {
-                    for (_, _, seq, _) in &pending {
-                        command::abandon(&self.conn, *seq);
-                    }
                     let i = plan.first_use.get(s).copied().unwrap_or(0);
-                    return Err(e.with_cause(format!("pipeline entry {i}: {:?}", t.sql)));
+                    return Err(e.with_cause(format!("pipeline entry {i}")));
                 }
             }
         }
-        let mut sinks: Vec<PrepareSink> = pending.iter().map(|_| PrepareSink::default()).collect();
-        let mut outcomes = Vec::with_capacity(pending.len());
-        {
-            // Every future exists before the first is awaited: dropping this one (a caller
-            // that gave up) abandons the rest, whose replies the watcher then drains.
-            let futures: Vec<_> = pending
-                .iter()
-                .zip(sinks.iter_mut())
-                .map(|(&(_, _, seq, from), sink)| CmdFuture::new(&self.conn, seq, from, sink))
-                .collect();
-            for f in futures {
-                outcomes.push(f.await);
-            }
-        }
-        let mut to_close = Vec::new();
         let mut first_err = None;
-        for (((s, name, _, _), sink), outcome) in pending.into_iter().zip(sinks).zip(outcomes) {
+        for (s, name, seq, from) in pending {
+            let mut sink = PrepareSink::default();
+            let outcome = CmdFuture::new(&self.conn, seq, from, &mut sink).await;
+            guard.awaited += 1;
             match outcome.and_then(|()| sink.into_statement(name)) {
                 Ok(stmt) => {
                     let key = plan.targets.get(s).map_or("", |t| t.key);
                     let extra = self.conn.st.borrow_mut().cache.insert(key, stmt.clone());
-                    to_close.extend(extra);
+                    guard.to_close.extend(extra);
                     if let Some(slot) = stmts.get_mut(s) {
                         *slot = Some(stmt);
                     }
                 }
                 Err(e) if first_err.is_none() => {
                     let i = plan.first_use.get(s).copied().unwrap_or(0);
-                    let sql = plan.targets.get(s).map_or("", |t| t.sql);
                     first_err = Some(e.with_cause(format!(
-                        "pipeline entry {i} ({sql:?}) could not be prepared; nothing of the \
-                         pipeline was sent"
+                        "pipeline entry {i} could not be prepared; no entry of the pipeline \
+                         was sent"
                     )));
                 }
                 Err(_) => {}
             }
         }
         if let Some(e) = first_err {
-            for name in &to_close {
-                self.close_statement_detached(name);
-            }
+            // Dropping the guard closes the statements the cache let go.
             return Err(e);
         }
+        let to_close = std::mem::take(&mut guard.to_close);
+        drop(guard);
         let stmts: Vec<Prepared> = stmts.into_iter().flatten().collect();
         if stmts.len() != plan.targets.len() {
             return Err(PgError::protocol(
@@ -399,6 +400,30 @@ impl PgConnection {
                 )))
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// See `prepare_plan`: on drop, abandons the preparations not awaited to the end yet and
+/// closes their statements (a Close queued behind its Parse; closing a statement whose Parse
+/// failed is no error), and closes the statements in `to_close` (empty once handed on to
+/// the pipeline).
+struct Preparing<'c> {
+    conn: &'c PgConnection,
+    /// Each preparation's command and statement name.
+    pending: Vec<(u64, Rc<str>)>,
+    awaited: usize,
+    to_close: Vec<Rc<str>>,
+}
+
+impl Drop for Preparing<'_> {
+    fn drop(&mut self) {
+        for (seq, name) in self.pending.iter().skip(self.awaited) {
+            command::abandon(&self.conn.conn, *seq);
+            self.conn.close_statement_detached(name);
+        }
+        for name in &self.to_close {
+            self.conn.close_statement_detached(name);
         }
     }
 }
