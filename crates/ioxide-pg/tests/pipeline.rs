@@ -184,13 +184,25 @@ fn inside_a_transaction_a_failing_entry_aborts_it() {
 }
 
 #[test]
-fn an_empty_pipeline_or_script_sends_nothing_and_returns_nothing() {
+fn empty_pipelines_scripts_and_statements_return_nothing() {
     run_within(LIMIT, async {
         let c = PgConnection::connect(&opts()).await.unwrap();
         let p = Pipeline::new();
         assert!(p.is_empty());
         assert!(c.run_pipeline(&p).await.unwrap().is_empty());
         assert_eq!(c.in_flight(), 0);
+        // An empty statement is an entry too: no tag, no rows.
+        let mut p = Pipeline::new();
+        p.execute("", &[])
+            .query("SELECT 5::int8", &[])
+            .query("", &[]);
+        let r = c.run_pipeline(&p).await.unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!((r[0].command_tag(), r[0].len()), ("", 0));
+        assert_eq!(r[1].scalar::<i64>().unwrap(), 5);
+        assert_eq!((r[2].command_tag(), r[2].len()), ("", 0));
+        p.clear();
+        assert!(p.is_empty() && c.run_pipeline(&p).await.unwrap().is_empty());
         assert!(c.batch_query("").await.unwrap().is_empty());
         assert!(c.batch_query(" ; ").await.unwrap().is_empty());
     });
@@ -480,6 +492,70 @@ fn a_pipeline_given_up_on_leaves_the_connection_usable_and_all_or_nothing() {
         assert!(!c.is_broken());
         assert_eq!(c.in_flight(), 0);
         // Every statement is prepared once and either cached or closed.
+        let open = c
+            .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .await
+            .unwrap()
+            .get::<i64>(0)
+            .unwrap();
+        assert_eq!(open as usize, c.cached_statements());
+    });
+}
+
+#[test]
+fn concurrent_pipelines_on_one_connection_each_get_their_own_results() {
+    run_within(LIMIT, async {
+        let c = std::rc::Rc::new(PgConnection::connect(&opts()).await.unwrap());
+        table(&c, "pl_conc").await;
+        let mut tasks = Vec::new();
+        for t in 0..16i64 {
+            let c = c.clone();
+            tasks.push(ioxide::spawn(async move {
+                let mut sums = Vec::new();
+                for round in 0..10i64 {
+                    let id = t * 1000 + round;
+                    let (x, bad) = (t + round, i64::from(t % 5 == 0 && round == 3));
+                    let mut p = Pipeline::new();
+                    // The same statements in every task: first uses race on the cache.
+                    p.execute("INSERT INTO pl_conc VALUES ($1, 'c')", &[&id])
+                        .query("SELECT $1::int8 * 2", &[&x])
+                        .query("SELECT 10 / (1 - $1::int8)", &[&bad])
+                        .query("SELECT count(*) FROM pl_conc WHERE id = $1", &[&id]);
+                    match c.run_pipeline(&p).await {
+                        Ok(r) => {
+                            assert_eq!(r[1].scalar::<i64>().unwrap(), x * 2);
+                            assert_eq!(r[3].scalar::<i64>().unwrap(), 1);
+                            sums.push(id);
+                        }
+                        Err(e) => {
+                            assert_eq!(bad, 1, "{e}");
+                            assert_eq!(e.sql_state(), Some("22012"));
+                            assert!(e.to_string().contains("pipeline entry 2"), "{e}");
+                        }
+                    }
+                    // A plain query pipelined between the batches.
+                    let one = c.query_params("SELECT $1::int8", &[&id]).await.unwrap();
+                    assert_eq!(one.scalar::<i64>().unwrap(), id);
+                }
+                sums
+            }));
+        }
+        let mut expected = Vec::new();
+        for t in tasks {
+            expected.extend(t.await);
+        }
+        expected.sort_unstable();
+        let mut stayed = Vec::new();
+        c.query_rows("SELECT id FROM pl_conc ORDER BY id", &[], |row| {
+            stayed.push(row.get::<i64>(0)?);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(stayed.len(), 160 - 4, "four pipelines failed");
+        assert_eq!(stayed, expected);
+        assert_eq!(c.in_flight(), 0);
+        // Statements prepared twice by racing first uses were closed: none left over.
         let open = c
             .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
             .await

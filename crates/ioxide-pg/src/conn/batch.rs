@@ -14,7 +14,6 @@ use crate::proto::reply::{Reply, ReplyEvent};
 use crate::proto::row::Columns;
 use crate::PgError;
 use postgres_types::ToSql;
-use std::collections::HashMap;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -146,7 +145,7 @@ struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     fn new(p: &Pipeline<'a>) -> Plan<'a> {
-        let mut index: HashMap<&'a str, usize> = HashMap::new();
+        let mut index: foldhash::HashMap<&'a str, usize> = foldhash::HashMap::default();
         let mut plan = Plan {
             targets: Vec::new(),
             first_use: Vec::new(),
