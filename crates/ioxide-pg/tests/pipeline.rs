@@ -565,3 +565,49 @@ fn concurrent_pipelines_on_one_connection_each_get_their_own_results() {
         assert_eq!(open as usize, c.cached_statements());
     });
 }
+
+#[test]
+fn a_commit_inside_the_pipeline_keeps_what_it_committed() {
+    run_within(LIMIT, async {
+        let c = PgConnection::connect(&opts()).await.unwrap();
+        table(&c, "pl_commit").await;
+        let mut p = Pipeline::new();
+        p.execute("INSERT INTO pl_commit VALUES (1, 'kept')", &[])
+            .execute("COMMIT", &[])
+            .execute("INSERT INTO pl_commit VALUES (2, 'undone')", &[])
+            .execute("INSERT INTO pl_commit VALUES (1, 'dup')", &[]);
+        let e = c.run_pipeline(&p).await.unwrap_err();
+        assert_eq!(e.sql_state(), Some("23505"), "{e}");
+        assert!(e.to_string().contains("pipeline entry 3"), "{e}");
+        assert!(e.to_string().contains("entry 1 committed"), "{e}");
+        let kept = c
+            .query_one("SELECT string_agg(name, ',') FROM pl_commit", &[])
+            .await
+            .unwrap()
+            .get::<String>(0)
+            .unwrap();
+        assert_eq!(kept, "kept");
+        assert_eq!(c.transaction_status(), TxnStatus::Idle);
+
+        // A stale statement after a COMMIT entry is not run again (that would repeat the
+        // committed part): evicted, error returned; the next run prepares it again.
+        let mut p = Pipeline::new();
+        p.execute("INSERT INTO pl_commit VALUES (10, 'once')", &[])
+            .execute("COMMIT", &[])
+            .query("SELECT * FROM pl_commit ORDER BY id", &[]);
+        c.run_pipeline(&p).await.unwrap();
+        c.query("DELETE FROM pl_commit WHERE id = 10; ALTER TABLE pl_commit ADD COLUMN x int")
+            .await
+            .unwrap();
+        let e = c.run_pipeline(&p).await.unwrap_err();
+        assert_eq!(e.sql_state(), Some("0A000"), "{e}");
+        assert!(e.to_string().contains("pipeline entry 2"), "{e}");
+        let n = count(&c, "pl_commit").await;
+        assert_eq!(n, 2, "entry 0 ran once, committed");
+        c.query("DELETE FROM pl_commit WHERE id = 10")
+            .await
+            .unwrap();
+        let r = c.run_pipeline(&p).await.unwrap();
+        assert_eq!(r[2].columns().len(), 3);
+    });
+}

@@ -176,7 +176,10 @@ impl PgConnection {
     /// All or nothing outside a transaction: the pipeline is one implicit transaction, so if
     /// entry `i` fails, none of the pipeline's work stays, and the error (SQLSTATE kept) says
     /// "pipeline entry `i` failed (`i` ran before it)". Inside a transaction the failure
-    /// aborts it (`25P02` for what follows until `ROLLBACK`). A statement that does not
+    /// aborts it (`25P02` for what follows until `ROLLBACK`). Transaction control in the
+    /// pipeline itself changes that, as in libpq's pipeline mode: a `COMMIT` entry commits
+    /// what ran before it, which then stays whatever fails later (the error says so), and a
+    /// `BEGIN` entry opens a block that a failure leaves aborted. A statement that does not
     /// prepare (a syntax error) or a value that cannot be encoded fails before any entry is
     /// sent, naming its entry; the connection stays usable. A cached statement the server
     /// dropped or invalidated (`DEALLOCATE ALL`, `ALTER TABLE`) is prepared again and the
@@ -249,6 +252,9 @@ impl PgConnection {
                 collateral_retried = true;
                 continue;
             }
+            // A COMMIT entry ended the implicit transaction: what ran up to it stays, so the
+            // pipeline must not run again.
+            let committed = sink.last_commit();
             let stale = stale_statement(&e);
             if stale != Stale::No {
                 // Which of the pipeline's statements are stale is not said (a DEALLOCATE ALL
@@ -259,7 +265,7 @@ impl PgConnection {
                         self.close_statement_detached(&name);
                     }
                 }
-                if stale == Stale::Retry && attempt == 0 {
+                if stale == Stale::Retry && attempt == 0 && committed.is_none() {
                     attempt += 1;
                     continue;
                 }
@@ -268,10 +274,15 @@ impl PgConnection {
                 return Err(e);
             }
             let failed = sink.done;
-            let what = if e.transaction_status() == Some(TxnStatus::Idle) {
-                "the pipeline ran as one implicit transaction, so none of its work stays"
-            } else {
-                "the transaction it ran in is aborted"
+            let what = match (committed, e.transaction_status()) {
+                (Some(j), _) => format!(
+                    "entry {j} committed what ran up to it, which stays; the rest was rolled back"
+                ),
+                (None, Some(TxnStatus::Idle)) => {
+                    "the pipeline ran as one implicit transaction, so none of its work stays"
+                        .to_owned()
+                }
+                (None, _) => "the transaction it ran in is aborted".to_owned(),
             };
             return Err(e.with_cause(format!(
                 "pipeline entry {failed} failed ({failed} ran before it); {what}"
@@ -467,6 +478,15 @@ impl PipelineSink {
             done: 0,
             saw_row: false,
         }
+    }
+
+    /// The last completed entry that committed (a `COMMIT`, `END`, `COMMIT AND CHAIN` or
+    /// `PREPARE TRANSACTION`), if any.
+    fn last_commit(&self) -> Option<usize> {
+        self.sets.get(..self.done)?.iter().rposition(|set| {
+            let tag = set.command_tag();
+            tag == "COMMIT" || tag == "PREPARE TRANSACTION"
+        })
     }
 
     fn current(&mut self) -> Result<&mut ResultSet, PgError> {
