@@ -19,9 +19,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 /// A batch of parameterized statements, mixed as you like (`INSERT`, `UPDATE`, `SELECT`,
-/// each with its own parameters), run by [`PgConnection::run_pipeline`] or
-/// [`PgPool::run_pipeline`](crate::PgPool::run_pipeline) in one round trip: libpq's pipeline
-/// mode, JDBC's `addBatch`.
+/// each with its own parameters), run by [`PgConnection::run_pipeline`] — on a connection, a
+/// [`Transaction`](crate::Transaction) or a rented [`PooledConn`](crate::PooledConn) — or
+/// by [`PgPool::run_pipeline`](crate::PgPool::run_pipeline), in one round trip once its
+/// statements are cached: libpq's pipeline mode, JDBC's `addBatch`.
 ///
 /// Add entries with [`execute`](Self::execute) (the rows it affects count, rows it returns
 /// are dropped) and [`query`](Self::query) (its rows are kept). Each takes SQL text or a
@@ -33,7 +34,8 @@ use std::sync::Arc;
 /// Execute in one send under **one Sync**. That makes the pipeline one implicit transaction
 /// outside `BEGIN`: if an entry fails, none of the pipeline's work stays, and the error says
 /// which entry (0-based) failed and how many ran before it. Inside a transaction a failure
-/// aborts the transaction, as any failed statement does.
+/// aborts the transaction, as any failed statement does. (A `COMMIT` entry changes that; see
+/// [`run_pipeline`](PgConnection::run_pipeline).)
 ///
 /// ```no_run
 /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {
