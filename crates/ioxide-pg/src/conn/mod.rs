@@ -656,7 +656,7 @@ impl PgConnection {
 
     /// Queues Bind + Execute (all rows) + Sync of `stmt` with `params`; for the unnamed
     /// statement (caching off), Parse + Describe of `sql` first.
-    #[inline]
+    #[inline(always)]
     fn enqueue_bound(
         &self,
         stmt: &cache::Statement,

@@ -358,6 +358,7 @@ impl Conn {
 
     /// Queues a command's bytes (encoded by `encode`) and its reply machine. Returns its seq
     /// and the offset of its first byte.
+    #[inline]
     pub(crate) fn enqueue(
         &self,
         reply: Reply,

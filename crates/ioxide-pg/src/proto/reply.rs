@@ -279,6 +279,13 @@ impl Reply {
     }
 
     fn unexpected(&self, tag: u8) -> PgError {
+        if matches!(tag, b'G' | b'H' | b'W') {
+            return PgError::protocol(format!(
+                "the server started a COPY ({}) in the reply to a command that cannot carry \
+                 one: run COPY FROM STDIN / TO STDOUT with PgConnection::copy_in / copy_out",
+                tag_name(tag)
+            ));
+        }
         let kind = if self.steps.is_some() {
             "an extended-protocol"
         } else {
@@ -307,31 +314,6 @@ impl Reply {
         let msg = BackendMessage::decode(tag, body)?;
         use BackendMessage as M;
         match (self.state, msg) {
-            (State::SimpleIdle, M::CopyInResponse(body)) if self.copy => {
-                self.state = State::CopyIn;
-                Ok(ReplyEvent::CopyIn(body))
-            }
-            (State::SimpleIdle, M::CopyOutResponse(body)) if self.copy => {
-                self.state = State::CopyOut;
-                Ok(ReplyEvent::CopyOut(body))
-            }
-            (State::CopyOut, M::CopyData(body)) => Ok(ReplyEvent::CopyData(body)),
-            (State::CopyOut, M::CopyDone) => {
-                self.state = State::CopyOutDone;
-                Ok(ReplyEvent::Nothing)
-            }
-            (State::CopyIn | State::CopyOutDone, M::CommandComplete(tag)) => {
-                self.state = State::SimpleIdle;
-                Ok(ReplyEvent::CommandComplete(tag))
-            }
-            (_, M::CopyInResponse(_) | M::CopyOutResponse(_) | M::CopyBothResponse) => {
-                Err(PgError::protocol(format!(
-                    "the server started a COPY ({}) in the reply to a command that cannot \
-                     carry one: run COPY FROM STDIN / TO STDOUT with PgConnection::copy_in / \
-                     copy_out",
-                    tag_name(tag)
-                )))
-            }
             // Any ErrorResponse, including one after the command already failed: a FATAL
             // (`pg_terminate_backend`, shutdown, a timeout) can come while the server reads
             // our Sync, and must surface with its SQLSTATE; a second ERROR cannot desync the
@@ -358,6 +340,39 @@ impl Reply {
             (State::SimpleIdle, M::EmptyQueryResponse) => Ok(ReplyEvent::EmptyQuery),
             (State::SimpleRows, M::DataRow(body)) => Ok(ReplyEvent::DataRow(body)),
             (State::Ext(step), msg) => self.on_extended(step, tag, msg),
+            (state, msg) => self.on_copy(state, tag, msg),
+        }
+    }
+
+    /// The COPY messages (kept out of `on_message`'s match: every query pays for the arms
+    /// there), and anything else that does not fit the state.
+    #[cold]
+    #[inline(never)]
+    fn on_copy<'a>(
+        &mut self,
+        state: State,
+        tag: u8,
+        msg: BackendMessage<'a>,
+    ) -> Result<ReplyEvent<'a>, PgError> {
+        use BackendMessage as M;
+        match (state, msg) {
+            (State::SimpleIdle, M::CopyInResponse(body)) if self.copy => {
+                self.state = State::CopyIn;
+                Ok(ReplyEvent::CopyIn(body))
+            }
+            (State::SimpleIdle, M::CopyOutResponse(body)) if self.copy => {
+                self.state = State::CopyOut;
+                Ok(ReplyEvent::CopyOut(body))
+            }
+            (State::CopyOut, M::CopyData(body)) => Ok(ReplyEvent::CopyData(body)),
+            (State::CopyOut, M::CopyDone) => {
+                self.state = State::CopyOutDone;
+                Ok(ReplyEvent::Nothing)
+            }
+            (State::CopyIn | State::CopyOutDone, M::CommandComplete(tag)) => {
+                self.state = State::SimpleIdle;
+                Ok(ReplyEvent::CommandComplete(tag))
+            }
             _ => Err(self.unexpected(tag)),
         }
     }
