@@ -86,7 +86,7 @@ async fn insert(a: &BulkArgs) -> Result<Measured, String> {
         .map_err(pg("connecting"))?;
     let stmt = conn.prepare(INSERT_SQL).await.map_err(pg("prepare"))?;
     let data = rows(a.rows);
-    let chunk = if a.chunk == 0 { a.rows } else { a.chunk };
+    let chunk = a.batch_rows();
     let start = Start::now();
     let (mut n, mut batches) = (0u64, 0u64);
     for part in data.chunks(chunk) {

@@ -13,8 +13,8 @@
 //!   date library the others do not. Every result is checked against the sums of
 //!   the generated rows.
 //! * `insert`: `--rows` rows (default 100 000) of the same five columns into an empty table
-//!   (truncated before the run, untimed): ioxide-pg `execute_many` (`--chunk` rows per batch,
-//!   0 = all in one), tokio-postgres one `execute` per row with `--depth` in flight on one
+//!   (truncated before the run, untimed): ioxide-pg `execute_many` (all rows in one batch, or
+//!   `ioxide-pg chunks`: batches of `--chunk` rows, default 1 000, one after another), tokio-postgres one `execute` per row with `--depth` in flight on one
 //!   client (pipelined), tokio-postgres `copy_in` with `BinaryCopyInWriter` (the reference
 //!   for COPY). The table's row count and id sum are checked after.
 //! * `notify-burst`: a sender connection (tokio-postgres, on its own thread, the same for both
@@ -89,7 +89,7 @@ impl Workload {
     pub fn drivers(self) -> &'static [&'static str] {
         match self {
             Workload::Reads => &[IOXIDE, IOXIDE_OWNED, TOKIO, SQLX],
-            Workload::Insert => &[IOXIDE, TOKIO, TOKIO_COPY],
+            Workload::Insert => &[IOXIDE, IOXIDE_CHUNKS, TOKIO, TOKIO_COPY],
             Workload::NotifyBurst | Workload::NotifyPaced => &[IOXIDE, TOKIO],
         }
     }
@@ -107,6 +107,11 @@ impl Workload {
 pub const IOXIDE: &str = "ioxide-pg";
 /// ioxide-pg reads through `query_params` and owned rows (`ResultSet::into_rows`).
 pub const IOXIDE_OWNED: &str = "ioxide-pg owned";
+/// ioxide-pg `execute_many` in batches of `--chunk` rows (default [`DEFAULT_CHUNK`]), one
+/// after another (insert only).
+pub const IOXIDE_CHUNKS: &str = "ioxide-pg chunks";
+/// The batch size of [`IOXIDE_CHUNKS`] when `--chunk` is not given.
+pub const DEFAULT_CHUNK: usize = 1_000;
 /// tokio-postgres: `query` (reads), pipelined `execute`s (insert), `poll_message` (notify).
 pub const TOKIO: &str = "tokio-postgres";
 /// sqlx: one `PgConnection`, `query(...).fetch_all` + `try_get` (reads only).
@@ -143,7 +148,7 @@ usage: pgbulk --workload reads|insert|notify-burst|notify-paced --driver DRIVER
               [--seconds S] [--url postgres://...]
        pgbulk --compare [--rounds 3] [--workloads reads,insert,...] [--out FILE] [run flags]
 Drivers: reads: ioxide-pg | 'ioxide-pg owned' | tokio-postgres | sqlx; insert: ioxide-pg |
-tokio-postgres | 'tokio-postgres copy'; notify-*: ioxide-pg | tokio-postgres.
+'ioxide-pg chunks' | tokio-postgres | 'tokio-postgres copy'; notify-*: ioxide-pg | tokio-postgres.
 Without --url the libpq environment is used. One JSON line per run.";
 
 impl BulkArgs {
@@ -228,6 +233,18 @@ impl BulkArgs {
     }
 }
 
+impl BulkArgs {
+    /// Rows per `execute_many` batch: `--chunk`, else all of them (`ioxide-pg`) or
+    /// [`DEFAULT_CHUNK`] (`ioxide-pg chunks`).
+    pub fn batch_rows(&self) -> usize {
+        match (self.chunk, self.driver) {
+            (0, IOXIDE_CHUNKS) => DEFAULT_CHUNK.min(self.rows),
+            (0, _) => self.rows,
+            (c, _) => c,
+        }
+    }
+}
+
 /// Runs one measurement and returns its JSON line.
 pub fn run(a: &BulkArgs) -> Result<Value, String> {
     epoch();
@@ -238,7 +255,7 @@ pub fn run(a: &BulkArgs) -> Result<Value, String> {
         Workload::NotifyBurst | Workload::NotifyPaced => {}
     }
     let m = match a.driver {
-        IOXIDE | IOXIDE_OWNED => ioxide_pg::run(a)?,
+        IOXIDE | IOXIDE_OWNED | IOXIDE_CHUNKS => ioxide_pg::run(a)?,
         _ => peer::run(a)?,
     };
     if a.workload == Workload::Insert {
@@ -626,10 +643,9 @@ impl Measured {
                 m.insert("rows".into(), json!(a.rows));
                 m.insert("batches".into(), json!(self.commands));
                 let how = match a.driver {
-                    IOXIDE => format!(
-                        "execute_many, {} rows per batch",
-                        if a.chunk == 0 { a.rows } else { a.chunk }
-                    ),
+                    IOXIDE | IOXIDE_CHUNKS => {
+                        format!("execute_many, {} rows per batch", a.batch_rows())
+                    }
                     TOKIO => format!("execute per row, {} in flight", a.depth),
                     _ => "copy_in, BinaryCopyInWriter".into(),
                 };
@@ -711,6 +727,12 @@ mod tests {
         let a = parse("--workload insert --driver tokio-postgres --url postgres://u@127.0.0.1/d")
             .expect("valid");
         assert_eq!((a.rows, a.depth, a.chunk), (100_000, 1024, 0));
+        assert_eq!(a.batch_rows(), 100_000);
+        let mut c = a.clone();
+        c.driver = IOXIDE_CHUNKS;
+        assert_eq!(c.batch_rows(), DEFAULT_CHUNK);
+        c.chunk = 250;
+        assert_eq!(c.batch_rows(), 250);
         let a = parse("--workload reads --driver ioxide-pg --url postgres://u@127.0.0.1/d")
             .expect("valid");
         assert_eq!((a.rows, a.queries), (10_000, 200));
