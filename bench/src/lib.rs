@@ -1,8 +1,10 @@
 //! Side-by-side benchmarks against the Rust peers: `echo` (runtime), `pgload` (drivers),
-//! `pgconnect` (connection set-up).
+//! `pgconnect` (connection set-up),
+//! `pgbulk` (issue 19's bulk paths).
 //!
 //! Shared pieces: a fixed-size latency histogram and small statistics helpers.
 
+pub mod bulk;
 pub mod connect;
 pub mod http;
 pub mod pgload;
