@@ -12,6 +12,7 @@ mod secure;
 mod state;
 mod tasks;
 mod txn;
+mod types;
 
 pub use cancel_token::CancelToken;
 pub use owned::{FromRow, OwnedRow};
@@ -301,6 +302,11 @@ impl PgConnection {
             },
         )
         .await?;
+        if sink.0.columns().unresolved() {
+            // Caching off, no parameters: the reply described the rows, nobody looked up
+            // their types yet.
+            self.resolve_result(&mut sink.0).await?;
+        }
         Ok(sink.0)
     }
 
@@ -594,6 +600,12 @@ impl PgConnection {
         self.conn.st.borrow().cache.len()
     }
 
+    /// Round trips this connection made to look types up in `pg_type` (tests).
+    #[doc(hidden)]
+    pub fn type_lookups(&self) -> u64 {
+        self.conn.st.borrow().cache.type_lookups
+    }
+
     /// Runs `sql` through the statement cache, re-preparing once if the server says the
     /// cached statement is stale (`0A000` cached plan changed, `26000` no such statement).
     async fn run_cached<S: state::Sink>(
@@ -688,7 +700,7 @@ impl PgConnection {
         })?;
         let mut prep = command::PrepareSink::default();
         CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
-        let stmt = prep.into_statement(name)?;
+        let stmt = self.described(prep, name).await?;
         let extra = self
             .conn
             .st
@@ -729,7 +741,7 @@ impl PgConnection {
         })?;
         let mut prep = command::PrepareSink::default();
         CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
-        prep.into_statement(Rc::from(""))
+        self.described(prep, Rc::from("")).await
     }
 
     /// Queues Close(statement) + Sync; nobody awaits it (the watcher drains its reply).
