@@ -557,3 +557,70 @@ fn a_lookup_in_an_aborted_transaction_names_the_type() {
         assert_eq!(stmt.params()[0].name(), "ct_line");
     });
 }
+
+#[test]
+fn a_type_dropped_and_created_again_is_looked_up_again() {
+    setup();
+    run_within(LIMIT, async {
+        #[derive(Debug, PartialEq, ToSql, FromSql)]
+        #[postgres(name = "ct_tmp")]
+        enum Before {
+            #[postgres(name = "a")]
+            A,
+            #[postgres(name = "b")]
+            B,
+        }
+        #[derive(Debug, PartialEq, ToSql, FromSql)]
+        #[postgres(name = "ct_tmp")]
+        enum After {
+            #[postgres(name = "a")]
+            A,
+            #[postgres(name = "b")]
+            B,
+            #[postgres(name = "c")]
+            C,
+        }
+        let c = PgConnection::connect(&opts()).await.unwrap();
+        let recreate = |labels: &'static str| {
+            format!(
+                "DROP TABLE IF EXISTS ct_tmp_t; DROP TYPE IF EXISTS ct_tmp; \
+                 CREATE TYPE ct_tmp AS ENUM ({labels}); \
+                 CREATE TABLE ct_tmp_t (v ct_tmp); INSERT INTO ct_tmp_t VALUES ('b')"
+            )
+        };
+        c.batch_execute(&recreate("'a', 'b'")).await.unwrap();
+        let sql = "SELECT v FROM ct_tmp_t";
+        let v: Before = c.query_params(sql, &[]).await.unwrap().scalar().unwrap();
+        assert_eq!((v, c.type_lookups()), (Before::B, 1));
+
+        // New OID, new labels: the cached statement is stale (its result type changed), the
+        // retry empties the type cache and looks the new type up.
+        c.batch_execute(&recreate("'a', 'b', 'c'")).await.unwrap();
+        let rs = c.query_params(sql, &[]).await.unwrap();
+        assert_eq!(rs.scalar::<After>().unwrap(), After::B);
+        assert!(rs.scalar::<Before>().is_err(), "the old definition is gone");
+        assert_eq!(c.type_lookups(), 2);
+        c.batch_execute("DROP TABLE ct_tmp_t; DROP TYPE ct_tmp")
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_parameterless_query_rows_with_caching_off_says_why_it_cannot_read_a_custom_type() {
+    setup();
+    run_within(LIMIT, async {
+        let c = PgConnection::connect(&opts().statement_cache_capacity(0))
+            .await
+            .unwrap();
+        let e = c
+            .query_rows("SELECT 'ok'::ct_mood", &[], |r| r.get::<Mood>(0).map(drop))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("use query_params"), "{e}");
+        // Text rows of the simple protocol need no lookup.
+        let r = c.query("SELECT 'happy'::ct_mood").await.unwrap();
+        assert_eq!(r.value(), Some("happy"));
+        assert_eq!(c.type_lookups(), 0);
+    });
+}

@@ -375,6 +375,23 @@ fn be_i32(body: &[u8], at: usize) -> Option<i32> {
     Some(i32::from_be_bytes(bytes.try_into().ok()?))
 }
 
+/// `T::accepts` refused column `i`'s type.
+#[cold]
+fn not_accepted(col: &Column, i: usize, rust: &str) -> PgError {
+    let why = if col.format() == Format::Binary && is_placeholder(col.type_()) {
+        " (a type postgres-types does not know, not looked up in pg_type: rows read before \
+         the statement was described, as a parameterless query_rows with \
+         statement_cache_capacity 0; use query_params there)"
+    } else {
+        ""
+    };
+    PgError::conversion(format!(
+        "column {:?} (index {i}) has type {}, which cannot be read as {rust}{why}",
+        col.name(),
+        col.type_().name()
+    ))
+}
+
 #[cold]
 fn bad_row(msg: impl fmt::Display) -> PgError {
     PgError::protocol(format!("malformed DataRow: {msg}"))
@@ -541,11 +558,7 @@ impl<'a> Row<'a> {
         let (i, col) = self.resolve(idx)?;
         let rust = std::any::type_name::<T>();
         if !T::accepts(col.type_()) {
-            return Err(PgError::conversion(format!(
-                "column {:?} (index {i}) has type {}, which cannot be read as {rust}",
-                col.name(),
-                col.type_().name()
-            )));
+            return Err(not_accepted(col, i, rust));
         }
         if col.format() != Format::Binary {
             return Err(PgError::conversion(format!(
