@@ -26,6 +26,7 @@ fn setup() {
                  DROP TYPE IF EXISTS ct_line, ct_point2, ct_moodrange, ct_floatrange CASCADE; \
                  DROP TYPE IF EXISTS ct_mood CASCADE; \
                  DROP DOMAIN IF EXISTS ct_posint, ct_label CASCADE; \
+                 CREATE EXTENSION IF NOT EXISTS hstore; CREATE EXTENSION IF NOT EXISTS citext; \
                  CREATE TYPE ct_mood AS ENUM ('sad', 'ok', 'happy'); \
                  CREATE TYPE ct_point2 AS (x int4, y int4); \
                  CREATE TYPE ct_line AS (name text, a ct_point2, b ct_point2, mood ct_mood); \
@@ -552,6 +553,17 @@ fn a_lookup_in_an_aborted_transaction_names_the_type() {
                 .unwrap()
         };
         assert!(format!("{e:#}").contains(&oid.to_string()), "{e:#}");
+        // The statement whose types could not be looked up was not kept on the server.
+        let kept: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1",
+                &[&"SELECT $1::ct_line"],
+            )
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(kept, 0);
         // After the rollback the same statement prepares.
         let stmt = c.prepare("SELECT $1::ct_line").await.unwrap();
         assert_eq!(stmt.params()[0].name(), "ct_line");
@@ -622,5 +634,32 @@ fn a_parameterless_query_rows_with_caching_off_says_why_it_cannot_read_a_custom_
         let r = c.query("SELECT 'happy'::ct_mood").await.unwrap();
         assert_eq!(r.value(), Some("happy"));
         assert_eq!(c.type_lookups(), 0);
+    });
+}
+
+#[test]
+fn extension_types_get_their_names() {
+    setup();
+    run_within(LIMIT, async {
+        // hstore and citext have no fixed OID: postgres-types' impls recognise them by name.
+        let c = PgConnection::connect(&opts()).await.unwrap();
+        let mut h = std::collections::HashMap::new();
+        h.insert("k".to_string(), Some("v".to_string()));
+        h.insert("none".to_string(), None);
+        let row = c
+            .query_one(
+                "SELECT $1::hstore, $2::citext = 'HELLO', 'Mixed'::citext",
+                &[&h, &"hello"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<std::collections::HashMap<String, Option<String>>>(0)
+                .unwrap(),
+            h
+        );
+        assert!(row.get::<bool>(1).unwrap());
+        assert_eq!(row.get::<String>(2).unwrap(), "Mixed");
+        assert_eq!(row.columns().get(2).unwrap().type_().name(), "citext");
     });
 }

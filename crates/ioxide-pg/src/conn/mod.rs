@@ -700,7 +700,14 @@ impl PgConnection {
         })?;
         let mut prep = command::PrepareSink::default();
         CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
-        let stmt = self.described(prep, name).await?;
+        let stmt = match self.described(prep, name.clone()).await {
+            Ok(stmt) => stmt,
+            Err(e) => {
+                // Its types could not be looked up: not cached, so not kept on the server.
+                self.close_statement_detached(&name);
+                return Err(e);
+            }
+        };
         let extra = self
             .conn
             .st
