@@ -72,8 +72,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Result columns of a domain type arrive as the domain's base type (the server describes
-//! them so): read them as the base type. With `statement_cache_capacity(0)`, a `query_rows`
+//! A parameter of a domain type takes a derived newtype named as the domain (`struct
+//! PosInt(i32)` with `#[postgres(name = "posint")]`), as in tokio-postgres; a plain `i32` is
+//! refused (cast in SQL instead: `$1::int4::posint`). Result columns of a domain type arrive
+//! as the domain's base type (the server describes them so): read them as the base type. With `statement_cache_capacity(0)`, a `query_rows`
 //! without parameters is not described before its rows arrive: its custom-typed columns keep
 //! placeholder types; use `query_params` (or pass a parameter) there.
 

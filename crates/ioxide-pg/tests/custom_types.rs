@@ -298,6 +298,20 @@ fn domains_and_ranges_get_their_kinds() {
         assert_eq!(row.get::<&str>(2).unwrap(), "[sad,happy)");
         assert_eq!(row.get::<MoodRange>(4).unwrap(), r);
 
+        // A plain i32 is not a ct_posint (as in tokio-postgres); a cast in SQL is.
+        let e = c
+            .query_one("SELECT $1::ct_posint::int4", &[&5i32])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("ct_posint"), "{e}");
+        let n: i32 = c
+            .query_params("SELECT $1::int4::ct_posint", &[&5i32])
+            .await
+            .unwrap()
+            .scalar()
+            .unwrap();
+        assert_eq!(n, 5);
+
         // The domain's check still applies: a server error, not a client one.
         let e = c
             .query_one("SELECT $1::ct_posint::int4", &[&PosInt(0)])
