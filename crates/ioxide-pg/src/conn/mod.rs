@@ -305,7 +305,8 @@ impl PgConnection {
         if sink.0.columns().unresolved() {
             // Caching off, no parameters: the reply described the rows, nobody looked up
             // their types yet.
-            self.resolve_result(&mut sink.0).await?;
+            // Boxed: the slow path's state stays out of this future.
+            Box::pin(self.resolve_result(&mut sink.0)).await?;
         }
         Ok(sink.0)
     }
@@ -700,13 +701,16 @@ impl PgConnection {
         })?;
         let mut prep = command::PrepareSink::default();
         CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
-        let stmt = match self.described(prep, name.clone()).await {
-            Ok(stmt) => stmt,
-            Err(e) => {
-                // Its types could not be looked up: not cached, so not kept on the server.
-                self.close_statement_detached(&name);
-                return Err(e);
-            }
+        let stmt = match prep.unknown_oids() {
+            oids if oids.is_empty() => prep.into_statement(name)?,
+            oids => match Box::pin(self.described(prep, oids, name.clone())).await {
+                Ok(stmt) => stmt,
+                Err(e) => {
+                    // Its types could not be looked up: not cached, so not kept on the server.
+                    self.close_statement_detached(&name);
+                    return Err(e);
+                }
+            },
         };
         let extra = self
             .conn
@@ -748,7 +752,10 @@ impl PgConnection {
         })?;
         let mut prep = command::PrepareSink::default();
         CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
-        self.described(prep, Rc::from("")).await
+        match prep.unknown_oids() {
+            oids if oids.is_empty() => prep.into_statement(Rc::from("")),
+            oids => Box::pin(self.described(prep, oids, Rc::from(""))).await,
+        }
     }
 
     /// Queues Close(statement) + Sync; nobody awaits it (the watcher drains its reply).

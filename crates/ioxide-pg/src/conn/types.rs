@@ -181,20 +181,17 @@ impl Drop for LookupTurn<'_> {
 }
 
 impl PgConnection {
-    /// Builds the statement a Describe reported, after looking up the types it names that
-    /// `postgres-types` does not know. The fast path is one scan finding none.
+    /// Builds the statement a Describe reported, after looking up `oids`, the types it names
+    /// that `postgres-types` does not know (`PrepareSink::unknown_oids`; callers box this
+    /// future, so that only a statement with such types pays for its state).
     pub(crate) async fn described(
         &self,
         mut prep: PrepareSink,
+        oids: Vec<u32>,
         name: Rc<str>,
     ) -> Result<cache::Statement, PgError> {
-        let oids = prep.unknown_oids();
-        if !oids.is_empty() {
-            // Boxed: the lookup's future stays out of the prepare paths' (and so the query
-            // methods') futures; only a statement with such types pays for it.
-            let found = Box::pin(self.lookup_types(&oids)).await?;
-            prep.resolve_with(|oid| found.get(&oid).cloned());
-        }
+        let found = self.lookup_types(&oids).await?;
+        prep.resolve_with(|oid| found.get(&oid).cloned());
         prep.into_statement(name)
     }
 
@@ -202,7 +199,7 @@ impl PgConnection {
     /// the reply (the unnamed statement, without a Describe of its own beforehand).
     pub(crate) async fn resolve_result(&self, rs: &mut ResultSet) -> Result<(), PgError> {
         let oids: Vec<u32> = rs.columns().placeholder_oids().collect();
-        let found = Box::pin(self.lookup_types(&oids)).await?;
+        let found = self.lookup_types(&oids).await?;
         let mut columns: Columns = rs.columns().clone();
         columns.resolve_with(|oid| found.get(&oid).cloned());
         rs.set_columns(Arc::new(columns));
