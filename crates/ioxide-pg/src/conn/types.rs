@@ -303,3 +303,93 @@ impl PgConnection {
         Ok(sink.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(name: &str, typtype: u8) -> Raw {
+        Raw {
+            name: name.into(),
+            schema: "public".into(),
+            typtype,
+            elem: 0,
+            base: 0,
+            range_subtype: None,
+            labels: Vec::new(),
+            field_names: Vec::new(),
+            field_types: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn builds_nested_kinds_from_catalog_rows() -> Result<(), PgError> {
+        let mut rows = foldhash::HashMap::default();
+        let mut mood = raw("mood", b'e');
+        mood.labels = vec!["sad".into(), "ok".into()];
+        rows.insert(100, mood);
+        let mut pair = raw("pair", b'c');
+        pair.field_names = vec!["m".into(), "n".into()];
+        pair.field_types = vec![100, 23];
+        rows.insert(101, pair);
+        let mut arr = raw("_pair", b'b');
+        arr.elem = 101;
+        rows.insert(102, arr);
+        let mut dom = raw("pos", b'd');
+        dom.base = 23;
+        rows.insert(103, dom);
+        let mut rng = raw("moodrange", b'r');
+        rng.range_subtype = Some(100);
+        rows.insert(104, rng);
+        let mut cache = foldhash::HashMap::default();
+
+        let t = build(102, &rows, &mut cache, 0)?;
+        let Kind::Array(pair) = t.kind() else {
+            panic!("{t:?}")
+        };
+        let Kind::Composite(fields) = pair.kind() else {
+            panic!("{pair:?}")
+        };
+        assert_eq!(fields[0].type_().name(), "mood");
+        assert_eq!(
+            fields[0].type_().kind(),
+            &Kind::Enum(vec!["sad".into(), "ok".into()])
+        );
+        assert_eq!(fields[1].type_(), &Type::INT4);
+        assert_eq!(cache.len(), 3, "_pair, pair and mood are cached");
+        let d = build(103, &rows, &mut cache, 0)?;
+        assert_eq!(
+            (d.kind(), d.schema()),
+            (&Kind::Domain(Type::INT4), "public")
+        );
+        let r = build(104, &rows, &mut cache, 0)?;
+        assert_eq!(r.kind(), &Kind::Range(cache[&100].clone()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_confused_catalog_is_an_error_not_a_hang() {
+        // A composite that contains itself (PostgreSQL forbids it; a hostile server need not).
+        let mut rows = foldhash::HashMap::default();
+        let mut selfish = raw("selfish", b'c');
+        selfish.field_names = vec!["me".into()];
+        selfish.field_types = vec![200];
+        rows.insert(200, selfish);
+        let mut cache = foldhash::HashMap::default();
+        let e = build(200, &rows, &mut cache, 0).expect_err("refused");
+        assert!(e.to_string().contains("levels deep"), "{e}");
+        // A field type the catalog did not return, and names and types that disagree.
+        let mut missing = raw("missing", b'c');
+        missing.field_names = vec!["x".into()];
+        missing.field_types = vec![999];
+        rows.insert(201, missing);
+        let e = build(201, &rows, &mut cache, 0).expect_err("refused");
+        assert!(e.to_string().contains("OID 999"), "{e}");
+        let mut odd = raw("odd", b'c');
+        odd.field_names = vec!["x".into(), "y".into()];
+        odd.field_types = vec![23];
+        rows.insert(202, odd);
+        let e = build(202, &rows, &mut cache, 0).expect_err("refused");
+        assert!(e.to_string().contains("disagree"), "{e}");
+    }
+}
