@@ -7,7 +7,10 @@
 //! OID outside the built-in table. One catalog query fetches every unknown OID of the
 //! statement at once, then one more per level of nesting (the element, base, subtype and
 //! field types it names), the built-in ones skipped. The result is kept per connection in
-//! the statement cache (`StatementCache::types`) and emptied with it.
+//! the statement cache (`StatementCache::types`) and emptied with it. One lookup runs at a
+//! time per connection ([`LookupTurn`]), so statements prepared at once by tasks sharing a
+//! connection look each type up once. A named statement whose lookup failed is closed, not
+//! cached (`PgConnection::statement_with`).
 
 use super::command::{PrepareSink, SetSink};
 use super::result::ResultSet;
