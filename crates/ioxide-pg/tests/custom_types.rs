@@ -287,6 +287,16 @@ fn domains_and_ranges_get_their_kinds() {
             &Kind::Range(Type::FLOAT8)
         );
         assert_eq!(cols.get(4).unwrap().type_().name(), "ct_moodrange");
+        // PostgreSQL 14+ made a multirange for it.
+        let multi = c
+            .prepare("SELECT '{[sad,ok)}'::ct_moodmultirange")
+            .await
+            .unwrap();
+        let t = multi.columns().get(0).unwrap().type_().clone();
+        let Kind::Multirange(sub) = t.kind() else {
+            panic!("ct_moodmultirange is not a multirange: {t:?}")
+        };
+        assert_eq!(sub.name(), "ct_mood");
 
         let r = MoodRange(Mood::Sad, Mood::Happy);
         let row = c

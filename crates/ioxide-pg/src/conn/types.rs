@@ -26,11 +26,12 @@ use std::sync::Arc;
 use std::task::Poll;
 
 /// Everything about a batch of types in one round trip: the `pg_type` row, its schema, a
-/// range's subtype, an enum's labels in order and a composite's live fields in order.
-/// Every column and the parameter are built-in types, so running it needs no lookup.
+/// range's subtype (a multirange's, from PostgreSQL 14: `{multirange}` is filled in), an
+/// enum's labels in order and a composite's live fields in order. Every column and the
+/// parameter are built-in types, so running it needs no lookup.
 const TYPE_QUERY: &str = "\
 SELECT t.oid, t.typname::text, t.typtype, t.typelem, t.typbasetype, n.nspname::text, \
-       r.rngsubtype, \
+       COALESCE(r.rngsubtype, {multirange}), \
        ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e \
              WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder), \
        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
@@ -43,6 +44,28 @@ FROM pg_catalog.pg_type t \
 JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
 LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid \
 WHERE t.oid = ANY($1)";
+
+/// A multirange's subtype (`pg_range.rngmultitypid` is new in PostgreSQL 14).
+const MULTIRANGE_SUBTYPE: &str =
+    "(SELECT m.rngsubtype FROM pg_catalog.pg_range m WHERE m.rngmultitypid = t.oid)";
+
+/// [`TYPE_QUERY`] for a server of major version `major` (`None`: unknown, no multiranges).
+fn type_query(major: Option<u32>) -> String {
+    let multirange = match major {
+        Some(m) if m >= 14 => MULTIRANGE_SUBTYPE,
+        _ => "NULL::pg_catalog.oid",
+    };
+    TYPE_QUERY.replace("{multirange}", multirange)
+}
+
+/// The major version in a `server_version` ParameterStatus ("15.18 (Debian …)", "9.6.24").
+fn major_version(server_version: &str) -> Option<u32> {
+    let digits: String = server_version
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
 
 /// Levels of nesting followed (an array of a composite whose field is a domain over a range
 /// is four); PostgreSQL allows no cycle, this only bounds a confused catalog.
@@ -140,6 +163,10 @@ fn build(
             }
             Kind::Composite(fields)
         }
+        b'm' => match raw.range_subtype {
+            Some(s) => Kind::Multirange(sub(s, cache)?),
+            None => Kind::Simple,
+        },
         _ => match raw.range_subtype {
             Some(s) => Kind::Range(sub(s, cache)?),
             None => Kind::Simple,
@@ -288,7 +315,11 @@ impl PgConnection {
     /// Runs [`TYPE_QUERY`] for `oids` on the unnamed statement (Parse, Describe, Bind,
     /// Execute, Sync: one round trip, outside the statement cache).
     async fn query_pg_type(&self, oids: &[u32]) -> Result<ResultSet, PgError> {
-        self.conn.st.borrow_mut().cache.type_lookups += 1;
+        let sql = {
+            let mut st = self.conn.st.borrow_mut();
+            st.cache.type_lookups += 1;
+            type_query(st.info.parameter("server_version").and_then(major_version))
+        };
         let steps = Steps {
             parse: true,
             describe: true,
@@ -297,7 +328,7 @@ impl PgConnection {
             ..Default::default()
         };
         let (seq, from) = self.conn.enqueue(Reply::extended(steps), |out| {
-            encode::parse("", TYPE_QUERY, &[Type::OID_ARRAY.oid()], out)?;
+            encode::parse("", &sql, &[Type::OID_ARRAY.oid()], out)?;
             encode::describe(encode::Target::Statement, "", out)?;
             encode::bind_execute_sync("", &[&oids], &[Type::OID_ARRAY], out)
         })?;
@@ -367,7 +398,22 @@ mod tests {
         );
         let r = build(104, &rows, &mut cache, 0)?;
         assert_eq!(r.kind(), &Kind::Range(cache[&100].clone()));
+        let mut multi = raw("moodmultirange", b'm');
+        multi.range_subtype = Some(100);
+        rows.insert(105, multi);
+        let m = build(105, &rows, &mut cache, 0)?;
+        assert_eq!(m.kind(), &Kind::Multirange(cache[&100].clone()));
         Ok(())
+    }
+
+    #[test]
+    fn the_query_asks_for_multiranges_from_postgresql_14() {
+        assert_eq!(major_version("15.18 (Debian 15.18-1.pgdg120+1)"), Some(15));
+        assert_eq!(major_version("9.6.24"), Some(9));
+        assert_eq!(major_version("devel"), None);
+        assert!(type_query(Some(14)).contains("rngmultitypid"));
+        assert!(!type_query(Some(13)).contains("rngmultitypid"));
+        assert!(!type_query(None).contains('{'));
     }
 
     #[test]
