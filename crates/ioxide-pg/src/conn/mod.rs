@@ -303,10 +303,12 @@ impl PgConnection {
         )
         .await?;
         if sink.0.columns().unresolved() {
-            // Caching off, no parameters: the reply described the rows, nobody looked up
-            // their types yet.
-            // Boxed: the slow path's state stays out of this future.
-            Box::pin(self.resolve_result(&mut sink.0)).await?;
+            // Caching off, no parameters: the reply described the rows and nobody has looked
+            // their types up yet (boxed: the slow path's state stays out of this future). The
+            // statement ran: a failed lookup leaves the placeholders, it does not fail it.
+            if let Err(e) = Box::pin(self.resolve_result(&mut sink.0)).await {
+                tracing::debug!(error = %e, "result column types could not be looked up");
+            }
         }
         Ok(sink.0)
     }
