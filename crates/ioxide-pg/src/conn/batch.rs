@@ -337,12 +337,34 @@ impl PgConnection {
                 }
             }
         }
-        let mut first_err = None;
+        // Every preparation is awaited before any type lookup: a lookup's catalog query is
+        // queued behind the preparations still in flight, which only their awaited futures
+        // drive (they are not abandoned, so the watcher does not).
+        let mut described = Vec::with_capacity(pending.len());
         for (s, name, seq, from) in pending {
             let mut sink = PrepareSink::default();
             let outcome = CmdFuture::new(&self.conn, seq, from, &mut sink).await;
             guard.awaited += 1;
-            match outcome.and_then(|()| sink.into_statement(name)) {
+            described.push((s, name, outcome.map(|()| sink)));
+        }
+        let mut first_err = None;
+        for (s, name, sink) in described {
+            let outcome = match sink {
+                Err(e) => Err(e),
+                Ok(sink) => match sink.unknown_oids() {
+                    oids if oids.is_empty() => sink.into_statement(name),
+                    // Custom types: looked up (and cached) as `statement_with` does; a
+                    // statement whose types cannot be looked up is closed, not cached.
+                    oids => {
+                        let r = Box::pin(self.described(sink, oids, name.clone())).await;
+                        if r.is_err() {
+                            guard.to_close.push(name);
+                        }
+                        r
+                    }
+                },
+            };
+            match outcome {
                 Ok(stmt) => {
                     let key = plan.targets.get(s).map_or("", |t| t.key);
                     let extra = self.conn.st.borrow_mut().cache.insert(key, stmt.clone());

@@ -33,6 +33,16 @@ pub(crate) struct StatementCache {
     map: foldhash::HashMap<Box<str>, Entry>,
     clock: u64,
     next_name: u64,
+    /// Types `postgres-types` does not know, as looked up in `pg_type` (`conn/types.rs`),
+    /// by OID. Emptied with the statements: when the session is gone, and when the server
+    /// says a cached statement is stale (a type may have been dropped and created again).
+    pub(crate) types: foldhash::HashMap<u32, Type>,
+    /// Round trips to `pg_type` so far (the tests count them).
+    pub(crate) type_lookups: u64,
+    /// A type lookup is in flight: the next one waits for it (it may bring what the next
+    /// one needs — statements of the same types prepared at once on a shared connection).
+    pub(crate) lookup_busy: bool,
+    pub(crate) lookup_waiters: Vec<std::task::Waker>,
 }
 
 impl StatementCache {
@@ -42,6 +52,10 @@ impl StatementCache {
             map: foldhash::HashMap::default(),
             clock: 0,
             next_name: 0,
+            types: foldhash::HashMap::default(),
+            type_lookups: 0,
+            lookup_busy: false,
+            lookup_waiters: Vec::new(),
         }
     }
 
@@ -98,14 +112,17 @@ impl StatementCache {
         evicted
     }
 
-    /// Forgets `sql` (the server invalidated it); returns its name to close.
+    /// Forgets `sql` (the server invalidated it) and the looked-up types (what made it stale
+    /// may be a type dropped and created again); returns its name to close.
     pub(crate) fn remove(&mut self, sql: &str) -> Option<Rc<str>> {
+        self.types.clear();
         self.map.remove(sql).map(|e| e.stmt.name.clone())
     }
 
-    /// Forgets everything (the connection's server session is gone).
+    /// Forgets everything, looked-up types included (the connection's server session is gone).
     pub(crate) fn clear(&mut self) {
         self.map.clear();
+        self.types.clear();
     }
 }
 

@@ -4,7 +4,7 @@ use super::cache::{Prepared, Statement};
 use super::result::ResultSet;
 use super::state::{CmdErrors, Conn, Sink, SinkError};
 use crate::proto::reply::ReplyEvent;
-use crate::proto::row::{parameter_types, Columns, Format, Row};
+use crate::proto::row::{is_placeholder, parameter_types, Columns, Format, Row};
 use crate::PgError;
 use postgres_types::Type;
 use std::future::Future;
@@ -137,6 +137,33 @@ impl Sink for PrepareSink {
 }
 
 impl PrepareSink {
+    /// The described OIDs `postgres-types` does not know (placeholder types), if any.
+    pub(crate) fn unknown_oids(&self) -> Vec<u32> {
+        let params = self.params.iter().flatten();
+        let mut oids: Vec<u32> = params
+            .filter(|t| is_placeholder(t))
+            .map(Type::oid)
+            .collect();
+        if let Some(c) = self.columns.as_ref().filter(|c| c.unresolved()) {
+            oids.extend(c.placeholder_oids());
+        }
+        oids
+    }
+
+    /// Replaces each placeholder type for which `find` has the real one.
+    pub(crate) fn resolve_with(&mut self, mut find: impl FnMut(u32) -> Option<Type>) {
+        for t in self.params.iter_mut().flatten() {
+            if is_placeholder(t) {
+                if let Some(real) = find(t.oid()) {
+                    *t = real;
+                }
+            }
+        }
+        if let Some(c) = &mut self.columns {
+            c.resolve_with(find);
+        }
+    }
+
     pub(crate) fn into_statement(self, name: Rc<str>) -> Result<Statement, PgError> {
         match (self.params, self.columns) {
             (Some(params), Some(columns)) => Ok(Rc::new(Prepared {
@@ -238,7 +265,12 @@ where
                 self.rows += 1;
             }
             // Only an unnamed statement's reply describes its rows (it is parsed afresh).
-            ReplyEvent::RowDescription(body) => self.columns = Arc::new(described_columns(body)?),
+            ReplyEvent::RowDescription(body) => {
+                let mut columns = described_columns(body)?;
+                // The types the statement's Describe looked up, if it had one.
+                columns.resolve_like(&self.columns);
+                self.columns = Arc::new(columns);
+            }
             ReplyEvent::NoData => self.columns = Columns::none(),
             ReplyEvent::CommandComplete(_) => self.delivered = true,
             _ => {}

@@ -15,6 +15,7 @@ mod state;
 mod stream;
 mod tasks;
 mod txn;
+mod types;
 
 pub use batch::Pipeline;
 pub use cancel_token::CancelToken;
@@ -309,6 +310,14 @@ impl PgConnection {
             },
         )
         .await?;
+        if sink.0.columns().unresolved() {
+            // Caching off, no parameters: the reply described the rows and nobody has looked
+            // their types up yet (boxed: the slow path's state stays out of this future). The
+            // statement ran: a failed lookup leaves the placeholders, it does not fail it.
+            if let Err(e) = Box::pin(self.resolve_result(&mut sink.0)).await {
+                tracing::debug!(error = %e, "result column types could not be looked up");
+            }
+        }
         Ok(sink.0)
     }
 
@@ -602,6 +611,12 @@ impl PgConnection {
         self.conn.st.borrow().cache.len()
     }
 
+    /// Round trips this connection made to look types up in `pg_type` (tests).
+    #[doc(hidden)]
+    pub fn type_lookups(&self) -> u64 {
+        self.conn.st.borrow().cache.type_lookups
+    }
+
     /// Runs `sql` through the statement cache, re-preparing once if the server says the
     /// cached statement is stale (`0A000` cached plan changed, `26000` no such statement).
     async fn run_cached<S: state::Sink>(
@@ -707,7 +722,17 @@ impl PgConnection {
         })?;
         let mut prep = command::PrepareSink::default();
         CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
-        let stmt = prep.into_statement(name)?;
+        let stmt = match prep.unknown_oids() {
+            oids if oids.is_empty() => prep.into_statement(name)?,
+            oids => match Box::pin(self.described(prep, oids, name.clone())).await {
+                Ok(stmt) => stmt,
+                Err(e) => {
+                    // Its types could not be looked up: not cached, so not kept on the server.
+                    self.close_statement_detached(&name);
+                    return Err(e);
+                }
+            },
+        };
         let extra = self
             .conn
             .st
@@ -748,7 +773,10 @@ impl PgConnection {
         })?;
         let mut prep = command::PrepareSink::default();
         CmdFuture::new(&self.conn, seq, from, &mut prep).await?;
-        prep.into_statement(Rc::from(""))
+        match prep.unknown_oids() {
+            oids if oids.is_empty() => prep.into_statement(Rc::from("")),
+            oids => Box::pin(self.described(prep, oids, Rc::from(""))).await,
+        }
     }
 
     /// Queues Close(statement) + Sync; nobody awaits it (the watcher drains its reply).

@@ -68,7 +68,10 @@ impl ResultSet {
             ReplyEvent::CommandComplete(tag) => self.tag.set(*tag),
             // Only an unnamed statement's reply describes its rows (it is parsed afresh).
             ReplyEvent::RowDescription(body) => {
-                self.columns = Arc::new(super::command::described_columns(body)?);
+                let mut columns = super::command::described_columns(body)?;
+                // The types the statement's Describe looked up, if it had one.
+                columns.resolve_like(&self.columns);
+                self.columns = Arc::new(columns);
             }
             ReplyEvent::NoData => self.columns = Columns::none(),
             _ => {}
@@ -96,6 +99,11 @@ impl ResultSet {
             0 => self.first.as_ref(),
             _ => self.rest.get(i - 1),
         }
+    }
+
+    /// Replaces the column description (the same columns, their types looked up).
+    pub(crate) fn set_columns(&mut self, columns: Arc<Columns>) {
+        self.columns = columns;
     }
 
     /// The column description.

@@ -63,8 +63,10 @@ impl Column {
         self.column_id
     }
 
-    /// The column type. Types `postgres-types` does not know get a placeholder named
-    /// `oid<N>` with the right OID.
+    /// The column type. Types `postgres-types` does not know (enums, composites, domains,
+    /// ranges and arrays of them) are looked up in `pg_type` by the connection that
+    /// prepared the statement; where no lookup happens (the simple protocol's text rows),
+    /// they keep a placeholder named `oid<N>` with the right OID (kind `Simple`).
     pub fn type_(&self) -> &Type {
         &self.type_
     }
@@ -102,10 +104,21 @@ pub fn type_for_oid(oid: u32) -> Type {
     })
 }
 
+/// Whether `t` is [`type_for_oid`]'s placeholder for an OID `postgres-types` does not know.
+pub(crate) fn is_placeholder(t: &Type) -> bool {
+    Type::from_oid(t.oid()).is_none()
+        && matches!(t.kind(), postgres_types::Kind::Simple)
+        && t.schema() == "pg_catalog"
+        && t.name().strip_prefix("oid").and_then(|n| n.parse().ok()) == Some(t.oid())
+}
+
 /// The columns of a result, parsed from a RowDescription body.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Columns {
     columns: Vec<Column>,
+    /// Some column has a placeholder type (an OID `postgres-types` does not know) that the
+    /// connection has not replaced with the type it looked up in `pg_type` yet.
+    unresolved: bool,
 }
 
 impl Columns {
@@ -125,6 +138,7 @@ impl Columns {
         let n = c.u16()? as usize;
         // Each column takes at least 19 bytes: never trust `n` for an allocation size.
         let mut columns = Vec::with_capacity(n.min(c.remaining() / 19));
+        let mut unresolved = false;
         for _ in 0..n {
             let name = c.cstr()?.to_owned();
             let table_oid = c.u32()?;
@@ -142,6 +156,7 @@ impl Columns {
                 }
             };
             let type_ = type_for_oid(oid);
+            unresolved |= Type::from_oid(oid).is_none();
             columns.push(Column {
                 name,
                 table_oid,
@@ -153,7 +168,60 @@ impl Columns {
             });
         }
         c.finish()?;
-        Ok(Columns { columns })
+        Ok(Columns {
+            columns,
+            unresolved,
+        })
+    }
+
+    /// Whether some column still has a placeholder type (see [`Column::type_`]).
+    pub(crate) fn unresolved(&self) -> bool {
+        self.unresolved
+    }
+
+    /// The OIDs of the columns that still have a placeholder type.
+    pub(crate) fn placeholder_oids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.columns
+            .iter()
+            .filter(|c| is_placeholder(&c.type_))
+            .map(Column::type_oid)
+    }
+
+    /// Replaces each placeholder column type for which `find` has the real one; clears
+    /// [`Columns::unresolved`] when none is left.
+    pub(crate) fn resolve_with(&mut self, mut find: impl FnMut(u32) -> Option<Type>) {
+        if !self.unresolved {
+            return;
+        }
+        let mut left = false;
+        for col in &mut self.columns {
+            if is_placeholder(&col.type_) {
+                match find(col.type_.oid()) {
+                    Some(t) => col.type_ = t,
+                    None => left = true,
+                }
+            }
+        }
+        self.unresolved = left;
+    }
+
+    /// Takes the looked-up types of `described` (the same statement, described before) for
+    /// this freshly parsed description's placeholders, column by column where the OIDs agree.
+    pub(crate) fn resolve_like(&mut self, described: &Columns) {
+        if !self.unresolved || described.len() != self.len() {
+            return;
+        }
+        let mut left = false;
+        for (col, d) in self.columns.iter_mut().zip(&described.columns) {
+            if is_placeholder(&col.type_) {
+                if d.type_.oid() == col.type_.oid() && !is_placeholder(&d.type_) {
+                    col.type_ = d.type_.clone();
+                } else {
+                    left = true;
+                }
+            }
+        }
+        self.unresolved = left;
     }
 
     /// Sets every column's format. A Describe of a statement reports format 0 (text) because
@@ -305,6 +373,23 @@ impl fmt::Debug for Row<'_> {
 fn be_i32(body: &[u8], at: usize) -> Option<i32> {
     let bytes = body.get(at..at.checked_add(4)?)?;
     Some(i32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// `T::accepts` refused column `i`'s type.
+#[cold]
+fn not_accepted(col: &Column, i: usize, rust: &str) -> PgError {
+    let why = if col.format() == Format::Binary && is_placeholder(col.type_()) {
+        " (a type postgres-types does not know, not looked up in pg_type: rows read before \
+         the statement was described, as a parameterless query_rows with \
+         statement_cache_capacity 0; use query_params there)"
+    } else {
+        ""
+    };
+    PgError::conversion(format!(
+        "column {:?} (index {i}) has type {}, which cannot be read as {rust}{why}",
+        col.name(),
+        col.type_().name()
+    ))
 }
 
 #[cold]
@@ -473,11 +558,7 @@ impl<'a> Row<'a> {
         let (i, col) = self.resolve(idx)?;
         let rust = std::any::type_name::<T>();
         if !T::accepts(col.type_()) {
-            return Err(PgError::conversion(format!(
-                "column {:?} (index {i}) has type {}, which cannot be read as {rust}",
-                col.name(),
-                col.type_().name()
-            )));
+            return Err(not_accepted(col, i, rust));
         }
         if col.format() != Format::Binary {
             return Err(PgError::conversion(format!(

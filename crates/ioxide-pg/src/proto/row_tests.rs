@@ -186,3 +186,43 @@ fn parameter_descriptions_parse() {
     assert!(parameter_types(&body[..7]).is_err());
     assert!(parameter_types(&[0, 0, 1]).is_err());
 }
+
+#[test]
+fn placeholders_are_marked_and_resolved_column_by_column() {
+    let mood = Type::new(
+        "mood".into(),
+        90_001,
+        postgres_types::Kind::Enum(vec!["a".into()]),
+        "public".into(),
+    );
+    let known = columns(&[("n", 20, 1)]);
+    assert!(!known.unresolved());
+    let mut cols = columns(&[("n", 20, 1), ("m", 90_001, 1), ("x", 90_002, 1)]);
+    assert!(cols.unresolved());
+    assert!(is_placeholder(cols.get(1).expect("column").type_()));
+    assert!(!is_placeholder(&mood));
+    assert_eq!(
+        cols.placeholder_oids().collect::<Vec<_>>(),
+        [90_001, 90_002]
+    );
+    // An earlier description of the same statement: its types go where the OIDs agree.
+    let mut described = columns(&[("n", 20, 1), ("m", 90_001, 1), ("x", 90_002, 1)]);
+    described.resolve_with(|oid| (oid == 90_001).then(|| mood.clone()));
+    assert!(described.unresolved(), "90002 is left");
+    cols.resolve_like(&described);
+    assert_eq!(cols.get(1).expect("column").type_(), &mood);
+    assert!(is_placeholder(cols.get(2).expect("column").type_()));
+    assert!(cols.unresolved());
+    cols.resolve_with(|oid| {
+        (oid == 90_002).then(|| {
+            Type::new(
+                "y".into(),
+                oid,
+                postgres_types::Kind::Simple,
+                "public".into(),
+            )
+        })
+    });
+    assert!(!cols.unresolved());
+    assert_eq!(cols.placeholder_oids().count(), 0);
+}
