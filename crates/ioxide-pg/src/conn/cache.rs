@@ -43,7 +43,16 @@ pub(crate) struct StatementCache {
     /// one needs — statements of the same types prepared at once on a shared connection).
     pub(crate) lookup_busy: bool,
     pub(crate) lookup_waiters: Vec<std::task::Waker>,
+    /// Parameterless texts a pool's shared path ran once with the simple protocol
+    /// (`conn/auto.rs`): the second run prepares them. Bounded: emptied when full.
+    pub(crate) seen_once: foldhash::HashSet<Box<str>>,
+    /// Texts the server would not prepare (several statements, an error): they stay on the
+    /// simple protocol. Bounded likewise.
+    pub(crate) simple_only: foldhash::HashSet<Box<str>>,
 }
+
+/// How many texts `seen_once` and `simple_only` remember before they start over.
+pub(crate) const AUTO_TEXTS: usize = 1024;
 
 impl StatementCache {
     pub(crate) fn new(capacity: usize) -> StatementCache {
@@ -56,6 +65,8 @@ impl StatementCache {
             type_lookups: 0,
             lookup_busy: false,
             lookup_waiters: Vec::new(),
+            seen_once: foldhash::HashSet::default(),
+            simple_only: foldhash::HashSet::default(),
         }
     }
 
@@ -123,6 +134,7 @@ impl StatementCache {
     pub(crate) fn clear(&mut self) {
         self.map.clear();
         self.types.clear();
+        self.seen_once.clear();
     }
 }
 

@@ -2,6 +2,7 @@
 //! opened it. See `state` for who reads the socket, `tasks` for the writer, the watcher, the
 //! CancelRequest and the timeout sweep.
 
+mod auto;
 mod batch;
 mod cache;
 mod cancel_token;

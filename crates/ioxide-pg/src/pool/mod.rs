@@ -201,9 +201,14 @@ impl PgPool {
         &self.inner.opts
     }
 
-    /// Simple-protocol query: rent, run, return.
+    /// [`PgConnection::query`] on a shared connection: the same result (the first value as
+    /// text, the tag, the same errors), but a parameterless single statement the connection
+    /// has run before is prepared once and then bound with text results, which costs the
+    /// server less than parsing and planning it every time (the simple protocol). A text of
+    /// several statements, or one the server will not prepare, stays on the simple protocol.
     pub async fn query(&self, sql: &str) -> Result<QueryResult, PgError> {
-        self.with_conn(|c| async move { c.query(sql).await }).await
+        self.with_conn(|c| async move { c.query_shared(sql).await })
+            .await
     }
 
     /// Parameterized query (prepared and cached per connection), rows collected.
