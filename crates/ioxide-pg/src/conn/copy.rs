@@ -188,7 +188,7 @@ impl Drop for BeginGuard<'_> {
 /// another COPY of this connection to let it go first). Both directions hold it: a COPY TO
 /// STDOUT until its CopyOutResponse, because the statement may turn out to be a COPY FROM
 /// STDIN after all.
-async fn start(conn: &Conn, sql: &str) -> Result<Running, PgError> {
+async fn start<'c>(conn: &'c Conn, sql: &str) -> Result<(Running, BeginGuard<'c>), PgError> {
     poll_fn(|cx| {
         let mut st = conn.st.borrow_mut();
         if st.copy_hold.is_none() || st.broken.is_some() {
@@ -200,13 +200,21 @@ async fn start(conn: &Conn, sql: &str) -> Result<Running, PgError> {
     .await;
     let (seq, sent_from) = conn.enqueue(Reply::copy(), |out| encode::query(sql, out))?;
     conn.hold_for_copy(seq);
-    Ok(Running {
+    let run = Running {
         seq,
         sent_from,
         sink: CopySink::default(),
         errs: CmdErrors::default(),
         done: false,
-    })
+    };
+    Ok((
+        run,
+        BeginGuard {
+            conn,
+            seq,
+            armed: true,
+        },
+    ))
 }
 
 /// A `COPY … FROM STDIN` in progress: send the data with [`send`](Self::send), end it with
@@ -227,22 +235,26 @@ pub struct CopyIn<'a> {
 
 impl fmt::Debug for CopyIn<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CopyIn")
-            .field("format", &self.format)
-            .field("ended", &self.ended)
-            .finish()
+        debug_copy(f, "CopyIn", &self.format, self.ended)
     }
+}
+
+fn debug_copy(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    format: &CopyFormat,
+    ended: bool,
+) -> fmt::Result {
+    f.debug_struct(name)
+        .field("format", format)
+        .field("ended", &ended)
+        .finish()
 }
 
 impl<'a> CopyIn<'a> {
     async fn begin(holder: Holder<'a>, sql: &str) -> Result<CopyIn<'a>, PgError> {
-        let mut run = start(holder.conn(), sql).await?;
         let conn = holder.conn();
-        let mut guard = BeginGuard {
-            conn,
-            seq: run.seq,
-            armed: true,
-        };
+        let (mut run, mut guard) = start(conn, sql).await?;
         let started = poll_fn(|cx| match run.poll(conn, cx) {
             Poll::Ready(Ok(())) => {
                 Poll::Ready(Err(run.not_started("copy_in", "COPY … FROM STDIN")))
@@ -430,22 +442,14 @@ pub struct CopyOut<'a> {
 
 impl fmt::Debug for CopyOut<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CopyOut")
-            .field("format", &self.format)
-            .field("finished", &self.finished)
-            .finish()
+        debug_copy(f, "CopyOut", &self.format, self.finished)
     }
 }
 
 impl<'a> CopyOut<'a> {
     async fn begin(holder: Holder<'a>, sql: &str) -> Result<CopyOut<'a>, PgError> {
-        let mut run = start(holder.conn(), sql).await?;
         let conn = holder.conn();
-        let mut guard = BeginGuard {
-            conn,
-            seq: run.seq,
-            armed: true,
-        };
+        let (mut run, mut guard) = start(conn, sql).await?;
         let started = poll_fn(|cx| {
             if run.sink.started.is_some() {
                 return Poll::Ready(Ok(()));
