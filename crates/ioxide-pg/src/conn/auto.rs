@@ -61,32 +61,49 @@ impl PgConnection {
                         let cache = &mut st.cache;
                         if cache.simple_only.contains(sql) {
                             Route::Simple
-                        } else if cache.seen_once.remove(sql) {
-                            Route::Prepare
                         } else {
-                            if cache.seen_once.len() >= cache::AUTO_TEXTS {
-                                cache.seen_once.clear();
+                            match cache.seen_once.get_mut(sql) {
+                                // Seen once: this run prepares it.
+                                Some(preparing @ false) => {
+                                    *preparing = true;
+                                    Route::Prepare
+                                }
+                                // Another run is preparing it: one prepare per text.
+                                Some(true) => Route::Simple,
+                                None => {
+                                    if cache.seen_once.len() >= cache::AUTO_TEXTS {
+                                        cache.seen_once.clear();
+                                    }
+                                    cache.seen_once.insert(sql.into(), false);
+                                    Route::Simple
+                                }
                             }
-                            cache.seen_once.insert(sql.into());
-                            Route::Simple
                         }
                     }
                 }
             }
         };
-        let stmt = match route {
+        let (stmt, mut close_after) = match route {
             Route::Simple => return self.query(sql).await,
-            Route::Cached(stmt) => stmt,
-            Route::Prepare => match self.prepare_auto(sql).await {
-                Some(stmt) => stmt,
-                None => return self.query(sql).await,
-            },
+            Route::Cached(stmt) => (stmt, None),
+            Route::Prepare => {
+                let prepared = self.prepare_auto(sql).await;
+                self.conn.st.borrow_mut().cache.seen_once.remove(sql);
+                match prepared {
+                    Some(p) => p,
+                    None => return self.query(sql).await,
+                }
+            }
         };
         let mut retried = false;
         loop {
             let (seq, from) = self.conn.enqueue(Reply::bind_execute(), |out| {
                 encode::bind_text_execute_sync(&stmt.name, out)
             })?;
+            if let Some(name) = close_after.take() {
+                // Not cached (another first use won the race): closed behind its one run.
+                self.close_statement_detached(&name);
+            }
             let mut sink = AutoSink(QueryResult::new());
             if let Ok(n) = u16::try_from(stmt.columns.len()) {
                 if n > 0 {
@@ -101,8 +118,15 @@ impl PgConnection {
                 Err(_) if collateral && !retried => retried = true,
                 Err(e) if super::stale_statement(&e) != super::Stale::No => {
                     // The server let the statement go (`DEALLOCATE`, a pooler) or its result
-                    // type changed: forget it and answer as the simple protocol does.
-                    let name = self.conn.st.borrow_mut().cache.remove(sql);
+                    // type changed: forget it (if the cache still holds this one) and answer
+                    // as the simple protocol does.
+                    let name = {
+                        let mut st = self.conn.st.borrow_mut();
+                        match st.cache.get(sql) {
+                            Some(cached) if cached.name == stmt.name => st.cache.remove(sql),
+                            _ => None,
+                        }
+                    };
                     if let Some(name) = name {
                         self.close_statement_detached(&name);
                     }
@@ -116,15 +140,12 @@ impl PgConnection {
     /// Prepares `sql` through the statement cache. `None` when the server will not (several
     /// statements, an error): the text stays on the simple protocol, which reports any error
     /// as it always did.
-    async fn prepare_auto(&self, sql: &str) -> Option<cache::Statement> {
+    async fn prepare_auto(
+        &self,
+        sql: &str,
+    ) -> Option<(cache::Statement, Option<std::rc::Rc<str>>)> {
         match self.statement_with(StatementRef::text(sql)).await {
-            Ok((stmt, close_after)) if stmt.params.is_empty() => {
-                if let Some(name) = close_after {
-                    // Caching raced with another first use: run it this once, then close.
-                    self.close_statement_detached(&name);
-                }
-                Some(stmt)
-            }
+            Ok((stmt, close_after)) if stmt.params.is_empty() => Some((stmt, close_after)),
             Ok((_, close_after)) => {
                 // It has parameters ($1 in the text): the simple protocol reports that.
                 if let Some(name) = close_after {

@@ -43,9 +43,10 @@ pub(crate) struct StatementCache {
     /// one needs — statements of the same types prepared at once on a shared connection).
     pub(crate) lookup_busy: bool,
     pub(crate) lookup_waiters: Vec<std::task::Waker>,
-    /// Parameterless texts a pool's shared path ran once with the simple protocol
-    /// (`conn/auto.rs`): the second run prepares them. Bounded: emptied when full.
-    pub(crate) seen_once: foldhash::HashSet<Box<str>>,
+    /// Parameterless texts a pool's shared path ran once with the simple protocol (`false`)
+    /// or is preparing now (`true`) (`conn/auto.rs`): the second run prepares them, and runs
+    /// meanwhile stay simple. Bounded: emptied when full.
+    pub(crate) seen_once: foldhash::HashMap<Box<str>, bool>,
     /// Texts the server would not prepare (several statements, an error): they stay on the
     /// simple protocol. Bounded likewise.
     pub(crate) simple_only: foldhash::HashSet<Box<str>>,
@@ -65,7 +66,7 @@ impl StatementCache {
             type_lookups: 0,
             lookup_busy: false,
             lookup_waiters: Vec::new(),
-            seen_once: foldhash::HashSet::default(),
+            seen_once: foldhash::HashMap::default(),
             simple_only: foldhash::HashSet::default(),
         }
     }
