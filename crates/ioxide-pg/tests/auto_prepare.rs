@@ -181,3 +181,37 @@ fn caching_off_keeps_the_simple_protocol() {
         pool.close().await;
     });
 }
+
+#[test]
+fn many_concurrent_first_uses_prepare_the_text_once() {
+    run_within(LIMIT, async {
+        let pool = PgPool::start(&Reactor::current(), opts().pool_size(1)).unwrap();
+        let text = "SELECT 'concurrent'::text";
+        for _round in 0..3 {
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let pool = pool.clone();
+                    ioxide::spawn(async move {
+                        pool.query(text).await.map(|r| r.value().map(str::to_owned))
+                    })
+                })
+                .collect();
+            for t in tasks {
+                assert_eq!(t.await.unwrap().as_deref(), Some("concurrent"));
+            }
+        }
+        // One statement for the text, none closed and re-made along the way: the session's
+        // statement names count up from 1, and only the text's and this query's exist.
+        let r = pool
+            .query_params(
+                "SELECT count(*), max(name) FROM pg_prepared_statements WHERE statement = $1",
+                &[&text],
+            )
+            .await
+            .unwrap();
+        let row = r.row(0).unwrap();
+        assert_eq!(row.get::<i64>(0).unwrap(), 1);
+        assert_eq!(row.get::<Option<&str>>(1).unwrap(), Some("ioxide_s1"));
+        pool.close().await;
+    });
+}
