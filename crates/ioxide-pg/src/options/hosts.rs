@@ -135,14 +135,11 @@ impl HostEntry {
 }
 
 /// One element of a host list: an IPv6 literal loses its brackets; a path is a Unix
-/// socket directory; an empty element is the default host (`localhost`).
+/// socket directory. (An empty element stays empty: validation refuses it.)
 pub(super) fn parse_host(h: &str) -> Host {
     let h = h.trim();
     if h.starts_with('/') {
         return Host::Unix(PathBuf::from(h));
-    }
-    if h.is_empty() {
-        return Host::Tcp("localhost".to_owned());
     }
     let h = h
         .strip_prefix('[')
@@ -151,16 +148,26 @@ pub(super) fn parse_host(h: &str) -> Host {
     Host::Tcp(h.to_owned())
 }
 
-/// A comma-separated port list; an empty element is 5432.
+/// A comma-separated port list; an empty element of a list is 5432. Errors quote no
+/// element (the value may follow a password in a conninfo string).
 pub(super) fn parse_ports(value: &str) -> Result<Vec<u16>, String> {
+    if !value.contains(',') {
+        return value
+            .trim()
+            .parse::<u16>()
+            .map(|p| vec![p])
+            .map_err(|e| e.to_string());
+    }
     value
         .split(',')
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
             let p = p.trim();
             if p.is_empty() {
                 Ok(5432)
             } else {
-                p.parse::<u16>().map_err(|e| format!("{p:?}: {e}"))
+                p.parse::<u16>()
+                    .map_err(|e| format!("port {} of the list: {e}", i + 1))
             }
         })
         .collect()
@@ -170,10 +177,11 @@ pub(super) fn parse_ports(value: &str) -> Result<Vec<u16>, String> {
 pub(super) fn parse_hostaddrs(value: &str) -> Result<Vec<IpAddr>, String> {
     value
         .split(',')
-        .map(|a| {
-            let a = a.trim();
-            a.parse::<IpAddr>()
-                .map_err(|_| format!("{a:?} is not a numeric IP address"))
+        .enumerate()
+        .map(|(i, a)| {
+            a.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("address {} of the list is not a numeric IP address", i + 1))
         })
         .collect()
 }
@@ -457,24 +465,23 @@ mod tests {
 
     #[test]
     fn url_host_lists_split() {
-        let (url, list) = take_url_host_list("postgres://u:p@a:1,[::1]:2,%2Ftmp/db?x=1")
-            .ok()
-            .flatten()
-            .unwrap();
-        assert_eq!(url, "postgres://u:p@multihost/db?x=1");
-        let hosts = split_url_hosts(list).ok().unwrap();
+        let taken = take_url_host_list("postgres://u:p@a:1,[::1]:2,%2Ftmp/db?x=1").ok();
         assert_eq!(
-            hosts,
-            vec![
+            taken,
+            Some(Some((
+                "postgres://u:p@multihost/db?x=1".to_owned(),
+                "a:1,[::1]:2,%2Ftmp"
+            )))
+        );
+        assert_eq!(
+            split_url_hosts("a:1,[::1]:2,%2Ftmp").ok(),
+            Some(vec![
                 ("a".to_owned(), Some(1)),
                 ("::1".to_owned(), Some(2)),
                 ("/tmp".to_owned(), None)
-            ]
+            ])
         );
-        assert!(take_url_host_list("postgres://a:1/db")
-            .ok()
-            .unwrap()
-            .is_none());
+        assert_eq!(take_url_host_list("postgres://a:1/db").ok(), Some(None));
         assert!(split_url_hosts("a:x,b").is_err());
         assert!(split_url_hosts("[::1,b").is_err());
     }
