@@ -18,12 +18,20 @@
 //! | `tcp_user_timeout` | [`tcp_user_timeout`](PgOptions::tcp_user_timeout) | — | milliseconds sent data may stay unacknowledged (0/unset: OS default) |
 //! | `options` | [`options`](PgOptions::options) | `PGOPTIONS` | command-line options for the server session (`-c search_path=app`) |
 //! | `passfile` | [`passfile`](PgOptions::passfile) | `PGPASSFILE` | password file used when no password is given (default `~/.pgpass`) |
+//! | `host` list | [`host`](PgOptions::host)`("a,b")`, [`hosts`](PgOptions::hosts) | `PGHOST` | several hosts (names, IPs, Unix directories), tried in turn |
+//! | `port` list | [`port`](PgOptions::port), [`ports`](PgOptions::ports) | `PGPORT` | one port for all hosts, or one per host |
+//! | `hostaddr` | [`hostaddrs`](PgOptions::hostaddrs) | `PGHOSTADDR` | numeric address per host, used instead of resolving its name |
+//! | `target_session_attrs` | [`target_session_attrs`](PgOptions::target_session_attrs) | `PGTARGETSESSIONATTRS` | which server a connect accepts ([`TargetSessionAttrs`]) |
+//! | `load_balance_hosts` | [`load_balance_hosts`](PgOptions::load_balance_hosts) | `PGLOADBALANCEHOSTS` | hosts in order, or shuffled per connect ([`LoadBalanceHosts`]) |
 //!
 //! The TCP settings are set on the socket before it connects, for the connection and its
 //! CancelRequests; Unix sockets ignore them.
 //!
-//! Host names are resolved once, by [`PgOptions::resolve`], which blocks and is meant to run
-//! before the reactors start; reactors then only ever connect to addresses.
+//! Host names are resolved once, by [`PgOptions::resolve`] (one host) or
+//! [`PgOptions::resolve_hosts`] (a list), which block and are meant to run before the
+//! reactors start; reactors then only ever connect to addresses. A host list is walked as
+//! libpq does: each host in turn, each within `connect_timeout`, until one accepts and fits
+//! `target_session_attrs` (ARCHITECTURE.md, "How a connect walks the topology").
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
