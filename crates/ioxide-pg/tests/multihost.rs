@@ -59,6 +59,14 @@ fn target_session_attrs_pick_the_right_server() {
                 }
             }
         }
+        // A Unix socket directory and a TCP host in one list.
+        let dir = standby.socket_dir().to_str().unwrap().to_owned();
+        for (attrs, want_standby) in [(T::ReadWrite, false), (T::ReadOnly, true)] {
+            let o =
+                opts_listing(&[&standby, &primary], attrs).hosts([dir.as_str(), primary.host()]);
+            let conn = PgConnection::connect(&o).await.unwrap();
+            assert_eq!(in_recovery(&conn).await, want_standby, "{attrs}");
+        }
         // The single-target API checks the attributes too.
         let o = opts_listing(&[&standby], T::ReadWrite);
         let e = PgConnection::connect_to(&o, o.resolve().unwrap())
