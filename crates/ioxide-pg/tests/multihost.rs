@@ -307,3 +307,35 @@ fn failover_after_a_fast_stop() {
 fn failover_after_an_immediate_stop() {
     failover(true);
 }
+
+#[test]
+fn a_pool_skips_a_dead_host_and_runs_its_hook_on_the_live_one() {
+    let c = testkit::shared_cluster();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = common::opts_for(c)
+        .host("127.0.0.1,127.0.0.1")
+        .ports([dead, c.port()])
+        .connect_timeout(Duration::from_secs(2))
+        .pool_size(2);
+    run_within(Duration::from_secs(30), async move {
+        let pool = PgPool::builder(o)
+            .after_connect(|conn| {
+                Box::pin(async move {
+                    conn.query("SET application_name = 'walked'").await?;
+                    Ok(())
+                })
+            })
+            .start(&Reactor::current())
+            .unwrap();
+        for _ in 0..10 {
+            let r = pool.query("SHOW application_name").await.unwrap();
+            assert_eq!(r.value(), Some("walked"));
+        }
+        assert_eq!(pool.stats().hook_failures_total, 0);
+        pool.close().await;
+    });
+}

@@ -141,6 +141,14 @@ pub(crate) async fn resolve_host(host: &str, port: u16) -> Result<Vec<SocketAddr
 /// Connects to the first host of `topo` that accepts and fits its `target_session_attrs`.
 /// The error of a failed walk names each host and why it was skipped.
 pub(crate) async fn connect(topo: &Topology) -> Result<PgConnection, PgError> {
+    connect_timed(topo).await.map(|(conn, _)| conn)
+}
+
+/// As [`connect`], also returning when the attempt that succeeded began (the pool bounds
+/// connect plus after-connect hook by `connect_timeout` from there: each host has its own).
+pub(crate) async fn connect_timed(
+    topo: &Topology,
+) -> Result<(PgConnection, std::time::Instant), PgError> {
     let mut order: Vec<usize> = (0..topo.hosts.len()).collect();
     if topo.balance == LoadBalanceHosts::Random {
         shuffle(&mut order);
@@ -168,6 +176,7 @@ pub(crate) async fn connect(topo: &Topology) -> Result<PgConnection, PgError> {
                 continue;
             }
             let c = &topo.hosts[i];
+            let began = std::time::Instant::now();
             let attempt = async {
                 let target = match (&c.target, &c.name) {
                     (Some(t), _) => t.clone(),
@@ -185,7 +194,7 @@ pub(crate) async fn connect(topo: &Topology) -> Result<PgConnection, PgError> {
                     last_err = Some(e);
                 }
                 Ok(conn) => match fits(&conn, want).await {
-                    Ok(None) => return Ok(conn),
+                    Ok(None) => return Ok((conn, began)),
                     Ok(Some(why)) => {
                         tracing::debug!(host = %c.label, %why, "host skipped: target_session_attrs");
                         misfits += 1;

@@ -11,7 +11,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Instant;
 
 /// The future an [`after_connect`](PgPoolBuilder::after_connect) hook returns: it borrows
 /// the new connection for as long as it runs.
@@ -134,8 +133,9 @@ impl PgPoolBuilder {
 /// Opens one connection for the pool: connect, then the hook, all within `connect_timeout`.
 /// A connection the hook failed is closed here (in the background) and counted.
 pub(super) async fn open(inner: &super::state::Inner) -> Result<PgConnection, PgError> {
-    let began = Instant::now();
-    let conn = crate::conn::walk::connect(&inner.target).await?;
+    // Each host of a list has its own connect_timeout; the hook's share counts from the
+    // attempt that succeeded.
+    let (conn, began) = crate::conn::walk::connect_timed(&inner.target).await?;
     let Some(hook) = inner.hook.clone() else {
         return Ok(conn);
     };
