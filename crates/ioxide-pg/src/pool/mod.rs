@@ -118,10 +118,12 @@ impl PgPool {
         reactor: &Reactor,
         name: Option<String>,
         options: PgOptions,
-        target: crate::Target,
+        target: crate::conn::walk::Topology,
         hook: Option<builder::Hook>,
     ) -> Result<PgPool, PgError> {
-        crate::conn::check_tls_files(&options, &target)?;
+        for (opts, t) in target.targets() {
+            crate::conn::check_tls_files(opts, t)?;
+        }
         let pools = registry(reactor);
         match name {
             None => {
@@ -151,7 +153,7 @@ impl PgPool {
     fn launch(
         reactor: &Reactor,
         options: PgOptions,
-        target: crate::Target,
+        target: crate::conn::walk::Topology,
         hook: Option<builder::Hook>,
     ) -> PgPool {
         let inner = Rc::new(Inner::new(options, target, hook));

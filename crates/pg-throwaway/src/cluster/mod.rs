@@ -1,6 +1,7 @@
 //! Throwaway PostgreSQL clusters: one temp directory, one postmaster, one role.
 
 mod control;
+mod replica;
 mod server;
 
 use std::path::{Path, PathBuf};
