@@ -22,8 +22,11 @@
 //! The TCP settings are set on the socket before it connects, for the connection and its
 //! CancelRequests; Unix sockets ignore them.
 //!
-//! Host names are resolved once, by [`PgOptions::resolve`], which blocks and is meant to run
-//! before the reactors start; reactors then only ever connect to addresses.
+//! Host names are resolved on the ring at every connect ([`PgConnection::connect`], the
+//! pool's connects: `ioxide::dns`), or once, up front, by [`PgOptions::resolve`], which
+//! blocks and is meant to run before the reactors start (for a pinned target).
+//!
+//! [`PgConnection::connect`]: crate::PgConnection::connect
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

@@ -9,6 +9,7 @@ mod command;
 mod copy;
 mod owned;
 mod prepared;
+pub(crate) mod resolve;
 mod result;
 mod secure;
 mod state;
@@ -115,21 +116,34 @@ impl Drop for PgConnection {
 }
 
 impl PgConnection {
-    /// Connects with `opts`. The host must be an IP literal or a Unix socket directory: a host
-    /// name needs a DNS lookup, which must happen before the reactors start — resolve it with
-    /// [`PgOptions::resolve`] and use [`PgConnection::connect_to`].
+    /// Connects with `opts`. The host may be a Unix socket directory, an IP literal (IPv6
+    /// too) or a host name, which is resolved on the ring at every call (`/etc/hosts`, then
+    /// DNS; see [`ioxide::dns`]), so a name that moves is followed; the lookup counts
+    /// towards `connect_timeout`. A failed lookup is a transport error naming the host, the
+    /// nameserver and the cause.
     pub async fn connect(opts: &PgOptions) -> Result<PgConnection, PgError> {
-        let target = resolve_without_dns(opts)?;
-        Self::connect_to(opts, target).await
+        let began = std::time::Instant::now();
+        let target = resolve::resolve_on_ring(opts).await?;
+        Self::connect_since(opts, target, began).await
     }
 
     /// Connects to an already resolved `target`, bounded by `connect_timeout`. Invalid
     /// options fail here, naming the field, before anything is sent.
     pub async fn connect_to(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError> {
+        Self::connect_since(opts, target, std::time::Instant::now()).await
+    }
+
+    /// As [`connect_to`](Self::connect_to), with `connect_timeout` counted from `began`
+    /// (when the lookup of the target started).
+    pub(crate) async fn connect_since(
+        opts: &PgOptions,
+        target: Target,
+        began: std::time::Instant,
+    ) -> Result<PgConnection, PgError> {
         opts.validate_connection()?;
         let open = open(opts, target);
         match opts.get_connect_timeout() {
-            Some(t) => match ioxide::time::timeout(t, open).await {
+            Some(t) => match ioxide::time::timeout(t.saturating_sub(began.elapsed()), open).await {
                 Ok(r) => r,
                 Err(_) => Err(PgError::timeout(TimeoutKind::Connect, t)),
             },

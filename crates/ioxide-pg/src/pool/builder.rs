@@ -69,8 +69,8 @@ impl PgPoolBuilder {
         }
     }
 
-    /// Connects to this already resolved target instead of resolving the options' host (which
-    /// must then be an IP literal or a Unix socket directory: no DNS on a reactor).
+    /// Connects to this already resolved target instead of resolving the options' host at
+    /// every connect (the host name still serves TLS verification and SNI).
     pub fn target(mut self, target: Target) -> PgPoolBuilder {
         self.target = Some(target);
         self
@@ -115,11 +115,15 @@ impl PgPoolBuilder {
     /// Starts the pool on `reactor` (call it on that reactor's thread): fires `pool_size`
     /// connects at once and returns the pool's handle immediately. Requests made before the
     /// first connection is up wait in the queue. Fails if the reactor already has a current
-    /// pool (or, with [`name`](Self::name), a pool of that name), or if the host is a name
-    /// and no [`target`](Self::target) was given.
+    /// pool (or, with [`name`](Self::name), a pool of that name). Without a
+    /// [`target`](Self::target), a host name is resolved on the ring for every connect.
     pub fn start(self, reactor: &Reactor) -> Result<PgPool, PgError> {
         let target = match self.target {
             Some(t) => t,
+            // A host name: resolved on the ring for every connect (`open`).
+            None if crate::conn::resolve::host_name(&self.options).is_some() => {
+                Target::Tcp(Vec::new())
+            }
             None => crate::conn::resolve_without_dns(&self.options)?,
         };
         PgPool::launch_registered(reactor, self.name, self.options, target, self.hook)
@@ -130,7 +134,14 @@ impl PgPoolBuilder {
 /// A connection the hook failed is closed here (in the background) and counted.
 pub(super) async fn open(inner: &super::state::Inner) -> Result<PgConnection, PgError> {
     let began = Instant::now();
-    let conn = PgConnection::connect_to(&inner.opts, inner.target.clone()).await?;
+    // No addresses: the host is a name, looked up again for every connection (dns).
+    let target = match &inner.target {
+        Target::Tcp(addrs) if addrs.is_empty() => {
+            crate::conn::resolve::resolve_on_ring(&inner.opts).await?
+        }
+        t => t.clone(),
+    };
+    let conn = PgConnection::connect_since(&inner.opts, target, began).await?;
     let Some(hook) = inner.hook.clone() else {
         return Ok(conn);
     };
