@@ -205,6 +205,23 @@ fn garbage_servfail_wrong_id_and_truncation_are_named() {
 }
 
 #[test]
+fn an_unanswered_aaaa_does_not_hold_the_a_answer_for_every_attempt() {
+    let dns = FakeDns::start().unwrap();
+    dns.set("db.test", &[ip("127.0.0.2"), ip("::1")], 60);
+    dns.set_mode(DnsMode::SilentAaaa);
+    ioxide::block_on(async {
+        let r = Resolver::new(config(&dns).attempts(3));
+        let began = Instant::now();
+        assert_eq!(r.lookup_ip("db.test").await.unwrap(), [ip("127.0.0.2")]);
+        let took = began.elapsed();
+        // One server timeout (300 ms) for the AAAA, not three.
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+        assert!(took < Duration::from_millis(800), "{took:?}");
+        assert_eq!(dns.queries(), 2);
+    });
+}
+
+#[test]
 fn next_nameserver_after_a_dead_or_silent_one() {
     let silent = FakeDns::start().unwrap();
     silent.set_mode(DnsMode::Silent);

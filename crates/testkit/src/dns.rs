@@ -24,6 +24,9 @@ pub enum DnsMode {
     Answer,
     /// Reads the question and never answers.
     Silent,
+    /// Answers A questions as `Answer` does and never answers AAAA ones (as some broken
+    /// middleboxes do).
+    SilentAaaa,
     /// Answers every question with bytes that are not a DNS message.
     Garbage,
     /// Answers as `Answer` would, but with the id off by one.
@@ -184,6 +187,9 @@ fn answer(query: &Packet<'_>, st: &State) -> Option<Vec<u8>> {
     reply.questions = query.questions.clone();
     match st.mode {
         DnsMode::Silent => return None,
+        DnsMode::SilentAaaa if query.questions.first()?.qtype == QTYPE::TYPE(TYPE::AAAA) => {
+            return None
+        }
         DnsMode::Garbage => return Some(b"\x00\x01 this is not a DNS message".to_vec()),
         DnsMode::ServFail => {
             *reply.rcode_mut() = RCODE::ServerFailure;
@@ -193,7 +199,7 @@ fn answer(query: &Packet<'_>, st: &State) -> Option<Vec<u8>> {
             reply.set_flags(PacketFlag::TRUNCATION);
             return reply.build_bytes_vec().ok();
         }
-        DnsMode::Answer | DnsMode::WrongId => {}
+        DnsMode::Answer | DnsMode::WrongId | DnsMode::SilentAaaa => {}
     }
     if st.mode == DnsMode::WrongId {
         reply.set_id(query.id().wrapping_add(1));

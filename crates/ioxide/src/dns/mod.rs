@@ -10,6 +10,8 @@
 //!   counts only if its id, question (name, type, class) and sender match; its rcode decides
 //!   what follows: NXDOMAIN ends that name, SERVFAIL/REFUSED and unparseable answers move to
 //!   the next server. CNAME chains inside an answer are followed.
+//! * A family left unanswered while the other has addresses is not retried: the addresses
+//!   found are used (some networks drop AAAA questions).
 //! * Answers are cached per [`Resolver`] (so per reactor thread for the default one) for the
 //!   smallest TTL among the records used, capped by [`ResolverConfig::max_ttl`]; a TTL of 0
 //!   is not cached. Failures are not cached.
@@ -368,7 +370,14 @@ impl Resolver {
                         o => done[i] = Some(o),
                     }
                 }
-                if done.iter().all(Option::is_some) {
+                // Done when every family is answered, or when one has addresses: a family
+                // a server leaves unanswered (some drop AAAA) does not hold the connect
+                // for every remaining timeout.
+                let any_addrs = done
+                    .iter()
+                    .flatten()
+                    .any(|o| matches!(o, Outcome::Addrs(..)));
+                if any_addrs || done.iter().all(Option::is_some) {
                     break 'rounds;
                 }
             }

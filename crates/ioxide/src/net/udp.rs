@@ -84,8 +84,15 @@ impl UdpSocket {
             Ok(out) => out,
             Err(_) => {
                 // Cancel, then wait for the kernel's final word: the buffer is the op's
-                // until then, and a datagram that raced the timer is kept, not lost.
-                self.cancel_pending();
+                // until then, and a datagram that raced the timer is kept, not lost. (The
+                // ring is borrowed only inside wakers and destructors, never across this
+                // await, so a busy ring is retried after a yield.)
+                let raw = self.fd.raw();
+                while let Err(crate::reactor::NoRing::Busy) =
+                    crate::reactor::with_ring(|_, r| r.cancel_fd(raw))
+                {
+                    crate::future::yield_now().await;
+                }
                 match op.await {
                     (Ok(n), buf) => (Ok(n), buf),
                     (Err(_), buf) => (
