@@ -1,6 +1,6 @@
 //! The resolver against a loopback nameserver (testkit's `FakeDns`): hosts file, A and
 //! AAAA, TTL-bounded cache, search list, NXDOMAIN, SERVFAIL, timeouts, garbage, wrong ids,
-//! truncation, and a dead first nameserver. All traffic stays on 127.0.0.1.
+//! truncation (asked again over TCP), and a dead first nameserver. All traffic stays on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -166,6 +166,7 @@ fn silent_nameserver_times_out_after_every_attempt() {
         assert!(took < Duration::from_secs(3), "{took:?}");
         assert_eq!(dns.queries(), 4, "A and AAAA, two attempts");
         let msg = e.to_string();
+        eprintln!("{msg}");
         assert!(
             msg.contains("no answer") && msg.contains(&dns.addr().to_string()),
             "{msg}"
@@ -174,7 +175,7 @@ fn silent_nameserver_times_out_after_every_attempt() {
 }
 
 #[test]
-fn garbage_servfail_wrong_id_and_truncation_are_named() {
+fn garbage_servfail_and_wrong_id_are_named() {
     let dns = FakeDns::start().unwrap();
     dns.set("db.test", &[ip("127.0.0.2")], 60);
     ioxide::block_on(async {
@@ -182,7 +183,6 @@ fn garbage_servfail_wrong_id_and_truncation_are_named() {
         for (mode, kind, words, max) in [
             (DnsMode::Garbage, ErrorKind::Garbage, "unparseable", 300),
             (DnsMode::ServFail, ErrorKind::ServerFailure, "SERVFAIL", 300),
-            (DnsMode::Truncated, ErrorKind::Truncated, "truncated", 300),
             (
                 DnsMode::WrongId,
                 ErrorKind::Timeout,
@@ -218,6 +218,32 @@ fn an_unanswered_aaaa_does_not_hold_the_a_answer_for_every_attempt() {
         assert!(took >= Duration::from_millis(250), "{took:?}");
         assert!(took < Duration::from_millis(800), "{took:?}");
         assert_eq!(dns.queries(), 2);
+    });
+}
+
+#[test]
+fn a_truncated_answer_is_asked_again_over_tcp() {
+    let dns = FakeDns::start().unwrap();
+    dns.set("big.test", &[ip("127.0.0.2"), ip("::1")], 60);
+    dns.set_mode(DnsMode::Truncated);
+    ioxide::block_on(async {
+        let r = Resolver::new(config(&dns).max_ttl(Duration::ZERO));
+        let got = r.lookup_ip("big.test").await.unwrap();
+        assert_eq!(got, [ip("127.0.0.2"), ip("::1")]);
+        assert_eq!((dns.queries(), dns.tcp_queries()), (2, 2), "UDP, then TCP");
+
+        dns.set_tcp(false);
+        let began = Instant::now();
+        let e = r.lookup_ip("big.test").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Truncated, "{e}");
+        let msg = e.to_string();
+        eprintln!("{msg}");
+        assert!(msg.contains("truncated") && msg.contains("TCP"), "{msg}");
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            began.elapsed()
+        );
     });
 }
 

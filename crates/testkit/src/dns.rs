@@ -4,10 +4,12 @@
 //! changed at any time; a name not in the table gets NXDOMAIN. It can also be told to
 //! misbehave ([`DnsMode`]): never answer, answer garbage, answer with another id, answer
 //! SERVFAIL, or set the truncation bit on an empty answer. It counts the questions it gets.
+//! It also answers over TCP on the same port (the fallback for truncated answers), unless
+//! told not to ([`FakeDns::set_tcp`]).
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -33,7 +35,8 @@ pub enum DnsMode {
     WrongId,
     /// Answers SERVFAIL.
     ServFail,
-    /// Answers NOERROR with the truncation bit and no records.
+    /// Answers NOERROR with the truncation bit and no records over UDP; over TCP as
+    /// `Answer` does.
     Truncated,
 }
 
@@ -42,6 +45,8 @@ struct State {
     names: HashMap<String, (Vec<IpAddr>, u32)>,
     mode: DnsMode,
     asked: HashMap<String, usize>,
+    tcp: bool,
+    tcp_queries: usize,
 }
 
 /// A DNS server on 127.0.0.1 (a free UDP port), stopped on drop.
@@ -59,6 +64,7 @@ pub struct FakeDns {
     queries: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    tcp_thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for FakeDns {
@@ -76,13 +82,25 @@ impl FakeDns {
     /// # Errors
     /// If the loopback socket cannot be made.
     pub fn start() -> io::Result<FakeDns> {
-        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        // The same port for UDP and TCP: a free UDP port may be taken for TCP, so retry.
+        let mut tries = 0;
+        let (sock, listener) = loop {
+            let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            match TcpListener::bind(sock.local_addr()?) {
+                Ok(l) => break (sock, l),
+                Err(e) if tries >= 50 => return Err(e),
+                Err(_) => tries += 1,
+            }
+        };
+        listener.set_nonblocking(true)?;
         sock.set_read_timeout(Some(Duration::from_millis(10)))?;
         let addr = sock.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             names: HashMap::new(),
             mode: DnsMode::Answer,
             asked: HashMap::new(),
+            tcp: true,
+            tcp_queries: 0,
         }));
         let queries = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -92,12 +110,19 @@ impl FakeDns {
                 .name(format!("fake-dns-{}", addr.port()))
                 .spawn(move || serve(&sock, &state, &queries, &stop))?
         };
+        let tcp_thread = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("fake-dns-tcp-{}", addr.port()))
+                .spawn(move || serve_tcp(&listener, &state, &stop))?
+        };
         Ok(FakeDns {
             addr,
             state,
             queries,
             stop,
             thread: Some(thread),
+            tcp_thread: Some(tcp_thread),
         })
     }
 
@@ -124,7 +149,18 @@ impl FakeDns {
         self.lock().mode = mode;
     }
 
-    /// Questions received so far (each A or AAAA question counts one).
+    /// Whether questions over TCP are answered (default); when off, each TCP connection is
+    /// closed at once.
+    pub fn set_tcp(&self, on: bool) {
+        self.lock().tcp = on;
+    }
+
+    /// Questions answered over TCP so far.
+    pub fn tcp_queries(&self) -> usize {
+        self.lock().tcp_queries
+    }
+
+    /// Questions received so far over UDP (each A or AAAA question counts one).
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
     }
@@ -146,7 +182,10 @@ impl FakeDns {
 impl Drop for FakeDns {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        for t in [self.thread.take(), self.tcp_thread.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
     }
@@ -179,6 +218,47 @@ fn serve(sock: &UdpSocket, state: &Mutex<State>, queries: &AtomicUsize, stop: &A
             let _ = sock.send_to(&bytes, from);
         }
     }
+}
+
+fn serve_tcp(listener: &TcpListener, state: &Mutex<State>, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        let Ok((conn, _)) = listener.accept() else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        let _ = answer_tcp(conn, state, stop);
+    }
+}
+
+/// Answers length-prefixed questions on one connection until it closes or goes quiet.
+fn answer_tcp(mut conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) -> io::Result<()> {
+    if !state.lock().unwrap_or_else(PoisonError::into_inner).tcp {
+        return Ok(());
+    }
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_millis(500)))?;
+    while !stop.load(Ordering::SeqCst) {
+        let mut len = [0u8; 2];
+        conn.read_exact(&mut len)?;
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        conn.read_exact(&mut msg)?;
+        let Ok(query) = Packet::parse(&msg) else {
+            return Ok(());
+        };
+        let reply = {
+            let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.tcp_queries += 1;
+            let mode = std::mem::replace(&mut st.mode, DnsMode::Answer);
+            let reply = answer(&query, &st);
+            st.mode = mode;
+            reply
+        };
+        let Some(reply) = reply else { return Ok(()) };
+        let n = u16::try_from(reply.len()).unwrap_or(u16::MAX);
+        conn.write_all(&n.to_be_bytes())?;
+        conn.write_all(&reply)?;
+    }
+    Ok(())
 }
 
 fn answer(query: &Packet<'_>, st: &State) -> Option<Vec<u8>> {

@@ -16,8 +16,10 @@
 //!   smallest TTL among the records used, capped by [`ResolverConfig::max_ttl`]; a TTL of 0
 //!   is not cached. Failures are not cached.
 //!
-//! Not supported: TCP fallback for truncated answers (a truncated answer's addresses are
-//! used; one without any is an error), EDNS, DNSSEC, IPv6 zone ids, `rotate`, `nsswitch.conf`
+//! * A truncated UDP answer (the TC bit) is asked again over TCP (connect, send and receive
+//!   as ring ops), within the same per-server timeout.
+//!
+//! Not supported: EDNS, DNSSEC, IPv6 zone ids, `rotate`, `nsswitch.conf`
 //! (the order is always hosts file, then DNS), `LOCALDOMAIN`/`RES_OPTIONS`. The system files
 //! are read with plain (non-ring) file reads; they are small and local.
 //!
@@ -438,12 +440,9 @@ impl Resolver {
                 ErrorKind::Garbage,
                 format!("the nameserver sent {what} for {name} ({tries})"),
             ),
-            Failure::Truncated => (
+            Failure::Truncated(why) => (
                 ErrorKind::Truncated,
-                format!(
-                    "the answer for {name} was truncated with no address in it, and TCP \
-                     fallback is not supported ({tries})"
-                ),
+                format!("the answer for {name} was truncated, and asking over TCP failed: {why} ({tries})"),
             ),
             Failure::Io(kind, e) => (
                 ErrorKind::Io(kind),
@@ -518,7 +517,7 @@ pub enum ErrorKind {
     ServerFailure,
     /// A nameserver answered something that is not a DNS answer to our question.
     Garbage,
-    /// The answer was truncated and held no address (no TCP fallback).
+    /// The UDP answer was truncated and asking again over TCP failed.
     Truncated,
     /// The socket failed (`ConnectionRefused`: nothing listens on the nameserver's port).
     Io(io::ErrorKind),

@@ -1,5 +1,6 @@
 //! One exchange with one nameserver: A and AAAA questions sent together on one UDP socket
-//! (ring ops), answers matched by id and question, validated and reduced to addresses.
+//! (ring ops), answers matched by id and question, validated and reduced to addresses; a
+//! truncated answer is asked again over TCP (ring ops too).
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use simple_dns::rdata::RData;
 use simple_dns::{Name, Packet, PacketFlag, Question, CLASS, QCLASS, QTYPE, RCODE, TYPE};
 
-use crate::net::UdpSocket;
+use crate::net::{Stream, UdpSocket};
 
 /// The address families a lookup asks for, in the order their addresses are returned.
 pub(super) const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
@@ -55,8 +56,8 @@ pub(super) enum Failure {
     Rcode(String),
     /// Not a DNS message, or not an answer to our question.
     Garbage(String),
-    /// The TC bit with no address in the part that fitted (TCP fallback is not supported).
-    Truncated,
+    /// The UDP answer was truncated and asking again over TCP failed (the reason).
+    Truncated(String),
     /// The socket failed (`ECONNREFUSED`: nothing listens on the nameserver's port).
     Io(io::ErrorKind, String),
 }
@@ -90,17 +91,9 @@ pub(super) async fn exchange(
     let mut ids = Vec::with_capacity(families.len());
     for &family in families {
         let id = query_id();
-        let mut q = Packet::new_query(id);
-        q.set_flags(PacketFlag::RECURSION_DESIRED);
-        q.questions.push(Question::new(
-            qname.clone(),
-            QTYPE::TYPE(family.rtype()),
-            QCLASS::CLASS(CLASS::IN),
-            false,
-        ));
-        let bytes = match q.build_bytes_vec() {
+        let bytes = match encode(id, &qname, family) {
             Ok(b) => b,
-            Err(e) => return failed_all(Failure::Garbage(format!("cannot encode the query: {e}"))),
+            Err(e) => return failed_all(Failure::Garbage(e)),
         };
         if let (Err(e), _) = sock.send(bytes).await {
             return failed_all(Failure::Io(e.kind(), e.to_string()));
@@ -143,14 +136,88 @@ pub(super) async fn exchange(
             ignored += 1;
             continue;
         }
-        out[i] = Some(match validate(&packet, name, families[i]) {
+        out[i] = Some(match validate(&packet, name, families[i], false) {
             Ok(outcome) => outcome,
             // Our id on an answer to another question: an answer we cannot use.
             Err(why) => Outcome::Failed(Failure::Garbage(why)),
         });
     }
     let after = started.elapsed();
+    // Truncated answers: the same question again over TCP, with a timeout of its own.
+    for (slot, &family) in out.iter_mut().zip(families) {
+        if let Some(Outcome::Failed(Failure::Truncated(_))) = slot {
+            let over_tcp = crate::time::timeout(timeout, over_tcp(server, &qname, name, family));
+            *slot = Some(match over_tcp.await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(why)) => Outcome::Failed(Failure::Truncated(why)),
+                Err(_) => Outcome::Failed(Failure::Truncated(format!(
+                    "no answer over TCP within {timeout:?}"
+                ))),
+            });
+        }
+    }
     fill(out, Outcome::Failed(Failure::Timeout { after, ignored }))
+}
+
+/// A query for `name`'s records of `family`, recursion desired.
+fn encode(id: u16, qname: &Name<'_>, family: Family) -> Result<Vec<u8>, String> {
+    let mut q = Packet::new_query(id);
+    q.set_flags(PacketFlag::RECURSION_DESIRED);
+    q.questions.push(Question::new(
+        qname.clone(),
+        QTYPE::TYPE(family.rtype()),
+        QCLASS::CLASS(CLASS::IN),
+        false,
+    ));
+    q.build_bytes_vec()
+        .map_err(|e| format!("cannot encode the query: {e}"))
+}
+
+/// The largest DNS message over TCP (its 2-byte length prefix).
+const TCP_MAX: usize = 2 + u16::MAX as usize;
+
+/// One question over TCP (RFC 1035 4.2.2: each message behind a 2-byte length): connect,
+/// send and receive are ring ops. The error says what failed.
+async fn over_tcp(
+    server: SocketAddr,
+    qname: &Name<'_>,
+    name: &str,
+    family: Family,
+) -> Result<Outcome, String> {
+    let stream = Stream::connect(server)
+        .await
+        .map_err(|e| format!("connecting over TCP failed: {e}"))?;
+    let id = query_id();
+    let query = encode(id, qname, family)?;
+    let len = u16::try_from(query.len()).map_err(|_| "the query is too long".to_owned())?;
+    let mut msg = Vec::with_capacity(2 + query.len());
+    msg.extend_from_slice(&len.to_be_bytes());
+    msg.extend_from_slice(&query);
+    if let (Err(e), _) = stream.send_all(msg).await {
+        return Err(format!("sending over TCP failed: {e}"));
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(TCP_MAX);
+    let end = loop {
+        if let [hi, lo, ..] = buf[..] {
+            let end = 2 + usize::from(u16::from_be_bytes([hi, lo]));
+            if buf.len() >= end {
+                break end;
+            }
+        }
+        let (r, b) = stream.recv(buf).await;
+        buf = b;
+        match r {
+            Ok(0) => return Err("the TCP connection closed before a whole answer".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("receiving over TCP failed: {e}")),
+        }
+    };
+    let packet = Packet::parse(&buf[2..end])
+        .map_err(|e| format!("an unparseable answer over TCP ({} bytes: {e})", end - 2))?;
+    if packet.id() != id {
+        return Err("an answer over TCP with a wrong id".into());
+    }
+    validate(&packet, name, family, true)
 }
 
 fn fill(out: Vec<Option<Outcome>>, missing: Outcome) -> Vec<Outcome> {
@@ -160,7 +227,8 @@ fn fill(out: Vec<Option<Outcome>>, missing: Outcome) -> Vec<Outcome> {
 }
 
 /// Checks that `p` answers our question (`name`, the family's type, class IN) and reads it.
-fn validate(p: &Packet<'_>, name: &str, family: Family) -> Result<Outcome, String> {
+/// Over UDP (`tcp` false) a truncated answer is `Failed(Truncated)`, to be asked over TCP.
+fn validate(p: &Packet<'_>, name: &str, family: Family, tcp: bool) -> Result<Outcome, String> {
     if !p.has_flags(PacketFlag::RESPONSE) {
         return Err("a query where an answer was expected".into());
     }
@@ -183,6 +251,11 @@ fn validate(p: &Packet<'_>, name: &str, family: Family) -> Result<Outcome, Strin
         RCODE::ServerFailure => return Ok(Outcome::Failed(Failure::Rcode("SERVFAIL".into()))),
         RCODE::Refused => return Ok(Outcome::Failed(Failure::Rcode("REFUSED".into()))),
         other => return Ok(Outcome::Failed(Failure::Rcode(format!("{other:?}")))),
+    }
+    if !tcp && p.has_flags(PacketFlag::TRUNCATION) {
+        return Ok(Outcome::Failed(Failure::Truncated(
+            "not tried: the exchange failed first".into(),
+        )));
     }
     // Follow CNAMEs from the name asked (in any order, bounded by the answer's length).
     let mut names = vec![name.to_ascii_lowercase()];
@@ -220,9 +293,6 @@ fn validate(p: &Packet<'_>, name: &str, family: Family) -> Result<Outcome, Strin
         }
     }
     if addrs.is_empty() {
-        if p.has_flags(PacketFlag::TRUNCATION) {
-            return Ok(Outcome::Failed(Failure::Truncated));
-        }
         return Ok(Outcome::NoData);
     }
     Ok(Outcome::Addrs(addrs, ttl))
