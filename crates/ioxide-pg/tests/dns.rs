@@ -190,3 +190,23 @@ fn a_name_that_moves_is_followed_within_its_ttl() {
         );
     });
 }
+
+#[test]
+fn ipv6_literals_and_aaaa_only_names() {
+    let cluster = Cluster::builder()
+        .setting("listen_addresses", "127.0.0.1,::1")
+        .start()
+        .unwrap();
+    let dns = FakeDns::start().unwrap();
+    dns.set("v6.test", &[ip("::1")], 60);
+    ioxide::block_on(async {
+        use_nameserver(&dns);
+        for host in ["::1", "[::1]", "v6.test"] {
+            let opts = opts_for(&cluster).host(host);
+            let conn = PgConnection::connect(&opts).await.unwrap();
+            let r = conn.query("SELECT inet_server_addr()").await.unwrap();
+            assert_eq!(r.value(), Some("::1"), "{host}");
+        }
+        assert_eq!(dns.queries_for("v6.test"), 2);
+    });
+}
