@@ -54,7 +54,7 @@ fn hosts_file_first_and_reread_when_it_changes() {
         assert_eq!(r.lookup_ip("db").await.unwrap(), [ip("127.0.0.7")]);
         assert_eq!(dns.queries(), 0, "the hosts file answered");
         assert_eq!(r.lookup_ip("other.test").await.unwrap(), [ip("127.0.0.8")]);
-        std::fs::write(&hosts, "127.0.0.17 db.test\n::1 db.test\n").unwrap();
+        std::fs::write(&hosts, "::1 db.test\n127.0.0.17 db.test\n").unwrap();
         assert_eq!(
             r.lookup_ip("db.test").await.unwrap(),
             [ip("127.0.0.17"), ip("::1")]

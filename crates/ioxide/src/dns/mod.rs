@@ -319,8 +319,11 @@ impl Resolver {
         Err(not_found.unwrap_or_else(|| err(ErrorKind::NotFound, "no name to try".into())))
     }
 
+    /// The hosts file's addresses for `name`, IPv4 first (as from DNS), else in file order.
     fn in_hosts_file(&self, name: &str) -> Option<Vec<IpAddr>> {
-        self.inner.hosts.borrow_mut().as_mut()?.get(name)
+        let mut ips = self.inner.hosts.borrow_mut().as_mut()?.get(name)?;
+        ips.sort_by_key(IpAddr::is_ipv6);
+        Some(ips)
     }
 
     /// The names to ask for, as glibc orders them.
