@@ -19,9 +19,13 @@
 //! * A truncated UDP answer (the TC bit) is asked again over TCP (connect, send and receive
 //!   as ring ops), within the same per-server timeout.
 //!
-//! Not supported: EDNS, DNSSEC, IPv6 zone ids, `rotate`, `nsswitch.conf`
-//! (the order is always hosts file, then DNS), `LOCALDOMAIN`/`RES_OPTIONS`. The system files
-//! are read with plain (non-ring) file reads; they are small and local.
+//! * A thread's default resolver ([`resolver`], used by [`lookup`]) is made from
+//!   `/etc/resolv.conf` on first use and made again, with an empty cache, when the file's
+//!   modification time or size changes (one `stat` per call).
+//!
+//! Not supported: EDNS, DNSSEC, IPv6 zone ids, `rotate`, `nsswitch.conf` (the order is
+//! always hosts file, then DNS), `LOCALDOMAIN`/`RES_OPTIONS`. The system files are read
+//! with plain (non-ring) file reads; they are small and local.
 //!
 //! ```no_run
 //! ioxide::block_on(async {
@@ -483,20 +487,49 @@ impl Resolver {
     }
 }
 
-thread_local! {
-    static DEFAULT: RefCell<Option<Resolver>> = const { RefCell::new(None) };
+/// A file's modification time and size, to tell when it changed.
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
-/// This thread's resolver: the one given to [`set_resolver`], or one with the system's
-/// configuration made on first use (so `/etc/resolv.conf` is read once per reactor thread).
+/// This thread's resolver, and the resolv.conf it was made from (`None`: set explicitly).
+type Current = (Resolver, Option<(PathBuf, Stamp)>);
+
+thread_local! {
+    static DEFAULT: RefCell<Option<Current>> = const { RefCell::new(None) };
+}
+
+/// This thread's resolver: the one given to [`set_resolver`], or one made from the system's
+/// configuration ([`ResolverConfig::system`]), made again (with an empty cache) when
+/// [`RESOLV_CONF`] changes (one `stat` per call).
 pub fn resolver() -> Resolver {
-    DEFAULT.with(|d| d.borrow_mut().get_or_insert_with(Resolver::system).clone())
+    current_from(Path::new(RESOLV_CONF))
+}
+
+fn current_from(conf: &Path) -> Resolver {
+    DEFAULT.with(|d| {
+        let mut d = d.borrow_mut();
+        let now = stamp(conf);
+        match &*d {
+            Some((r, None)) => return r.clone(),
+            Some((r, Some((path, was)))) if path == conf && *was == now => return r.clone(),
+            _ => {}
+        }
+        let text = std::fs::read_to_string(conf).unwrap_or_default();
+        let r = Resolver::new(ResolverConfig::from_resolv_conf(&text));
+        *d = Some((r.clone(), Some((conf.to_owned(), now))));
+        r
+    })
 }
 
 /// Makes `resolver` this thread's resolver (for [`lookup`] and everything built on it, such
-/// as a database driver's connects on this reactor). Tests use it to name their nameserver.
+/// as a database driver's connects on this reactor), in place of the system's, whatever
+/// resolv.conf says later. Tests use it to name their nameserver.
 pub fn set_resolver(resolver: Resolver) {
-    DEFAULT.with(|d| *d.borrow_mut() = Some(resolver));
+    DEFAULT.with(|d| *d.borrow_mut() = Some((resolver, None)));
 }
 
 /// Resolves `host` with this thread's [`resolver`]: the addresses with `port`, IPv4 first.
@@ -575,5 +608,38 @@ impl From<LookupError> for io::Error {
             ErrorKind::NoNameservers | ErrorKind::ServerFailure => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_resolver_is_made_again_when_resolv_conf_changes() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let conf = dir.path().join("resolv.conf");
+        let write = |text: &str| std::fs::write(&conf, text).unwrap_or_else(|e| panic!("{e}"));
+        write("nameserver 10.0.0.1\n");
+        let first = current_from(&conf);
+        assert_eq!(
+            first.config().get_nameservers()[0].to_string(),
+            "10.0.0.1:53"
+        );
+        assert!(
+            Rc::ptr_eq(&first.inner, &current_from(&conf).inner),
+            "unchanged: kept"
+        );
+        write("nameserver 10.0.0.22\noptions timeout:1\n");
+        let second = current_from(&conf);
+        assert_eq!(
+            second.config().get_nameservers()[0].to_string(),
+            "10.0.0.22:53"
+        );
+        assert_eq!(second.config().get_timeout(), Duration::from_secs(1));
+        // Set explicitly: kept whatever the file does.
+        set_resolver(first.clone());
+        write("nameserver 10.0.0.3\n");
+        assert!(Rc::ptr_eq(&first.inner, &current_from(&conf).inner));
     }
 }
