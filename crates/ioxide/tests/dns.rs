@@ -299,3 +299,35 @@ fn default_resolver_is_per_thread_and_settable() {
         assert_eq!(got, ["127.0.0.2:1".parse::<SocketAddr>().unwrap()]);
     });
 }
+
+#[test]
+fn a_cached_answer_costs_no_io() {
+    let dns = FakeDns::start().unwrap();
+    dns.set("cached.test", &[ip("127.0.0.2")], 60);
+    dns.set("uncached.test", &[ip("127.0.0.3")], 0);
+    ioxide::block_on(async {
+        let r = Resolver::new(config(&dns));
+        r.lookup_ip("cached.test").await.unwrap();
+        let n = 200;
+        let began = Instant::now();
+        for _ in 0..n {
+            assert_eq!(r.lookup_ip("cached.test").await.unwrap(), [ip("127.0.0.2")]);
+        }
+        let cached = began.elapsed() / n;
+        let began = Instant::now();
+        for _ in 0..n {
+            assert_eq!(
+                r.lookup_ip("uncached.test").await.unwrap(),
+                [ip("127.0.0.3")]
+            );
+        }
+        let uncached = began.elapsed() / n;
+        eprintln!("per lookup: cached {cached:?}, asked (A+AAAA over loopback UDP) {uncached:?}");
+        assert_eq!(dns.queries_for("cached.test"), 2);
+        assert_eq!(dns.queries_for("uncached.test"), 2 * n as usize);
+        assert!(
+            cached * 5 < uncached,
+            "cached {cached:?}, uncached {uncached:?}"
+        );
+    });
+}
