@@ -154,10 +154,11 @@ impl std::fmt::Debug for PgListener {
 }
 
 impl PgListener {
-    /// Connects with `opts` (an IP literal or a Unix socket directory as host, as
-    /// [`PgConnection::connect`]). The first connect is not retried: its error is returned.
+    /// Connects with `opts` (a host name is resolved on the ring, as
+    /// [`PgConnection::connect`], once: reconnects go to the addresses found). The first
+    /// connect is not retried: its error is returned.
     pub async fn connect(opts: &PgOptions) -> Result<PgListener, PgError> {
-        let target = crate::conn::resolve_without_dns(opts)?;
+        let target = crate::conn::resolve::resolve_on_ring(opts).await?;
         Self::connect_to(opts, target).await
     }
 

@@ -27,11 +27,14 @@
 //! The TCP settings are set on the socket before it connects, for the connection and its
 //! CancelRequests; Unix sockets ignore them.
 //!
-//! Host names are resolved once, by [`PgOptions::resolve`] (one host) or
-//! [`PgOptions::resolve_hosts`] (a list), which block and are meant to run before the
-//! reactors start; reactors then only ever connect to addresses. A host list is walked as
-//! libpq does: each host in turn, each within `connect_timeout`, until one accepts and fits
+//! Host names are resolved on the ring at every connect ([`PgConnection::connect`], the
+//! pool's connects: `ioxide::dns`), so a name that moves is followed; or once, up front, by
+//! [`PgOptions::resolve`] (one host) or [`PgOptions::resolve_hosts`] (a list), which block
+//! and are meant to run before the reactors start (for pinned targets). A host list is walked
+//! as libpq does: each host in turn, each within `connect_timeout`, until one accepts and fits
 //! `target_session_attrs` (ARCHITECTURE.md, "How a connect walks the topology").
+//!
+//! [`PgConnection::connect`]: crate::PgConnection::connect
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

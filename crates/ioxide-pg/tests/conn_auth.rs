@@ -117,19 +117,19 @@ fn connect_timeout_bounds_a_server_that_never_answers() {
 }
 
 #[test]
-fn a_host_name_must_be_resolved_before_the_reactors_start() {
-    let e = ioxide::block_on(PgConnection::connect(
-        &PgOptions::new().host("localhost").user("x"),
-    ))
-    .unwrap_err();
-    assert!(e.is_config() && e.to_string().contains("resolve"), "{e}");
-    // Resolved beforehand, it connects.
+fn a_host_name_is_resolved_on_the_ring_or_beforehand() {
     let c = testkit::shared_cluster();
     let o = PgOptions::new()
         .host("localhost")
         .port(c.port())
         .user(c.user())
         .database(c.database());
+    // On the ring (the system resolver: /etc/hosts names localhost).
+    ioxide::block_on(async {
+        let conn = PgConnection::connect(&o).await.unwrap();
+        assert_eq!(conn.query("SELECT 1").await.unwrap().value(), Some("1"));
+    });
+    // Resolved beforehand (blocking), it connects to the pinned target.
     let target = o.resolve().unwrap();
     ioxide::block_on(async {
         let conn = PgConnection::connect_to(&o, target.clone()).await.unwrap();

@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod dns;
 mod executor;
 pub mod future;
 pub mod net;

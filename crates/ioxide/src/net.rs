@@ -1,6 +1,6 @@
 //! Sockets on the ring: connect, send, recv, shutdown, close and multishot accept are all
-//! io_uring ops. Only listener setup at server start (bind/listen) and socket options are plain
-//! syscalls; none of them blocks.
+//! io_uring ops, for TCP and Unix streams and for UDP ([`UdpSocket`]). Only listener setup at
+//! server start (bind/listen) and socket options are plain syscalls; none of them blocks.
 
 use crate::ring::{self, sys, Fd, IoBuf, IoBufMut, MultiOp, RecvBuf};
 use std::cell::{Cell, OnceCell};
@@ -14,8 +14,10 @@ use std::time::Instant;
 
 pub use std::net::Shutdown;
 pub use tcp_options::{TcpOptions, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS};
+pub use udp::UdpSocket;
 
 mod tcp_options;
+mod udp;
 
 /// A connected stream socket (TCP or Unix), driven by ring ops on the current reactor.
 ///

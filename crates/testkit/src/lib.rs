@@ -18,6 +18,8 @@
 //! * [`FlakyProxy`] — a loopback TCP proxy in front of a server whose port can go down
 //!   (refused, every relayed connection cut) and come back on the same port: a flapping
 //!   server.
+//! * [`FakeDns`] — a DNS server on loopback UDP whose answers (name → addresses, TTL) can be
+//!   changed mid-run, and which can be told to stay silent or answer garbage ([`DnsMode`]).
 //!
 //! The clusters live in the `pg-throwaway` crate (so non-test binaries such as the playground
 //! can use them); this crate re-exports that API unchanged and adds the per-binary
@@ -35,11 +37,13 @@
 
 #![warn(missing_docs)]
 
+mod dns;
 mod fake;
 mod proxy;
 
 use std::sync::OnceLock;
 
+pub use dns::{DnsMode, FakeDns};
 pub use fake::messages::{backend, frontend};
 pub use fake::tls::{
     AfterHandshake, Alpn, ClientCertPolicy, FakeTlsServer, Negotiation, SslReply, TlsConnectionLog,

@@ -7,7 +7,7 @@
 //! port again. The port never changes, so a client keeps one address throughout.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -31,6 +31,7 @@ const UPSTREAM_CONNECT: Duration = Duration::from_secs(1);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct FlakyProxy {
+    ip: IpAddr,
     port: u16,
     upstream: SocketAddr,
     shared: Arc<Shared>,
@@ -64,9 +65,20 @@ impl FlakyProxy {
     /// # Errors
     /// If the loopback listener cannot be created.
     pub fn start(upstream: SocketAddr) -> io::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        Self::start_on((Ipv4Addr::LOCALHOST, 0).into(), upstream)
+    }
+
+    /// As [`start`](Self::start), listening on `listen` (a loopback address such as
+    /// `127.0.0.2`; port 0 for a free one): a second "host" for tests where a name moves
+    /// between servers on the same port.
+    ///
+    /// # Errors
+    /// If the listener cannot be created.
+    pub fn start_on(listen: SocketAddr, upstream: SocketAddr) -> io::Result<Self> {
+        let listener = TcpListener::bind(listen)?;
         let port = listener.local_addr()?.port();
         let mut proxy = Self {
+            ip: listen.ip(),
             port,
             upstream,
             shared: Arc::default(),
@@ -127,7 +139,7 @@ impl FlakyProxy {
         if self.is_up() {
             return Ok(());
         }
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, self.port))?;
+        let listener = TcpListener::bind((self.ip, self.port))?;
         self.serve(listener)
     }
 

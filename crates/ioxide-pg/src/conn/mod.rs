@@ -10,6 +10,7 @@ mod command;
 mod copy;
 mod owned;
 mod prepared;
+pub(crate) mod resolve;
 mod result;
 mod secure;
 mod state;
@@ -38,7 +39,7 @@ use crate::proto::{
     frame,
     row::{Columns, Row},
 };
-use crate::{Host, PgError, PgOptions, QueryResult, Target, TimeoutKind};
+use crate::{PgError, PgOptions, QueryResult, Target, TimeoutKind};
 use bytes::BytesMut;
 use cache::StatementCache;
 use command::{CmdFuture, CountSink, RowsSink, SetSink, TagsSink};
@@ -47,7 +48,6 @@ use state::{Conn, DeepMark, ReplyMeter, State, RECV_BUF};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -117,10 +117,11 @@ impl Drop for PgConnection {
 }
 
 impl PgConnection {
-    /// Connects with `opts`. Each host must be an IP literal (or have a `hostaddr`) or a Unix
-    /// socket directory: a host name needs a DNS lookup, which must happen before the
-    /// reactors start — resolve with [`PgOptions::resolve_hosts`] and use
-    /// [`PgConnection::connect_to_hosts`].
+    /// Connects with `opts`. Each host may be a Unix socket directory, an IP literal (IPv6
+    /// too; or have a `hostaddr`) or a host name, which is resolved on the ring at every call
+    /// (`/etc/hosts`, then DNS; see [`ioxide::dns`]), so a name that moves is followed; the
+    /// lookup counts towards that host's `connect_timeout`. A failed lookup is a transport
+    /// error naming the host, the nameserver and the cause.
     ///
     /// A host list is walked as libpq does: each host in turn (shuffled with
     /// `load_balance_hosts=random`), each bounded by `connect_timeout`, until one accepts and
@@ -146,21 +147,23 @@ impl PgConnection {
     /// field, before anything is sent.
     pub async fn connect_to(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError> {
         if opts.get_target_session_attrs() == crate::TargetSessionAttrs::Any {
-            return Self::connect_one(opts, target).await;
+            return Self::connect_since(opts, target, std::time::Instant::now()).await;
         }
         let topo = walk::Topology::new(opts, Some(vec![target]))?;
         walk::connect(&topo).await
     }
 
-    /// One connect to one target, no `target_session_attrs` check.
-    pub(crate) async fn connect_one(
+    /// One connect to one target, no `target_session_attrs` check, with `connect_timeout`
+    /// counted from `began` (when the lookup of the target started).
+    pub(crate) async fn connect_since(
         opts: &PgOptions,
         target: Target,
+        began: std::time::Instant,
     ) -> Result<PgConnection, PgError> {
         opts.validate_connection()?;
         let open = open(opts, target);
         match opts.get_connect_timeout() {
-            Some(t) => match ioxide::time::timeout(t, open).await {
+            Some(t) => match ioxide::time::timeout(t.saturating_sub(began.elapsed()), open).await {
                 Ok(r) => r,
                 Err(_) => Err(PgError::timeout(TimeoutKind::Connect, t)),
             },
@@ -834,23 +837,6 @@ pub(crate) fn check_tls_files(opts: &PgOptions, target: &Target) -> Result<(), P
         opts.tls_client_config()?;
     }
     Ok(())
-}
-
-/// Resolves `opts` where no DNS lookup may happen (on a reactor): an IP literal or a Unix
-/// socket directory. A host name is a configuration error that says what to do instead.
-pub(crate) fn resolve_without_dns(opts: &PgOptions) -> Result<Target, PgError> {
-    if let Host::Tcp(h) = opts.get_host() {
-        if h.parse::<IpAddr>().is_err() {
-            return Err(PgError::config(
-                "host",
-                Some(h),
-                "a host name must be resolved before the reactors start: call \
-                 PgOptions::resolve() and pass the target (PgConnection::connect_to, \
-                 PgPool::start_with_target)",
-            ));
-        }
-    }
-    opts.resolve()
 }
 
 /// What a failed use of a cached statement means for the cache.

@@ -13,7 +13,7 @@ use crate::{Host, LoadBalanceHosts, PgConnection, PgError, PgOptions, Target, Ta
 struct Candidate {
     label: String,
     opts: PgOptions,
-    /// `None`: a host name, resolved by [`resolve_host`] at each connect.
+    /// `None`: a host name, looked up on the ring at each connect (`resolve::resolve_name`).
     target: Option<Target>,
     name: Option<(String, u16)>,
 }
@@ -32,9 +32,8 @@ impl Topology {
     /// given. A single target for a one-host list is the per-`Target` API; targets that do
     /// not match the list one to one are tried as they are, with the first host's options.
     ///
-    /// Without targets, a host name fails here, as before host lists: names are resolved
-    /// before the reactors start (`PgOptions::resolve_hosts`). When names are resolved on
-    /// the ring, this check goes and [`resolve_host`] serves them at each connect.
+    /// Without targets, a host name is looked up on the ring at each connect
+    /// (`resolve::resolve_name`).
     pub(crate) fn new(opts: &PgOptions, targets: Option<Vec<Target>>) -> Result<Topology, PgError> {
         opts.validate_connection()?;
         let entries = opts.host_entries();
@@ -64,17 +63,9 @@ impl Topology {
                 .iter()
                 .map(|e| {
                     let target = static_target(e);
+                    // A host name: looked up on the ring at each connect.
                     let name = match (&target, &e.host) {
-                        (None, Host::Tcp(h)) => {
-                            return Err(PgError::config(
-                                "host",
-                                Some(h),
-                                "a host name must be resolved before the reactors start: call \
-                                 PgOptions::resolve_hosts() (or resolve() for one host) and \
-                                 pass the targets (PgConnection::connect_to_hosts, \
-                                 PgPoolBuilder::targets)",
-                            ));
-                        }
+                        (None, Host::Tcp(h)) => Some((h.clone(), e.port)),
                         _ => None,
                     };
                     Ok(Candidate {
@@ -124,20 +115,6 @@ fn target_label(t: &Target) -> String {
     }
 }
 
-/// Resolves a host name for one connect attempt: the one place a name becomes addresses on
-/// a reactor. Today only IP literals pass (names are resolved before the reactors start, see
-/// [`Topology::new`]); the ring resolver replaces this body.
-pub(crate) async fn resolve_host(host: &str, port: u16) -> Result<Vec<SocketAddr>, PgError> {
-    match host.parse::<IpAddr>() {
-        Ok(ip) => Ok(vec![SocketAddr::new(ip, port)]),
-        Err(_) => Err(PgError::config(
-            "host",
-            Some(host),
-            "host names cannot be resolved on a reactor yet: call PgOptions::resolve_hosts()",
-        )),
-    }
-}
-
 /// Connects to the first host of `topo` that accepts and fits its `target_session_attrs`.
 /// The error of a failed walk names each host and why it was skipped.
 pub(crate) async fn connect(topo: &Topology) -> Result<PgConnection, PgError> {
@@ -178,12 +155,17 @@ pub(crate) async fn connect_timed(
             let c = &topo.hosts[i];
             let began = std::time::Instant::now();
             let attempt = async {
+                // A name is looked up on the ring for every attempt (a name that moves is
+                // followed); the lookup counts towards this host's connect_timeout.
                 let target = match (&c.target, &c.name) {
                     (Some(t), _) => t.clone(),
-                    (None, Some((h, port))) => Target::Tcp(resolve_host(h, *port).await?),
+                    (None, Some((h, port))) => Target::Tcp(
+                        super::resolve::resolve_name(h, *port, c.opts.get_connect_timeout())
+                            .await?,
+                    ),
                     (None, None) => Target::Tcp(Vec::new()),
                 };
-                PgConnection::connect_one(&c.opts, target).await
+                PgConnection::connect_since(&c.opts, target, began).await
             };
             match attempt.await {
                 Err(e) => {

@@ -68,8 +68,8 @@ impl PgPoolBuilder {
         }
     }
 
-    /// Connects to this already resolved target instead of resolving the options' host (which
-    /// must then be an IP literal or a Unix socket directory: no DNS on a reactor).
+    /// Connects to this already resolved target instead of resolving the options' host at
+    /// every connect (the host name still serves TLS verification and SNI).
     pub fn target(mut self, target: Target) -> PgPoolBuilder {
         self.target = Some(vec![target]);
         self
@@ -122,8 +122,8 @@ impl PgPoolBuilder {
     /// Starts the pool on `reactor` (call it on that reactor's thread): fires `pool_size`
     /// connects at once and returns the pool's handle immediately. Requests made before the
     /// first connection is up wait in the queue. Fails if the reactor already has a current
-    /// pool (or, with [`name`](Self::name), a pool of that name), or if the host is a name
-    /// and no [`target`](Self::target) was given.
+    /// pool (or, with [`name`](Self::name), a pool of that name). Without a
+    /// [`target`](Self::target), a host name is resolved on the ring for every connect.
     pub fn start(self, reactor: &Reactor) -> Result<PgPool, PgError> {
         let topology = crate::conn::walk::Topology::new(&self.options, self.target)?;
         PgPool::launch_registered(reactor, self.name, self.options, topology, self.hook)

@@ -74,8 +74,10 @@ impl PgPool {
     /// silently replace the first for everyone calling `current()`); give further pools a
     /// name ([`PgPool::start_named`]).
     ///
-    /// The host must be an IP literal or a Unix socket directory (no DNS on a reactor); for a
-    /// host name, resolve first and use [`PgPool::start_with_target`].
+    /// The host may be a Unix socket directory, an IP literal or a host name; a name is
+    /// resolved on the ring for every new connection (see [`PgConnection::connect`]), so the
+    /// pool's connects follow a name that moves. [`PgPool::start_with_target`] pins the
+    /// addresses instead.
     ///
     /// The TLS files the options name (`sslrootcert`, `sslcert`, `sslkey`) are read here, so
     /// a missing or unreadable one fails the start, naming it, rather than every connect.
