@@ -2,11 +2,14 @@
 //! thread (`ioxide::Runtime` on the calling thread).
 
 use super::{
-    rows, spawn_sender, BulkArgs, Measured, NotifyStats, Start, Sums, Ts, Workload, CHANNEL, GRACE,
-    INSERT_SQL, IOXIDE_OWNED, READ_SQL,
+    check_rows, copy_sql, rows, spawn_sender, text_data, BulkArgs, Measured, NotifyStats, Start,
+    Sums, TextSums, Ts, Workload, CHANNEL, COPY_TYPES, GRACE, INSERT_SQL, IOXIDE_OWNED, READ_SQL,
+    SESSION_SQL, TEXT_CHUNK,
 };
 use ::ioxide_pg::types::ToSql;
-use ::ioxide_pg::{ListenEvent, Params, PgConnection, PgError, PgListener};
+use ::ioxide_pg::{
+    BinaryCopyInWriter, BinaryCopyOutStream, ListenEvent, Params, PgConnection, PgError, PgListener,
+};
 use std::time::Duration;
 
 /// Runs one measurement.
@@ -17,6 +20,7 @@ pub fn run(a: &BulkArgs) -> Result<Measured, String> {
             Workload::Reads => reads(a).await,
             Workload::Insert => insert(a).await,
             Workload::NotifyBurst | Workload::NotifyPaced => listen(a).await,
+            _ => copy(a).await,
         }
     })
 }
@@ -155,4 +159,79 @@ async fn listen(a: &BulkArgs) -> Result<Measured, String> {
     m.notify = Some(stats);
     l.close().await;
     Ok(m)
+}
+
+/// The COPY workloads: `BinaryCopyInWriter`, `CopyIn::send`, `BinaryCopyOutStream`,
+/// `CopyOut::next_chunk`.
+async fn copy(a: &BulkArgs) -> Result<Measured, String> {
+    let conn = PgConnection::connect(&a.options)
+        .await
+        .map_err(pg("connecting"))?;
+    conn.batch_execute(SESSION_SQL)
+        .await
+        .map_err(pg("session settings"))?;
+    let sql = copy_sql(a.workload).ok_or("not a COPY workload")?;
+    let m = match a.workload {
+        Workload::CopyInBinary => {
+            let data = rows(a.rows);
+            let start = Start::now();
+            let copy = conn.copy_in(&sql).await.map_err(pg("copy_in"))?;
+            let mut w =
+                BinaryCopyInWriter::new(copy, &COPY_TYPES).map_err(pg("BinaryCopyInWriter"))?;
+            for r in &data {
+                w.write(&[&r.0, &r.1, &r.2, &r.3, &r.4])
+                    .await
+                    .map_err(pg("BinaryCopyInWriter::write"))?;
+            }
+            let n = w.finish().await.map_err(pg("BinaryCopyInWriter::finish"))?;
+            start.stop(n)
+        }
+        Workload::CopyInText => {
+            let data = text_data(a.rows);
+            let start = Start::now();
+            let mut copy = conn.copy_in(&sql).await.map_err(pg("copy_in"))?;
+            for piece in data.chunks(TEXT_CHUNK) {
+                copy.send(piece).await.map_err(pg("CopyIn::send"))?;
+            }
+            let n = copy.finish().await.map_err(pg("CopyIn::finish"))?;
+            start.stop(n)
+        }
+        Workload::CopyOutBinary => {
+            let want = Sums::expected(a.rows);
+            let mut s = Sums::default();
+            let start = Start::now();
+            let copy = conn.copy_out(&sql).await.map_err(pg("copy_out"))?;
+            let mut rows =
+                BinaryCopyOutStream::new(copy, &COPY_TYPES).map_err(pg("BinaryCopyOutStream"))?;
+            while let Some(r) = rows.next_row().await {
+                let r = r.map_err(pg("BinaryCopyOutStream::next_row"))?;
+                s.add(
+                    r.get::<i64>(0).map_err(pg("get"))?,
+                    r.get::<&str>(1).map_err(pg("get"))?,
+                    r.get::<f64>(2).map_err(pg("get"))?,
+                    r.get::<Ts>(3).map_err(pg("get"))?,
+                    r.get::<bool>(4).map_err(pg("get"))?,
+                );
+            }
+            let m = start.stop(s.rows);
+            s.check(&want)?;
+            check_rows(rows.rows(), a.rows)?;
+            m
+        }
+        _ => {
+            let want = TextSums::of(&text_data(a.rows));
+            let mut t = TextSums::default();
+            let start = Start::now();
+            let mut copy = conn.copy_out(&sql).await.map_err(pg("copy_out"))?;
+            while let Some(chunk) = copy.next_chunk().await {
+                t.add(&chunk.map_err(pg("CopyOut::next_chunk"))?);
+            }
+            let m = start.stop(t.newlines);
+            t.check(&want)?;
+            check_rows(copy.rows(), a.rows)?;
+            m
+        }
+    };
+    conn.close().await;
+    Ok(Measured { commands: 1, ..m })
 }

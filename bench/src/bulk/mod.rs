@@ -1,9 +1,9 @@
 //! `pgbulk`: the bulk paths of issue 19, ioxide-pg against tokio-postgres, one workload and
 //! one driver per run, one JSON line (see bench/README.md, "pgbulk").
 //!
-//! Workloads (`--workload`; COPY in/out are to come as `copy-in`, `copy-out` once ioxide-pg
-//! has a COPY API — add a [`Workload`] variant, its drivers in [`Workload::drivers`] and a
-//! function in each driver module):
+//! Workloads (`--workload`; to add one: a [`Workload`] variant, its drivers in
+//! [`Workload::drivers`], its setup and check in [`run`], and a function in each driver
+//! module):
 //!
 //! * `reads`: `--queries` results of `--rows` rows (default 10 000) of five columns (int8,
 //!   text, float8, timestamptz, bool) from a table, every column of every row read through a
@@ -25,16 +25,32 @@
 //!   first send). Lost = sent − distinct received (must be 0).
 //! * `notify-paced`: the same with one send at a time at `--rate` per second: delivery latency
 //!   (receive time − send time in the payload) p50/p99.
+//! * `copy-in-binary`: `--rows` rows (default 1 000 000) of the five columns, made before the
+//!   window, written through each driver's `BinaryCopyInWriter` into the emptied
+//!   `pgbulk_insert` (truncated + `CHECKPOINT` before, untimed); psql: `\copy … FROM` a file
+//!   holding the same binary COPY data. Checked after: the table's count and the sums of
+//!   every column ([`check_copied`]) and the rows the driver reported.
+//! * `copy-in-text`: the same rows as COPY text ([`text_row`]), rendered before the window,
+//!   sent in [`TEXT_CHUNK`]-byte pieces (ioxide-pg `CopyIn::send`, tokio-postgres's `Sink`
+//!   of `Bytes` slices, sqlx `PgCopyIn::send`; psql from a file).
+//! * `copy-out-binary`: `COPY pgbulk_copy … TO STDOUT (FORMAT binary)` of a table holding
+//!   `--rows` rows, every column of every row read typed (`BinaryCopyOutStream`), sums
+//!   checked; psql writes the data to a file, checked after.
+//! * `copy-out-text`: the same in text, the data taken as raw chunks; the check counts the
+//!   newlines, the bytes and their sum ([`TextSums`]) against the rendered rows. Every COPY
+//!   session first sets `TimeZone`, `DateStyle` and `extra_float_digits` ([`SESSION_SQL`])
+//!   so the server's text is the rendered one.
 //!
 //! CPU: the process's getrusage user+sys over the measured window ÷ rows (or notifications);
 //! for the notify workloads minus the sender thread's own CPU (`/proc/thread-self/schedstat`),
 //! so the figure is the listener's. The server's CPU over the same window (its postmaster and
 //! every child, [`crate::pgload::server`]) ÷ rows: with 2 cores shared, 2 × 10⁶ ÷ that is the
-//! rows/s no client can pass.
+//! rows/s no client can pass. psql's CPU is its own (`/usr/bin/time`, 10 ms resolution).
 
 mod compare;
 pub mod ioxide_pg;
 pub mod peer;
+pub mod psql;
 
 pub use compare::{compare, CompareArgs};
 
@@ -59,15 +75,27 @@ pub enum Workload {
     NotifyBurst,
     /// LISTEN/NOTIFY latency at a fixed send rate.
     NotifyPaced,
+    /// COPY FROM STDIN, binary, typed rows.
+    CopyInBinary,
+    /// COPY FROM STDIN, text, raw chunks.
+    CopyInText,
+    /// COPY TO STDOUT, binary, typed rows.
+    CopyOutBinary,
+    /// COPY TO STDOUT, text, raw chunks.
+    CopyOutText,
 }
 
 impl Workload {
     /// Every workload, in the order `--compare` runs them.
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Reads,
         Workload::Insert,
         Workload::NotifyBurst,
         Workload::NotifyPaced,
+        Workload::CopyInBinary,
+        Workload::CopyInText,
+        Workload::CopyOutBinary,
+        Workload::CopyOutText,
     ];
 
     /// The name on the command line and in the JSON.
@@ -77,6 +105,10 @@ impl Workload {
             Workload::Insert => "insert",
             Workload::NotifyBurst => "notify-burst",
             Workload::NotifyPaced => "notify-paced",
+            Workload::CopyInBinary => "copy-in-binary",
+            Workload::CopyInText => "copy-in-text",
+            Workload::CopyOutBinary => "copy-out-binary",
+            Workload::CopyOutText => "copy-out-text",
         }
     }
 
@@ -91,14 +123,27 @@ impl Workload {
             Workload::Reads => &[IOXIDE, IOXIDE_OWNED, TOKIO, SQLX],
             Workload::Insert => &[IOXIDE, IOXIDE_CHUNKS, TOKIO, TOKIO_COPY],
             Workload::NotifyBurst | Workload::NotifyPaced => &[IOXIDE, TOKIO],
+            Workload::CopyInBinary | Workload::CopyOutBinary => &[IOXIDE, TOKIO, PSQL],
+            Workload::CopyInText | Workload::CopyOutText => &[IOXIDE, TOKIO, SQLX, PSQL],
+        }
+    }
+
+    /// A COPY workload: (from STDIN?, binary?).
+    pub fn copy(self) -> Option<(bool, bool)> {
+        match self {
+            Workload::CopyInBinary => Some((true, true)),
+            Workload::CopyInText => Some((true, false)),
+            Workload::CopyOutBinary => Some((false, true)),
+            Workload::CopyOutText => Some((false, false)),
+            _ => None,
         }
     }
 
     /// The unit the per-item figures are counted in.
     pub fn unit(self) -> &'static str {
         match self {
-            Workload::Reads | Workload::Insert => "row",
             Workload::NotifyBurst | Workload::NotifyPaced => "notification",
+            _ => "row",
         }
     }
 }
@@ -118,6 +163,8 @@ pub const TOKIO: &str = "tokio-postgres";
 pub const SQLX: &str = "sqlx";
 /// tokio-postgres `copy_in` + `BinaryCopyInWriter` (insert only).
 pub const TOKIO_COPY: &str = "tokio-postgres copy";
+/// psql's `\copy` from or to a file (the COPY workloads' reference).
+pub const PSQL: &str = "psql";
 
 /// The settings of one run.
 #[derive(Debug, Clone)]
@@ -139,16 +186,20 @@ pub struct BulkArgs {
     /// Bound on the measured part (reads stop issuing queries past it; notify stops sending).
     pub seconds: f64,
     pub options: PgOptions,
+    /// `--url` as given (for psql; without it psql reads the libpq environment too).
+    pub url: Option<String>,
 }
 
 /// The usage line.
 pub const USAGE: &str = "\
-usage: pgbulk --workload reads|insert|notify-burst|notify-paced --driver DRIVER
+usage: pgbulk --workload reads|insert|notify-burst|notify-paced|copy-in-binary|copy-in-text|
+                          copy-out-binary|copy-out-text --driver DRIVER
               [--rows N] [--queries Q] [--chunk N] [--depth D] [--n N] [--rate R]
               [--seconds S] [--url postgres://...]
        pgbulk --compare [--rounds 3] [--workloads reads,insert,...] [--out FILE] [run flags]
 Drivers: reads: ioxide-pg | 'ioxide-pg owned' | tokio-postgres | sqlx; insert: ioxide-pg |
-'ioxide-pg chunks' | tokio-postgres | 'tokio-postgres copy'; notify-*: ioxide-pg | tokio-postgres.
+'ioxide-pg chunks' | tokio-postgres | 'tokio-postgres copy'; notify-*: ioxide-pg | tokio-postgres;
+copy-*-binary: ioxide-pg | tokio-postgres | psql; copy-*-text: ioxide-pg | tokio-postgres | sqlx | psql.
 Without --url the libpq environment is used. One JSON line per run.";
 
 impl BulkArgs {
@@ -201,10 +252,10 @@ impl BulkArgs {
         let a = BulkArgs {
             workload,
             driver,
-            rows: rows.unwrap_or(if workload == Workload::Insert {
-                100_000
-            } else {
-                10_000
+            rows: rows.unwrap_or(match workload {
+                Workload::Insert => 100_000,
+                w if w.copy().is_some() => 1_000_000,
+                _ => 10_000,
             }),
             queries,
             chunk,
@@ -216,12 +267,13 @@ impl BulkArgs {
             }),
             rate,
             seconds: seconds.unwrap_or(30.0),
-            options: match url {
-                Some(u) => PgOptions::from_url(&u),
+            options: match &url {
+                Some(u) => PgOptions::from_url(u),
                 None => PgOptions::from_env(),
             }
             .map_err(|e| format!("connection options: {e}"))?
             .ssl_mode(::ioxide_pg::SslMode::Disable),
+            url,
         };
         if a.rows == 0 || a.queries == 0 || a.depth == 0 || a.n == 0 {
             return Err("--rows, --queries, --depth and --n must be >= 1".into());
@@ -250,16 +302,20 @@ pub fn run(a: &BulkArgs) -> Result<Value, String> {
     epoch();
     server::init(&a.options);
     match a.workload {
-        Workload::Reads => setup_reads(a)?,
-        Workload::Insert => setup_insert(a)?,
+        Workload::Reads => fill(a, READ_TABLE)?,
+        Workload::Insert | Workload::CopyInBinary | Workload::CopyInText => setup_insert(a)?,
+        Workload::CopyOutBinary | Workload::CopyOutText => fill(a, COPY_OUT_TABLE)?,
         Workload::NotifyBurst | Workload::NotifyPaced => {}
     }
     let m = match a.driver {
         IOXIDE | IOXIDE_OWNED | IOXIDE_CHUNKS => ioxide_pg::run(a)?,
+        PSQL => psql::run(a)?,
         _ => peer::run(a)?,
     };
-    if a.workload == Workload::Insert {
-        check_insert(a, m.items)?;
+    match a.workload {
+        Workload::Insert => check_insert(a, m.items)?,
+        Workload::CopyInBinary | Workload::CopyInText => check_copied(a, m.items)?,
+        _ => {}
     }
     Ok(m.report(a))
 }
@@ -300,7 +356,7 @@ impl ToSql for Ts {
 pub type BulkRow = (i64, String, f64, Ts, bool);
 
 /// Row `i` (1-based) of the generated data; the `reads` table holds the same values (made
-/// by SQL in [`setup_reads`]).
+/// by SQL in [`fill`]).
 pub fn row(i: i64) -> BulkRow {
     (
         i,
@@ -312,6 +368,7 @@ pub fn row(i: i64) -> BulkRow {
 }
 
 /// Rows 1..=n.
+#[inline(never)] // out of line: callgrind figures subtract it
 pub fn rows(n: usize) -> Vec<BulkRow> {
     (1..=n as i64).map(row).collect()
 }
@@ -340,6 +397,7 @@ impl Sums {
     }
 
     /// The sums of rows 1..=n.
+    #[inline(never)] // out of line: callgrind figures subtract it
     pub fn expected(n: usize) -> Sums {
         let mut s = Sums::default();
         for i in 1..=n as i64 {
@@ -410,27 +468,27 @@ pub fn admin(o: &PgOptions, sql: &[&str]) -> Result<Option<String>, String> {
     })
 }
 
-/// Makes `pgbulk_read` hold exactly rows 1..=rows (kept between runs when it already does).
-fn setup_reads(a: &BulkArgs) -> Result<(), String> {
-    let create = format!("CREATE TABLE IF NOT EXISTS {READ_TABLE} {COLUMNS}");
-    let check =
-        format!("SELECT count(*)::text || ' ' || coalesce(sum(id), 0)::text FROM {READ_TABLE}");
+/// Makes `table` (`pgbulk_read`, `pgbulk_copy`) hold exactly rows 1..=rows (kept between
+/// runs when it already does).
+fn fill(a: &BulkArgs, table: &str) -> Result<(), String> {
+    let create = format!("CREATE TABLE IF NOT EXISTS {table} {COLUMNS}");
+    let check = format!("SELECT count(*)::text || ' ' || coalesce(sum(id), 0)::text FROM {table}");
     let n = a.rows as i64;
     let want = format!("{n} {}", n * (n + 1) / 2);
     if admin(&a.options, &[&create, &check])?.as_deref() == Some(want.as_str()) {
         return Ok(());
     }
     let fill = format!(
-        "INSERT INTO {READ_TABLE} SELECT i, 'name-' || lpad(i::text, 8, '0'), i * 0.5, \
+        "INSERT INTO {table} SELECT i, 'name-' || lpad(i::text, 8, '0'), i * 0.5, \
          timestamptz '2000-01-01 00:00:00+00' + i * interval '1 second', i % 3 = 0 \
          FROM generate_series(1, {n}) i"
     );
     admin(
         &a.options,
         &[
-            &format!("TRUNCATE {READ_TABLE}"),
+            &format!("TRUNCATE {table}"),
             &fill,
-            &format!("VACUUM ANALYZE {READ_TABLE}"),
+            &format!("VACUUM ANALYZE {table}"),
         ],
     )?;
     Ok(())
@@ -463,6 +521,195 @@ fn check_insert(a: &BulkArgs, reported: u64) -> Result<(), String> {
         return Err(format!(
             "wrong answer: the table holds (count, sum) {got:?}, expected {want}; the driver \
              reported {reported} rows"
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// COPY
+
+/// The table the copy-out workloads read (filled by SQL, kept between runs).
+pub const COPY_OUT_TABLE: &str = "pgbulk_copy";
+/// The column types of every COPY, in the COPY's column order.
+pub const COPY_TYPES: [Type; 5] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::TIMESTAMPTZ,
+    Type::BOOL,
+];
+/// The pieces text COPY data is sent in (every driver; psql reads its file itself).
+pub const TEXT_CHUNK: usize = 64 * 1024;
+/// Run (untimed) at the start of every COPY session: the server's text output is then
+/// exactly [`text_row`]'s (timestamps in UTC, ISO, shortest exact floats).
+pub const SESSION_SQL: &str =
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1";
+
+/// The COPY statement of a COPY workload (`None` for the others).
+pub fn copy_sql(w: Workload) -> Option<String> {
+    let (from, binary) = w.copy()?;
+    let (table, dir) = if from {
+        (INSERT_TABLE, "FROM STDIN")
+    } else {
+        (COPY_OUT_TABLE, "TO STDOUT")
+    };
+    let fmt = if binary { " (FORMAT binary)" } else { "" };
+    Some(format!(
+        "COPY {table} (id, name, score, at, flag) {dir}{fmt}"
+    ))
+}
+
+/// Appends row `i` in COPY text format, as the server prints it under [`SESSION_SQL`]:
+/// `id \t name \t score \t 2000-01-01 hh:mm:ss+00 \t t|f \n`.
+pub fn text_row(i: i64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let (id, name, score, at, flag) = row(i);
+    let secs = at.0.div_euclid(1_000_000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400) + 10_957);
+    let t = secs.rem_euclid(86_400);
+    // Writing to a Vec cannot fail.
+    let _ = writeln!(
+        out,
+        "{id}\t{name}\t{score}\t{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}+00\t{}",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        if flag { 't' } else { 'f' }
+    );
+}
+
+/// The date of `days` since 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Rows 1..=n as COPY text.
+#[inline(never)] // out of line: callgrind figures subtract it
+pub fn text_data(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * 48);
+    for i in 1..=n as i64 {
+        text_row(i, &mut out);
+    }
+    out
+}
+
+/// Rows 1..=n as binary COPY data (header, rows, trailer): what psql sends from its file
+/// and what a binary COPY TO STDOUT of the table yields.
+#[inline(never)] // out of line: callgrind figures subtract it
+pub fn binary_data(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * 52 + 21);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&[0; 8]);
+    for i in 1..=n as i64 {
+        let (id, name, score, at, flag) = row(i);
+        out.extend_from_slice(&5i16.to_be_bytes());
+        for field in [
+            &id.to_be_bytes()[..],
+            name.as_bytes(),
+            &score.to_be_bytes(),
+            &at.0.to_be_bytes(),
+            &[u8::from(flag)],
+        ] {
+            out.extend_from_slice(&(field.len() as i32).to_be_bytes());
+            out.extend_from_slice(field);
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
+
+/// What raw COPY data held: newlines (text rows), bytes and their sum (order-independent).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TextSums {
+    pub newlines: u64,
+    pub bytes: u64,
+    pub sum: u64,
+}
+
+impl TextSums {
+    /// Adds one chunk: two vectorisable passes over each 4 KiB of it (u32 sums cannot
+    /// overflow there), the same for every driver.
+    #[inline]
+    pub fn add(&mut self, chunk: &[u8]) {
+        for block in chunk.chunks(4096) {
+            let nl: u32 = block.iter().map(|&b| u32::from(b == b'\n')).sum();
+            let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+            self.newlines += u64::from(nl);
+            self.sum = self.sum.wrapping_add(u64::from(sum));
+        }
+        self.bytes += chunk.len() as u64;
+    }
+
+    /// The sums of `data`.
+    #[inline(never)] // out of line: callgrind figures subtract it
+    pub fn of(data: &[u8]) -> TextSums {
+        let mut t = TextSums::default();
+        t.add(data);
+        t
+    }
+
+    /// An error naming the difference unless `self` is `want`.
+    pub fn check(&self, want: &TextSums) -> Result<(), String> {
+        if self == want {
+            Ok(())
+        } else {
+            Err(format!("wrong answer: read {self:?}, expected {want:?}"))
+        }
+    }
+}
+
+/// An error unless a COPY TO STDOUT reported `reported` rows of the `want`ed.
+pub fn check_rows(reported: Option<u64>, want: usize) -> Result<(), String> {
+    if reported == Some(want as u64) {
+        Ok(())
+    } else {
+        Err(format!(
+            "wrong answer: the COPY reported {reported:?} rows, expected {want}"
+        ))
+    }
+}
+
+/// After a copy-in run: the table holds rows 1..=rows — its count and the sums of every
+/// column ([`Sums`]) — and the driver said so.
+pub fn check_copied(a: &BulkArgs, reported: u64) -> Result<(), String> {
+    let got = admin(
+        &a.options,
+        &[&format!(
+            "SELECT concat_ws(' ', count(*), coalesce(sum(id), 0), \
+             coalesce(sum(octet_length(name)), 0), coalesce(sum(score), 0)::numeric, \
+             coalesce(sum((extract(epoch FROM at - timestamptz '2000-01-01 00:00:00+00') \
+             * 1000000)::int8), 0), count(*) FILTER (WHERE flag)) FROM {INSERT_TABLE}"
+        )],
+    )?
+    .unwrap_or_default();
+    let v: Vec<&str> = got.split(' ').collect();
+    let parsed = (|| {
+        Some(Sums {
+            rows: v.first()?.parse().ok()?,
+            ids: v.get(1)?.parse().ok()?,
+            name_bytes: v.get(2)?.parse().ok()?,
+            score: v.get(3)?.parse().ok()?,
+            at: v.get(4)?.parse().ok()?,
+            flags: v.get(5)?.parse().ok()?,
+        })
+    })()
+    .ok_or_else(|| format!("unexpected check result {got:?}"))?;
+    parsed
+        .check(&Sums::expected(a.rows))
+        .map_err(|e| format!("{e} (in {INSERT_TABLE} after the COPY)"))?;
+    if reported != a.rows as u64 {
+        return Err(format!(
+            "wrong answer: the driver reported {reported} rows, expected {}",
+            a.rows
         ));
     }
     Ok(())
@@ -528,6 +775,21 @@ impl Start {
             ..Measured::default()
         }
     }
+}
+
+/// What a COPY driver does, for the JSON.
+fn copy_how(w: Workload, driver: &str) -> String {
+    let what = match (w, driver) {
+        (_, PSQL) => "psql \\copy, a file",
+        (Workload::CopyInBinary, _) => "copy_in + BinaryCopyInWriter::write per row",
+        (Workload::CopyInText, SQLX) => "copy_in_raw + PgCopyIn::send, 64 KiB pieces",
+        (Workload::CopyInText, TOKIO) => "copy_in + Sink::send of Bytes, 64 KiB pieces",
+        (Workload::CopyInText, _) => "copy_in + CopyIn::send, 64 KiB pieces",
+        (Workload::CopyOutBinary, _) => "copy_out + BinaryCopyOutStream, typed get per column",
+        (Workload::CopyOutText, SQLX) => "copy_out_raw, raw chunks",
+        _ => "copy_out, raw chunks",
+    };
+    what.to_string()
 }
 
 /// The raw figures of one run.
@@ -651,7 +913,11 @@ impl Measured {
                 };
                 m.insert("how".into(), json!(how));
             }
-            Workload::NotifyBurst | Workload::NotifyPaced => {
+            w if w.copy().is_some() => {
+                m.insert("rows".into(), json!(a.rows));
+                m.insert("how".into(), json!(copy_how(w, a.driver)));
+            }
+            _ => {
                 if let Some(n) = &self.notify {
                     m.insert("sent".into(), json!(n.sent));
                     m.insert("received".into(), json!(n.received));
@@ -744,6 +1010,33 @@ mod tests {
             "--workload notify-burst --driver ioxide-pg --n 0 --url postgres://u@127.0.0.1/d"
         )
         .is_err());
+        let a = parse("--workload copy-in-text --driver sqlx --url postgres://u@127.0.0.1/d")
+            .expect("valid");
+        assert_eq!(
+            (a.rows, a.url.as_deref()),
+            (1_000_000, Some("postgres://u@127.0.0.1/d"))
+        );
+        assert_eq!(a.workload.copy(), Some((true, false)));
+        assert!(parse("--workload copy-out-binary --driver sqlx").is_err());
+        assert!(parse("--workload copy-out-binary --driver psql --rows 5").is_ok());
+    }
+
+    #[test]
+    fn text_sums_and_row_counts_catch_differences() {
+        let data = text_data(10);
+        let want = TextSums::of(&data);
+        assert_eq!((want.newlines, want.bytes), (10, data.len() as u64));
+        let mut got = TextSums::default();
+        for piece in data.chunks(7) {
+            got.add(piece);
+        }
+        assert!(got.check(&want).is_ok());
+        let mut other = data.clone();
+        other[0] = b'2';
+        assert!(TextSums::of(&other).check(&want).is_err());
+        assert!(check_rows(Some(10), 10).is_ok());
+        assert!(check_rows(Some(9), 10).is_err());
+        assert!(check_rows(None, 10).is_err());
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! pgload comparison found fastest for it), and the notify workloads' sender.
 
 use super::{
-    payload, rows, spawn_sender, BulkArgs, Measured, NotifyStats, Start, Sums, Ts, Workload,
-    CHANNEL, COPY_SQL, GRACE, INSERT_SQL, NOTIFY_SQL, READ_SQL, SQLX, TOKIO_COPY,
+    check_rows, copy_sql, payload, rows, spawn_sender, text_data, BulkArgs, Measured, NotifyStats,
+    Start, Sums, TextSums, Ts, Workload, CHANNEL, COPY_SQL, COPY_TYPES, GRACE, INSERT_SQL,
+    NOTIFY_SQL, READ_SQL, SESSION_SQL, SQLX, TEXT_CHUNK, TOKIO_COPY,
 };
 use crate::pgload::peers::tp_config_tls;
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::SinkExt;
 use std::time::{Duration, Instant};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -24,6 +27,8 @@ pub fn run(a: &BulkArgs) -> Result<Measured, String> {
             Workload::Reads => reads(a).await,
             Workload::Insert => insert(a).await,
             Workload::NotifyBurst | Workload::NotifyPaced => listen(a).await,
+            _ if a.driver == SQLX => sqlx_copy(a).await,
+            _ => copy(a).await,
         }
     })
 }
@@ -90,11 +95,14 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Ts {
     }
 }
 
-/// sqlx: one `PgConnection`, `query(...).fetch_all` (prepared and cached by sqlx, binary
-/// results), `try_get` per column.
-async fn sqlx_reads(a: &BulkArgs) -> Result<Measured, String> {
+fn sq(what: &'static str) -> impl Fn(sqlx::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// One sqlx `PgConnection` to the server of `a`.
+async fn sqlx_connect(a: &BulkArgs) -> Result<sqlx::PgConnection, String> {
     use ::ioxide_pg::Host;
-    use sqlx::{Connection, Row};
+    use sqlx::Connection;
     let o = &a.options;
     let mut opts = sqlx::postgres::PgConnectOptions::new_without_pgpass()
         .port(o.get_port())
@@ -109,10 +117,16 @@ async fn sqlx_reads(a: &BulkArgs) -> Result<Measured, String> {
     if let Some(p) = o.get_password() {
         opts = opts.password(p);
     }
-    let sq = |what: &'static str| move |e: sqlx::Error| format!("{what}: {e}");
-    let mut conn = sqlx::PgConnection::connect_with(&opts)
+    sqlx::PgConnection::connect_with(&opts)
         .await
-        .map_err(sq("connecting"))?;
+        .map_err(sq("connecting"))
+}
+
+/// sqlx: one `PgConnection`, `query(...).fetch_all` (prepared and cached by sqlx, binary
+/// results), `try_get` per column.
+async fn sqlx_reads(a: &BulkArgs) -> Result<Measured, String> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx_connect(a).await?;
     let want = Sums::expected(a.rows);
     let read_once = async |conn: &mut sqlx::PgConnection| {
         let rows = sqlx::query(READ_SQL)
@@ -272,6 +286,135 @@ async fn listen(a: &BulkArgs) -> Result<Measured, String> {
     m.notify = Some(stats);
     drop(client);
     Ok(m)
+}
+
+/// The COPY workloads on tokio-postgres: `copy_in` + its `BinaryCopyInWriter` or a `Sink`
+/// of `Bytes` (slices of one buffer: no copy), `copy_out` + its `BinaryCopyOutStream` or
+/// the raw stream.
+async fn copy(a: &BulkArgs) -> Result<Measured, String> {
+    let client = connect(a).await?;
+    client
+        .batch_execute(SESSION_SQL)
+        .await
+        .map_err(tp("session settings"))?;
+    let sql = copy_sql(a.workload).ok_or("not a COPY workload")?;
+    let m = match a.workload {
+        Workload::CopyInBinary => {
+            let data = rows(a.rows);
+            let start = Start::now();
+            let sink = client.copy_in(&sql).await.map_err(tp("copy_in"))?;
+            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+            let mut writer = std::pin::pin!(writer);
+            for r in &data {
+                writer
+                    .as_mut()
+                    .write(&[&r.0, &r.1, &r.2, &r.3, &r.4])
+                    .await
+                    .map_err(tp("BinaryCopyInWriter::write"))?;
+            }
+            let n = writer
+                .finish()
+                .await
+                .map_err(tp("BinaryCopyInWriter::finish"))?;
+            start.stop(n)
+        }
+        Workload::CopyInText => {
+            let data = Bytes::from(text_data(a.rows));
+            let start = Start::now();
+            let sink = client
+                .copy_in::<_, Bytes>(&sql)
+                .await
+                .map_err(tp("copy_in"))?;
+            let mut sink = std::pin::pin!(sink);
+            let mut at = 0;
+            while at < data.len() {
+                let end = (at + TEXT_CHUNK).min(data.len());
+                sink.send(data.slice(at..end))
+                    .await
+                    .map_err(tp("CopyInSink::send"))?;
+                at = end;
+            }
+            let n = sink
+                .as_mut()
+                .finish()
+                .await
+                .map_err(tp("CopyInSink::finish"))?;
+            start.stop(n)
+        }
+        Workload::CopyOutBinary => {
+            let want = Sums::expected(a.rows);
+            let mut s = Sums::default();
+            let start = Start::now();
+            let stream = client.copy_out(&sql).await.map_err(tp("copy_out"))?;
+            let rows = BinaryCopyOutStream::new(stream, &COPY_TYPES);
+            let mut rows = std::pin::pin!(rows);
+            while let Some(r) = rows.next().await {
+                let r = r.map_err(tp("BinaryCopyOutStream"))?;
+                s.add(
+                    r.try_get::<i64>(0).map_err(tp("get"))?,
+                    r.try_get::<&str>(1).map_err(tp("get"))?,
+                    r.try_get::<f64>(2).map_err(tp("get"))?,
+                    r.try_get::<Ts>(3).map_err(tp("get"))?,
+                    r.try_get::<bool>(4).map_err(tp("get"))?,
+                );
+            }
+            let m = start.stop(s.rows);
+            s.check(&want)?;
+            m
+        }
+        _ => {
+            let want = TextSums::of(&text_data(a.rows));
+            let mut t = TextSums::default();
+            let start = Start::now();
+            let stream = client.copy_out(&sql).await.map_err(tp("copy_out"))?;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(chunk) = stream.next().await {
+                t.add(&chunk.map_err(tp("CopyOutStream"))?);
+            }
+            let m = start.stop(t.newlines);
+            t.check(&want)?;
+            // The stream's `rows()` appeared after 0.7.13: the newlines are the rows.
+            check_rows(Some(t.newlines), a.rows)?;
+            m
+        }
+    };
+    Ok(Measured { commands: 1, ..m })
+}
+
+/// The text COPY workloads on sqlx: `copy_in_raw` + `PgCopyIn::send` (it copies each
+/// piece into its buffer), `copy_out_raw` (a stream of `Bytes`).
+async fn sqlx_copy(a: &BulkArgs) -> Result<Measured, String> {
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx_connect(a).await?;
+    conn.execute(sqlx::raw_sql(SESSION_SQL))
+        .await
+        .map_err(sq("session settings"))?;
+    let sql = copy_sql(a.workload).ok_or("not a COPY workload")?;
+    let m = if a.workload == Workload::CopyInText {
+        let data = text_data(a.rows);
+        let start = Start::now();
+        let mut copy = conn.copy_in_raw(&sql).await.map_err(sq("copy_in_raw"))?;
+        for piece in data.chunks(TEXT_CHUNK) {
+            copy.send(piece).await.map_err(sq("PgCopyIn::send"))?;
+        }
+        let n = copy.finish().await.map_err(sq("PgCopyIn::finish"))?;
+        start.stop(n)
+    } else {
+        let want = TextSums::of(&text_data(a.rows));
+        let mut t = TextSums::default();
+        let start = Start::now();
+        let mut stream = conn.copy_out_raw(&sql).await.map_err(sq("copy_out_raw"))?;
+        while let Some(chunk) = stream.next().await {
+            t.add(&chunk.map_err(sq("copy_out_raw"))?);
+        }
+        drop(stream);
+        let m = start.stop(t.newlines);
+        t.check(&want)?;
+        check_rows(Some(t.newlines), a.rows)?;
+        m
+    };
+    let _ = conn.close().await;
+    Ok(Measured { commands: 1, ..m })
 }
 
 /// The sender (on its own thread and runtime): waits for `go`, then sends `n` notifications,
