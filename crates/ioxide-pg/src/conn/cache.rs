@@ -32,6 +32,11 @@ pub(crate) struct StatementCache {
     /// parameterized query (callgrind). Keys are the application's SQL, bounded in number.
     map: foldhash::HashMap<Box<str>, Entry>,
     clock: u64,
+    /// `ioxide_<64 random bits>_`: names unique across connections and processes, so a
+    /// statement of ours can never be mistaken for another client's where server sessions
+    /// are shared (a transaction-mode pooler): a wrong session answers `26000`, never runs
+    /// someone else's statement.
+    prefix: Box<str>,
     next_name: u64,
     /// Types `postgres-types` does not know, as looked up in `pg_type` (`conn/types.rs`),
     /// by OID. Emptied with the statements: when the session is gone, and when the server
@@ -51,6 +56,7 @@ impl StatementCache {
             capacity,
             map: foldhash::HashMap::default(),
             clock: 0,
+            prefix: format!("ioxide_{:x}_", unique_tag()).into_boxed_str(),
             next_name: 0,
             types: foldhash::HashMap::default(),
             type_lookups: 0,
@@ -64,6 +70,18 @@ impl StatementCache {
         self.capacity > 0
     }
 
+    /// Stops naming statements for good (a transaction-mode pooler was detected: the
+    /// statements of this session may live on another server connection). Forgets every
+    /// cached statement without closing it (a Close would reach whichever server connection
+    /// the pooler picks, where another client's statement may bear the name). Returns whether
+    /// naming was on until now.
+    pub(crate) fn stop_naming(&mut self) -> bool {
+        let was = self.capacity > 0;
+        self.capacity = 0;
+        self.map.clear();
+        was
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
@@ -71,7 +89,7 @@ impl StatementCache {
     /// A fresh statement name, unique on this connection.
     pub(crate) fn new_name(&mut self) -> Rc<str> {
         self.next_name += 1;
-        Rc::from(format!("ioxide_s{}", self.next_name))
+        Rc::from(format!("{}{}", self.prefix, self.next_name))
     }
 
     pub(crate) fn get(&mut self, sql: &str) -> Option<Statement> {
@@ -126,6 +144,22 @@ impl StatementCache {
     }
 }
 
+/// 64 bits no other connection (of this process or, with overwhelming odds, another) gets:
+/// std's randomly keyed hasher (seeded from the OS once per process) over a counter, the
+/// pid and the time.
+fn unique_tag() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,19 +178,41 @@ mod tests {
         let a = stmt(&mut c);
         let b = stmt(&mut c);
         let x = stmt(&mut c);
+        let b_name = b.name.clone();
         assert_eq!(c.insert("a", a.clone()), None);
         assert_eq!(c.insert("b", b), None);
         assert!(c.get("a").is_some()); // b is now least recent
-        assert_eq!(c.insert("x", x).as_deref(), Some("ioxide_s2"));
+        assert_eq!(c.insert("x", x), Some(b_name));
         assert!(c.get("b").is_none());
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn names_differ_between_connections() {
+        let (mut c, mut d) = (StatementCache::new(1), StatementCache::new(1));
+        let (x, y) = (c.new_name(), d.new_name());
+        assert_ne!(x, y);
+        assert!(x.starts_with("ioxide_") && x.ends_with("_1"), "{x}");
+        assert!(x.len() < 63, "fits NAMEDATALEN: {x}");
+    }
+
+    #[test]
+    fn stop_naming_forgets_and_reports_once() {
+        let mut c = StatementCache::new(4);
+        let a = stmt(&mut c);
+        assert_eq!(c.insert("a", a), None);
+        assert!(c.stop_naming());
+        assert!(!c.enabled());
+        assert_eq!(c.len(), 0);
+        assert!(!c.stop_naming());
     }
 
     #[test]
     fn capacity_zero_caches_nothing() {
         let mut c = StatementCache::new(0);
         let a = stmt(&mut c);
-        assert_eq!(c.insert("a", a).as_deref(), Some("ioxide_s1"));
+        let name = a.name.clone();
+        assert_eq!(c.insert("a", a), Some(name));
         assert!(c.get("a").is_none());
     }
 }

@@ -245,9 +245,46 @@ impl PgConnection {
         }
         let mut attempt = 0;
         loop {
-            let (stmt, close_after) = self.statement_with(target).await?;
-            let (seq, from) = self.conn.enqueue(Reply::bind_execute_many(n), |out| {
+            let (caching, fresh) = {
+                let mut st = self.conn.st.borrow_mut();
+                let hit = st.cache.get(target.key).is_some();
+                (st.cache.enabled(), !hit)
+            };
+            let (stmt, close_after) = if caching {
+                match self.statement_with(target).await {
+                    Ok(prepared) => prepared,
+                    Err(e) => {
+                        if attempt < 2 && self.naming_refused(&e, true) {
+                            attempt += 1;
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                }
+            } else {
+                (
+                    self.describe_as_unnamed(target.sql, target.types).await?,
+                    None,
+                )
+            };
+            let unnamed = stmt.name.is_empty();
+            let reply = if unnamed {
+                Reply::parse_bind_execute_many(n)
+            } else {
+                Reply::bind_execute_many(n)
+            };
+            let oids: Vec<u32> = if unnamed {
+                stmt.params.iter().map(postgres_types::Type::oid).collect()
+            } else {
+                Vec::new()
+            };
+            let (seq, from) = self.conn.enqueue(reply, |out| {
                 for (i, params) in rows.iter().enumerate() {
+                    if unnamed {
+                        // Each row parses the statement again: a Parse per Bind is what
+                        // the reply machine expects of an unnamed batch.
+                        encode::parse("", target.sql, &oids, out)?;
+                    }
                     encode::bind("", &stmt.name, params, &stmt.params, out)
                         .map_err(|e| e.with_cause(format!("execute_many: row {i}")))?;
                     encode::execute("", 0, out)?;
@@ -271,6 +308,11 @@ impl PgConnection {
                 let name = self.conn.st.borrow_mut().cache.remove(target.key);
                 if let Some(name) = name {
                     self.close_statement_detached(&name);
+                }
+                // The statement was prepared just now, or again after a first refusal.
+                if (fresh || attempt > 0) && attempt < 2 && self.naming_refused(&e, true) {
+                    attempt += 1;
+                    continue;
                 }
                 if stale == Stale::Retry && attempt == 0 {
                     attempt += 1;
@@ -619,6 +661,9 @@ impl PgConnection {
 
     /// Runs `sql` through the statement cache, re-preparing once if the server says the
     /// cached statement is stale (`0A000` cached plan changed, `26000` no such statement).
+    /// A named statement refused in a way only a transaction-mode pooler explains (see
+    /// [`pooler_symptom`]) turns naming off for this connection and runs the query again
+    /// with the unnamed statement.
     async fn run_cached<S: state::Sink>(
         &self,
         target: StatementRef<'_>,
@@ -634,12 +679,27 @@ impl PgConnection {
                 let mut st = self.conn.st.borrow_mut();
                 (st.cache.get(target.key), st.cache.enabled())
             };
+            let mut fresh = false;
             let (stmt, close_after) = match hit {
                 Some(stmt) => (stmt, None),
-                None if !caching && target.types.is_empty() => {
-                    (self.describe_unnamed(target.sql, params).await?, None)
-                }
-                None => self.statement_with(target).await?,
+                None if !caching => (
+                    self.describe_unnamed(target.sql, target.types, params)
+                        .await?,
+                    None,
+                ),
+                None => match self.statement_with(target).await {
+                    Ok(prepared) => {
+                        fresh = true;
+                        prepared
+                    }
+                    Err(e) => {
+                        if attempt < 2 && self.naming_refused(&e, true) {
+                            attempt += 1;
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                },
             };
             let (seq, from) = self.enqueue_bound(&stmt, target.sql, params)?;
             if let Some(name) = close_after {
@@ -662,11 +722,36 @@ impl PgConnection {
             if let Some(name) = name {
                 self.close_statement_detached(&name);
             }
+            if (fresh || attempt > 0) && self.naming_refused(&e, true) && attempt < 2 {
+                attempt += 1;
+                continue;
+            }
             if stale == Stale::EvictOnly || attempt > 0 {
                 return Err(e);
             }
             attempt += 1;
         }
+    }
+
+    /// After a named statement of ours was refused: if `e` is a pooler's symptom
+    /// ([`pooler_symptom`], with `fresh` saying whether we had just prepared it), stops
+    /// naming statements on this connection for good (warning once) and says whether the
+    /// command may simply run again (nothing of it ran, outside a transaction block).
+    #[cold]
+    fn naming_refused(&self, e: &PgError, fresh: bool) -> bool {
+        if !pooler_symptom(e, fresh) {
+            return false;
+        }
+        if self.conn.st.borrow_mut().cache.stop_naming() {
+            tracing::warn!(
+                sqlstate = e.sql_state().unwrap_or(""),
+                "a statement this connection had just named was refused: the server session \
+                 changes between commands, as behind a transaction-mode pooler (PgBouncer \
+                 pool_mode=transaction); this connection uses unnamed statements from now on \
+                 (statement_cache_capacity=0 says so up front)"
+            );
+        }
+        e.transaction_status() == Some(TxnStatus::Idle)
     }
 
     /// Queues Bind + Execute (all rows) + Sync of `stmt` with `params`; for the unnamed
@@ -750,12 +835,14 @@ impl PgConnection {
         Ok((stmt, close_after))
     }
 
-    /// With caching off: the parameter types of `sql` for encoding `params`, from the
-    /// unnamed statement (Parse + Describe + Sync: one round trip, none when there are no
-    /// parameters to encode). The query itself parses `sql` again with these types.
+    /// With caching off: the parameter types of `sql` (with the asked-for `types`) for
+    /// encoding `params`, from the unnamed statement (Parse + Describe + Sync: one round trip,
+    /// none when there are no parameters to encode). The query itself parses `sql` again
+    /// with these types.
     async fn describe_unnamed(
         &self,
         sql: &str,
+        types: &[postgres_types::Type],
         params: Params<'_>,
     ) -> Result<cache::Statement, PgError> {
         if params.is_empty() {
@@ -765,8 +852,20 @@ impl PgConnection {
                 columns: Columns::none(),
             }));
         }
+        self.describe_as_unnamed(sql, types).await
+    }
+
+    /// Parse + Describe + Sync of `sql` as the unnamed statement: its parameter and column
+    /// types, with nothing left behind on the server session (which a transaction-mode
+    /// pooler may hand to someone else right after).
+    pub(crate) async fn describe_as_unnamed(
+        &self,
+        sql: &str,
+        types: &[postgres_types::Type],
+    ) -> Result<cache::Statement, PgError> {
+        let oids: Vec<u32> = types.iter().map(postgres_types::Type::oid).collect();
         let (seq, from) = self.conn.enqueue(Reply::prepare(), |out| {
-            encode::parse("", sql, &[], out)?;
+            encode::parse("", sql, &oids, out)?;
             encode::describe(encode::Target::Statement, "", out)?;
             encode::sync(out);
             Ok(())
@@ -820,6 +919,20 @@ pub(crate) fn resolve_without_dns(opts: &PgOptions) -> Result<Target, PgError> {
         }
     }
     opts.resolve()
+}
+
+/// Whether a named statement of ours being refused proves that the server session is not
+/// the one we named it in — a transaction-mode pooler (PgBouncer `pool_mode=transaction`)
+/// runs each command on whichever server connection is free: `42P05` on a Parse of a name
+/// this connection just made up (names are never reused, so only another client's statement
+/// can hold it), or `26000` on the Bind right after our own Parse succeeded (`fresh`; a
+/// `DEALLOCATE ALL` gives a cached statement `26000` too, but not one prepared just now).
+fn pooler_symptom(e: &PgError, fresh: bool) -> bool {
+    match e.sql_state() {
+        Some("42P05") => true,
+        Some("26000") => fresh,
+        _ => false,
+    }
 }
 
 /// What a failed use of a cached statement means for the cache.

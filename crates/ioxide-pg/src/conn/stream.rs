@@ -264,12 +264,27 @@ impl PgConnection {
                 let mut st = self.conn.st.borrow_mut();
                 (st.cache.get(target.key), st.cache.enabled())
             };
+            let mut fresh = false;
             let (stmt, close_after) = match hit {
                 Some(stmt) => (stmt, None),
-                None if !caching && target.types.is_empty() => {
-                    (self.describe_unnamed(target.sql, params).await?, None)
-                }
-                None => self.statement_with(target).await?,
+                None if !caching => (
+                    self.describe_unnamed(target.sql, target.types, params)
+                        .await?,
+                    None,
+                ),
+                None => match self.statement_with(target).await {
+                    Ok(prepared) => {
+                        fresh = true;
+                        prepared
+                    }
+                    Err(e) => {
+                        if attempt < 2 && self.naming_refused(&e, true) {
+                            attempt += 1;
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                },
             };
             let (seq, sent_from) = self.enqueue_bound(&stmt, target.sql, params)?;
             if let Some(name) = close_after {
@@ -308,6 +323,10 @@ impl PgConnection {
             let name = self.conn.st.borrow_mut().cache.remove(target.key);
             if let Some(name) = name {
                 self.close_statement_detached(&name);
+            }
+            if (fresh || attempt > 0) && self.naming_refused(&e, true) && attempt < 2 {
+                attempt += 1;
+                continue;
             }
             if stale == Stale::EvictOnly || attempt > 0 {
                 return Err(e);

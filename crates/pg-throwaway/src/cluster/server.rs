@@ -426,7 +426,7 @@ pub(super) fn prepare(cmd: &mut Command, run_as: Option<(u32, u32)>) -> &mut Com
 
 /// Where temp roots go: `$TMPDIR` (std's `temp_dir`) unless the server user could not
 /// traverse it or the socket path would get too long; then `/tmp`.
-fn temp_base(as_other_user: bool, prefix_len: usize) -> PathBuf {
+pub(super) fn temp_base(as_other_user: bool, prefix_len: usize) -> PathBuf {
     let base = std::env::temp_dir();
     let traversable = std::fs::metadata(&base)
         .map(|m| !as_other_user || m.permissions().mode() & 0o001 != 0)
@@ -445,7 +445,7 @@ fn temp_base(as_other_user: bool, prefix_len: usize) -> PathBuf {
 /// the local port of some client connection (a pool reconnecting during `restart()`, say)
 /// while the server is down; ports already handed out by this process are skipped. Falls
 /// back to the kernel's choice (`bind :0`) if that range is unusable.
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let (low, _) = ephemeral_range();
     let floor = 10_000u16;
@@ -495,7 +495,7 @@ pub(crate) fn random_u64() -> u64 {
     h.finish()
 }
 
-fn write_file(path: &Path, text: &str) -> Result<()> {
+pub(super) fn write_file(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 

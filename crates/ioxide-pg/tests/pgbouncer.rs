@@ -1,0 +1,486 @@
+//! Through a real PgBouncer (the installed `pgbouncer`, `pool_mode = transaction`) in front
+//! of a throwaway cluster: the default statement cache detects the pooler (`42P05` on a
+//! Parse, `26000` on a Bind after our own Parse) and switches the connection to unnamed
+//! statements without failing a query; pipelines and batches; the failure contract
+//! (PgBouncer restarted, a backend terminated behind it, PAUSE/RESUME, RECONNECT); a cancel.
+//!
+//! Each test starts its own cluster and PgBouncer. Without `pgbouncer` installed (`.ci/run`
+//! installs it) every test prints why and returns.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::run_within;
+use ioxide_pg::{PgConnection, PgOptions, PgPool, Pipeline};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use testkit::{Cluster, ErrorKind, PgBouncer};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A cluster with a `pb_items` table, and PgBouncer in front of it with `pool_size` server
+/// connections; `None` (with the reason printed) when `pgbouncer` is not installed.
+fn setup(pool_size: u32) -> Option<(Cluster, PgBouncer)> {
+    let cluster = Cluster::new().unwrap();
+    cluster
+        .psql("CREATE TABLE pb_items (id int8 PRIMARY KEY, name text NOT NULL)")
+        .unwrap();
+    match PgBouncer::builder()
+        .default_pool_size(pool_size)
+        .start(&cluster)
+    {
+        Ok(b) => Some((cluster, b)),
+        Err(e) if e.kind() == ErrorKind::MissingBinaries => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+        Err(e) => panic!("pgbouncer did not start: {e}"),
+    }
+}
+
+fn opts(b: &PgBouncer) -> PgOptions {
+    PgOptions::from_url(&b.url())
+        .unwrap()
+        .application_name("ioxide-pg-tests")
+}
+
+/// One request of the playground-like mix (`i` picks which): parameterized queries of five
+/// distinct statements, each answer checked.
+async fn request(pool: &PgPool, i: u64) -> Result<(), String> {
+    let id = i64::try_from(i).unwrap();
+    let r = match i % 5 {
+        0 => pool
+            .query_one("SELECT $1::int8 + 1", &[&id])
+            .await
+            .map(|row| row.get::<i64>(0).unwrap() == id + 1),
+        1 => pool
+            .query_one("SELECT upper($1::text)", &[&format!("n{i}")])
+            .await
+            .map(|row| row.get::<String>(0).unwrap() == format!("N{i}")),
+        2 => pool
+            .execute(
+                "INSERT INTO pb_items (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE \
+                 SET name = excluded.name",
+                &[&id, &format!("item {i}")],
+            )
+            .await
+            .map(|n| n == 1),
+        3 => pool
+            .query_params(
+                "SELECT n FROM generate_series(1, $1::int4) n",
+                &[&i32::try_from(i % 7 + 1).unwrap()],
+            )
+            .await
+            .map(|rs| rs.len() == usize::try_from(i % 7 + 1).unwrap()),
+        _ => pool
+            .query_opt("SELECT name FROM pb_items WHERE id = $1", &[&(id - 2)])
+            .await
+            .map(|row| {
+                row.is_none_or(|r| r.get::<String>(0).unwrap() == format!("item {}", i - 2))
+            }),
+    };
+    match r {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("request {i}: wrong answer")),
+        Err(e) => Err(format!("request {i}: {e}")),
+    }
+}
+
+/// `total` requests of the mix, `concurrency` at a time; returns the failures.
+async fn mix(pool: &PgPool, total: u64, concurrency: u64) -> Vec<String> {
+    let failed = Rc::new(RefCell::new(Vec::new()));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let pool = pool.clone();
+            let failed = failed.clone();
+            ioxide::spawn(async move {
+                let mut i = t;
+                while i < total {
+                    if let Err(e) = request(&pool, i).await {
+                        failed.borrow_mut().push(e);
+                    }
+                    i += concurrency;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    Rc::try_unwrap(failed).unwrap().into_inner()
+}
+
+fn mixed_requests(cache: Option<usize>) {
+    let Some((_cluster, bouncer)) = setup(2) else {
+        return;
+    };
+    let mut o = opts(&bouncer).pool_size(8);
+    if let Some(capacity) = cache {
+        o = o.statement_cache_capacity(capacity);
+    }
+    run_within(LIMIT, async move {
+        let reactor = ioxide::Reactor::current();
+        let pool = PgPool::start(&reactor, o).unwrap();
+        let started = Instant::now();
+        let failed = mix(&pool, 1200, 64).await;
+        eprintln!(
+            "1 200 mixed requests through PgBouncer (cache {cache:?}): {} failed in {:?}",
+            failed.len(),
+            started.elapsed()
+        );
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        pool.close().await;
+    });
+}
+
+#[test]
+fn default_settings_answer_1200_mixed_requests() {
+    mixed_requests(None);
+}
+
+#[test]
+fn statement_cache_off_answers_1200_mixed_requests() {
+    mixed_requests(Some(0));
+}
+
+/// With one server connection, every command of a client runs on it: a `RECONNECT` (a new
+/// server connection, so the cached statement is gone: `26000`, as after `DEALLOCATE ALL`)
+/// is healed by preparing it again, and the connection keeps naming statements.
+#[test]
+fn a_lost_statement_is_prepared_again_and_naming_stays_on() {
+    let Some((_cluster, bouncer)) = setup(1) else {
+        return;
+    };
+    let o = opts(&bouncer);
+    run_within(LIMIT, async move {
+        let a = PgConnection::connect(&o).await.unwrap();
+        let one = 1i64;
+        let r = a.query_one("SELECT $1::int8 + 1", &[&one]).await.unwrap();
+        assert_eq!(r.get::<i64>(0).unwrap(), 2);
+        assert_eq!(a.cached_statements(), 1);
+        bouncer.reconnect().unwrap();
+        for v in 0..5i64 {
+            let r = a.query_one("SELECT $1::int8 + 1", &[&v]).await.unwrap();
+            assert_eq!(r.get::<i64>(0).unwrap(), v + 1);
+        }
+        assert_eq!(a.cached_statements(), 1, "naming stays on");
+        a.close().await;
+    });
+}
+
+/// Four clients over two server connections: a statement prepared on one server connection
+/// and bound on the other is refused (`26000` right after our own Parse); every query is
+/// answered anyway, the connections that saw it name no statement any more, and explicit
+/// statements, pipelines and batches work on them.
+#[test]
+fn the_symptom_switches_connections_to_unnamed_statements() {
+    let Some((_cluster, bouncer)) = setup(2) else {
+        return;
+    };
+    let o = opts(&bouncer);
+    run_within(LIMIT, async move {
+        let mut conns = Vec::new();
+        for _ in 0..4 {
+            conns.push(Rc::new(PgConnection::connect(&o).await.unwrap()));
+        }
+        let tasks: Vec<_> = conns
+            .iter()
+            .enumerate()
+            .flat_map(|(k, c)| {
+                (0..4i64).map(move |t| {
+                    let c = c.clone();
+                    ioxide::spawn(async move {
+                        for v in 0..50i64 {
+                            let x = v * 100 + t * 10 + i64::try_from(k).unwrap();
+                            let r = c.query_one("SELECT $1::int8 * 10", &[&x]).await.unwrap();
+                            assert_eq!(r.get::<i64>(0).unwrap(), x * 10);
+                            let r = c
+                                .query_one("SELECT $1::text || 'y'", &[&"x"])
+                                .await
+                                .unwrap();
+                            assert_eq!(r.get::<String>(0).unwrap(), "xy");
+                        }
+                    })
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        let switched: Vec<&Rc<PgConnection>> = conns
+            .iter()
+            .filter(|c| c.cached_statements() == 0)
+            .collect();
+        eprintln!(
+            "{} of 4 connections switched to unnamed statements",
+            switched.len()
+        );
+        assert!(!switched.is_empty(), "no connection saw the pooler");
+        let b = switched[0];
+        let one = 1i64;
+        let stmt = b.prepare("SELECT $1::int8 - 1").await.unwrap();
+        let r = b.query_one(&stmt, &[&one]).await.unwrap();
+        assert_eq!(r.get::<i64>(0).unwrap(), 0);
+        let rows: Vec<(i64, String)> = (0..10).map(|i| (i, format!("b{i}"))).collect();
+        let params: Vec<[&(dyn ioxide_pg::types::ToSql + Sync); 2]> =
+            rows.iter().map(|(id, n)| [id as _, n as _]).collect();
+        let batch: Vec<ioxide_pg::Params<'_>> = params.iter().map(|p| &p[..]).collect();
+        let n = b
+            .execute_many("INSERT INTO pb_items (id, name) VALUES ($1, $2)", &batch)
+            .await
+            .unwrap();
+        assert_eq!(n, 10);
+        let mut p = Pipeline::new();
+        let (three, five) = (3i64, 5i64);
+        p.query("SELECT name FROM pb_items WHERE id = $1", &[&three])
+            .query(&stmt, &[&five])
+            .execute("DELETE FROM pb_items WHERE id = $1", &[&three]);
+        let r = b.run_pipeline(&p).await.unwrap();
+        assert_eq!(r[0].scalar::<String>().unwrap(), "b3");
+        assert_eq!(r[1].scalar::<i64>().unwrap(), 4);
+        assert_eq!(r[2].rows_affected(), 1);
+        assert_eq!(b.cached_statements(), 0);
+    });
+}
+
+/// Pipelines and `execute_many` from 8 pooled connections over 2 server connections.
+#[test]
+fn pipelines_and_batches_through_pgbouncer() {
+    let Some((_cluster, bouncer)) = setup(2) else {
+        return;
+    };
+    let o = opts(&bouncer).pool_size(8);
+    run_within(LIMIT, async move {
+        let reactor = ioxide::Reactor::current();
+        let pool = PgPool::start(&reactor, o).unwrap();
+        let tasks: Vec<_> = (0..32i64)
+            .map(|t| {
+                let pool = pool.clone();
+                ioxide::spawn(async move {
+                    for round in 0..10i64 {
+                        let base = (t * 10 + round) * 100;
+                        let ids: Vec<i64> = (base..base + 5).collect();
+                        let names: Vec<String> = ids.iter().map(|i| format!("p{i}")).collect();
+                        let params: Vec<[&(dyn ioxide_pg::types::ToSql + Sync); 2]> = ids
+                            .iter()
+                            .zip(&names)
+                            .map(|(id, n)| [id as _, n as _])
+                            .collect();
+                        let batch: Vec<ioxide_pg::Params<'_>> =
+                            params.iter().map(|p| &p[..]).collect();
+                        let n = pool
+                            .execute_many("INSERT INTO pb_items (id, name) VALUES ($1, $2)", &batch)
+                            .await
+                            .unwrap();
+                        assert_eq!(n, 5);
+                        let mut p = Pipeline::new();
+                        let last = base + 4;
+                        p.query(
+                            "SELECT count(*) FROM pb_items WHERE id BETWEEN $1 AND $2",
+                            &[&base, &last],
+                        )
+                        .query("SELECT name FROM pb_items WHERE id = $1", &[&last])
+                        .execute(
+                            "UPDATE pb_items SET name = upper(name) WHERE id = $1",
+                            &[&base],
+                        );
+                        let r = pool.run_pipeline(&p).await.unwrap();
+                        assert_eq!(r[0].scalar::<i64>().unwrap(), 5);
+                        assert_eq!(r[1].scalar::<String>().unwrap(), format!("p{last}"));
+                        assert_eq!(r[2].rows_affected(), 1);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        let n = pool
+            .query_one("SELECT count(*) FROM pb_items", &[])
+            .await
+            .unwrap()
+            .get::<i64>(0)
+            .unwrap();
+        assert_eq!(n, 32 * 10 * 5);
+        pool.close().await;
+    });
+}
+
+/// What a run of the mix saw around a fault.
+#[derive(Debug, Default)]
+struct Outcome {
+    ok: u64,
+    failed: Vec<String>,
+    ok_after_fault: u64,
+}
+
+/// 32 closed loops of the mix for 4 s through a pool of 8 (command timeout 5 s); `fault`
+/// runs on another thread after 1 s. Every request is counted as answered or failed.
+fn under_fault(
+    bouncer: &PgBouncer,
+    cluster: &Cluster,
+    fault: impl FnOnce(&PgBouncer, &Cluster) + Send,
+) -> Outcome {
+    let o = opts(bouncer)
+        .pool_size(8)
+        .command_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5));
+    let fault_done = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    std::thread::scope(|s| {
+        let done = fault_done.clone();
+        let faulter = s.spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            fault(bouncer, cluster);
+            *done.lock().unwrap() = Some(Instant::now());
+        });
+        let outcome = run_within(LIMIT, async move {
+            let reactor = ioxide::Reactor::current();
+            let pool = PgPool::start(&reactor, o).unwrap();
+            let until = Instant::now() + Duration::from_secs(4);
+            let out = Rc::new(RefCell::new(Outcome::default()));
+            let tasks: Vec<_> = (0..32u64)
+                .map(|t| {
+                    let pool = pool.clone();
+                    let out = out.clone();
+                    let done = fault_done.clone();
+                    ioxide::spawn(async move {
+                        let mut i = t;
+                        while Instant::now() < until {
+                            let started = Instant::now();
+                            let r = request(&pool, i).await;
+                            let after = done.lock().unwrap().is_some_and(|d| started > d);
+                            let failed = r.is_err();
+                            {
+                                let mut o = out.borrow_mut();
+                                match r {
+                                    Ok(()) => {
+                                        o.ok += 1;
+                                        o.ok_after_fault += u64::from(after);
+                                    }
+                                    Err(e) => o.failed.push(e),
+                                }
+                            }
+                            if failed {
+                                // Do not spin while PgBouncer is away.
+                                ioxide::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            i += 32;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await;
+            }
+            pool.close().await;
+            Rc::try_unwrap(out).unwrap().into_inner()
+        });
+        faulter.join().unwrap();
+        outcome
+    })
+}
+
+fn report(what: &str, o: &Outcome) {
+    let mut kinds: Vec<String> = o
+        .failed
+        .iter()
+        .map(|e| {
+            e.split_once(": ")
+                .map_or(e.as_str(), |x| x.1)
+                .chars()
+                .take(90)
+                .collect()
+        })
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    eprintln!(
+        "{what}: {} answered ({} after the fault), {} failed; errors: {kinds:#?}",
+        o.ok,
+        o.ok_after_fault,
+        o.failed.len()
+    );
+}
+
+#[test]
+fn a_pgbouncer_restart_heals() {
+    let Some((cluster, bouncer)) = setup(2) else {
+        return;
+    };
+    let o = under_fault(&bouncer, &cluster, |b, _| b.restart().unwrap());
+    report("PgBouncer restart", &o);
+    assert!(o.ok_after_fault > 100, "{o:?}");
+    // At most what was in flight on the 8 connections (pipeline depth 8).
+    assert!(o.failed.len() <= 64, "{} failed", o.failed.len());
+}
+
+#[test]
+fn a_backend_terminated_behind_pgbouncer_heals() {
+    let Some((cluster, bouncer)) = setup(2) else {
+        return;
+    };
+    let o = under_fault(&bouncer, &cluster, |_, c| {
+        assert!(c.terminate_backends().unwrap() >= 1);
+    });
+    report("backends terminated behind PgBouncer", &o);
+    assert!(o.ok_after_fault > 100, "{o:?}");
+    assert!(o.failed.len() <= 64, "{} failed", o.failed.len());
+}
+
+#[test]
+fn pause_and_resume_lose_nothing() {
+    let Some((cluster, bouncer)) = setup(2) else {
+        return;
+    };
+    let o = under_fault(&bouncer, &cluster, |b, _| {
+        b.pause().unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        b.resume().unwrap();
+    });
+    report("PAUSE 1 s, RESUME", &o);
+    assert!(o.ok_after_fault > 100, "{o:?}");
+    assert!(o.failed.is_empty(), "{:?}", o.failed);
+}
+
+#[test]
+fn reconnect_loses_nothing() {
+    let Some((cluster, bouncer)) = setup(2) else {
+        return;
+    };
+    let o = under_fault(&bouncer, &cluster, |b, _| b.reconnect().unwrap());
+    report("RECONNECT", &o);
+    assert!(o.ok_after_fault > 100, "{o:?}");
+    assert!(o.failed.is_empty(), "{:?}", o.failed);
+}
+
+/// `command_timeout` cancels through PgBouncer (which forwards the CancelRequest with the
+/// key it gave us), and the connection answers afterwards.
+#[test]
+fn a_command_timeout_cancels_through_pgbouncer() {
+    let Some((_cluster, bouncer)) = setup(2) else {
+        return;
+    };
+    let o = opts(&bouncer).command_timeout(Duration::from_millis(300));
+    run_within(LIMIT, async move {
+        let c = PgConnection::connect(&o).await.unwrap();
+        assert!(
+            c.backend_pid().is_some(),
+            "PgBouncer sends a BackendKeyData"
+        );
+        let started = Instant::now();
+        let e = c.query("SELECT pg_sleep(20)").await.unwrap_err();
+        let took = started.elapsed();
+        assert!(e.is_timeout(), "{e}");
+        assert!(took < Duration::from_secs(5), "cancelled after {took:?}");
+        let one = 1i64;
+        let r = c.query_one("SELECT $1::int8", &[&one]).await.unwrap();
+        assert_eq!(r.get::<i64>(0).unwrap(), 1);
+        c.close().await;
+    });
+}
