@@ -13,7 +13,9 @@ mod common;
 use common::run_within;
 use ioxide_pg::{PgConnection, PgOptions, PgPool, Pipeline};
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::{Cluster, ErrorKind, PgBouncer};
 
@@ -184,6 +186,8 @@ fn the_symptom_switches_connections_to_unnamed_statements() {
         return;
     };
     let o = opts(&bouncer);
+    let capture = Capture::default();
+    let _log = tracing::subscriber::set_default(capture.clone());
     run_within(LIMIT, async move {
         let mut conns = Vec::new();
         for _ in 0..4 {
@@ -246,7 +250,80 @@ fn the_symptom_switches_connections_to_unnamed_statements() {
         assert_eq!(r[1].scalar::<i64>().unwrap(), 4);
         assert_eq!(r[2].rows_affected(), 1);
         assert_eq!(b.cached_statements(), 0);
+        let switched = switched.len();
+        let warned = capture
+            .text()
+            .matches("uses unnamed statements from now on")
+            .count();
+        assert_eq!(warned, switched, "one warning per switched connection");
     });
+}
+
+/// `SET` and `LISTEN` through the pool's shared path warn, once per connection.
+#[test]
+fn set_and_listen_on_the_shared_path_warn_once_per_connection() {
+    let Some((_cluster, bouncer)) = setup(2) else {
+        return;
+    };
+    let o = opts(&bouncer).pool_size(1);
+    let capture = Capture::default();
+    let _log = tracing::subscriber::set_default(capture.clone());
+    run_within(LIMIT, async move {
+        let reactor = ioxide::Reactor::current();
+        let pool = PgPool::start(&reactor, o).unwrap();
+        pool.query("SELECT 1").await.unwrap();
+        assert!(!capture.text().contains("shared connection"));
+        pool.query("SET statement_timeout = '5s'").await.unwrap();
+        pool.batch_execute("LISTEN pb_channel; SET statement_timeout = 0")
+            .await
+            .unwrap();
+        pool.query("SET statement_timeout = 0").await.unwrap();
+        let text = capture.text();
+        assert_eq!(
+            text.matches("ran on a pool's shared connection").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("SET LOCAL"), "{text}");
+        pool.close().await;
+    });
+}
+
+/// A `tracing` subscriber keeping every event's fields as text.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<String>>);
+
+impl Capture {
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct Render<'a>(&'a mut String);
+
+impl tracing::field::Visit for Render<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={:?}", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        *m.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut t = self.0.lock().unwrap();
+        let _ = write!(t, "{}:", event.metadata().level());
+        event.record(&mut Render(&mut t));
+        t.push('\n');
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// Pipelines and `execute_many` from 8 pooled connections over 2 server connections.

@@ -733,6 +733,31 @@ impl PgConnection {
         }
     }
 
+    /// A command of the pool's shared path completed with `tag`: a `SET` or `LISTEN` there
+    /// changes a session other callers share (and, behind a transaction-mode pooler, some
+    /// server session nobody chose): warn, once per connection. One comparison of a tag the
+    /// caller already has; nothing on the per-query path of parameterized queries.
+    #[inline]
+    pub(crate) fn note_shared_tag(&self, tag: &str) {
+        if tag == "SET" || tag == "LISTEN" {
+            self.warn_session_state(tag);
+        }
+    }
+
+    #[cold]
+    fn warn_session_state(&self, tag: &str) {
+        let first = !std::mem::replace(&mut self.conn.st.borrow_mut().session_state_warned, true);
+        if first {
+            tracing::warn!(
+                command = tag,
+                "{tag} ran on a pool's shared connection: the session it changes is shared \
+                 with every caller of that connection, and behind a transaction-mode pooler \
+                 (PgBouncer) it is whichever server session ran it. Use SET LOCAL in a \
+                 transaction on PgPool::rent(), the `options` setting, or PgListener for LISTEN"
+            );
+        }
+    }
+
     /// After a named statement of ours was refused: if `e` is a pooler's symptom
     /// ([`pooler_symptom`], with `fresh` saying whether we had just prepared it), stops
     /// naming statements on this connection for good (warning once) and says whether the
@@ -1126,6 +1151,7 @@ async fn open_once(
             close_waiters: Vec::new(),
             idle_waiters: Vec::new(),
             txn_dirty: false,
+            session_state_warned: false,
             copy_hold: None,
             copy_waker: None,
             copy_turn: Vec::new(),
