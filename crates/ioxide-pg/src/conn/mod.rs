@@ -550,7 +550,11 @@ impl PgConnection {
         self.conn.st.borrow().txn
     }
 
-    /// The server process serving this connection.
+    /// The server process serving this connection, as the server's BackendKeyData says;
+    /// `None` if it sent none. Behind PgBouncer this is PgBouncer's own cancel key (1.18
+    /// sends random bytes, not a backend's pid: the session moves between server processes),
+    /// good only for cancelling through PgBouncer, which the driver does; do not pass it to
+    /// `pg_terminate_backend` or compare it with `pg_backend_pid()`.
     pub fn backend_pid(&self) -> Option<i32> {
         self.conn.key.map(|k| k.process_id)
     }
