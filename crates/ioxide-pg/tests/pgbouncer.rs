@@ -176,6 +176,37 @@ fn a_lost_statement_is_prepared_again_and_naming_stays_on() {
     });
 }
 
+/// Inside a transaction block a lost cached statement cannot be retried (the block is
+/// aborted): the caller gets `26000` saying why and what avoids it; the next transaction,
+/// prepared afresh, works.
+#[test]
+fn a_statement_lost_inside_a_transaction_fails_with_the_reason() {
+    let Some((_cluster, bouncer)) = setup(1) else {
+        return;
+    };
+    let o = opts(&bouncer);
+    run_within(LIMIT, async move {
+        let a = PgConnection::connect(&o).await.unwrap();
+        let one = 1i64;
+        a.query_one("SELECT $1::int8 + 1", &[&one]).await.unwrap();
+        bouncer.reconnect().unwrap();
+        let tx = a.begin().await.unwrap();
+        let e = tx
+            .query_one("SELECT $1::int8 + 1", &[&one])
+            .await
+            .unwrap_err();
+        assert_eq!(e.sql_state(), Some("26000"), "{e}");
+        let text = format!("{e:#}");
+        assert!(text.contains("statement_cache_capacity=0"), "{text}");
+        tx.rollback().await.unwrap();
+        let tx = a.begin().await.unwrap();
+        let r = tx.query_one("SELECT $1::int8 + 1", &[&one]).await.unwrap();
+        assert_eq!(r.get::<i64>(0).unwrap(), 2);
+        tx.commit().await.unwrap();
+        a.close().await;
+    });
+}
+
 /// Four clients over two server connections: a statement prepared on one server connection
 /// and bound on the other is refused (`26000` right after our own Parse); every query is
 /// answered anyway, the connections that saw it name no statement any more, and explicit

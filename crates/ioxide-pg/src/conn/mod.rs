@@ -731,7 +731,7 @@ impl PgConnection {
                 continue;
             }
             if stale == Stale::EvictOnly || attempt > 0 {
-                return Err(e);
+                return Err(lost_in_block(e));
             }
             attempt += 1;
         }
@@ -961,6 +961,21 @@ fn pooler_symptom(e: &PgError, fresh: bool) -> bool {
         Some("42P05") => true,
         Some("26000") => fresh,
         _ => false,
+    }
+}
+
+/// A cached statement the session lacks (`26000`) inside a transaction block: the block is
+/// aborted, so nothing can be retried; the error says why and what avoids it.
+#[cold]
+pub(crate) fn lost_in_block(e: PgError) -> PgError {
+    if e.sql_state() == Some("26000") && e.transaction_status() != Some(TxnStatus::Idle) {
+        e.with_cause(
+            "the server session lacks this connection's prepared statement (after DEALLOCATE \
+             ALL or DISCARD ALL, or behind a transaction-mode pooler such as PgBouncer, where \
+             statement_cache_capacity=0 avoids it); the transaction block is aborted",
+        )
+    } else {
+        e
     }
 }
 

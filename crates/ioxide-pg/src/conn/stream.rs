@@ -329,7 +329,7 @@ impl PgConnection {
                 continue;
             }
             if stale == Stale::EvictOnly || attempt > 0 {
-                return Err(e);
+                return Err(super::lost_in_block(e));
             }
             attempt += 1;
         }
@@ -370,7 +370,15 @@ impl PgConnection {
             .never_sent());
         }
         let target = statement.statement_ref();
-        let (stmt, close_statement): (cache::Statement, _) = self.statement_with(target).await?;
+        let (stmt, close_statement): (cache::Statement, _) = match self.statement_with(target).await
+        {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // Inside a block nothing is retried, but a refused name still tells.
+                self.naming_refused(&e, true);
+                return Err(e);
+            }
+        };
         let name = format!("ioxide_p{}", PORTALS.fetch_add(1, Ordering::Relaxed));
         let steps = Steps {
             bind: true,
@@ -393,6 +401,7 @@ impl PgConnection {
                 if let Some(name) = name {
                     self.close_statement_detached(&name);
                 }
+                return Err(super::lost_in_block(e));
             }
             return Err(e);
         }
