@@ -24,14 +24,20 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// A cluster with a `pb_items` table, and PgBouncer in front of it with `pool_size` server
 /// connections; `None` (with the reason printed) when `pgbouncer` is not installed.
 fn setup(pool_size: u32) -> Option<(Cluster, PgBouncer)> {
+    setup_with(pool_size, &[])
+}
+
+/// As [`setup`], with more `[pgbouncer]` settings.
+fn setup_with(pool_size: u32, settings: &[(&str, &str)]) -> Option<(Cluster, PgBouncer)> {
     let cluster = Cluster::new().unwrap();
     cluster
         .psql("CREATE TABLE pb_items (id int8 PRIMARY KEY, name text NOT NULL)")
         .unwrap();
-    match PgBouncer::builder()
-        .default_pool_size(pool_size)
-        .start(&cluster)
-    {
+    let mut builder = PgBouncer::builder().default_pool_size(pool_size);
+    for (key, value) in settings {
+        builder = builder.setting(*key, *value);
+    }
+    match builder.start(&cluster) {
         Ok(b) => Some((cluster, b)),
         Err(e) if e.kind() == ErrorKind::MissingBinaries => {
             eprintln!("SKIPPED: {e}");
@@ -207,87 +213,113 @@ fn a_statement_lost_inside_a_transaction_fails_with_the_reason() {
     });
 }
 
-/// Four clients over two server connections: a statement prepared on one server connection
-/// and bound on the other is refused (`26000` right after our own Parse); every query is
-/// answered anyway, the connections that saw it name no statement any more, and explicit
-/// statements, pipelines and batches work on them.
+/// Two server connections used in turn (`server_round_robin = 1`), so a client's
+/// consecutive commands land on different ones: a statement parsed on one is missing on the
+/// other (`26000` right after our own Parse). Every path answers anyway, and the connection
+/// names no statement from then on, with one warning: a query, an explicit statement (whose
+/// cached copy is refused first, then its fresh one), a pipeline and a batch, each on a
+/// fresh connection.
 #[test]
 fn the_symptom_switches_connections_to_unnamed_statements() {
-    let Some((_cluster, bouncer)) = setup(2) else {
+    let Some((_cluster, bouncer)) = setup_with(2, &[("server_round_robin", "1")]) else {
         return;
     };
     let o = opts(&bouncer);
     let capture = Capture::default();
     let _log = tracing::subscriber::set_default(capture.clone());
     run_within(LIMIT, async move {
-        let mut conns = Vec::new();
-        for _ in 0..4 {
-            conns.push(Rc::new(PgConnection::connect(&o).await.unwrap()));
-        }
-        let tasks: Vec<_> = conns
-            .iter()
-            .enumerate()
-            .flat_map(|(k, c)| {
-                (0..4i64).map(move |t| {
-                    let c = c.clone();
-                    ioxide::spawn(async move {
-                        for v in 0..50i64 {
-                            let x = v * 100 + t * 10 + i64::try_from(k).unwrap();
-                            let r = c.query_one("SELECT $1::int8 * 10", &[&x]).await.unwrap();
-                            assert_eq!(r.get::<i64>(0).unwrap(), x * 10);
-                            let r = c
-                                .query_one("SELECT $1::text || 'y'", &[&"x"])
-                                .await
-                                .unwrap();
-                            assert_eq!(r.get::<String>(0).unwrap(), "xy");
-                        }
-                    })
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await;
-        }
-        let switched: Vec<&Rc<PgConnection>> = conns
-            .iter()
-            .filter(|c| c.cached_statements() == 0)
-            .collect();
-        eprintln!(
-            "{} of 4 connections switched to unnamed statements",
-            switched.len()
+        // Both server connections opened: two clients at once, each holding one.
+        let (w1, w2) = (
+            PgConnection::connect(&o).await.unwrap(),
+            PgConnection::connect(&o).await.unwrap(),
         );
-        assert!(!switched.is_empty(), "no connection saw the pooler");
-        let b = switched[0];
+        let (r1, r2) = futures_join(
+            w1.query("SELECT pg_sleep(0.3)"),
+            w2.query("SELECT pg_sleep(0.3)"),
+        )
+        .await;
+        r1.unwrap();
+        r2.unwrap();
         let one = 1i64;
+
+        let a = PgConnection::connect(&o).await.unwrap();
+        for v in 0..10i64 {
+            let r = a.query_one("SELECT $1::int8 * 10", &[&v]).await.unwrap();
+            assert_eq!(r.get::<i64>(0).unwrap(), v * 10);
+        }
+        assert_eq!(a.cached_statements(), 0, "a stopped naming statements");
+
+        let b = PgConnection::connect(&o).await.unwrap();
         let stmt = b.prepare("SELECT $1::int8 - 1").await.unwrap();
         let r = b.query_one(&stmt, &[&one]).await.unwrap();
         assert_eq!(r.get::<i64>(0).unwrap(), 0);
-        let rows: Vec<(i64, String)> = (0..10).map(|i| (i, format!("b{i}"))).collect();
+        assert_eq!(b.cached_statements(), 0, "b stopped naming statements");
+
+        let c = PgConnection::connect(&o).await.unwrap();
+        let mut p = Pipeline::new();
+        let (three, five) = (3i64, 5i64);
+        p.query("SELECT $1::int8 + 100", &[&three])
+            .query(&stmt, &[&five])
+            .execute("DELETE FROM pb_items WHERE id = $1", &[&three]);
+        let r = c.run_pipeline(&p).await.unwrap();
+        assert_eq!(r[0].scalar::<i64>().unwrap(), 103);
+        assert_eq!(r[1].scalar::<i64>().unwrap(), 4);
+        assert_eq!(r[2].rows_affected(), 0);
+        assert_eq!(c.cached_statements(), 0, "c stopped naming statements");
+        let r = c.run_pipeline(&p).await.unwrap();
+        assert_eq!(r[1].scalar::<i64>().unwrap(), 4);
+
+        let d = PgConnection::connect(&o).await.unwrap();
+        let rows: Vec<(i64, String)> = (0..10).map(|i| (i, format!("d{i}"))).collect();
         let params: Vec<[&(dyn ioxide_pg::types::ToSql + Sync); 2]> =
             rows.iter().map(|(id, n)| [id as _, n as _]).collect();
         let batch: Vec<ioxide_pg::Params<'_>> = params.iter().map(|p| &p[..]).collect();
-        let n = b
+        let n = d
             .execute_many("INSERT INTO pb_items (id, name) VALUES ($1, $2)", &batch)
             .await
             .unwrap();
         assert_eq!(n, 10);
-        let mut p = Pipeline::new();
-        let (three, five) = (3i64, 5i64);
-        p.query("SELECT name FROM pb_items WHERE id = $1", &[&three])
-            .query(&stmt, &[&five])
-            .execute("DELETE FROM pb_items WHERE id = $1", &[&three]);
-        let r = b.run_pipeline(&p).await.unwrap();
-        assert_eq!(r[0].scalar::<String>().unwrap(), "b3");
-        assert_eq!(r[1].scalar::<i64>().unwrap(), 4);
-        assert_eq!(r[2].rows_affected(), 1);
-        assert_eq!(b.cached_statements(), 0);
-        let switched = switched.len();
+        assert_eq!(d.cached_statements(), 0, "d stopped naming statements");
+        let r = d
+            .query_one("SELECT name FROM pb_items WHERE id = $1", &[&three])
+            .await
+            .unwrap();
+        assert_eq!(r.get::<String>(0).unwrap(), "d3");
+
         let warned = capture
             .text()
             .matches("uses unnamed statements from now on")
             .count();
-        assert_eq!(warned, switched, "one warning per switched connection");
+        assert_eq!(warned, 4, "one warning per switched connection");
     });
+}
+
+/// Awaits two futures concurrently (both run on this reactor).
+async fn futures_join<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (Box::pin(a), Box::pin(b));
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
+                ra = Some(v);
+            }
+        }
+        if rb.is_none() {
+            if let std::task::Poll::Ready(v) = b.as_mut().poll(cx) {
+                rb = Some(v);
+            }
+        }
+        if ra.is_some() && rb.is_some() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    (ra.unwrap(), rb.unwrap())
 }
 
 /// `SET` and `LISTEN` through the pool's shared path warn, once per connection.
