@@ -206,7 +206,9 @@ impl PgPool {
         self.with_conn(|c| async move {
             let r = c.query(sql).await;
             if let Ok(qr) = &r {
-                c.note_shared_tag(qr.command_tag());
+                if qr.changed_session() {
+                    c.note_shared_tag(qr.command_tag());
+                }
             }
             r
         })
