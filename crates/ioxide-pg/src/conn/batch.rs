@@ -334,7 +334,7 @@ impl PgConnection {
         let (mut stmts, caching): (Vec<Option<Prepared>>, bool) = {
             let mut st = self.conn.st.borrow_mut();
             let stmts = plan.targets.iter().map(|t| st.cache.get(t.key)).collect();
-            (stmts, st.cache.enabled())
+            (stmts, st.cache.names())
         };
         // Should the caller give up (or an enqueue fail) before every preparation was
         // awaited, the guard abandons the rest (the watcher drains their replies), closes
@@ -404,11 +404,10 @@ impl PgConnection {
             };
             match outcome {
                 Ok(stmt) => {
-                    if !stmt.name.is_empty() {
-                        let key = plan.targets.get(s).map_or("", |t| t.key);
-                        let extra = self.conn.st.borrow_mut().cache.insert(key, stmt.clone());
-                        guard.to_close.extend(extra);
-                    }
+                    // Named, or (naming off) a description of the unnamed statement.
+                    let key = plan.targets.get(s).map_or("", |t| t.key);
+                    let extra = self.conn.st.borrow_mut().cache.insert(key, stmt.clone());
+                    guard.to_close.extend(extra);
                     if let Some(slot) = stmts.get_mut(s) {
                         *slot = Some(stmt);
                     }

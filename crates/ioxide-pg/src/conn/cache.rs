@@ -38,6 +38,9 @@ pub(crate) struct StatementCache {
     /// someone else's statement.
     prefix: Box<str>,
     next_name: u64,
+    /// False once a transaction-mode pooler was seen (`stop_naming`): the entries are then
+    /// descriptions of the unnamed statement (empty name), which each use parses again.
+    naming: bool,
     /// Types `postgres-types` does not know, as looked up in `pg_type` (`conn/types.rs`),
     /// by OID. Emptied with the statements: when the session is gone, and when the server
     /// says a cached statement is stale (a type may have been dropped and created again).
@@ -58,6 +61,7 @@ impl StatementCache {
             clock: 0,
             prefix: format!("ioxide_{:x}_", unique_tag()).into_boxed_str(),
             next_name: 0,
+            naming: true,
             types: foldhash::HashMap::default(),
             type_lookups: 0,
             lookup_busy: false,
@@ -65,19 +69,19 @@ impl StatementCache {
         }
     }
 
-    /// False when `statement_cache_capacity` is 0: queries use the unnamed statement.
-    pub(crate) fn enabled(&self) -> bool {
-        self.capacity > 0
+    /// Whether statements get server-side names (caching on, no pooler seen).
+    pub(crate) fn names(&self) -> bool {
+        self.naming && self.capacity > 0
     }
 
     /// Stops naming statements for good (a transaction-mode pooler was detected: the
     /// statements of this session may live on another server connection). Forgets every
     /// cached statement without closing it (a Close would reach whichever server connection
-    /// the pooler picks, where another client's statement may bear the name). Returns whether
-    /// naming was on until now.
+    /// the pooler picks); from now on the cache keeps descriptions of the unnamed statement,
+    /// so a query stays one round trip. Returns whether naming was on until now.
     pub(crate) fn stop_naming(&mut self) -> bool {
-        let was = self.capacity > 0;
-        self.capacity = 0;
+        let was = self.names();
+        self.naming = false;
         self.map.clear();
         was
     }
@@ -104,7 +108,12 @@ impl StatementCache {
     /// Inserts a statement. Returns the names of statements that must now be closed on the
     /// server: the evicted least recently used one, or `stmt` itself when caching is off or
     /// an entry for `sql` already exists (two first uses raced).
+    /// The unnamed statement is never returned (there is nothing to close).
     pub(crate) fn insert(&mut self, sql: &str, stmt: Statement) -> Option<Rc<str>> {
+        self.insert_entry(sql, stmt).filter(|name| !name.is_empty())
+    }
+
+    fn insert_entry(&mut self, sql: &str, stmt: Statement) -> Option<Rc<str>> {
         if self.capacity == 0 || self.map.contains_key(sql) {
             return Some(stmt.name.clone());
         }
@@ -134,7 +143,10 @@ impl StatementCache {
     /// may be a type dropped and created again); returns its name to close.
     pub(crate) fn remove(&mut self, sql: &str) -> Option<Rc<str>> {
         self.types.clear();
-        self.map.remove(sql).map(|e| e.stmt.name.clone())
+        self.map
+            .remove(sql)
+            .map(|e| e.stmt.name.clone())
+            .filter(|name| !name.is_empty())
     }
 
     /// Forgets everything, looked-up types included (the connection's server session is gone).
@@ -201,10 +213,20 @@ mod tests {
         let mut c = StatementCache::new(4);
         let a = stmt(&mut c);
         assert_eq!(c.insert("a", a), None);
+        assert!(c.names());
         assert!(c.stop_naming());
-        assert!(!c.enabled());
+        assert!(!c.names());
         assert_eq!(c.len(), 0);
         assert!(!c.stop_naming());
+        // Descriptions of the unnamed statement are kept; nothing to close for them.
+        let d = Rc::new(Prepared {
+            name: Rc::from(""),
+            params: Rc::from(vec![]),
+            columns: Arc::new(Columns::default()),
+        });
+        assert_eq!(c.insert("d", d), None);
+        assert!(c.get("d").is_some_and(|s| s.name.is_empty()));
+        assert_eq!(c.remove("d"), None);
     }
 
     #[test]

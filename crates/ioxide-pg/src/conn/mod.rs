@@ -245,13 +245,19 @@ impl PgConnection {
         }
         let mut attempt = 0;
         loop {
-            let (caching, fresh) = {
+            let (hit, naming) = {
                 let mut st = self.conn.st.borrow_mut();
-                let hit = st.cache.get(target.key).is_some();
-                (st.cache.enabled(), !hit)
+                (st.cache.get(target.key), st.cache.names())
             };
-            let (stmt, close_after) = if caching {
-                match self.statement_with(target).await {
+            let fresh = hit.is_none();
+            let (stmt, close_after) = match hit {
+                Some(stmt) => (stmt, None),
+                None if !naming => {
+                    let stmt = self.describe_as_unnamed(target.sql, target.types).await?;
+                    self.keep_description(target.key, &stmt);
+                    (stmt, None)
+                }
+                None => match self.statement_with(target).await {
                     Ok(prepared) => prepared,
                     Err(e) => {
                         if attempt < 2 && self.naming_refused(&e, true) {
@@ -260,12 +266,7 @@ impl PgConnection {
                         }
                         return Err(e);
                     }
-                }
-            } else {
-                (
-                    self.describe_as_unnamed(target.sql, target.types).await?,
-                    None,
-                )
+                },
             };
             let unnamed = stmt.name.is_empty();
             let reply = if unnamed {
@@ -657,6 +658,13 @@ impl PgConnection {
         self.conn.st.borrow().cache.len()
     }
 
+    /// Whether this connection names its statements on the server (false with
+    /// `statement_cache_capacity=0` or once a transaction-mode pooler was seen; tests).
+    #[doc(hidden)]
+    pub fn names_statements(&self) -> bool {
+        self.conn.st.borrow().cache.names()
+    }
+
     /// Round trips this connection made to look types up in `pg_type` (tests).
     #[doc(hidden)]
     pub fn type_lookups(&self) -> u64 {
@@ -679,18 +687,14 @@ impl PgConnection {
         let mut collateral_retried = false;
         loop {
             // The cache hit is the common case: take it without entering `statement`'s future.
-            let (hit, caching) = {
+            let (hit, naming) = {
                 let mut st = self.conn.st.borrow_mut();
-                (st.cache.get(target.key), st.cache.enabled())
+                (st.cache.get(target.key), st.cache.names())
             };
             let mut fresh = false;
             let (stmt, close_after) = match hit {
                 Some(stmt) => (stmt, None),
-                None if !caching => (
-                    self.describe_unnamed(target.sql, target.types, params)
-                        .await?,
-                    None,
-                ),
+                None if !naming => (self.unnamed_for(target, params).await?, None),
                 None => match self.statement_with(target).await {
                     Ok(prepared) => {
                         fresh = true;
@@ -862,6 +866,29 @@ impl PgConnection {
             None => None,
         };
         Ok((stmt, close_after))
+    }
+
+    /// Without naming: the description of `target` for `params` (see `describe_unnamed`),
+    /// kept in the cache once a pooler turned naming off (caching on), so the next use is
+    /// one round trip.
+    pub(crate) async fn unnamed_for(
+        &self,
+        target: StatementRef<'_>,
+        params: Params<'_>,
+    ) -> Result<cache::Statement, PgError> {
+        let stmt = self
+            .describe_unnamed(target.sql, target.types, params)
+            .await?;
+        if !params.is_empty() {
+            self.keep_description(target.key, &stmt);
+        }
+        Ok(stmt)
+    }
+
+    /// Keeps the description of an unnamed statement (a no-op with caching off).
+    pub(crate) fn keep_description(&self, key: &str, stmt: &cache::Statement) {
+        // An unnamed entry has nothing to close on the server, nor does one it evicts.
+        let _ = self.conn.st.borrow_mut().cache.insert(key, stmt.clone());
     }
 
     /// With caching off: the parameter types of `sql` (with the asked-for `types`) for

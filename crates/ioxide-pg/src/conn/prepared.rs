@@ -165,8 +165,8 @@ impl PgConnection {
             sql,
             types,
         };
-        let caching = self.conn.st.borrow().cache.enabled();
-        let stmt = if caching {
+        let naming = self.conn.st.borrow().cache.names();
+        let stmt = if naming {
             match self.statement_with(s).await {
                 Ok((stmt, close_after)) => {
                     if let Some(name) = close_after {
@@ -175,14 +175,18 @@ impl PgConnection {
                     stmt
                 }
                 Err(e) if self.naming_refused(&e, true) => {
-                    self.describe_as_unnamed(sql, types).await?
+                    let stmt = self.describe_as_unnamed(sql, types).await?;
+                    self.keep_description(&key, &stmt);
+                    stmt
                 }
                 Err(e) => return Err(e),
             }
         } else {
             // Nothing named is left on the server: a transaction-mode pooler may hand the
             // session to someone else right after. Each use parses the statement again.
-            self.describe_as_unnamed(sql, types).await?
+            let stmt = self.describe_as_unnamed(sql, types).await?;
+            self.keep_description(&key, &stmt);
+            stmt
         };
         Ok(Statement {
             inner: Rc::new(Inner {

@@ -260,18 +260,14 @@ impl PgConnection {
         let mut attempt = 0;
         let mut collateral_retried = false;
         loop {
-            let (hit, caching) = {
+            let (hit, naming) = {
                 let mut st = self.conn.st.borrow_mut();
-                (st.cache.get(target.key), st.cache.enabled())
+                (st.cache.get(target.key), st.cache.names())
             };
             let mut fresh = false;
             let (stmt, close_after) = match hit {
                 Some(stmt) => (stmt, None),
-                None if !caching => (
-                    self.describe_unnamed(target.sql, target.types, params)
-                        .await?,
-                    None,
-                ),
+                None if !naming => (self.unnamed_for(target, params).await?, None),
                 None => match self.statement_with(target).await {
                     Ok(prepared) => {
                         fresh = true;
