@@ -334,7 +334,7 @@ impl PgConnection {
         let (mut stmts, caching): (Vec<Option<Prepared>>, bool) = {
             let mut st = self.conn.st.borrow_mut();
             let stmts = plan.targets.iter().map(|t| st.cache.get(t.key)).collect();
-            (stmts, st.cache.names())
+            (stmts, st.cache.enabled())
         };
         // Should the caller give up (or an enqueue fail) before every preparation was
         // awaited, the guard abandons the rest (the watcher drains their replies), closes

@@ -69,8 +69,10 @@ impl StatementCache {
         }
     }
 
-    /// Whether statements get server-side names (caching on, no pooler seen).
-    pub(crate) fn names(&self) -> bool {
+    /// Whether statements get server-side names and are cached as such: false with
+    /// `statement_cache_capacity` 0, and once a transaction-mode pooler was seen
+    /// (`stop_naming`; the entries are then descriptions of the unnamed statement).
+    pub(crate) fn enabled(&self) -> bool {
         self.naming && self.capacity > 0
     }
 
@@ -80,7 +82,7 @@ impl StatementCache {
     /// the pooler picks); from now on the cache keeps descriptions of the unnamed statement,
     /// so a query stays one round trip. Returns whether naming was on until now.
     pub(crate) fn stop_naming(&mut self) -> bool {
-        let was = self.names();
+        let was = self.enabled();
         self.naming = false;
         self.map.clear();
         was
@@ -213,9 +215,9 @@ mod tests {
         let mut c = StatementCache::new(4);
         let a = stmt(&mut c);
         assert_eq!(c.insert("a", a), None);
-        assert!(c.names());
+        assert!(c.enabled());
         assert!(c.stop_naming());
-        assert!(!c.names());
+        assert!(!c.enabled());
         assert_eq!(c.len(), 0);
         assert!(!c.stop_naming());
         // Descriptions of the unnamed statement are kept; nothing to close for them.

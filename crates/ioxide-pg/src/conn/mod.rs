@@ -247,7 +247,7 @@ impl PgConnection {
         loop {
             let (hit, naming) = {
                 let mut st = self.conn.st.borrow_mut();
-                (st.cache.get(target.key), st.cache.names())
+                (st.cache.get(target.key), st.cache.enabled())
             };
             let fresh = hit.is_none();
             let (stmt, close_after) = match hit {
@@ -662,7 +662,7 @@ impl PgConnection {
     /// `statement_cache_capacity=0` or once a transaction-mode pooler was seen; tests).
     #[doc(hidden)]
     pub fn names_statements(&self) -> bool {
-        self.conn.st.borrow().cache.names()
+        self.conn.st.borrow().cache.enabled()
     }
 
     /// Round trips this connection made to look types up in `pg_type` (tests).
@@ -689,7 +689,7 @@ impl PgConnection {
             // The cache hit is the common case: take it without entering `statement`'s future.
             let (hit, naming) = {
                 let mut st = self.conn.st.borrow_mut();
-                (st.cache.get(target.key), st.cache.names())
+                (st.cache.get(target.key), st.cache.enabled())
             };
             let mut fresh = false;
             let (stmt, close_after) = match hit {

@@ -165,7 +165,7 @@ impl PgConnection {
             sql,
             types,
         };
-        let naming = self.conn.st.borrow().cache.names();
+        let naming = self.conn.st.borrow().cache.enabled();
         let stmt = if naming {
             match self.statement_with(s).await {
                 Ok((stmt, close_after)) => {

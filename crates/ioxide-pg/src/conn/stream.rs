@@ -262,7 +262,7 @@ impl PgConnection {
         loop {
             let (hit, naming) = {
                 let mut st = self.conn.st.borrow_mut();
-                (st.cache.get(target.key), st.cache.names())
+                (st.cache.get(target.key), st.cache.enabled())
             };
             let mut fresh = false;
             let (stmt, close_after) = match hit {
