@@ -29,8 +29,9 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Driver options (knobs applied).
     pub options: PgOptions,
-    /// The database address, resolved before the reactors started.
-    pub target: Target,
+    /// The database addresses (one per host of the list), resolved before the reactors
+    /// started.
+    pub targets: Vec<Target>,
     /// Pool statistics of every reactor.
     pub board: Arc<Board>,
     /// The orderly stop.
@@ -59,7 +60,9 @@ pub struct App {
 /// and spawns the stats publisher and the shutdown task.
 pub fn start(reactor: &Reactor, shared: &Shared) {
     // A reactor's first pool: starting it cannot find another one registered.
-    let pool = PgPool::start_with_target(reactor, shared.options.clone(), shared.target.clone())
+    let pool = PgPool::builder(shared.options.clone())
+        .targets(shared.targets.clone())
+        .start(reactor)
         .expect("the playground starts one pool per reactor");
     let app = reactor.add_service(App {
         pool,

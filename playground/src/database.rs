@@ -41,8 +41,8 @@ impl fmt::Display for DbError {
 pub struct Database {
     /// Connection and pool options (the playground's knobs applied).
     pub options: PgOptions,
-    /// Resolved once, here, so no reactor ever does DNS.
-    pub target: Target,
+    /// Every host of the list, resolved once, here, so no reactor ever does DNS.
+    pub targets: Vec<Target>,
     /// The throwaway cluster, if we started one; dropping it stops the server and deletes
     /// its directory.
     pub cluster: Option<Cluster>,
@@ -80,12 +80,14 @@ impl Database {
         options
             .validate()
             .map_err(|e| DbError::Config(format!("bad database setting: {e}")))?;
-        let target = options
-            .resolve()
+        // Every host of a list (`PGHOST=a,b`, `target_session_attrs=read-write`): the pool
+        // walks them, so the playground fails over as the driver does.
+        let targets = options
+            .resolve_hosts()
             .map_err(|e| DbError::Start(format!("cannot resolve the database host: {e}")))?;
         Ok(Database {
             options,
-            target,
+            targets,
             cluster,
         })
     }

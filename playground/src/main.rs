@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let shared = app::Shared {
         config: config.clone(),
         options: db.options.clone(),
-        target: db.target.clone(),
+        targets: db.targets.clone(),
         board: Arc::new(stats::Board::new(config.reactors)),
         lifecycle: lifecycle.clone(),
     };

@@ -103,8 +103,8 @@ pub use conn::{
 pub use error::{DbError, ErrorPosition, PgError, Severity, TimeoutKind};
 pub use listen::{ListenEvent, Notification, PgListener, LISTEN_BUFFER_LIMIT};
 pub use options::{
-    ChannelBinding, Host, PgOptions, RootCert, SslCertMode, SslMode, SslNegotiation, Target,
-    TlsVersion,
+    ChannelBinding, Host, LoadBalanceHosts, PgOptions, RootCert, SslCertMode, SslMode,
+    SslNegotiation, Target, TargetSessionAttrs, TlsVersion,
 };
 pub use pool::{AfterConnectFuture, PgPool, PgPoolBuilder, PoolStats, PooledConn};
 pub use proto::auth::{AuthMethod, RequireAuth};

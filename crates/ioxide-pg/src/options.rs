@@ -18,12 +18,20 @@
 //! | `tcp_user_timeout` | [`tcp_user_timeout`](PgOptions::tcp_user_timeout) | — | milliseconds sent data may stay unacknowledged (0/unset: OS default) |
 //! | `options` | [`options`](PgOptions::options) | `PGOPTIONS` | command-line options for the server session (`-c search_path=app`) |
 //! | `passfile` | [`passfile`](PgOptions::passfile) | `PGPASSFILE` | password file used when no password is given (default `~/.pgpass`) |
+//! | `host` list | [`host`](PgOptions::host)`("a,b")`, [`hosts`](PgOptions::hosts) | `PGHOST` | several hosts (names, IPs, Unix directories), tried in turn |
+//! | `port` list | [`port`](PgOptions::port), [`ports`](PgOptions::ports) | `PGPORT` | one port for all hosts, or one per host |
+//! | `hostaddr` | [`hostaddrs`](PgOptions::hostaddrs) | `PGHOSTADDR` | numeric address per host, used instead of resolving its name |
+//! | `target_session_attrs` | [`target_session_attrs`](PgOptions::target_session_attrs) | `PGTARGETSESSIONATTRS` | which server a connect accepts ([`TargetSessionAttrs`]) |
+//! | `load_balance_hosts` | [`load_balance_hosts`](PgOptions::load_balance_hosts) | `PGLOADBALANCEHOSTS` | hosts in order, or shuffled per connect ([`LoadBalanceHosts`]) |
 //!
 //! The TCP settings are set on the socket before it connects, for the connection and its
 //! CancelRequests; Unix sockets ignore them.
 //!
-//! Host names are resolved once, by [`PgOptions::resolve`], which blocks and is meant to run
-//! before the reactors start; reactors then only ever connect to addresses.
+//! Host names are resolved once, by [`PgOptions::resolve`] (one host) or
+//! [`PgOptions::resolve_hosts`] (a list), which block and are meant to run before the
+//! reactors start; reactors then only ever connect to addresses. A host list is walked as
+//! libpq does: each host in turn, each within `connect_timeout`, until one accepts and fits
+//! `target_session_attrs` (ARCHITECTURE.md, "How a connect walks the topology").
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -34,11 +42,14 @@ use std::time::Duration;
 use crate::proto::auth::RequireAuth;
 use crate::PgError;
 
+mod hosts;
 mod parse;
 mod passfile;
 mod socket;
 mod tls;
 
+pub(crate) use hosts::{shuffle, HostEntry};
+pub use hosts::{LoadBalanceHosts, TargetSessionAttrs};
 pub(crate) use tls::TlsOptions;
 pub use tls::{ChannelBinding, RootCert, SslCertMode, SslMode, SslNegotiation, TlsVersion};
 
@@ -84,8 +95,16 @@ pub enum Target {
 /// ```
 #[derive(Clone)]
 pub struct PgOptions {
-    host: Host,
-    port: u16,
+    /// The host list (at least one; see `hosts`).
+    hosts: Vec<Host>,
+    /// One port for every host, or one per host.
+    ports: Vec<u16>,
+    /// Whether `host` was given (else `hostaddr` alone names the hosts).
+    host_set: bool,
+    /// libpq's `hostaddr`: empty, or one per host.
+    hostaddrs: Vec<IpAddr>,
+    target_session_attrs: TargetSessionAttrs,
+    load_balance_hosts: LoadBalanceHosts,
     user: String,
     password: Option<String>,
     database: Option<String>,
@@ -166,8 +185,12 @@ impl PgOptions {
             .or_else(|| lookup("USER").filter(|u| !u.is_empty()))
             .unwrap_or_else(|| "postgres".to_owned());
         PgOptions {
-            host: Host::Tcp("localhost".to_owned()),
-            port: 5432,
+            hosts: vec![Host::Tcp("localhost".to_owned())],
+            ports: vec![5432],
+            host_set: false,
+            hostaddrs: Vec::new(),
+            target_session_attrs: TargetSessionAttrs::Any,
+            load_balance_hosts: LoadBalanceHosts::Disable,
             user,
             password: None,
             database: None,
@@ -203,7 +226,9 @@ impl PgOptions {
     /// Precedence: if `DATABASE_URL` is set and non-empty it wins outright — the options come
     /// from that URL alone (plus the user default below) and the `PG*` variables are ignored.
     /// Otherwise `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`,
-    /// `PGCONNECT_TIMEOUT`, `PGREQUIREAUTH`, `PGOPTIONS` and the TLS variables (`PGSSLMODE`,
+    /// `PGCONNECT_TIMEOUT`, `PGREQUIREAUTH`, `PGOPTIONS`, the host-list variables
+    /// (`PGHOSTADDR`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`; `PGHOST` and `PGPORT`
+    /// may be lists) and the TLS variables (`PGSSLMODE`,
     /// `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGSSLSNI`, `PGSSLNEGOTIATION`,
     /// `PGCHANNELBINDING`, `PGSSLMINPROTOCOLVERSION`, `PGSSLMAXPROTOCOLVERSION`, `PGSSLCRL`,
     /// `PGSSLCRLDIR`, `PGSSLCERTMODE`, `PGSSLCOMPRESSION`, `PGGSSENCMODE`) override the
@@ -226,7 +251,7 @@ impl PgOptions {
             ("PGREQUIREAUTH", "require_auth"),
         ];
         let mut opts = base;
-        for (var, key) in VARS.into_iter().chain(tls::ENV_VARS) {
+        for (var, key) in VARS.into_iter().chain(hosts::ENV_VARS).chain(tls::ENV_VARS) {
             if let Some(value) = lookup(var).filter(|v| !v.is_empty()) {
                 opts = opts.apply(key, &value, var)?;
             }
@@ -244,6 +269,9 @@ impl PgOptions {
     /// percent-decoded; an IPv6 host is written `[::1]`; a Unix socket directory is given as
     /// `?host=/run/postgresql` or percent-encoded in the host (`%2Frun%2Fpostgresql`). Query
     /// parameters take the libpq `key=value` names ([`PgOptions::set`]).
+    ///
+    /// Several hosts are written as libpq does, `postgres://a:5432,b:5433,[::1]/db` (a host
+    /// without a port gets 5432 unless the query sets `port`), or `?host=a,b&port=5432,5433`.
     pub fn from_url(url: &str) -> Result<PgOptions, PgError> {
         PgOptions::new().apply_url(url)
     }
@@ -251,6 +279,15 @@ impl PgOptions {
     fn apply_url(mut self, s: &str) -> Result<PgOptions, PgError> {
         // `postgres://user@/db?host=/dir` (no host, as libpq allows) does not parse as a URL:
         // parse it with a placeholder host and ignore that host.
+        // A host list (`a:1,b:2`) is not a URL authority: take it out, parse it here.
+        let list = hosts::take_url_host_list(s)?;
+        let s = list.as_ref().map_or(s, |(u, _)| u.as_str());
+        if let Some((_, list)) = &list {
+            let hl = hosts::split_url_hosts(list)?;
+            self.hosts = hl.iter().map(|(h, _)| hosts::parse_host(h)).collect();
+            self.host_set = true;
+            self.ports = hl.iter().map(|(_, p)| p.unwrap_or(5432)).collect();
+        }
         let (s, has_host) = fill_empty_host(s);
         // Never echo the URL: it may hold a password.
         let url = url::Url::parse(&s).map_err(|e| PgError::config("url", None, e.to_string()))?;
@@ -264,12 +301,12 @@ impl PgOptions {
                 ),
             ));
         }
-        match url.host().filter(|_| has_host) {
+        match url.host().filter(|_| has_host && list.is_none()) {
             Some(url::Host::Domain(d)) if !d.is_empty() => {
                 self = self.apply("host", &percent_decode(d, "host")?, "host")?;
             }
-            Some(url::Host::Ipv4(ip)) => self.host = Host::Tcp(ip.to_string()),
-            Some(url::Host::Ipv6(ip)) => self.host = Host::Tcp(ip.to_string()),
+            Some(url::Host::Ipv4(ip)) => self = self.host(ip.to_string()),
+            Some(url::Host::Ipv6(ip)) => self = self.host(ip.to_string()),
             _ => {}
         }
         if let Some(port) = url.port() {
@@ -340,13 +377,7 @@ impl PgOptions {
     fn apply(mut self, key: &str, value: &str, label: &str) -> Result<PgOptions, PgError> {
         let bad = |msg: &dyn fmt::Display| PgError::config(label, Some(value), msg.to_string());
         match key {
-            "host" | "hostaddr" => {
-                if value.contains(',') {
-                    return Err(bad(&"multiple hosts are not supported"));
-                }
-                self = self.host(value);
-            }
-            "port" => self.port = value.trim().parse().map_err(|e| bad(&e))?,
+            _ if self.apply_hosts(key, value, label)? => {}
             "user" => self.user = value.to_owned(),
             "password" => self.password = Some(value.to_owned()),
             "dbname" | "database" => self.database = Some(value.to_owned()),
@@ -407,8 +438,8 @@ impl PgOptions {
         Ok(self)
     }
 
-    /// Checks the options are usable: a non-empty host without commas, a non-zero port, a
-    /// non-empty user, `max_message_bytes` of at least 1024, a `pool_size`
+    /// Checks the options are usable: non-empty hosts, non-zero ports, as many ports (or
+    /// one) and `hostaddr`s (or none) as hosts, a non-empty user, `max_message_bytes` of at least 1024, a `pool_size`
     /// and `pipeline_depth` of at least 1, a `min_connections` of at most `pool_size`, a
     /// `reply_batch_window` of at most 10 ms and a `reply_gather_limit` of at most 100 ms,
     /// TCP keepalive timers and user timeout within the kernel's ranges, and the TLS settings
@@ -442,20 +473,7 @@ impl PgOptions {
     /// The checks of [`validate`](Self::validate) that concern one connection (not the
     /// pool's fields): what `PgConnection::connect_to` enforces.
     pub(crate) fn validate_connection(&self) -> Result<(), PgError> {
-        match &self.host {
-            Host::Tcp(h) if h.is_empty() => return Err(PgError::config("host", None, "empty")),
-            Host::Tcp(h) if h.contains(',') => {
-                return Err(PgError::config(
-                    "host",
-                    Some(h),
-                    "multiple hosts are not supported",
-                ))
-            }
-            _ => {}
-        }
-        if self.port == 0 {
-            return Err(PgError::config("port", Some("0"), "must be 1..=65535"));
-        }
+        self.validate_hosts()?;
         if self.user.is_empty() {
             return Err(PgError::config("user", None, "empty"));
         }
@@ -494,46 +512,65 @@ impl PgOptions {
 
     /// Validates, then resolves the host: a Unix socket directory becomes
     /// `<dir>/.s.PGSQL.<port>`, an IP literal becomes its address, and a host name is looked
-    /// up **with a blocking DNS query** — call this before the reactors start.
+    /// up **with a blocking DNS query** — call this before the reactors start. A `hostaddr`
+    /// is used as is. For a host list, use [`resolve_hosts`](Self::resolve_hosts): here a
+    /// list is an error.
     pub fn resolve(&self) -> Result<Target, PgError> {
         self.validate()?;
-        match &self.host {
-            Host::Unix(dir) => Ok(Target::Unix(dir.join(format!(".s.PGSQL.{}", self.port)))),
-            Host::Tcp(h) => {
-                if let Ok(ip) = h.parse::<IpAddr>() {
-                    return Ok(Target::Tcp(vec![SocketAddr::new(ip, self.port)]));
+        match self.host_entries().as_slice() {
+            [one] => resolve_entry(one),
+            more => Err(PgError::config(
+                "host",
+                None,
+                format!(
+                    "lists {} hosts: resolve them with PgOptions::resolve_hosts()",
+                    more.len()
+                ),
+            )),
+        }
+    }
+
+    /// Validates, then resolves every host of the list as [`resolve`](Self::resolve) does
+    /// (blocking), one target per host, in the list's order, for
+    /// [`PgConnection::connect_to_hosts`](crate::PgConnection::connect_to_hosts) and
+    /// [`PgPoolBuilder::targets`](crate::PgPoolBuilder::targets). A host that does not
+    /// resolve gets an empty target (a connect skips it, naming it); if none resolves, the
+    /// first error is returned.
+    pub fn resolve_hosts(&self) -> Result<Vec<Target>, PgError> {
+        self.validate()?;
+        let mut first_err = None;
+        let mut out = Vec::new();
+        for e in self.host_entries() {
+            match resolve_entry(&e) {
+                Ok(t) => out.push(t),
+                Err(err) => {
+                    first_err.get_or_insert(err);
+                    out.push(Target::Tcp(Vec::new()));
                 }
-                let addrs: Vec<SocketAddr> = (h.as_str(), self.port)
-                    .to_socket_addrs()
-                    .map_err(|e| PgError::io(format!("resolving host {h:?}"), e))?
-                    .collect();
-                if addrs.is_empty() {
-                    return Err(PgError::config("host", Some(h), "resolves to no address"));
-                }
-                Ok(Target::Tcp(addrs))
             }
+        }
+        match first_err {
+            Some(e)
+                if out
+                    .iter()
+                    .all(|t| matches!(t, Target::Tcp(a) if a.is_empty())) =>
+            {
+                Err(e)
+            }
+            _ => Ok(out),
         }
     }
 
     /// The host: a name or IP literal (`[::1]` brackets are stripped), or, if it starts with
-    /// `/`, a Unix socket directory.
-    pub fn host(mut self, host: impl AsRef<str>) -> PgOptions {
-        let h = host.as_ref().trim();
-        self.host = if h.starts_with('/') {
-            Host::Unix(PathBuf::from(h))
-        } else {
-            let h = h
-                .strip_prefix('[')
-                .and_then(|h| h.strip_suffix(']'))
-                .unwrap_or(h);
-            Host::Tcp(h.to_owned())
-        };
-        self
+    /// `/`, a Unix socket directory. Commas make a host list (`"db1,db2,/run/postgresql"`),
+    /// as [`hosts`](PgOptions::hosts).
+    pub fn host(self, host: impl AsRef<str>) -> PgOptions {
+        self.hosts(host.as_ref().split(','))
     }
 
-    /// The server port (also names the Unix socket file). Default 5432.
+    /// The server port (also names the Unix socket file), for every host. Default 5432.
     pub fn port(mut self, port: u16) -> PgOptions {
-        self.port = port;
+        self.ports = vec![port];
         self
     }
 
@@ -812,14 +849,17 @@ impl PgOptions {
         self
     }
 
-    /// The host.
+    /// The host (the first of a list).
     pub fn get_host(&self) -> &Host {
-        &self.host
+        static LOCALHOST: std::sync::OnceLock<Host> = std::sync::OnceLock::new();
+        self.hosts
+            .first()
+            .unwrap_or_else(|| LOCALHOST.get_or_init(|| Host::Tcp("localhost".to_owned())))
     }
 
-    /// The port.
+    /// The port (the first host's).
     pub fn get_port(&self) -> u16 {
-        self.port
+        self.ports.first().copied().unwrap_or(5432)
     }
 
     /// The user.
@@ -911,8 +951,11 @@ impl PgOptions {
 impl fmt::Debug for PgOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgOptions")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("hosts", &self.hosts)
+            .field("ports", &self.ports)
+            .field("hostaddrs", &self.hostaddrs)
+            .field("target_session_attrs", &self.target_session_attrs)
+            .field("load_balance_hosts", &self.load_balance_hosts)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| Redacted))
             .field("database", &self.get_database())
@@ -960,6 +1003,29 @@ impl FromStr for PgOptions {
             PgOptions::from_url(s)
         } else {
             PgOptions::from_conninfo(s)
+        }
+    }
+}
+
+/// Resolves one host of the list (blocking for a name); see [`PgOptions::resolve`].
+fn resolve_entry(e: &HostEntry) -> Result<Target, PgError> {
+    if let Some(ip) = e.hostaddr {
+        return Ok(Target::Tcp(vec![SocketAddr::new(ip, e.port)]));
+    }
+    match &e.host {
+        Host::Unix(dir) => Ok(Target::Unix(dir.join(format!(".s.PGSQL.{}", e.port)))),
+        Host::Tcp(h) => {
+            if let Ok(ip) = h.parse::<IpAddr>() {
+                return Ok(Target::Tcp(vec![SocketAddr::new(ip, e.port)]));
+            }
+            let addrs: Vec<SocketAddr> = (h.as_str(), e.port)
+                .to_socket_addrs()
+                .map_err(|err| PgError::io(format!("resolving host {h:?}"), err))?
+                .collect();
+            if addrs.is_empty() {
+                return Err(PgError::config("host", Some(h), "resolves to no address"));
+            }
+            Ok(Target::Tcp(addrs))
         }
     }
 }

@@ -580,3 +580,36 @@ fn a_restart_mid_copy_fails_it_and_new_connections_work() {
         answers(&c).await;
     });
 }
+
+#[test]
+fn a_copy_whose_start_is_given_up_leaves_the_connection_free() {
+    run_within(LIMIT, async {
+        let c = Rc::new(PgConnection::connect(&opts()).await.unwrap());
+        table(&c, "copy_giveup").await;
+        // A slow query ahead keeps the COPY from starting; the caller gives up on it.
+        let ahead = {
+            let c = c.clone();
+            ioxide::spawn(async move { c.query("SELECT pg_sleep(0.3)").await.map(|_| ()) })
+        };
+        ioxide::time::sleep(Duration::from_millis(20)).await;
+        let r = ioxide::time::timeout(
+            Duration::from_millis(50),
+            c.copy_in("COPY copy_giveup (id) FROM STDIN"),
+        )
+        .await;
+        assert!(r.is_err(), "the COPY should still have been waiting");
+        let r = ioxide::time::timeout(
+            Duration::from_millis(50),
+            c.copy_out("COPY copy_giveup (id) TO STDOUT"),
+        )
+        .await;
+        assert!(r.is_err(), "the COPY should still have been waiting");
+        ahead.await.unwrap();
+        // Nothing is held back: a query and a new COPY go through.
+        answers(&c).await;
+        let mut copy = c.copy_in("COPY copy_giveup (id) FROM STDIN").await.unwrap();
+        copy.send(b"1\n").await.unwrap();
+        assert_eq!(copy.finish().await.unwrap(), 1);
+        assert_eq!(count(&c, "copy_giveup").await, 1);
+    });
+}

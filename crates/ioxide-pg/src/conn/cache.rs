@@ -51,7 +51,17 @@ pub(crate) struct StatementCache {
     /// one needs — statements of the same types prepared at once on a shared connection).
     pub(crate) lookup_busy: bool,
     pub(crate) lookup_waiters: Vec<std::task::Waker>,
+    /// Parameterless texts a pool's shared path ran once with the simple protocol (`false`)
+    /// or is preparing now (`true`) (`conn/auto.rs`): the second run prepares them, and runs
+    /// meanwhile stay simple. Bounded: emptied when full.
+    pub(crate) seen_once: foldhash::HashMap<Box<str>, bool>,
+    /// Texts the server would not prepare (several statements, an error): they stay on the
+    /// simple protocol. Bounded likewise.
+    pub(crate) simple_only: foldhash::HashSet<Box<str>>,
 }
+
+/// How many texts `seen_once` and `simple_only` remember before they start over.
+pub(crate) const AUTO_TEXTS: usize = 1024;
 
 impl StatementCache {
     pub(crate) fn new(capacity: usize) -> StatementCache {
@@ -66,6 +76,8 @@ impl StatementCache {
             type_lookups: 0,
             lookup_busy: false,
             lookup_waiters: Vec::new(),
+            seen_once: foldhash::HashMap::default(),
+            simple_only: foldhash::HashSet::default(),
         }
     }
 
@@ -155,6 +167,7 @@ impl StatementCache {
     pub(crate) fn clear(&mut self) {
         self.map.clear();
         self.types.clear();
+        self.seen_once.clear();
     }
 }
 

@@ -164,11 +164,31 @@ impl Running {
     }
 }
 
+/// Ends a COPY whose `begin` future was dropped before it answered (a caller's timeout):
+/// the hold is released with a CopyFail (ignored by a server not in copy mode) and the
+/// command is abandoned to the watcher, so the connection is neither held nor stalled.
+struct BeginGuard<'c> {
+    conn: &'c Conn,
+    seq: u64,
+    armed: bool,
+}
+
+impl Drop for BeginGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.copy_send(self.seq, true, |out| {
+                encode::copy_fail("COPY abandoned by the client", out)
+            });
+            abandon(self.conn, self.seq);
+        }
+    }
+}
+
 /// Queues a COPY's Query and takes the send buffer (see `State::copy_hold`; waiting for
 /// another COPY of this connection to let it go first). Both directions hold it: a COPY TO
 /// STDOUT until its CopyOutResponse, because the statement may turn out to be a COPY FROM
 /// STDIN after all.
-async fn start(conn: &Conn, sql: &str) -> Result<Running, PgError> {
+async fn start<'c>(conn: &'c Conn, sql: &str) -> Result<(Running, BeginGuard<'c>), PgError> {
     poll_fn(|cx| {
         let mut st = conn.st.borrow_mut();
         if st.copy_hold.is_none() || st.broken.is_some() {
@@ -180,13 +200,21 @@ async fn start(conn: &Conn, sql: &str) -> Result<Running, PgError> {
     .await;
     let (seq, sent_from) = conn.enqueue(Reply::copy(), |out| encode::query(sql, out))?;
     conn.hold_for_copy(seq);
-    Ok(Running {
+    let run = Running {
         seq,
         sent_from,
         sink: CopySink::default(),
         errs: CmdErrors::default(),
         done: false,
-    })
+    };
+    Ok((
+        run,
+        BeginGuard {
+            conn,
+            seq,
+            armed: true,
+        },
+    ))
 }
 
 /// A `COPY … FROM STDIN` in progress: send the data with [`send`](Self::send), end it with
@@ -207,17 +235,26 @@ pub struct CopyIn<'a> {
 
 impl fmt::Debug for CopyIn<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CopyIn")
-            .field("format", &self.format)
-            .field("ended", &self.ended)
-            .finish()
+        debug_copy(f, "CopyIn", &self.format, self.ended)
     }
+}
+
+fn debug_copy(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    format: &CopyFormat,
+    ended: bool,
+) -> fmt::Result {
+    f.debug_struct(name)
+        .field("format", format)
+        .field("ended", &ended)
+        .finish()
 }
 
 impl<'a> CopyIn<'a> {
     async fn begin(holder: Holder<'a>, sql: &str) -> Result<CopyIn<'a>, PgError> {
-        let mut run = start(holder.conn(), sql).await?;
         let conn = holder.conn();
+        let (mut run, mut guard) = start(conn, sql).await?;
         let started = poll_fn(|cx| match run.poll(conn, cx) {
             Poll::Ready(Ok(())) => {
                 Poll::Ready(Err(run.not_started("copy_in", "COPY … FROM STDIN")))
@@ -235,6 +272,8 @@ impl<'a> CopyIn<'a> {
             },
         })
         .await;
+        guard.armed = false;
+        drop(guard);
         match started {
             Ok(()) => {
                 let format = match run.sink.started.take() {
@@ -403,17 +442,14 @@ pub struct CopyOut<'a> {
 
 impl fmt::Debug for CopyOut<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CopyOut")
-            .field("format", &self.format)
-            .field("finished", &self.finished)
-            .finish()
+        debug_copy(f, "CopyOut", &self.format, self.finished)
     }
 }
 
 impl<'a> CopyOut<'a> {
     async fn begin(holder: Holder<'a>, sql: &str) -> Result<CopyOut<'a>, PgError> {
-        let mut run = start(holder.conn(), sql).await?;
         let conn = holder.conn();
+        let (mut run, mut guard) = start(conn, sql).await?;
         let started = poll_fn(|cx| {
             if run.sink.started.is_some() {
                 return Poll::Ready(Ok(()));
@@ -429,6 +465,8 @@ impl<'a> CopyOut<'a> {
             }
         })
         .await;
+        guard.armed = false;
+        drop(guard);
         if let Err(e) = started {
             // Ended before it started (no CopyFail needed: the server is not in copy-in
             // mode): let the held commands go.
@@ -547,7 +585,9 @@ impl PgConnection {
     /// Starts `COPY … FROM STDIN` (`sql`, text, CSV or binary format) and returns once the
     /// server is ready for the data. An error in the statement (no such table, a COPY TO
     /// STDOUT, not a COPY at all) is returned here. Commands other tasks queue on this
-    /// connection meanwhile wait until the COPY ends (see [`CopyIn`]).
+    /// connection meanwhile wait until the COPY ends (see [`CopyIn`]) — so the task that
+    /// holds the `CopyIn` must finish (or drop) it before it awaits another command on the
+    /// same connection.
     ///
     /// ```no_run
     /// # async fn f(conn: &ioxide_pg::PgConnection) -> Result<(), ioxide_pg::PgError> {

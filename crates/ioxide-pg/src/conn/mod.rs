@@ -2,6 +2,7 @@
 //! opened it. See `state` for who reads the socket, `tasks` for the writer, the watcher, the
 //! CancelRequest and the timeout sweep.
 
+mod auto;
 mod batch;
 mod cache;
 mod cancel_token;
@@ -16,6 +17,7 @@ mod stream;
 mod tasks;
 mod txn;
 mod types;
+pub(crate) mod walk;
 
 pub use batch::Pipeline;
 pub use cancel_token::CancelToken;
@@ -115,17 +117,46 @@ impl Drop for PgConnection {
 }
 
 impl PgConnection {
-    /// Connects with `opts`. The host must be an IP literal or a Unix socket directory: a host
-    /// name needs a DNS lookup, which must happen before the reactors start — resolve it with
-    /// [`PgOptions::resolve`] and use [`PgConnection::connect_to`].
+    /// Connects with `opts`. Each host must be an IP literal (or have a `hostaddr`) or a Unix
+    /// socket directory: a host name needs a DNS lookup, which must happen before the
+    /// reactors start — resolve with [`PgOptions::resolve_hosts`] and use
+    /// [`PgConnection::connect_to_hosts`].
+    ///
+    /// A host list is walked as libpq does: each host in turn (shuffled with
+    /// `load_balance_hosts=random`), each bounded by `connect_timeout`, until one accepts and
+    /// fits `target_session_attrs`; the error of a failed walk names every host and why it was
+    /// skipped.
     pub async fn connect(opts: &PgOptions) -> Result<PgConnection, PgError> {
-        let target = resolve_without_dns(opts)?;
-        Self::connect_to(opts, target).await
+        let topo = walk::Topology::new(opts, None)?;
+        walk::connect(&topo).await
     }
 
-    /// Connects to an already resolved `target`, bounded by `connect_timeout`. Invalid
-    /// options fail here, naming the field, before anything is sent.
+    /// As [`connect`](Self::connect), with one resolved target per host of the options'
+    /// list (from [`PgOptions::resolve_hosts`]).
+    pub async fn connect_to_hosts(
+        opts: &PgOptions,
+        targets: Vec<Target>,
+    ) -> Result<PgConnection, PgError> {
+        let topo = walk::Topology::new(opts, Some(targets))?;
+        walk::connect(&topo).await
+    }
+
+    /// Connects to an already resolved `target`, bounded by `connect_timeout`, and checks
+    /// `target_session_attrs` (a list of one host). Invalid options fail here, naming the
+    /// field, before anything is sent.
     pub async fn connect_to(opts: &PgOptions, target: Target) -> Result<PgConnection, PgError> {
+        if opts.get_target_session_attrs() == crate::TargetSessionAttrs::Any {
+            return Self::connect_one(opts, target).await;
+        }
+        let topo = walk::Topology::new(opts, Some(vec![target]))?;
+        walk::connect(&topo).await
+    }
+
+    /// One connect to one target, no `target_session_attrs` check.
+    pub(crate) async fn connect_one(
+        opts: &PgOptions,
+        target: Target,
+    ) -> Result<PgConnection, PgError> {
         opts.validate_connection()?;
         let open = open(opts, target);
         match opts.get_connect_timeout() {

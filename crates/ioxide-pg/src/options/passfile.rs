@@ -58,7 +58,7 @@ impl PgOptions {
             return None;
         }
         let path = self.passfile.as_deref()?;
-        let host: &[u8] = match &self.host {
+        let host: &[u8] = match self.get_host() {
             Host::Tcp(h) if h.is_empty() => b"localhost",
             Host::Tcp(h) => h.as_bytes(),
             Host::Unix(dir) if DEFAULT_SOCKET_DIRS.iter().any(|d| dir == Path::new(d)) => {
@@ -66,7 +66,7 @@ impl PgOptions {
             }
             Host::Unix(dir) => dir.as_os_str().as_bytes(),
         };
-        let port = self.port.to_string();
+        let port = self.get_port().to_string();
         let fields = [
             host,
             port.as_bytes(),

@@ -11,7 +11,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Instant;
 
 /// The future an [`after_connect`](PgPoolBuilder::after_connect) hook returns: it borrows
 /// the new connection for as long as it runs.
@@ -43,7 +42,7 @@ pub(crate) type Hook = Rc<dyn for<'c> Fn(&'c PgConnection) -> AfterConnectFuture
 /// ```
 pub struct PgPoolBuilder {
     options: PgOptions,
-    target: Option<Target>,
+    target: Option<Vec<Target>>,
     name: Option<String>,
     hook: Option<Hook>,
 }
@@ -72,7 +71,15 @@ impl PgPoolBuilder {
     /// Connects to this already resolved target instead of resolving the options' host (which
     /// must then be an IP literal or a Unix socket directory: no DNS on a reactor).
     pub fn target(mut self, target: Target) -> PgPoolBuilder {
-        self.target = Some(target);
+        self.target = Some(vec![target]);
+        self
+    }
+
+    /// Connects to these already resolved targets, one per host of the options' list
+    /// ([`PgOptions::resolve_hosts`]); every connect walks them with the options'
+    /// `target_session_attrs` and `load_balance_hosts`.
+    pub fn targets(mut self, targets: Vec<Target>) -> PgPoolBuilder {
+        self.target = Some(targets);
         self
     }
 
@@ -118,19 +125,17 @@ impl PgPoolBuilder {
     /// pool (or, with [`name`](Self::name), a pool of that name), or if the host is a name
     /// and no [`target`](Self::target) was given.
     pub fn start(self, reactor: &Reactor) -> Result<PgPool, PgError> {
-        let target = match self.target {
-            Some(t) => t,
-            None => crate::conn::resolve_without_dns(&self.options)?,
-        };
-        PgPool::launch_registered(reactor, self.name, self.options, target, self.hook)
+        let topology = crate::conn::walk::Topology::new(&self.options, self.target)?;
+        PgPool::launch_registered(reactor, self.name, self.options, topology, self.hook)
     }
 }
 
 /// Opens one connection for the pool: connect, then the hook, all within `connect_timeout`.
 /// A connection the hook failed is closed here (in the background) and counted.
 pub(super) async fn open(inner: &super::state::Inner) -> Result<PgConnection, PgError> {
-    let began = Instant::now();
-    let conn = PgConnection::connect_to(&inner.opts, inner.target.clone()).await?;
+    // Each host of a list has its own connect_timeout; the hook's share counts from the
+    // attempt that succeeded.
+    let (conn, began) = crate::conn::walk::connect_timed(&inner.target).await?;
     let Some(hook) = inner.hook.clone() else {
         return Ok(conn);
     };

@@ -118,10 +118,12 @@ impl PgPool {
         reactor: &Reactor,
         name: Option<String>,
         options: PgOptions,
-        target: crate::Target,
+        target: crate::conn::walk::Topology,
         hook: Option<builder::Hook>,
     ) -> Result<PgPool, PgError> {
-        crate::conn::check_tls_files(&options, &target)?;
+        for (opts, t) in target.targets() {
+            crate::conn::check_tls_files(opts, t)?;
+        }
         let pools = registry(reactor);
         match name {
             None => {
@@ -151,7 +153,7 @@ impl PgPool {
     fn launch(
         reactor: &Reactor,
         options: PgOptions,
-        target: crate::Target,
+        target: crate::conn::walk::Topology,
         hook: Option<builder::Hook>,
     ) -> PgPool {
         let inner = Rc::new(Inner::new(options, target, hook));
@@ -201,10 +203,14 @@ impl PgPool {
         &self.inner.opts
     }
 
-    /// Simple-protocol query: rent, run, return.
+    /// [`PgConnection::query`] on a shared connection: the same result (the first value as
+    /// text, the tag, the same errors), but a parameterless single statement the connection
+    /// has run before is prepared once and then bound with text results, which costs the
+    /// server less than parsing and planning it every time (the simple protocol). A text of
+    /// several statements, or one the server will not prepare, stays on the simple protocol.
     pub async fn query(&self, sql: &str) -> Result<QueryResult, PgError> {
         self.with_conn(|c| async move {
-            let r = c.query(sql).await;
+            let r = c.query_shared(sql).await;
             if let Ok(qr) = &r {
                 if qr.changed_session() {
                     c.note_shared_tag(qr.command_tag());

@@ -5,7 +5,7 @@
 //! an await or while waking a task.
 
 use super::builder::Hook;
-use crate::{PgConnection, PgError, PgOptions, Target, TimeoutKind};
+use crate::{PgConnection, PgError, PgOptions, TimeoutKind};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -125,7 +125,7 @@ pub(crate) struct PoolState {
 
 pub(crate) struct Inner {
     pub(crate) opts: PgOptions,
-    pub(crate) target: Target,
+    pub(crate) target: crate::conn::walk::Topology,
     pub(crate) size: usize,
     pub(crate) depth: usize,
     pub(crate) acquire_timeout: Duration,
@@ -141,7 +141,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn new(opts: PgOptions, target: Target, hook: Option<Hook>) -> Inner {
+    pub(crate) fn new(
+        opts: PgOptions,
+        target: crate::conn::walk::Topology,
+        hook: Option<Hook>,
+    ) -> Inner {
         let size = opts.get_pool_size().max(1);
         let depth = opts.get_pipeline_depth().max(1);
         let acquire_timeout = opts.get_acquire_timeout();

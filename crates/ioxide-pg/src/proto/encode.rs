@@ -201,6 +201,37 @@ pub fn bind_execute_sync(
 /// Execute of the unnamed portal with no row limit (`E`, length 9, `""`, 0), then Sync.
 const EXECUTE_ALL_SYNC: &[u8] = b"E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04";
 
+/// Bind of parameterless statement `statement` to the unnamed portal with every result
+/// column in text format (no format codes), Execute for all rows, Sync: a cached statement
+/// run the way a simple Query reports its rows (`conn/auto.rs`).
+pub fn bind_text_execute_sync(statement: &str, out: &mut BytesMut) -> Result<(), PgError> {
+    use bytes::BufMut;
+    if statement.contains('\0') {
+        return Err(PgError::conversion(
+            "cannot encode Bind: NUL in a statement name",
+        ));
+    }
+    // Length, portal "" (1 byte), the name and its NUL, three zero counts (parameter
+    // formats, parameters, result formats).
+    let len = 4 + 1 + statement.len() + 1 + 6;
+    let Ok(len32) = i32::try_from(len) else {
+        return Err(PgError::conversion(
+            "cannot encode Bind: statement name too long",
+        ));
+    };
+    out.reserve(1 + len + EXECUTE_ALL_SYNC.len());
+    out.put_u8(b'B');
+    out.put_i32(len32);
+    out.put_u8(0);
+    out.put_slice(statement.as_bytes());
+    out.put_u8(0);
+    out.put_i16(0);
+    out.put_i16(0);
+    out.put_i16(0);
+    out.extend_from_slice(EXECUTE_ALL_SYNC);
+    Ok(())
+}
+
 /// Describe a statement or portal. For a statement the server answers ParameterDescription
 /// then RowDescription or NoData.
 pub fn describe(target: Target, name: &str, out: &mut BytesMut) -> Result<(), PgError> {
@@ -291,6 +322,32 @@ pub fn cancel_request(process_id: i32, secret_key: i32) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_bind_matches_the_crates_encoder() {
+        let mut ours = BytesMut::new();
+        bind_text_execute_sync("ioxide_s7", &mut ours).expect("bind");
+        let mut theirs = BytesMut::new();
+        let none: [i16; 0] = [];
+        let values: [Option<&[u8]>; 0] = [];
+        frontend::bind(
+            "",
+            "ioxide_s7",
+            none,
+            values,
+            |v: Option<&[u8]>, _buf: &mut BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+                Ok(if v.is_some() { postgres_protocol::IsNull::No } else { postgres_protocol::IsNull::Yes })
+            },
+            none,
+            &mut theirs,
+        )
+        .map_err(|_| "crate bind")
+        .expect("crate bind");
+        frontend::execute("", 0, &mut theirs).expect("execute");
+        frontend::sync(&mut theirs);
+        assert_eq!(ours, theirs);
+        assert!(bind_text_execute_sync("a\0b", &mut ours).is_err());
+    }
 
     #[test]
     fn cancel_request_is_16_bytes_with_the_magic_code() {

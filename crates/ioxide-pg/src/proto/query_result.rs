@@ -188,6 +188,12 @@ impl QueryResult {
         Ok(())
     }
 
+    /// The rows that follow have `n` columns: for an extended-protocol reply, whose
+    /// RowDescription came with the statement's Describe, not in the reply.
+    pub(crate) fn expect_columns(&mut self, n: u16) {
+        self.columns = Some(n);
+    }
+
     /// The first column of the first row of the first result set that had rows, as text.
     /// `None` for NULL or when no statement returned rows.
     pub fn value(&self) -> Option<&str> {

@@ -2,6 +2,7 @@
 
 mod bouncer;
 mod control;
+mod replica;
 mod server;
 
 use std::path::{Path, PathBuf};

@@ -205,7 +205,7 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
 
 impl Cluster {
     /// Our settings, appended to the initdb-generated `postgresql.conf` (later lines win).
-    fn conf_block(&self, extra: &[(String, String)]) -> String {
+    pub(super) fn conf_block(&self, extra: &[(String, String)]) -> String {
         let mut s = format!(
             "\n# ---- written by pg-throwaway ----\n\
              listen_addresses = '127.0.0.1'\n\
@@ -507,7 +507,9 @@ pub(super) fn hba_conf(auth: super::Auth, lines: Option<&[String]>) -> String {
          # TYPE  DATABASE  USER      ADDRESS        METHOD\n\
          local   all       {SUPERUSER}                 trust\n\
          host    all       {SUPERUSER}  127.0.0.1/32   trust\n\
-         host    all       {SUPERUSER}  ::1/128        trust\n"
+         host    all       {SUPERUSER}  ::1/128        trust\n\
+         local   replication {SUPERUSER}             trust\n\
+         host    replication {SUPERUSER} 127.0.0.1/32 trust\n"
     );
     match lines {
         Some(lines) => {
