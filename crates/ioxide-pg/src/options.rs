@@ -623,6 +623,11 @@ impl PgOptions {
     /// Prepared statements cached per connection (least recently used evicted and closed on
     /// the server). 0 disables caching: every parameterized query then uses the unnamed
     /// statement (two round trips with parameters, one without). Default 256.
+    ///
+    /// 0 is the explicit setting for a transaction-mode pooler (PgBouncer
+    /// `pool_mode=transaction`, the name pgx and sqlx users know). With the default a
+    /// connection detects such a pooler by its first refused statement and switches to
+    /// unnamed statements by itself, without failing the query (and warns once).
     pub fn statement_cache_capacity(mut self, capacity: usize) -> PgOptions {
         self.statement_cache_capacity = capacity;
         self

@@ -391,6 +391,8 @@ fn a_request_made_after_the_server_is_back_is_not_failed_by_an_older_probe() {
         .port(fake.port())
         .user("u")
         .pool_size(1)
+        // The fake speaks only the simple protocol: no auto-prepare of the repeated text.
+        .statement_cache_capacity(0)
         .acquire_timeout(Duration::from_millis(300));
     ioxide::block_on(async {
         let pool = PgPool::start(&Reactor::current(), o).unwrap();

@@ -2,7 +2,8 @@
 //!
 //! A [`Cluster`] is a real PostgreSQL server in its own temp directory, on a free loopback
 //! port and a private Unix socket, with one role using the [`Auth`] method you pick. It can
-//! be stopped, restarted, crashed, frozen and thawed, and its backends terminated. Dropping
+//! be stopped, restarted, crashed, frozen and thawed, and its backends terminated. A
+//! [`PgBouncer`] (the installed `pgbouncer` program) can be put in front of it. Dropping
 //! it stops the server and deletes the directory; if the owning process dies first (SIGKILL,
 //! `std::process::exit`, a `static`), a watchdog process does the same.
 //!
@@ -34,6 +35,8 @@ mod reaper;
 pub mod tls;
 
 pub use binaries::server_bin_dir;
-pub use cluster::{Auth, Cluster, ClusterBuilder, DEFAULT_DIR_PREFIX, SUPERUSER};
+pub use cluster::{
+    Auth, Cluster, ClusterBuilder, PgBouncer, PgBouncerBuilder, DEFAULT_DIR_PREFIX, SUPERUSER,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use os::process_alive;

@@ -52,8 +52,8 @@ pub use fake::tls::{
 pub use fake::{ConnectionLog, FakeServer, Step};
 pub use pg_throwaway::tls::{self, KeyAlgorithm, ServerCert, TlsFiles, TlsSetup};
 pub use pg_throwaway::{
-    process_alive, server_bin_dir, Auth, Cluster, ClusterBuilder, Error, ErrorKind, Result,
-    DEFAULT_DIR_PREFIX, SUPERUSER,
+    process_alive, server_bin_dir, Auth, Cluster, ClusterBuilder, Error, ErrorKind, PgBouncer,
+    PgBouncerBuilder, Result, DEFAULT_DIR_PREFIX, SUPERUSER,
 };
 pub use proxy::FlakyProxy;
 

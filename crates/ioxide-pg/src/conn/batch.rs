@@ -219,16 +219,42 @@ impl PgConnection {
         let mut attempt = 0;
         let mut collateral_retried = false;
         loop {
-            let (stmts, to_close) = self.prepare_plan(&plan).await?;
-            let enqueued = self.conn.enqueue(Reply::bind_execute_many(n), |out| {
+            let (stmts, to_close) = match self.prepare_plan(&plan).await {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    if attempt < 2 && self.naming_refused(&e, true) {
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            // Without named statements (caching off, or a transaction-mode pooler seen), each
+            // entry parses its statement as the unnamed one right before its Bind.
+            let unnamed = stmts.iter().any(|s| s.name.is_empty());
+            let reply = if unnamed {
+                Reply::parse_bind_execute_many(n)
+            } else {
+                Reply::bind_execute_many(n)
+            };
+            let enqueued = self.conn.enqueue(reply, |out| {
                 for (i, e) in entries.iter().enumerate() {
                     let stmt = slot_stmt(&stmts, &plan, i)?;
-                    encode::bind("", &stmt.name, pipeline.params_of(e), &stmt.params, out)
-                        .map_err(|err| {
+                    let name: &str = if unnamed {
+                        let oids: Vec<u32> =
+                            stmt.params.iter().map(postgres_types::Type::oid).collect();
+                        encode::parse("", e.target.sql, &oids, out)?;
+                        ""
+                    } else {
+                        &stmt.name
+                    };
+                    encode::bind("", name, pipeline.params_of(e), &stmt.params, out).map_err(
+                        |err| {
                             err.with_cause(format!(
                                 "pipeline entry {i}; no entry of the pipeline was sent"
                             ))
-                        })?;
+                        },
+                    )?;
                     encode::execute("", 0, out)?;
                 }
                 encode::sync(out);
@@ -267,6 +293,11 @@ impl PgConnection {
                         self.close_statement_detached(&name);
                     }
                 }
+                // A second refusal, after every statement was prepared again: a pooler.
+                if attempt == 1 && committed.is_none() && self.naming_refused(&e, true) {
+                    attempt += 1;
+                    continue;
+                }
                 if stale == Stale::Retry && attempt == 0 && committed.is_none() {
                     attempt += 1;
                     continue;
@@ -300,9 +331,10 @@ impl PgConnection {
         &self,
         plan: &Plan<'_>,
     ) -> Result<(Vec<Prepared>, Vec<Rc<str>>), PgError> {
-        let mut stmts: Vec<Option<Prepared>> = {
+        let (mut stmts, caching): (Vec<Option<Prepared>>, bool) = {
             let mut st = self.conn.st.borrow_mut();
-            plan.targets.iter().map(|t| st.cache.get(t.key)).collect()
+            let stmts = plan.targets.iter().map(|t| st.cache.get(t.key)).collect();
+            (stmts, st.cache.enabled())
         };
         // Should the caller give up (or an enqueue fail) before every preparation was
         // awaited, the guard abandons the rest (the watcher drains their replies), closes
@@ -318,7 +350,13 @@ impl PgConnection {
             if stmts.get(s).is_some_and(Option::is_some) {
                 continue;
             }
-            let name = self.conn.st.borrow_mut().cache.new_name();
+            // Without caching, the unnamed statement describes it (the pipeline parses it
+            // again in front of each Bind).
+            let name = if caching {
+                self.conn.st.borrow_mut().cache.new_name()
+            } else {
+                Rc::from("")
+            };
             let oids: Vec<u32> = t.types.iter().map(postgres_types::Type::oid).collect();
             let r = self.conn.enqueue(Reply::prepare(), |out| {
                 encode::parse(&name, t.sql, &oids, out)?;
@@ -366,6 +404,7 @@ impl PgConnection {
             };
             match outcome {
                 Ok(stmt) => {
+                    // Named, or (naming off) a description of the unnamed statement.
                     let key = plan.targets.get(s).map_or("", |t| t.key);
                     let extra = self.conn.st.borrow_mut().cache.insert(key, stmt.clone());
                     guard.to_close.extend(extra);

@@ -279,9 +279,47 @@ impl PgConnection {
         }
         let mut attempt = 0;
         loop {
-            let (stmt, close_after) = self.statement_with(target).await?;
-            let (seq, from) = self.conn.enqueue(Reply::bind_execute_many(n), |out| {
+            let (hit, naming) = {
+                let mut st = self.conn.st.borrow_mut();
+                (st.cache.get(target.key), st.cache.enabled())
+            };
+            let fresh = hit.is_none();
+            let (stmt, close_after) = match hit {
+                Some(stmt) => (stmt, None),
+                None if !naming => {
+                    let stmt = self.describe_as_unnamed(target.sql, target.types).await?;
+                    self.keep_description(target.key, &stmt);
+                    (stmt, None)
+                }
+                None => match self.statement_with(target).await {
+                    Ok(prepared) => prepared,
+                    Err(e) => {
+                        if attempt < 2 && self.naming_refused(&e, true) {
+                            attempt += 1;
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                },
+            };
+            let unnamed = stmt.name.is_empty();
+            let reply = if unnamed {
+                Reply::parse_bind_execute_many(n)
+            } else {
+                Reply::bind_execute_many(n)
+            };
+            let oids: Vec<u32> = if unnamed {
+                stmt.params.iter().map(postgres_types::Type::oid).collect()
+            } else {
+                Vec::new()
+            };
+            let (seq, from) = self.conn.enqueue(reply, |out| {
                 for (i, params) in rows.iter().enumerate() {
+                    if unnamed {
+                        // Each row parses the statement again: a Parse per Bind is what
+                        // the reply machine expects of an unnamed batch.
+                        encode::parse("", target.sql, &oids, out)?;
+                    }
                     encode::bind("", &stmt.name, params, &stmt.params, out)
                         .map_err(|e| e.with_cause(format!("execute_many: row {i}")))?;
                     encode::execute("", 0, out)?;
@@ -305,6 +343,11 @@ impl PgConnection {
                 let name = self.conn.st.borrow_mut().cache.remove(target.key);
                 if let Some(name) = name {
                     self.close_statement_detached(&name);
+                }
+                // The statement was prepared just now, or again after a first refusal.
+                if (fresh || attempt > 0) && attempt < 2 && self.naming_refused(&e, true) {
+                    attempt += 1;
+                    continue;
                 }
                 if stale == Stale::Retry && attempt == 0 {
                     attempt += 1;
@@ -542,7 +585,11 @@ impl PgConnection {
         self.conn.st.borrow().txn
     }
 
-    /// The server process serving this connection.
+    /// The server process serving this connection, as the server's BackendKeyData says;
+    /// `None` if it sent none. Behind PgBouncer this is PgBouncer's own cancel key (1.18
+    /// sends random bytes, not a backend's pid: the session moves between server processes),
+    /// good only for cancelling through PgBouncer, which the driver does; do not pass it to
+    /// `pg_terminate_backend` or compare it with `pg_backend_pid()`.
     pub fn backend_pid(&self) -> Option<i32> {
         self.conn.key.map(|k| k.process_id)
     }
@@ -645,6 +692,13 @@ impl PgConnection {
         self.conn.st.borrow().cache.len()
     }
 
+    /// Whether this connection names its statements on the server (false with
+    /// `statement_cache_capacity=0` or once a transaction-mode pooler was seen; tests).
+    #[doc(hidden)]
+    pub fn names_statements(&self) -> bool {
+        self.conn.st.borrow().cache.enabled()
+    }
+
     /// Round trips this connection made to look types up in `pg_type` (tests).
     #[doc(hidden)]
     pub fn type_lookups(&self) -> u64 {
@@ -653,6 +707,9 @@ impl PgConnection {
 
     /// Runs `sql` through the statement cache, re-preparing once if the server says the
     /// cached statement is stale (`0A000` cached plan changed, `26000` no such statement).
+    /// A named statement refused in a way only a transaction-mode pooler explains (see
+    /// [`pooler_symptom`]) turns naming off for this connection and runs the query again
+    /// with the unnamed statement.
     async fn run_cached<S: state::Sink>(
         &self,
         target: StatementRef<'_>,
@@ -664,16 +721,27 @@ impl PgConnection {
         let mut collateral_retried = false;
         loop {
             // The cache hit is the common case: take it without entering `statement`'s future.
-            let (hit, caching) = {
+            let (hit, naming) = {
                 let mut st = self.conn.st.borrow_mut();
                 (st.cache.get(target.key), st.cache.enabled())
             };
+            let mut fresh = false;
             let (stmt, close_after) = match hit {
                 Some(stmt) => (stmt, None),
-                None if !caching && target.types.is_empty() => {
-                    (self.describe_unnamed(target.sql, params).await?, None)
-                }
-                None => self.statement_with(target).await?,
+                None if !naming => (self.unnamed_for(target, params).await?, None),
+                None => match self.statement_with(target).await {
+                    Ok(prepared) => {
+                        fresh = true;
+                        prepared
+                    }
+                    Err(e) => {
+                        if attempt < 2 && self.naming_refused(&e, true) {
+                            attempt += 1;
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                },
             };
             let (seq, from) = self.enqueue_bound(&stmt, target.sql, params)?;
             if let Some(name) = close_after {
@@ -696,11 +764,61 @@ impl PgConnection {
             if let Some(name) = name {
                 self.close_statement_detached(&name);
             }
+            if (fresh || attempt > 0) && self.naming_refused(&e, true) && attempt < 2 {
+                attempt += 1;
+                continue;
+            }
             if stale == Stale::EvictOnly || attempt > 0 {
-                return Err(e);
+                return Err(lost_in_block(e));
             }
             attempt += 1;
         }
+    }
+
+    /// A command of the pool's shared path completed with `tag`: a `SET` or `LISTEN` there
+    /// changes a session other callers share (and, behind a transaction-mode pooler, some
+    /// server session nobody chose): warn, once per connection. One comparison of a tag the
+    /// caller already has; nothing on the per-query path of parameterized queries.
+    #[inline]
+    pub(crate) fn note_shared_tag(&self, tag: &str) {
+        if tag == "SET" || tag == "LISTEN" {
+            self.warn_session_state(tag);
+        }
+    }
+
+    #[cold]
+    fn warn_session_state(&self, tag: &str) {
+        let first = !std::mem::replace(&mut self.conn.st.borrow_mut().session_state_warned, true);
+        if first {
+            tracing::warn!(
+                command = tag,
+                "{tag} ran on a pool's shared connection: the session it changes is shared \
+                 with every caller of that connection, and behind a transaction-mode pooler \
+                 (PgBouncer) it is whichever server session ran it. Use SET LOCAL in a \
+                 transaction on PgPool::rent(), the `options` setting, or PgListener for LISTEN"
+            );
+        }
+    }
+
+    /// After a named statement of ours was refused: if `e` is a pooler's symptom
+    /// ([`pooler_symptom`], with `fresh` saying whether we had just prepared it), stops
+    /// naming statements on this connection for good (warning once) and says whether the
+    /// command may simply run again (nothing of it ran, outside a transaction block).
+    #[cold]
+    fn naming_refused(&self, e: &PgError, fresh: bool) -> bool {
+        if !pooler_symptom(e, fresh) {
+            return false;
+        }
+        if self.conn.st.borrow_mut().cache.stop_naming() {
+            tracing::warn!(
+                sqlstate = e.sql_state().unwrap_or(""),
+                "a statement this connection had just named was refused: the server session \
+                 changes between commands, as behind a transaction-mode pooler (PgBouncer \
+                 pool_mode=transaction); this connection uses unnamed statements from now on \
+                 (statement_cache_capacity=0 says so up front)"
+            );
+        }
+        e.transaction_status() == Some(TxnStatus::Idle)
     }
 
     /// Queues Bind + Execute (all rows) + Sync of `stmt` with `params`; for the unnamed
@@ -784,12 +902,37 @@ impl PgConnection {
         Ok((stmt, close_after))
     }
 
-    /// With caching off: the parameter types of `sql` for encoding `params`, from the
-    /// unnamed statement (Parse + Describe + Sync: one round trip, none when there are no
-    /// parameters to encode). The query itself parses `sql` again with these types.
+    /// Without naming: the description of `target` for `params` (see `describe_unnamed`),
+    /// kept in the cache once a pooler turned naming off (caching on), so the next use is
+    /// one round trip.
+    pub(crate) async fn unnamed_for(
+        &self,
+        target: StatementRef<'_>,
+        params: Params<'_>,
+    ) -> Result<cache::Statement, PgError> {
+        let stmt = self
+            .describe_unnamed(target.sql, target.types, params)
+            .await?;
+        if !params.is_empty() {
+            self.keep_description(target.key, &stmt);
+        }
+        Ok(stmt)
+    }
+
+    /// Keeps the description of an unnamed statement (a no-op with caching off).
+    pub(crate) fn keep_description(&self, key: &str, stmt: &cache::Statement) {
+        // An unnamed entry has nothing to close on the server, nor does one it evicts.
+        let _ = self.conn.st.borrow_mut().cache.insert(key, stmt.clone());
+    }
+
+    /// With caching off: the parameter types of `sql` (with the asked-for `types`) for
+    /// encoding `params`, from the unnamed statement (Parse + Describe + Sync: one round trip,
+    /// none when there are no parameters to encode). The query itself parses `sql` again
+    /// with these types.
     async fn describe_unnamed(
         &self,
         sql: &str,
+        types: &[postgres_types::Type],
         params: Params<'_>,
     ) -> Result<cache::Statement, PgError> {
         if params.is_empty() {
@@ -799,8 +942,20 @@ impl PgConnection {
                 columns: Columns::none(),
             }));
         }
+        self.describe_as_unnamed(sql, types).await
+    }
+
+    /// Parse + Describe + Sync of `sql` as the unnamed statement: its parameter and column
+    /// types, with nothing left behind on the server session (which a transaction-mode
+    /// pooler may hand to someone else right after).
+    pub(crate) async fn describe_as_unnamed(
+        &self,
+        sql: &str,
+        types: &[postgres_types::Type],
+    ) -> Result<cache::Statement, PgError> {
+        let oids: Vec<u32> = types.iter().map(postgres_types::Type::oid).collect();
         let (seq, from) = self.conn.enqueue(Reply::prepare(), |out| {
-            encode::parse("", sql, &[], out)?;
+            encode::parse("", sql, &oids, out)?;
             encode::describe(encode::Target::Statement, "", out)?;
             encode::sync(out);
             Ok(())
@@ -837,6 +992,35 @@ pub(crate) fn check_tls_files(opts: &PgOptions, target: &Target) -> Result<(), P
         opts.tls_client_config()?;
     }
     Ok(())
+}
+
+/// Whether a named statement of ours being refused proves that the server session is not
+/// the one we named it in — a transaction-mode pooler (PgBouncer `pool_mode=transaction`)
+/// runs each command on whichever server connection is free: `42P05` on a Parse of a name
+/// this connection just made up (names are never reused, so only another client's statement
+/// can hold it), or `26000` on the Bind right after our own Parse succeeded (`fresh`; a
+/// `DEALLOCATE ALL` gives a cached statement `26000` too, but not one prepared just now).
+fn pooler_symptom(e: &PgError, fresh: bool) -> bool {
+    match e.sql_state() {
+        Some("42P05") => true,
+        Some("26000") => fresh,
+        _ => false,
+    }
+}
+
+/// A cached statement the session lacks (`26000`) inside a transaction block: the block is
+/// aborted, so nothing can be retried; the error says why and what avoids it.
+#[cold]
+pub(crate) fn lost_in_block(e: PgError) -> PgError {
+    if e.sql_state() == Some("26000") && e.transaction_status() != Some(TxnStatus::Idle) {
+        e.with_cause(
+            "the server session lacks this connection's prepared statement (after DEALLOCATE \
+             ALL or DISCARD ALL, or behind a transaction-mode pooler such as PgBouncer, where \
+             statement_cache_capacity=0 avoids it); the transaction block is aborted",
+        )
+    } else {
+        e
+    }
 }
 
 /// What a failed use of a cached statement means for the cache.
@@ -1030,6 +1214,7 @@ async fn open_once(
             close_waiters: Vec::new(),
             idle_waiters: Vec::new(),
             txn_dirty: false,
+            session_state_warned: false,
             copy_hold: None,
             copy_waker: None,
             copy_turn: Vec::new(),

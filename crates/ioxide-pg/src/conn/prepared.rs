@@ -6,6 +6,11 @@
 //! prepares it on first use and keeps it in its statement cache (keyed by the text and the
 //! asked-for types), so a statement prepared on one pooled connection runs on whichever
 //! connection the pool picks, and survives a reconnect or a `DEALLOCATE ALL`.
+//!
+//! Through a transaction-mode pooler (PgBouncer `pool_mode=transaction`) nothing named
+//! survives from one command to the next, so a connection that sees the symptom (or runs
+//! with `statement_cache_capacity=0`) describes statements with the unnamed statement and
+//! parses them again at each use: a [`Statement`] keeps working, it only saves nothing.
 
 use std::fmt;
 use std::rc::Rc;
@@ -142,6 +147,11 @@ impl PgConnection {
     /// cached) and returns its description. Use it with [`query_params`](Self::query_params),
     /// [`execute`](Self::execute), [`query_rows`](Self::query_rows) and
     /// [`execute_many`](Self::execute_many), on this or any other connection.
+    ///
+    /// Behind a transaction-mode pooler (PgBouncer `pool_mode=transaction`) a
+    /// server-side prepared statement does not outlive the command that made it, so the
+    /// description is all this gives: each use parses the statement again (see the module
+    /// docs). SQL-level `PREPARE`/`EXECUTE` do not work through such a pooler at all.
     pub async fn prepare(&self, sql: &str) -> Result<Statement, PgError> {
         self.prepare_typed(sql, &[]).await
     }
@@ -155,10 +165,29 @@ impl PgConnection {
             sql,
             types,
         };
-        let (stmt, close_after) = self.statement_with(s).await?;
-        if let Some(name) = close_after {
-            self.close_statement_detached(&name);
-        }
+        let naming = self.conn.st.borrow().cache.enabled();
+        let stmt = if naming {
+            match self.statement_with(s).await {
+                Ok((stmt, close_after)) => {
+                    if let Some(name) = close_after {
+                        self.close_statement_detached(&name);
+                    }
+                    stmt
+                }
+                Err(e) if self.naming_refused(&e, true) => {
+                    let stmt = self.describe_as_unnamed(sql, types).await?;
+                    self.keep_description(&key, &stmt);
+                    stmt
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            // Nothing named is left on the server: a transaction-mode pooler may hand the
+            // session to someone else right after. Each use parses the statement again.
+            let stmt = self.describe_as_unnamed(sql, types).await?;
+            self.keep_description(&key, &stmt);
+            stmt
+        };
         Ok(Statement {
             inner: Rc::new(Inner {
                 sql: sql.into(),

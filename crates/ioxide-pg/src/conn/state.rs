@@ -131,6 +131,9 @@ pub(crate) struct State {
     /// A command on a shared connection (see `Conn::shared`) left it inside a transaction:
     /// it takes no new commands until the ROLLBACK queued behind it brings it back to Idle.
     pub(crate) txn_dirty: bool,
+    /// A `SET` or `LISTEN` ran through the pool's shared path on this connection and was
+    /// warned about (once per connection).
+    pub(crate) session_state_warned: bool,
     /// A COPY owns the send buffer (`copy` module): the COPY command's seq, and the bytes of
     /// commands queued behind it. From its Query until its CopyDone or CopyFail (copy-in), or
     /// until its CopyOutResponse (copy-out), commands queued behind it encode here and go out

@@ -260,16 +260,27 @@ impl PgConnection {
         let mut attempt = 0;
         let mut collateral_retried = false;
         loop {
-            let (hit, caching) = {
+            let (hit, naming) = {
                 let mut st = self.conn.st.borrow_mut();
                 (st.cache.get(target.key), st.cache.enabled())
             };
+            let mut fresh = false;
             let (stmt, close_after) = match hit {
                 Some(stmt) => (stmt, None),
-                None if !caching && target.types.is_empty() => {
-                    (self.describe_unnamed(target.sql, params).await?, None)
-                }
-                None => self.statement_with(target).await?,
+                None if !naming => (self.unnamed_for(target, params).await?, None),
+                None => match self.statement_with(target).await {
+                    Ok(prepared) => {
+                        fresh = true;
+                        prepared
+                    }
+                    Err(e) => {
+                        if attempt < 2 && self.naming_refused(&e, true) {
+                            attempt += 1;
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                },
             };
             let (seq, sent_from) = self.enqueue_bound(&stmt, target.sql, params)?;
             if let Some(name) = close_after {
@@ -309,8 +320,12 @@ impl PgConnection {
             if let Some(name) = name {
                 self.close_statement_detached(&name);
             }
+            if (fresh || attempt > 0) && self.naming_refused(&e, true) && attempt < 2 {
+                attempt += 1;
+                continue;
+            }
             if stale == Stale::EvictOnly || attempt > 0 {
-                return Err(e);
+                return Err(super::lost_in_block(e));
             }
             attempt += 1;
         }
@@ -351,7 +366,15 @@ impl PgConnection {
             .never_sent());
         }
         let target = statement.statement_ref();
-        let (stmt, close_statement): (cache::Statement, _) = self.statement_with(target).await?;
+        let (stmt, close_statement): (cache::Statement, _) = match self.statement_with(target).await
+        {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // Inside a block nothing is retried, but a refused name still tells.
+                self.naming_refused(&e, true);
+                return Err(e);
+            }
+        };
         let name = format!("ioxide_p{}", PORTALS.fetch_add(1, Ordering::Relaxed));
         let steps = Steps {
             bind: true,
@@ -374,6 +397,7 @@ impl PgConnection {
                 if let Some(name) = name {
                     self.close_statement_detached(&name);
                 }
+                return Err(super::lost_in_block(e));
             }
             return Err(e);
         }

@@ -211,8 +211,16 @@ impl PgPool {
     /// server less than parsing and planning it every time (the simple protocol). A text of
     /// several statements, or one the server will not prepare, stays on the simple protocol.
     pub async fn query(&self, sql: &str) -> Result<QueryResult, PgError> {
-        self.with_conn(|c| async move { c.query_shared(sql).await })
-            .await
+        self.with_conn(|c| async move {
+            let r = c.query_shared(sql).await;
+            if let Ok(qr) = &r {
+                if qr.changed_session() {
+                    c.note_shared_tag(qr.command_tag());
+                }
+            }
+            r
+        })
+        .await
     }
 
     /// Parameterized query (prepared and cached per connection), rows collected.
@@ -232,8 +240,16 @@ impl PgPool {
     /// [`PgConnection::batch_execute`]); on the shared path, so in autocommit: a script that
     /// leaves a transaction open is refused and rolled back (rent a connection for that).
     pub async fn batch_execute(&self, sql: &str) -> Result<Vec<String>, PgError> {
-        self.with_conn(|c| async move { c.batch_execute(sql).await })
-            .await
+        self.with_conn(|c| async move {
+            let r = c.batch_execute(sql).await;
+            if let Ok(tags) = &r {
+                for tag in tags {
+                    c.note_shared_tag(tag);
+                }
+            }
+            r
+        })
+        .await
     }
 
     /// One statement run once per parameter row as a pipeline batch under one Sync (see

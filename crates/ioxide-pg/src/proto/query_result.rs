@@ -211,6 +211,13 @@ impl QueryResult {
         self.tag.as_str()
     }
 
+    /// Whether the last statement was a `SET` or a `LISTEN` (session state a pool's shared
+    /// connection should not carry): a length check, then a few bytes compared.
+    #[inline]
+    pub(crate) fn changed_session(&self) -> bool {
+        matches!(self.tag.bytes(), b"SET" | b"LISTEN")
+    }
+
     /// Whether a row (DataRow) arrived.
     pub(crate) fn saw_rows(&self) -> bool {
         self.have_value

@@ -191,6 +191,9 @@ pub struct Reply {
     /// Bind + Execute pairs still expected before the Sync (`bind_execute_many`); 1 for
     /// every other command.
     repeat: u32,
+    /// Each further pair of a batch starts with a Parse of the unnamed statement
+    /// (`parse_bind_execute_many`): ParseComplete comes before its BindComplete.
+    parse_each: bool,
     /// A COPY command ([`Reply::copy`]): CopyInResponse/CopyOutResponse are expected.
     copy: bool,
 }
@@ -206,6 +209,7 @@ impl Reply {
             no_data: false,
             failed: false,
             repeat: 1,
+            parse_each: false,
             copy: false,
         }
     }
@@ -228,6 +232,7 @@ impl Reply {
             no_data: false,
             failed: false,
             repeat: 1,
+            parse_each: false,
             copy: false,
         }
     }
@@ -255,6 +260,21 @@ impl Reply {
     pub fn bind_execute_many(n: u32) -> Reply {
         let mut r = Reply::bind_execute();
         r.repeat = n.max(1);
+        r
+    }
+
+    /// `n` Parse (of the unnamed statement) + Bind + Execute triples, then one Sync: a batch
+    /// without named statements (a transaction-mode pooler may run each command on another
+    /// server session). `n` is at least 1.
+    pub fn parse_bind_execute_many(n: u32) -> Reply {
+        let mut r = Reply::extended(Steps {
+            parse: true,
+            bind: true,
+            execute: true,
+            ..Steps::default()
+        });
+        r.repeat = n.max(1);
+        r.parse_each = true;
         r
     }
 
@@ -415,9 +435,14 @@ impl Reply {
             _ => return Err(self.unexpected(tag)),
         };
         if step == Ext::Execute && self.repeat > 1 {
-            // The next pair of a batch: its BindComplete comes next.
+            // The next pair of a batch: its BindComplete comes next (its ParseComplete first
+            // in a batch of unnamed statements).
             self.repeat -= 1;
-            self.state = State::Ext(Ext::BindComplete);
+            self.state = State::Ext(if self.parse_each {
+                Ext::ParseComplete
+            } else {
+                Ext::BindComplete
+            });
             return Ok(event);
         }
         let steps = self.steps.unwrap_or_default();

@@ -355,6 +355,49 @@ fn async_messages_and_messages_after_done_are_rejected() {
 }
 
 #[test]
+fn a_batch_of_parse_bind_execute_triples_under_one_sync() {
+    let mut r = Reply::parse_bind_execute_many(2);
+    let got = run(
+        &mut r,
+        &[
+            (b'1', b""),
+            (b'2', b""),
+            (b'C', b"INSERT 0 1\0"),
+            (b'1', b""),
+            (b'2', b""),
+            (b'C', b"INSERT 0 1\0"),
+            (b'Z', b"I"),
+        ],
+    );
+    assert_eq!(
+        got,
+        names(&[
+            "ack",
+            "ack",
+            "complete:INSERT 0 1",
+            "ack",
+            "ack",
+            "complete:INSERT 0 1",
+            "done:I"
+        ])
+    );
+    // A BindComplete where the second Parse's ParseComplete belongs: out of sync.
+    let mut r = Reply::parse_bind_execute_many(2);
+    let e = run(
+        &mut r,
+        &[
+            (b'1', b""),
+            (b'2', b""),
+            (b'C', b"INSERT 0 1\0"),
+            (b'2', b""),
+        ],
+    )
+    .err()
+    .unwrap_or_default();
+    assert!(e.contains("BindComplete"), "{e}");
+}
+
+#[test]
 fn a_batch_of_bind_execute_pairs_under_one_sync() {
     let mut r = Reply::bind_execute_many(3);
     let got = run(

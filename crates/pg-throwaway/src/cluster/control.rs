@@ -435,7 +435,7 @@ fn parse_count(text: &str) -> Result<usize> {
 
 /// Runs `cmd` feeding `input` on stdin, collecting stdout and stderr, killing it after
 /// `timeout`. Separate threads keep any pipe from filling up and blocking the child.
-fn run_with_timeout(
+pub(super) fn run_with_timeout(
     mut cmd: Command,
     input: &[u8],
     timeout: Duration,

@@ -1,5 +1,6 @@
 //! Throwaway PostgreSQL clusters: one temp directory, one postmaster, one role.
 
+mod bouncer;
 mod control;
 mod replica;
 mod server;
@@ -11,6 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::reaper::Reaper;
 use crate::tls::{TlsFiles, TlsSetup};
 
+pub use bouncer::{PgBouncer, PgBouncerBuilder};
 pub(crate) use server::{random_u64, State};
 
 /// The superuser every cluster is initialised with. It is always trusted over the cluster's
