@@ -137,6 +137,15 @@ pub struct Args {
     pub flavor: Flavor,
     /// sqlx: ping every connection on acquire (sqlx's default; off = its best).
     pub sqlx_test_before_acquire: bool,
+    /// Peers in their PgBouncer-safe (transaction pooling) configuration: tokio-postgres and
+    /// deadpool run `query_typed` (the unnamed statement, parameter types given, no
+    /// `prepare`/`prepare_cached`), sqlx `statement_cache_capacity(0)`, `persistent(false)`
+    /// queries and `extra_float_digits(None)`. ioxide-pg is
+    /// unchanged (it detects the pooler itself; see `--statement-cache-capacity`).
+    pub pgbouncer: bool,
+    /// ioxide-pg: `PgOptions::statement_cache_capacity` (0 = unnamed statements only); the
+    /// driver's default when absent.
+    pub statement_cache_capacity: Option<usize>,
     /// Run exactly this many queries (no warm-up, no timed window), for instruction counts.
     pub fixed_queries: Option<u64>,
     /// Every driver over TLS (rustls on `ring`, `verify-full` against [`Args::tls_root_cert`]);
@@ -154,13 +163,16 @@ pub const USAGE: &str = "\
 usage: pgload --driver ioxide-pg|tokio-postgres|deadpool|sqlx [--conns N] [--concurrency C]
               [--seconds S] [--warmup W] [--query select42|select42-prepared|param|rows100]
               [--reactors R] [--pipeline-depth D] [--no-pool]          (ioxide-pg)
-              [--runtime current_thread|multi_thread_1]                (peers)
+              [--statement-cache-capacity N]                           (ioxide-pg)
+              [--runtime current_thread|multi_thread_1] [--pgbouncer]  (peers)
               [--sqlx-test-before-acquire]                             (sqlx)
               [--fixed-queries N] [--url postgres://...] [--tls [--sslrootcert CA.pem]]
 Without --url the libpq environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) or
-DATABASE_URL is used. --tls: every driver over TLS (rustls, ring), verify-full against the CA
-in --sslrootcert or PGSSLROOTCERT; without it every driver is forced to plaintext. Prints one
-JSON line.";
+DATABASE_URL is used. --pgbouncer: the peers' transaction-pooling-safe configuration
+(tokio-postgres/deadpool query_typed; sqlx statement_cache_capacity(0), persistent(false),
+no extra_float_digits).
+--tls: every driver over TLS (rustls, ring), verify-full against the CA in --sslrootcert or
+PGSSLROOTCERT; without it every driver is forced to plaintext. Prints one JSON line.";
 
 impl Args {
     /// Parses the command line (without the program name).
@@ -178,6 +190,8 @@ impl Args {
             no_pool: false,
             flavor: Flavor::CurrentThread,
             sqlx_test_before_acquire: false,
+            pgbouncer: false,
+            statement_cache_capacity: None,
             fixed_queries: None,
             tls: false,
             tls_root_cert: None,
@@ -205,6 +219,10 @@ impl Args {
                     }
                 }
                 "--sqlx-test-before-acquire" => a.sqlx_test_before_acquire = true,
+                "--pgbouncer" => a.pgbouncer = true,
+                "--statement-cache-capacity" => {
+                    a.statement_cache_capacity = Some(num(&flag, &value()?)?)
+                }
                 "--fixed-queries" => a.fixed_queries = Some(num(&flag, &value()?)?),
                 "--url" => url = Some(value()?),
                 "--tls" => a.tls = true,
@@ -239,6 +257,9 @@ impl Args {
         }
         if a.no_pool && a.driver != Driver::IoxidePg {
             return Err("--no-pool is for --driver ioxide-pg".into());
+        }
+        if a.statement_cache_capacity.is_some() && a.driver != Driver::IoxidePg {
+            return Err("--statement-cache-capacity is for --driver ioxide-pg".into());
         }
         if !(a.seconds > 0.0 && a.warmup >= 0.0) {
             return Err("--seconds must be > 0 and --warmup >= 0".into());
@@ -293,6 +314,17 @@ mod tests {
         let a = parse("--driver ioxide-pg --conns 1 --no-pool --url postgres://u@127.0.0.1/db")
             .expect("valid");
         assert!(a.no_pool);
+        assert_eq!(a.statement_cache_capacity, None);
+        assert!(!a.pgbouncer);
+        let a = parse(
+            "--driver ioxide-pg --statement-cache-capacity 0 --url postgres://u@127.0.0.1/db",
+        )
+        .expect("valid");
+        assert_eq!(a.statement_cache_capacity, Some(0));
+        let a =
+            parse("--driver deadpool --pgbouncer --query param --url postgres://u@127.0.0.1/db")
+                .expect("valid");
+        assert!(a.pgbouncer);
     }
 
     #[test]
@@ -307,5 +339,6 @@ mod tests {
         assert!(parse(&format!("--driver sqlx --concurrency 0 {url}")).is_err());
         assert!(parse(&format!("--driver sqlx --query select43 {url}")).is_err());
         assert!(parse(&format!("--driver tokio-postgres --no-pool {url}")).is_err());
+        assert!(parse(&format!("--driver sqlx --statement-cache-capacity 0 {url}")).is_err());
     }
 }

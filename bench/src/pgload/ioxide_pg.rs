@@ -23,11 +23,14 @@ const WARM_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn run(args: &Args) -> Result<Value, String> {
     let r = args.reactors;
     let pool_size = args.conns / r;
-    let opts = args
+    let mut opts = args
         .options
         .clone()
         .pool_size(pool_size)
         .pipeline_depth(args.pipeline_depth);
+    if let Some(n) = args.statement_cache_capacity {
+        opts = opts.statement_cache_capacity(n);
+    }
     // Resolve before the reactors start: no DNS on a reactor.
     let target = opts.resolve().map_err(|e| e.to_string())?;
     let ctl = Arc::new(Ctl::new(args.concurrency, args.fixed_queries));

@@ -164,6 +164,8 @@ pub struct Snap {
     cpu: Duration,
     /// The server's CPU (postmaster + children) when it runs on this machine.
     server_cpu: Option<Duration>,
+    /// A pooler's CPU (`PGLOAD_BOUNCER_PID`), when named.
+    bouncer_cpu: Option<Duration>,
     queries: u64,
     failures: u64,
 }
@@ -173,10 +175,12 @@ impl Snap {
     /// is not charged to the client's window (nor, at the closing edge, after it).
     fn start(ctl: &Ctl) -> Snap {
         let server_cpu = server::cpu();
+        let bouncer_cpu = server::bouncer_cpu();
         Snap {
             at: Instant::now(),
             cpu: ioxide::process_cpu_time(),
             server_cpu,
+            bouncer_cpu,
             queries: ctl.completed(),
             failures: ctl.failures(),
         }
@@ -194,6 +198,7 @@ impl Snap {
             at,
             cpu,
             server_cpu: server::cpu(),
+            bouncer_cpu: server::bouncer_cpu(),
             queries,
             failures,
         }
@@ -307,6 +312,19 @@ pub fn report(args: &Args, w: &Window, out: &Outcome, rss_kib: Option<u64>) -> V
             "server_cpu_us_per_query".into(),
             json!(round(per_q(server * 1e6), 3)),
         );
+    }
+    if let (Some(a), Some(b)) = (w.start.bouncer_cpu, w.end.bouncer_cpu) {
+        let bouncer = b.saturating_sub(a).as_secs_f64();
+        m.insert(
+            "bouncer_cpu_us_per_query".into(),
+            json!(round(per_q(bouncer * 1e6), 3)),
+        );
+    }
+    if args.pgbouncer {
+        m.insert("pgbouncer_safe".into(), json!(true));
+    }
+    if let Some(n) = args.statement_cache_capacity {
+        m.insert("statement_cache_capacity".into(), json!(n));
     }
     match args.driver {
         Driver::IoxidePg => {

@@ -7,6 +7,16 @@
 //! * sqlx: a `PgPool` of `conns` (its per-connection statement cache; `test_before_acquire`
 //!   off unless `--sqlx-test-before-acquire`).
 //!
+//! With `--pgbouncer` (transaction pooling, where a named statement prepared on one server
+//! connection is unknown on the next): tokio-postgres and deadpool run every query with
+//! `query_typed` (the unnamed statement, parameter types given: Parse/Bind/Execute/Sync in
+//! one round trip, nothing to remember across transactions) instead of a prepared
+//! statement, deadpool keeping `RecyclingMethod::Fast` (nothing sent on return); sqlx sets
+//! `statement_cache_capacity(0)` with `persistent(false)` queries (its unnamed statement;
+//! the cache setting alone still names statements, see [`sqlx_one`]) and
+//! `extra_float_digits(None)` (PgBouncer refuses that startup parameter unless told to
+//! ignore it).
+//!
 //! With `--tls` the first two connect through `tokio-postgres-rustls` and sqlx through its
 //! rustls feature, all on `ring` ([`super::tls`]); each checks one connection at start.
 
@@ -151,6 +161,11 @@ fn sqlx_options(o: &PgOptions, args: &Args) -> sqlx::postgres::PgConnectOptions 
     if let Some(p) = o.get_password() {
         c = c.password(p);
     }
+    if args.pgbouncer {
+        // PgBouncer refuses the startup parameter sqlx sends by default (`unsupported
+        // startup parameter: extra_float_digits`); sqlx's documented remedy is not to send it.
+        c = c.statement_cache_capacity(0).extra_float_digits(None);
+    }
     match (&args.tls_root_cert, args.tls) {
         (Some(ca), true) => c.ssl_mode(PgSslMode::VerifyFull).ssl_root_cert(ca),
         _ => c.ssl_mode(PgSslMode::Disable),
@@ -175,14 +190,22 @@ async fn load(args: Args, ctl: Arc<Ctl>) -> Result<Histogram, String> {
                 if clients.is_empty() {
                     ctl.check_tls(args.tls, &tp_check(&client).await?)?;
                 }
-                let stmt = client.prepare(sql).await.map_err(err)?;
+                let stmt = if args.pgbouncer {
+                    tp_typed(&client, q, 1).await?;
+                    None
+                } else {
+                    Some(client.prepare(sql).await.map_err(err)?)
+                };
                 clients.push(Arc::new((client, stmt)));
             }
             ctl.ready();
             for task in 0..args.concurrency {
                 let (ctl, c) = (ctl.clone(), clients[task % args.conns].clone());
                 handles.push(tokio::spawn(async move {
-                    closed_loop!(&ctl, task, |n| tp_one(&c.0, &c.1, q, n).await)
+                    closed_loop!(&ctl, task, |n| match &c.1 {
+                        Some(s) => tp_one(&c.0, s, q, n).await,
+                        None => tp_typed(&c.0, q, n).await,
+                    })
                 }));
             }
         }
@@ -207,16 +230,24 @@ async fn load(args: Args, ctl: Arc<Ctl>) -> Result<Histogram, String> {
                 if held.is_empty() {
                     ctl.check_tls(args.tls, &tp_check(&c).await?)?;
                 }
-                c.prepare_cached(sql).await.map_err(err)?;
+                if args.pgbouncer {
+                    tp_typed(&c, q, 1).await?;
+                } else {
+                    c.prepare_cached(sql).await.map_err(err)?;
+                }
                 held.push(c);
             }
             drop(held);
             ctl.ready();
+            let typed = args.pgbouncer;
             for task in 0..args.concurrency {
                 let (ctl, pool) = (ctl.clone(), pool.clone());
                 handles.push(tokio::spawn(async move {
                     closed_loop!(&ctl, task, |n| async {
                         let c = pool.get().await.map_err(err)?;
+                        if typed {
+                            return tp_typed(&c, q, n).await;
+                        }
                         let s = c.prepare_cached(sql).await.map_err(err)?;
                         tp_one(&c, &s, q, n).await
                     }
@@ -237,20 +268,22 @@ async fn load(args: Args, ctl: Arc<Ctl>) -> Result<Histogram, String> {
                 let mut c = pool.acquire().await.map_err(err)?;
                 if held.is_empty() {
                     let answer: String = sqlx::query_scalar(super::tls::CHECK_SQL)
+                        .persistent(!args.pgbouncer)
                         .fetch_one(&mut *c)
                         .await
                         .map_err(|e| format!("the TLS check: {e}"))?;
                     ctl.check_tls(args.tls, &answer)?;
                 }
-                sqlx_one_on(&mut c, q).await?;
+                sqlx_one_on(&mut c, q, !args.pgbouncer).await?;
                 held.push(c);
             }
             drop(held);
             ctl.ready();
+            let persistent = !args.pgbouncer;
             for task in 0..args.concurrency {
                 let (ctl, pool) = (ctl.clone(), pool.clone());
                 handles.push(tokio::spawn(async move {
-                    closed_loop!(&ctl, task, |n| sqlx_one(&pool, q, n).await)
+                    closed_loop!(&ctl, task, |n| sqlx_one(&pool, q, n, persistent).await)
                 }));
             }
         }
@@ -285,11 +318,42 @@ async fn tp_one(c: &Client, s: &Statement, q: Query, n: i64) -> Result<bool, Str
     }
 }
 
-/// One sqlx query through the pool, checked.
-async fn sqlx_one(pool: &sqlx::PgPool, q: Query, n: i64) -> Result<bool, String> {
+/// One tokio-postgres query on `c` with `query_typed` (the unnamed statement, safe through a
+/// transaction-mode pooler), checked.
+async fn tp_typed(c: &Client, q: Query, n: i64) -> Result<bool, String> {
+    use tokio_postgres::types::Type;
+    match q {
+        Query::Select42 | Query::Select42Prepared => {
+            let row = c.query_typed_one(q.sql(), &[]).await.map_err(err)?;
+            Ok(row.try_get::<_, i32>(0).map_err(err)? == 42)
+        }
+        Query::Param => {
+            let row = c
+                .query_typed_one(q.sql(), &[(&n, Type::INT8)])
+                .await
+                .map_err(err)?;
+            Ok(row.try_get::<_, i64>(0).map_err(err)? == n + 1)
+        }
+        Query::Rows100 => {
+            let rows = c.query_typed(q.sql(), &[]).await.map_err(err)?;
+            let mut sum = 0i64;
+            for r in &rows {
+                sum += i64::from(r.try_get::<_, i32>(0).map_err(err)?);
+            }
+            Ok(rows.len() == 100 && sum == super::ROWS100_SUM)
+        }
+    }
+}
+
+/// One sqlx query through the pool, checked; `persistent` false: sqlx's unnamed statement
+/// (`Query::persistent`), the only one that survives transaction pooling — its
+/// `statement_cache_capacity(0)` alone still names every statement (`sqlx_s_1`, …, per
+/// connection), and two connections' `sqlx_s_1` meet on one server session (`42P05`).
+async fn sqlx_one(pool: &sqlx::PgPool, q: Query, n: i64, persistent: bool) -> Result<bool, String> {
     match q {
         Query::Select42 | Query::Select42Prepared => {
             let v: i32 = sqlx::query_scalar(q.sql())
+                .persistent(persistent)
                 .fetch_one(pool)
                 .await
                 .map_err(err)?;
@@ -297,6 +361,7 @@ async fn sqlx_one(pool: &sqlx::PgPool, q: Query, n: i64) -> Result<bool, String>
         }
         Query::Param => {
             let v: i64 = sqlx::query_scalar(q.sql())
+                .persistent(persistent)
                 .bind(n)
                 .fetch_one(pool)
                 .await
@@ -305,6 +370,7 @@ async fn sqlx_one(pool: &sqlx::PgPool, q: Query, n: i64) -> Result<bool, String>
         }
         Query::Rows100 => {
             let v: Vec<i32> = sqlx::query_scalar(q.sql())
+                .persistent(persistent)
                 .fetch_all(pool)
                 .await
                 .map_err(err)?;
@@ -316,14 +382,16 @@ async fn sqlx_one(pool: &sqlx::PgPool, q: Query, n: i64) -> Result<bool, String>
     }
 }
 
-/// Warms one sqlx connection's statement cache.
+/// Warms one sqlx connection's statement cache (`persistent` as in [`sqlx_one`]).
 async fn sqlx_one_on(
     c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
     q: Query,
+    persistent: bool,
 ) -> Result<(), String> {
     match q {
         Query::Param => {
             sqlx::query_scalar::<_, i64>(q.sql())
+                .persistent(persistent)
                 .bind(1i64)
                 .fetch_one(&mut **c)
                 .await
@@ -331,6 +399,7 @@ async fn sqlx_one_on(
         }
         _ => {
             sqlx::query_scalar::<_, i32>(q.sql())
+                .persistent(persistent)
                 .fetch_all(&mut **c)
                 .await
                 .map_err(err)?;

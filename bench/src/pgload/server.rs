@@ -16,6 +16,10 @@
 //! the window drops out of the end sample, so the figure is only meaningful in steady state,
 //! which is what the window measures. Nothing here fails a run: without a local server the
 //! field is absent.
+//!
+//! A pooler in between (bench/pgbouncer.sh): `PGLOAD_BOUNCER_PID` names its process, whose
+//! CPU over the window is reported on its own (`bouncer_cpu_us_per_query`), read the same
+//! way (PgBouncer is one thread).
 
 use ioxide_pg::{Host, PgOptions};
 use std::sync::OnceLock;
@@ -48,6 +52,16 @@ pub fn exited_cpu() -> Option<Duration> {
     Some(Duration::from_secs_f64(
         stat(s.postmaster)?.child_ticks as f64 / USER_HZ,
     ))
+}
+
+/// The CPU time so far of the process in `PGLOAD_BOUNCER_PID` (a connection pooler such
+/// as PgBouncer between us and the server), when set and alive.
+pub fn bouncer_cpu() -> Option<Duration> {
+    let pid = std::env::var("PGLOAD_BOUNCER_PID")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())?;
+    let st = stat(pid)?;
+    Some(sched_runtime(pid).unwrap_or_else(|| Duration::from_secs_f64(st.ticks as f64 / USER_HZ)))
 }
 
 fn find(o: &PgOptions) -> Option<Server> {
