@@ -297,6 +297,43 @@ fn the_symptom_switches_connections_to_unnamed_statements() {
     });
 }
 
+/// The pool's `query` prepares a text it has seen before (auto-prepare): behind
+/// `server_round_robin = 1` its Bind lands on the other server connection (`26000` right
+/// after our own Parse), and the connection stops naming statements instead of preparing and
+/// evicting the text for ever. Every answer is right.
+#[test]
+fn the_pools_auto_prepared_text_switches_to_unnamed_statements() {
+    let Some((_cluster, bouncer)) = setup_with(2, &[("server_round_robin", "1")]) else {
+        return;
+    };
+    let o = opts(&bouncer).pool_size(1);
+    run_within(LIMIT, async move {
+        let (w1, w2) = (
+            PgConnection::connect(&o).await.unwrap(),
+            PgConnection::connect(&o).await.unwrap(),
+        );
+        let (r1, r2) = futures_join(
+            w1.query("SELECT pg_sleep(0.3)"),
+            w2.query("SELECT pg_sleep(0.3)"),
+        )
+        .await;
+        r1.unwrap();
+        r2.unwrap();
+        let pool = PgPool::start(&ioxide::Reactor::current(), o.clone()).unwrap();
+        for _ in 0..20 {
+            let r = pool.query("SELECT 42").await.unwrap();
+            assert_eq!(r.value(), Some("42"));
+        }
+        let c = pool.rent().await.unwrap();
+        assert!(
+            !c.names_statements(),
+            "the pool's connection stopped naming statements"
+        );
+        drop(c);
+        pool.close().await;
+    });
+}
+
 /// Awaits two futures concurrently (both run on this reactor).
 async fn futures_join<A: std::future::Future, B: std::future::Future>(
     a: A,

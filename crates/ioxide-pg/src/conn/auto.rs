@@ -83,6 +83,9 @@ impl PgConnection {
                 }
             }
         };
+        // Prepared by this call (a `26000` on its Bind then means the server session changed
+        // under us: a transaction-mode pooler).
+        let fresh = matches!(route, Route::Prepare);
         let (stmt, mut close_after) = match route {
             Route::Simple => return self.query(sql).await,
             Route::Cached(stmt) => (stmt, None),
@@ -116,6 +119,14 @@ impl PgConnection {
             match r {
                 Ok(()) => return Ok(sink.0),
                 Err(_) if collateral && !retried => retried = true,
+                Err(e) if fresh && self.naming_refused(&e, true) => {
+                    // Behind a transaction-mode pooler the statement we just prepared lives in
+                    // another server session: the connection stops naming statements (the
+                    // cache is off from now on, so this text stays simple) and the call runs
+                    // with the simple protocol.
+                    drop(e);
+                    return self.query(sql).await;
+                }
                 Err(e) if super::stale_statement(&e) != super::Stale::No => {
                     // The server let the statement go (`DEALLOCATE`, a pooler) or its result
                     // type changed: forget it (if the cache still holds this one) and answer
