@@ -229,18 +229,7 @@ fn the_symptom_switches_connections_to_unnamed_statements() {
     let capture = Capture::default();
     let _log = tracing::subscriber::set_default(capture.clone());
     run_within(LIMIT, async move {
-        // Both server connections opened: two clients at once, each holding one.
-        let (w1, w2) = (
-            PgConnection::connect(&o).await.unwrap(),
-            PgConnection::connect(&o).await.unwrap(),
-        );
-        let (r1, r2) = futures_join(
-            w1.query("SELECT pg_sleep(0.3)"),
-            w2.query("SELECT pg_sleep(0.3)"),
-        )
-        .await;
-        r1.unwrap();
-        r2.unwrap();
+        open_both_server_connections(&o).await;
         let one = 1i64;
 
         let a = PgConnection::connect(&o).await.unwrap();
@@ -308,17 +297,7 @@ fn the_pools_auto_prepared_text_switches_to_unnamed_statements() {
     };
     let o = opts(&bouncer).pool_size(1);
     run_within(LIMIT, async move {
-        let (w1, w2) = (
-            PgConnection::connect(&o).await.unwrap(),
-            PgConnection::connect(&o).await.unwrap(),
-        );
-        let (r1, r2) = futures_join(
-            w1.query("SELECT pg_sleep(0.3)"),
-            w2.query("SELECT pg_sleep(0.3)"),
-        )
-        .await;
-        r1.unwrap();
-        r2.unwrap();
+        open_both_server_connections(&o).await;
         let pool = PgPool::start(&ioxide::Reactor::current(), o.clone()).unwrap();
         for _ in 0..20 {
             let r = pool.query("SELECT 42").await.unwrap();
@@ -332,6 +311,22 @@ fn the_pools_auto_prepared_text_switches_to_unnamed_statements() {
         drop(c);
         pool.close().await;
     });
+}
+
+/// Makes PgBouncer open both of its server connections: two clients at once, each holding
+/// one for a moment.
+async fn open_both_server_connections(o: &PgOptions) {
+    let (w1, w2) = (
+        PgConnection::connect(o).await.unwrap(),
+        PgConnection::connect(o).await.unwrap(),
+    );
+    let (r1, r2) = futures_join(
+        w1.query("SELECT pg_sleep(0.3)"),
+        w2.query("SELECT pg_sleep(0.3)"),
+    )
+    .await;
+    r1.unwrap();
+    r2.unwrap();
 }
 
 /// Awaits two futures concurrently (both run on this reactor).
