@@ -5,9 +5,14 @@
 //! write acknowledged after it, plus acknowledged and failed writes. ioxide-pg's `PgPool`
 //! and a deadpool-postgres pool (tokio-postgres host list) alternate, fresh clusters each
 //! run; one JSON line per run, then a summary line with medians and the ratio ours/peer.
+//! Beside the writers, a probe connection opened to the standby before the stop inserts
+//! every millisecond: its first acknowledgement after the promotion request is the server's
+//! floor for that run (`server_floor_ms`). `promoted_to_first_ack_ms` is measured from
+//! `pg_promote(true)`'s return, which polls every 100 ms and so usually returns after the
+//! first write (the field then reads 0).
 //!
 //! ```sh
-//! pgfailover [--rounds N] [--writers N] [--pool-size N] [--seconds S]
+//! pgfailover [--rounds N] [--writers N] [--pool-size N] [--seconds S] [--probe 0|1]
 //! ```
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -26,6 +31,8 @@ struct Args {
     pool_size: usize,
     /// Writing time after the stop.
     seconds: u64,
+    /// Run the server-floor probe beside the writers (`--probe 0` to leave it out).
+    probe: bool,
 }
 
 impl Args {
@@ -35,6 +42,7 @@ impl Args {
             writers: 64,
             pool_size: 16,
             seconds: 4,
+            probe: true,
         };
         while let Some(flag) = it.next() {
             let value = it
@@ -48,9 +56,11 @@ impl Args {
                 "--writers" => a.writers = n,
                 "--pool-size" => a.pool_size = n,
                 "--seconds" => a.seconds = n as u64,
+                "--probe" => a.probe = n != 0,
                 _ => return Err(format!("pgfailover: unknown flag {flag}")),
             }
         }
+        // `--probe 0` is the one zero allowed.
         if a.rounds == 0 || a.writers == 0 || a.pool_size == 0 || a.seconds == 0 {
             return Err("pgfailover: every value must be positive".into());
         }
@@ -129,7 +139,9 @@ fn run_one(driver: Driver, args: Args) -> Result<serde_json::Value, String> {
             .password(standby.password())
             .database(standby.database())
             .connect_timeout(Duration::from_secs(2));
-        let probe = s.spawn(move || floor_probe(probe_opts, until));
+        let probe = args
+            .probe
+            .then(|| s.spawn(move || floor_probe(probe_opts, until)));
         let writes = match driver {
             Driver::Ioxide => {
                 let o = PgOptions::new()
@@ -161,9 +173,12 @@ fn run_one(driver: Driver, args: Args) -> Result<serde_json::Value, String> {
         let marks = control
             .join()
             .map_err(|_| "the control thread panicked".to_string())??;
-        let probe = probe
-            .join()
-            .map_err(|_| "the probe thread panicked".to_string())??;
+        let probe = match probe {
+            Some(p) => p
+                .join()
+                .map_err(|_| "the probe thread panicked".to_string())??,
+            None => Vec::new(),
+        };
         Ok::<_, String>((writes?, marks, probe))
     })?;
     let (stop, promote, promoted) = marks;
