@@ -3,7 +3,7 @@
 //! says so with a [`ListenEvent::Gap`].
 
 use crate::pool::{backoff, seed, transient};
-use crate::{PgConnection, PgError, PgOptions, Target};
+use crate::{PgConnection, PgError, PgOptions, Target, TargetSessionAttrs};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -133,7 +133,9 @@ impl Buffer {
 /// ```
 pub struct PgListener {
     opts: PgOptions,
-    target: Target,
+    /// A fixed target ([`connect_to`](Self::connect_to)), or `None`: every (re)connect
+    /// walks the options' host list and looks names up again.
+    target: Option<Target>,
     conn: Option<PgConnection>,
     /// Every channel listened to, in the order first listened.
     channels: Vec<String>,
@@ -154,19 +156,30 @@ impl std::fmt::Debug for PgListener {
 }
 
 impl PgListener {
-    /// Connects with `opts` (a host name is resolved on the ring, as
-    /// [`PgConnection::connect`], once: reconnects go to the addresses found). The first
-    /// connect is not retried: its error is returned.
+    /// Connects with `opts` as [`PgConnection::connect`] does — walking a host list, host
+    /// names looked up on the ring — and so does every reconnect: after a failover the
+    /// listener follows the list to the new primary, and a name that moved is followed.
+    /// PostgreSQL refuses `LISTEN` on a standby (`cannot execute LISTEN during recovery`),
+    /// so with a list of several hosts and `target_session_attrs=any` the listener walks it
+    /// as `read-write`. The first connect is not retried: its error is returned.
     pub async fn connect(opts: &PgOptions) -> Result<PgListener, PgError> {
-        let target = crate::conn::resolve::resolve_on_ring(opts).await?;
-        Self::connect_to(opts, target).await
+        let mut opts = opts.clone();
+        if opts.get_hosts().len() > 1 && opts.get_target_session_attrs() == TargetSessionAttrs::Any
+        {
+            opts = opts.target_session_attrs(TargetSessionAttrs::ReadWrite);
+        }
+        Self::start(opts, None).await
     }
 
     /// Connects to an already resolved `target` (see [`PgConnection::connect_to`]); every
     /// reconnect goes there too.
     pub async fn connect_to(opts: &PgOptions, target: Target) -> Result<PgListener, PgError> {
+        Self::start(opts.clone(), Some(target)).await
+    }
+
+    async fn start(opts: PgOptions, target: Option<Target>) -> Result<PgListener, PgError> {
         let mut l = PgListener {
-            opts: opts.clone(),
+            opts,
             target,
             conn: None,
             channels: Vec::new(),
@@ -312,7 +325,10 @@ impl PgListener {
 
     /// Opens a connection, hooks it to the buffer, and listens to every channel on it.
     async fn open(&mut self) -> Result<(), PgError> {
-        let conn = PgConnection::connect_to(&self.opts, self.target.clone()).await?;
+        let conn = match &self.target {
+            Some(target) => PgConnection::connect_to(&self.opts, target.clone()).await?,
+            None => PgConnection::connect(&self.opts).await?,
+        };
         let generation = {
             let mut b = self.buf.borrow_mut();
             b.generation += 1;

@@ -339,3 +339,101 @@ fn a_pool_skips_a_dead_host_and_runs_its_hook_on_the_live_one() {
         pool.close().await;
     });
 }
+
+/// The whole round trip of a failover: a listener on a two-host list follows the promotion
+/// (one `Gap`, then notifications from the new primary), the old primary is rewound
+/// (`pg_rewind`) into a standby of the new one and catches up, and a read pool listing both
+/// lands on it.
+#[test]
+fn a_listener_follows_a_failover_and_the_old_primary_rejoins_by_rewind() {
+    let old = Cluster::builder()
+        .setting("wal_log_hints", "on")
+        .setting("full_page_writes", "on")
+        .start()
+        .unwrap();
+    let new = old.start_standby().unwrap();
+    let rw = opts_listing(&[&old, &new], TargetSessionAttrs::Any);
+    run_within(Duration::from_secs(90), async {
+        let mut listener = ioxide_pg::PgListener::connect(&rw).await.unwrap();
+        listener.listen("failover").await.unwrap();
+        // Blocking the reactor here is fine: nothing else runs on it.
+        old.stop().unwrap();
+        new.promote().unwrap();
+        // The listener walked to the new primary (a standby refuses LISTEN, so it walks the
+        // list as read-write): one gap, then what the new primary sends.
+        let gap = ioxide::time::timeout(Duration::from_secs(30), listener.next())
+            .await
+            .expect("an event within 30 s")
+            .unwrap();
+        assert_eq!(gap, ioxide_pg::ListenEvent::Gap);
+        let conn = PgConnection::connect(&opts_listing(&[&new], TargetSessionAttrs::ReadWrite))
+            .await
+            .unwrap();
+        conn.query("CREATE TABLE after_failover (x int); INSERT INTO after_failover VALUES (7)")
+            .await
+            .unwrap();
+        conn.query("NOTIFY failover, 'from the new primary'")
+            .await
+            .unwrap();
+        match ioxide::time::timeout(Duration::from_secs(10), listener.next()).await {
+            Ok(Ok(ioxide_pg::ListenEvent::Notification(n))) => {
+                assert_eq!(n.payload, "from the new primary");
+            }
+            other => panic!("{other:?} where the notification was expected"),
+        }
+        listener.close().await;
+        conn.close().await;
+    });
+
+    let began = Instant::now();
+    old.rewind_as_standby_of(&new).unwrap();
+    println!("pg_rewind + restart + streaming: {:?}", began.elapsed());
+    assert!(old.is_standby().unwrap() && !new.is_standby().unwrap());
+    // It replays what the new primary wrote after the promotion.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = old.psql("SELECT x FROM after_failover").unwrap_or_default();
+        if seen.trim() == "7" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rewound standby never saw the row"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run_within(Duration::from_secs(60), async {
+        let reads = PgPool::start(
+            &Reactor::current(),
+            opts_listing(&[&new, &old], TargetSessionAttrs::ReadOnly).pool_size(2),
+        )
+        .unwrap();
+        let r = reads
+            .query("SELECT pg_is_in_recovery()::text || ' ' || inet_server_port()")
+            .await
+            .unwrap();
+        assert_eq!(r.value(), Some(format!("true {}", old.port()).as_str()));
+        reads.close().await;
+    });
+}
+
+/// A primary and a standby promoted beside it (two timelines): `pg_rewind` refuses a
+/// target without `wal_log_hints` and says why; rebuilding from a base backup works.
+#[test]
+fn a_diverged_primary_rejoins_by_rebuild_when_it_cannot_rewind() {
+    let old = Cluster::builder()
+        .setting("full_page_writes", "on")
+        .start()
+        .unwrap();
+    let new = old.start_standby().unwrap();
+    new.promote().unwrap();
+    new.psql("CREATE TABLE only_on_new (x int); INSERT INTO only_on_new VALUES (1)")
+        .unwrap();
+    old.psql("CREATE TABLE only_on_old (x int)").unwrap();
+    let e = old.rewind_as_standby_of(&new).unwrap_err();
+    assert!(e.to_string().contains("wal_log_hints"), "{e}");
+    old.rebuild_as_standby_of(&new).unwrap();
+    assert!(old.is_standby().unwrap());
+    assert_eq!(old.psql("SELECT x FROM only_on_new").unwrap().trim(), "1");
+    assert!(old.psql("SELECT 1 FROM only_on_old").is_err());
+}

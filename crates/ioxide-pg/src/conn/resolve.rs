@@ -10,27 +10,7 @@
 use std::io;
 use std::net::IpAddr;
 
-use crate::{Host, PgError, PgOptions, Target, TimeoutKind};
-
-/// The host name `opts` needs looked up, if any (not for an IP literal or a Unix socket).
-pub(crate) fn host_name(opts: &PgOptions) -> Option<&str> {
-    match opts.get_host() {
-        Host::Tcp(h) if h.parse::<IpAddr>().is_err() => Some(h),
-        _ => None,
-    }
-}
-
-/// Resolves `opts` (its first host: `PgListener`) into a [`Target`] on the current reactor,
-/// bounded by `connect_timeout`. Call it for every new connection: a cached answer costs no
-/// I/O, an expired one is asked again.
-pub(crate) async fn resolve_on_ring(opts: &PgOptions) -> Result<Target, PgError> {
-    let Some(name) = host_name(opts) else {
-        return opts.resolve();
-    };
-    opts.validate_connection()?;
-    let addrs = resolve_name(name, opts.get_port(), opts.get_connect_timeout()).await?;
-    Ok(Target::Tcp(addrs))
-}
+use crate::{PgError, TimeoutKind};
 
 /// Looks `name` up on the current reactor, bounded by `limit` (the host's
 /// `connect_timeout`). A lookup failure is a transport error (the pool retries it) that

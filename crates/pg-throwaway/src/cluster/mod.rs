@@ -210,6 +210,8 @@ pub struct Cluster {
     /// `(uid, gid)` to run server programs as, when we are root.
     run_as: Option<(u32, u32)>,
     tls: Option<TlsFiles>,
+    /// The builder's extra `postgresql.conf` settings, kept for standbys and rejoins.
+    settings: Vec<(String, String)>,
     state: Mutex<State>,
     temp_dir: Mutex<Option<tempfile::TempDir>>,
     reaper: Mutex<Option<Reaper>>,

@@ -174,6 +174,7 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
         major_version,
         run_as,
         tls,
+        settings: b.settings,
         state: Mutex::new(State::default()),
         temp_dir: Mutex::new(Some(temp)),
         reaper: Mutex::new(Some(reaper)),
@@ -184,7 +185,7 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
         cluster.port = free_port()?;
         write_file(
             &conf_path,
-            &(base_conf.clone() + &cluster.conf_block(&b.settings) + &tls_conf),
+            &(base_conf.clone() + &cluster.conf_block(&cluster.settings) + &tls_conf),
         )?;
         let result = cluster.launch(&mut cluster.lock_state());
         match result {
