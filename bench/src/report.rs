@@ -115,6 +115,42 @@ fn ceiling(r: &Value, io: &Value, peer: &Value) -> String {
     }
 }
 
+/// The q/s ioxide-pg's run could reach at its own CPU: the least of the machine's cores over
+/// client + server CPU per query (both share them), the backends over the server's CPU
+/// (each backend is one process: `conns` of them use at most `min(conns, cores)` cores) and
+/// the reactor threads over the client's CPU. `None` without the figures.
+fn own_ceiling_qps(r: &Value, io: &Value) -> Option<f64> {
+    let cpus = r["machine"]["nproc"].as_f64().filter(|n| *n > 0.0)?;
+    let server = f(io, "server_cpu_us_per_query");
+    let client = f(io, "client_cpu_us_per_query");
+    let conns = io["conns"].as_f64().unwrap_or(cpus);
+    let reactors = io["reactors"].as_f64().unwrap_or(1.0);
+    let q = (cpus * 1e6 / (server + client))
+        .min(conns.min(cpus) * 1e6 / server)
+        .min(reactors.min(cpus) * 1e6 / client);
+    q.is_finite().then_some(q)
+}
+
+/// The issue-21 row beside a comparison: ioxide-pg's q/s as a fraction of
+/// [`own_ceiling_qps`] (target ≥ 0.95), with the server's CPU per query of both drivers, so
+/// a reader sees which rows the server caps.
+fn ceiling_fraction_row(r: &Value, io: &Value, peer: &Value) -> Option<Target> {
+    let ceiling = own_ceiling_qps(r, io)?;
+    let frac = f(io, "qps") / ceiling;
+    Some(Target {
+        what: "↳ the row above: ioxide-pg's q/s ÷ the server-bound ceiling at its CPU".into(),
+        target: "≥ 0.95".into(),
+        measured: format!(
+            "{frac:.2} ({} of {} q/s; server CPU {} µs/q, peer's {} µs/q)",
+            num(f(io, "qps")),
+            num(ceiling),
+            num(f(io, "server_cpu_us_per_query")),
+            num(f(peer, "server_cpu_us_per_query")),
+        ),
+        ok: Some(frac >= 0.95),
+    })
+}
+
 fn targets(r: &Value) -> Vec<Target> {
     let mut t = Vec::new();
     let p = pipelined(r);
@@ -141,6 +177,22 @@ fn targets(r: &Value) -> Vec<Target> {
                     ),
                     ok: Some(q >= 1.5 && cpu <= 1.0 / 3.0 && p99 <= 1.0),
                 });
+                t.extend(ceiling_fraction_row(r, io, tp));
+                // Issue 21: what the driver makes the server do.
+                let server = ratio(
+                    f(io, "server_cpu_us_per_query"),
+                    f(tp, "server_cpu_us_per_query"),
+                );
+                t.push(Target {
+                    what: format!("server CPU per query: pipelined ioxide-pg vs tokio-postgres ({c} conns), `{query}`, 64 in flight"),
+                    target: "≤ 1×".into(),
+                    measured: format!(
+                        "{server:.2}× ({} µs against {} µs)",
+                        num(f(io, "server_cpu_us_per_query")),
+                        num(f(tp, "server_cpu_us_per_query"))
+                    ),
+                    ok: Some(server <= 1.0),
+                });
             }
         }
         for conns in [2u64, 8] {
@@ -161,6 +213,7 @@ fn targets(r: &Value) -> Vec<Target> {
                     measured: format!("{q:.2}× q/s; {cpu:.2}× CPU{}", ceiling(r, io, dp)),
                     ok: Some(q >= 1.5 && cpu <= 1.0 / 3.0),
                 });
+                t.extend(ceiling_fraction_row(r, io, dp));
             }
         }
         // The connection issue's target: one `PgConnection` against one tokio-postgres
@@ -184,6 +237,7 @@ fn targets(r: &Value) -> Vec<Target> {
                     measured: format!("{cpu:.2}× CPU ({q:.2}× q/s)"),
                     ok: Some(cpu <= 1.0 / 3.0),
                 });
+                t.extend(ceiling_fraction_row(r, io, tp));
             }
         }
     }
@@ -299,8 +353,9 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String], tls: &str) -> Stri
         "Drivers: **{p}** = `PgPool` pipelined (every in-flight query goes straight to a \
          connection, like tokio-postgres), **ioxide-pg d=1** = one command per connection at a \
          time (the classic pool), **{CONN_LABEL}** = one `PgConnection` shared by the tasks, no \
-         pool (one-connection cases only), all on 1 reactor thread, `pool.query(\"SELECT 42\")` (simple \
-         protocol) / `pool.query_params` / `pool.query_rows`; **tokio-postgres** = N clients, \
+         pool (one-connection cases only), all on 1 reactor thread, `pool.query(\"SELECT 42\")` (the simple \
+         protocol on its first run on a connection, then prepared once and run as a prepared \
+         statement: `conn/auto.rs`) / `pool.query_params` / `pool.query_rows`; **tokio-postgres** = N clients, \
          statements prepared once per client, concurrent queries spread over the clients \
          (pipelined), on a current-thread runtime (faster here than multi-thread with one \
          worker: ~1.7× q/s at 2 conns); **deadpool** = deadpool-postgres, `RecyclingMethod::Fast`, \
@@ -336,6 +391,17 @@ pub fn markdown(r: &Value, findings: &str, charts: &[String], tls: &str) -> Stri
              over the peer's measured q/s. Where they are below the 1.5× target, ioxide-pg \
              cannot meet it on this machine without lowering the server's cost per query.\n",
             r["machine"]["nproc"], r["machine"]["nproc"], r["machine"]["nproc"]
+        );
+        let _ = writeln!(
+            s,
+            "**↳ rows** (q/s ÷ the server-bound ceiling at its CPU, target ≥ 0.95): the least \
+             of {n} × 10⁶ ÷ (S + C) (client and server share the cores), min(conns, {n}) × 10⁶ ÷ S \
+             (a backend is one process: one connection's queries use at most one core) and \
+             reactors × 10⁶ ÷ C (one reactor thread is one core), from ioxide-pg's own S and C \
+             in that run. Near 1, the server (or the machine) caps the row and only a cheaper \
+             server path raises it; well below 1, the client leaves the server idle (round \
+             trips, batching).\n",
+            n = r["machine"]["nproc"]
         );
     }
 
