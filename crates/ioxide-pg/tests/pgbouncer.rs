@@ -240,6 +240,22 @@ fn the_symptom_switches_connections_to_unnamed_statements() {
         assert!(!a.names_statements(), "a stopped naming statements");
         // The description of the unnamed statement is kept: one round trip per query.
         assert_eq!(a.cached_statements(), 1);
+        // Its reply describes the rows every time; when that changes under the kept
+        // description (DDL in between), the new one is read, not the kept one.
+        a.query("CREATE TABLE pb_shape (x int4)").await.unwrap();
+        a.query("INSERT INTO pb_shape VALUES (5)").await.unwrap();
+        let shape = "SELECT * FROM pb_shape WHERE $1::int8 > 0";
+        for _ in 0..3 {
+            let r = a.query_one(shape, &[&one]).await.unwrap();
+            assert_eq!(r.get::<i32>(0).unwrap(), 5);
+        }
+        a.query("ALTER TABLE pb_shape ALTER COLUMN x TYPE text, ADD COLUMN y int8 DEFAULT 9")
+            .await
+            .unwrap();
+        let r = a.query_one(shape, &[&one]).await.unwrap();
+        assert_eq!(r.columns().len(), 2);
+        assert_eq!(r.get::<String>(0).unwrap(), "5");
+        assert_eq!(r.get::<i64>("y").unwrap(), 9);
 
         let b = PgConnection::connect(&o).await.unwrap();
         let stmt = b.prepare("SELECT $1::int8 - 1").await.unwrap();

@@ -118,6 +118,18 @@ pub(crate) struct PrepareSink {
 }
 
 /// The result columns a Describe reported, as Bind will deliver them: every column in binary.
+/// The description an unnamed statement's reply carries (it is parsed afresh with every
+/// Bind): `current` (the cached description, looked-up types included) when it is the same,
+/// else parsed, taking `current`'s looked-up types where the OIDs agree.
+pub(crate) fn redescribed(current: &Arc<Columns>, body: &[u8]) -> Result<Arc<Columns>, PgError> {
+    if current.same_description(body) {
+        return Ok(current.clone());
+    }
+    let mut columns = described_columns(body)?;
+    columns.resolve_like(current);
+    Ok(Arc::new(columns))
+}
+
 pub(crate) fn described_columns(body: &[u8]) -> Result<Columns, PgError> {
     let mut cols = Columns::parse(body)?;
     cols.set_format(Format::Binary);
@@ -266,10 +278,7 @@ where
             }
             // Only an unnamed statement's reply describes its rows (it is parsed afresh).
             ReplyEvent::RowDescription(body) => {
-                let mut columns = described_columns(body)?;
-                // The types the statement's Describe looked up, if it had one.
-                columns.resolve_like(&self.columns);
-                self.columns = Arc::new(columns);
+                self.columns = redescribed(&self.columns, body)?;
             }
             ReplyEvent::NoData => self.columns = Columns::none(),
             ReplyEvent::CommandComplete(_) => self.delivered = true,

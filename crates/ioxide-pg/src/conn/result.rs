@@ -68,10 +68,7 @@ impl ResultSet {
             ReplyEvent::CommandComplete(tag) => self.tag.set(*tag),
             // Only an unnamed statement's reply describes its rows (it is parsed afresh).
             ReplyEvent::RowDescription(body) => {
-                let mut columns = super::command::described_columns(body)?;
-                // The types the statement's Describe looked up, if it had one.
-                columns.resolve_like(&self.columns);
-                self.columns = Arc::new(columns);
+                self.columns = super::command::redescribed(&self.columns, body)?;
             }
             ReplyEvent::NoData => self.columns = Columns::none(),
             _ => {}

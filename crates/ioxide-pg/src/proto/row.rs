@@ -174,6 +174,35 @@ impl Columns {
         })
     }
 
+    /// Whether a RowDescription body describes exactly these columns (names, table and
+    /// column ids, type OIDs, sizes and modifiers; the format codes are not compared: a
+    /// statement's Describe reports text and Bind chooses). No allocation: an unnamed
+    /// statement parsed again per query (behind a transaction-mode pooler) gets the same
+    /// description every time, and comparing it costs far less than parsing it. `false`
+    /// for anything malformed (the parse then reports it).
+    pub(crate) fn same_description(&self, body: &[u8]) -> bool {
+        let mut c = Cursor::new(body, "RowDescription");
+        let same = (|| -> Result<bool, PgError> {
+            if usize::from(c.u16()?) != self.columns.len() {
+                return Ok(false);
+            }
+            for col in &self.columns {
+                let same = c.cstr_bytes()? == col.name.as_bytes()
+                    && c.u32()? == col.table_oid
+                    && c.i16()? == col.column_id
+                    && c.u32()? == col.type_.oid()
+                    && c.i16()? == col.type_size
+                    && c.i32()? == col.type_modifier;
+                if !same || !matches!(c.i16()?, 0 | 1) {
+                    return Ok(false);
+                }
+            }
+            c.finish()?;
+            Ok(true)
+        })();
+        same.unwrap_or(false)
+    }
+
     /// Whether some column still has a placeholder type (see [`Column::type_`]).
     pub(crate) fn unresolved(&self) -> bool {
         self.unresolved

@@ -226,3 +226,30 @@ fn placeholders_are_marked_and_resolved_column_by_column() {
     assert!(!cols.unresolved());
     assert_eq!(cols.placeholder_oids().count(), 0);
 }
+
+#[test]
+fn a_repeated_description_is_recognised_and_any_change_is_not() -> Result<(), PgError> {
+    let body = row_description(&[("a", 23, 1), ("b", 25, 1)]);
+    let mut cols = Columns::parse(&body)?;
+    // A statement's Describe says text; the cached description says binary: still the same.
+    cols.set_format(Format::Binary);
+    assert!(cols.same_description(&body));
+    for other in [
+        row_description(&[("a", 23, 1)]),
+        row_description(&[("a", 23, 1), ("b", 25, 1), ("c", 25, 1)]),
+        row_description(&[("a", 23, 1), ("B", 25, 1)]),
+        row_description(&[("a", 20, 1), ("b", 25, 1)]),
+    ] {
+        assert!(!cols.same_description(&other));
+    }
+    // Truncated, trailing bytes, a bad format code: not the same (the parse reports it).
+    assert!(!cols.same_description(&body[..body.len() - 1]));
+    let mut longer = body.clone();
+    longer.push(0);
+    assert!(!cols.same_description(&longer));
+    let mut bad_format = body.clone();
+    let n = bad_format.len();
+    bad_format[n - 1] = 7;
+    assert!(!cols.same_description(&bad_format));
+    Ok(())
+}
