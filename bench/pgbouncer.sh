@@ -109,6 +109,22 @@ DRIVERS=(
     "deadpool|--driver deadpool --pgbouncer"
     "sqlx|--driver sqlx --pgbouncer"
 )
+# A/B: BEFORE_PGLOAD=/path/to/an/older/pgload adds ioxide-pg's pipelined and depth-1 rows
+# run with that binary ("... before"), interleaved with the rest.
+if [ -n "${BEFORE_PGLOAD:-}" ]; then
+    DRIVERS+=(
+        "ioxide-pg d=256 before|@before --driver ioxide-pg --pipeline-depth 256"
+        "ioxide-pg d=1 before|@before --driver ioxide-pg --pipeline-depth 1"
+    )
+fi
+# ONLY='regex' keeps the drivers whose label matches (e.g. ONLY='ioxide|tokio').
+if [ -n "${ONLY:-}" ]; then
+    kept=()
+    for entry in "${DRIVERS[@]}"; do
+        [[ ${entry%%|*} =~ $ONLY ]] && kept+=("$entry")
+    done
+    DRIVERS=("${kept[@]}")
+fi
 STAMP=$(date -u +%Y-%m-%d)-pgbouncer-$(date -u +%H%M)
 OUT=bench/results/$STAMP.json
 TXT=bench/results/$STAMP.txt
@@ -124,8 +140,14 @@ RAW=$BOUNCER_DIR/runs.jsonl
             for k in $(seq 0 $((n - 1))); do
                 entry=${DRIVERS[$(((k + round - 1) % n))]}
                 label=${entry%%|*}
+                args=${entry#*|}
+                prog=$BIN/pgload
+                if [ "${args%% *}" = @before ]; then
+                    prog=$BEFORE_PGLOAD
+                    args=${args#@before }
+                fi
                 # shellcheck disable=SC2086
-                line=$("$BIN/pgload" ${entry#*|} --conns "$CONNS" --concurrency 64 \
+                line=$("$prog" $args --conns "$CONNS" --concurrency 64 \
                     --seconds "$SECONDS_PER_RUN" --query "$q" --url "$URL" 2>&1 | tail -1) || true
                 if [ "${line:0:1}" != "{" ]; then
                     echo "round $round $q $label: FAILED: $line"

@@ -842,7 +842,8 @@ impl PgConnection {
                 ..Default::default()
             };
             self.conn.enqueue(Reply::extended(steps), |out| {
-                let oids: Vec<u32> = stmt.params.iter().map(postgres_types::Type::oid).collect();
+                let oids: smallvec::SmallVec<[u32; 8]> =
+                    stmt.params.iter().map(postgres_types::Type::oid).collect();
                 encode::parse("", sql, &oids, out)?;
                 encode::describe(encode::Target::Statement, "", out)?;
                 encode::bind_execute_sync("", params, &stmt.params, out)
