@@ -186,7 +186,8 @@ impl Args {
             warmup: 1.0,
             query: Query::Select42,
             reactors: 1,
-            pipeline_depth: 1,
+            // The driver's default (8), as a user who does not set it gets.
+            pipeline_depth: ioxide_pg::PgOptions::new().get_pipeline_depth(),
             no_pool: false,
             flavor: Flavor::CurrentThread,
             sqlx_test_before_acquire: false,
