@@ -725,22 +725,11 @@ impl PgConnection {
                 let mut st = self.conn.st.borrow_mut();
                 (st.cache.get(target.key), st.cache.enabled())
             };
-            let mut fresh = false;
-            let (stmt, close_after) = match hit {
-                Some(stmt) => (stmt, None),
-                None if !naming => (self.unnamed_for(target, params).await?, None),
-                None => match self.statement_with(target).await {
-                    Ok(prepared) => {
-                        fresh = true;
-                        prepared
-                    }
-                    Err(e) => {
-                        if attempt < 2 && self.naming_refused(&e, true) {
-                            attempt += 1;
-                            continue;
-                        }
-                        return Err(e);
-                    }
+            let (stmt, fresh, close_after) = match hit {
+                Some(stmt) => (stmt, false, None),
+                None => match self.missed(target, params, naming, &mut attempt).await? {
+                    Some(found) => found,
+                    None => continue,
                 },
             };
             let (seq, from) = self.enqueue_bound(&stmt, target.sql, params)?;
@@ -756,23 +745,64 @@ impl PgConnection {
                 collateral_retried = true;
                 continue;
             }
-            let stale = stale_statement(&e);
-            if stale == Stale::No {
-                return Err(e);
-            }
-            let name = self.conn.st.borrow_mut().cache.remove(target.key);
-            if let Some(name) = name {
-                self.close_statement_detached(&name);
-            }
-            if (fresh || attempt > 0) && self.naming_refused(&e, true) && attempt < 2 {
-                attempt += 1;
-                continue;
-            }
-            if stale == Stale::EvictOnly || attempt > 0 {
-                return Err(lost_in_block(e));
-            }
-            attempt += 1;
+            self.retry_after(target, e, fresh, &mut attempt)?;
         }
+    }
+
+    /// A cache miss of a cached run (`run_cached`, `query_stream`): the unnamed statement's
+    /// description when this connection does not name statements, else prepared now —
+    /// `(statement, fresh, statement to close after use)`. `Ok(None)`: the prepare was
+    /// refused in the way only a transaction-mode pooler explains and naming is now off;
+    /// try again.
+    async fn missed(
+        &self,
+        target: StatementRef<'_>,
+        params: Params<'_>,
+        naming: bool,
+        attempt: &mut u32,
+    ) -> Result<Option<(cache::Statement, bool, Option<Rc<str>>)>, PgError> {
+        if !naming {
+            return Ok(Some((self.unnamed_for(target, params).await?, false, None)));
+        }
+        match self.statement_with(target).await {
+            Ok((stmt, close_after)) => Ok(Some((stmt, true, close_after))),
+            Err(e) if *attempt < 2 && self.naming_refused(&e, true) => {
+                *attempt += 1;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A cached run failed with `e`: `Ok(())` to run it again (a stale statement evicted and
+    /// re-prepared once; a fresh statement refused by a transaction-mode pooler, naming now
+    /// off), else the error to return (a stale statement inside a transaction block names
+    /// the block as lost).
+    #[cold]
+    fn retry_after(
+        &self,
+        target: StatementRef<'_>,
+        e: PgError,
+        fresh: bool,
+        attempt: &mut u32,
+    ) -> Result<(), PgError> {
+        let stale = stale_statement(&e);
+        if stale == Stale::No {
+            return Err(e);
+        }
+        let name = self.conn.st.borrow_mut().cache.remove(target.key);
+        if let Some(name) = name {
+            self.close_statement_detached(&name);
+        }
+        if (fresh || *attempt > 0) && self.naming_refused(&e, true) && *attempt < 2 {
+            *attempt += 1;
+            return Ok(());
+        }
+        if stale == Stale::EvictOnly || *attempt > 0 {
+            return Err(lost_in_block(e));
+        }
+        *attempt += 1;
+        Ok(())
     }
 
     /// A command of the pool's shared path completed with `tag`: a `SET` or `LISTEN` there

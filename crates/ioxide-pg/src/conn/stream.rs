@@ -264,22 +264,11 @@ impl PgConnection {
                 let mut st = self.conn.st.borrow_mut();
                 (st.cache.get(target.key), st.cache.enabled())
             };
-            let mut fresh = false;
-            let (stmt, close_after) = match hit {
-                Some(stmt) => (stmt, None),
-                None if !naming => (self.unnamed_for(target, params).await?, None),
-                None => match self.statement_with(target).await {
-                    Ok(prepared) => {
-                        fresh = true;
-                        prepared
-                    }
-                    Err(e) => {
-                        if attempt < 2 && self.naming_refused(&e, true) {
-                            attempt += 1;
-                            continue;
-                        }
-                        return Err(e);
-                    }
+            let (stmt, fresh, close_after) = match hit {
+                Some(stmt) => (stmt, false, None),
+                None => match self.missed(target, params, naming, &mut attempt).await? {
+                    Some(found) => found,
+                    None => continue,
                 },
             };
             let (seq, sent_from) = self.enqueue_bound(&stmt, target.sql, params)?;
@@ -312,22 +301,7 @@ impl PgConnection {
                 collateral_retried = true;
                 continue;
             }
-            let stale = stale_statement(&e);
-            if stale == Stale::No {
-                return Err(e);
-            }
-            let name = self.conn.st.borrow_mut().cache.remove(target.key);
-            if let Some(name) = name {
-                self.close_statement_detached(&name);
-            }
-            if (fresh || attempt > 0) && self.naming_refused(&e, true) && attempt < 2 {
-                attempt += 1;
-                continue;
-            }
-            if stale == Stale::EvictOnly || attempt > 0 {
-                return Err(super::lost_in_block(e));
-            }
-            attempt += 1;
+            self.retry_after(target, e, fresh, &mut attempt)?;
         }
     }
 
