@@ -511,41 +511,62 @@ struct Outcome {
     ok_after_fault: u64,
 }
 
-/// 32 closed loops of the mix for 4 s through a pool of 8 (command timeout 5 s); `fault`
-/// runs on another thread after 1 s. Every request is counted as answered or failed.
+/// 32 closed loops of the mix through a pool of 8 (command timeout 5 s); `fault` runs on
+/// another thread once the pool has answered 200 requests (at most 20 s in: a loaded
+/// machine starts slowly), and the loops go on 3 s after it returns. Every request is
+/// counted as answered or failed.
 fn under_fault(
     bouncer: &PgBouncer,
     cluster: &Cluster,
     fault: impl FnOnce(&PgBouncer, &Cluster) + Send,
 ) -> Outcome {
+    // The fault tests run one at a time: each loads both cores for seconds, and several at
+    // once (beside the other tests' clusters) starved a restarted PgBouncer.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let o = opts(bouncer)
         .pool_size(8)
         .command_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5));
-    let fault_done = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let fault_done = Arc::new(Mutex::new(None::<Instant>));
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     std::thread::scope(|s| {
         let done = fault_done.clone();
+        let warm = answered.clone();
         let faulter = s.spawn(move || {
-            std::thread::sleep(Duration::from_secs(1));
+            let give_up = Instant::now() + Duration::from_secs(20);
+            while warm.load(std::sync::atomic::Ordering::Relaxed) < 200 && Instant::now() < give_up
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             fault(bouncer, cluster);
             *done.lock().unwrap() = Some(Instant::now());
         });
         let outcome = run_within(LIMIT, async move {
             let reactor = ioxide::Reactor::current();
             let pool = PgPool::start(&reactor, o).unwrap();
-            let until = Instant::now() + Duration::from_secs(4);
             let out = Rc::new(RefCell::new(Outcome::default()));
             let tasks: Vec<_> = (0..32u64)
                 .map(|t| {
                     let pool = pool.clone();
                     let out = out.clone();
                     let done = fault_done.clone();
+                    let answered = answered.clone();
                     ioxide::spawn(async move {
                         let mut i = t;
-                        while Instant::now() < until {
-                            let started = Instant::now();
+                        let hard_stop = Instant::now() + Duration::from_secs(60);
+                        loop {
+                            let fault_at = *done.lock().unwrap();
+                            let now = Instant::now();
+                            if now > hard_stop
+                                || fault_at.is_some_and(|d| now > d + Duration::from_secs(3))
+                            {
+                                break;
+                            }
                             let r = request(&pool, i).await;
-                            let after = done.lock().unwrap().is_some_and(|d| started > d);
+                            let after = fault_at.is_some();
                             let failed = r.is_err();
                             {
                                 let mut o = out.borrow_mut();
@@ -553,6 +574,7 @@ fn under_fault(
                                     Ok(()) => {
                                         o.ok += 1;
                                         o.ok_after_fault += u64::from(after);
+                                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                     }
                                     Err(e) => o.failed.push(e),
                                 }
