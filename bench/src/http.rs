@@ -1,5 +1,7 @@
 //! HTTP end to end: the playground and the axum + deadpool peer, each a child process, driven
-//! by `wrk` with the same connections and duration; server CPU from `/proc/<pid>/stat`.
+//! by `wrk` with the same connections and duration; server CPU from `/proc/<pid>/stat`, and
+//! PostgreSQL's CPU over the same run (its postmaster and backends, as pgload reads it) when
+//! the server named by the libpq variables runs on this machine.
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -116,6 +118,11 @@ pub fn wrk(server: &Server, path: &str, expect: &str, conns: usize, seconds: u64
         other => return json!({"failed": format!("GET {path}: {other:?}, expected 200 {expect}")}),
     }
     let url = format!("http://127.0.0.1:{}{path}", server.port);
+    if let Ok(o) = ioxide_pg::PgOptions::from_env() {
+        // Finds the local server once per process; later calls are free.
+        crate::pgload::server::init(&o);
+    }
+    let pg0 = crate::pgload::server::cpu();
     let t0 = server.cpu_ticks();
     let out = Command::new("wrk")
         .args([
@@ -127,6 +134,7 @@ pub fn wrk(server: &Server, path: &str, expect: &str, conns: usize, seconds: u64
         ])
         .output();
     let t1 = server.cpu_ticks();
+    let pg1 = crate::pgload::server::cpu();
     let out = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),
         Ok(o) => return json!({"failed": String::from_utf8_lossy(&o.stderr).to_string()}),
@@ -152,6 +160,10 @@ pub fn wrk(server: &Server, path: &str, expect: &str, conns: usize, seconds: u64
         (Some(a), Some(b)) => (b - a) as f64 / clk_tck() * 1e6,
         _ => f64::NAN,
     };
+    let pg_us = match (pg0, pg1) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() * 1e6,
+        _ => f64::NAN,
+    };
     let r = crate::pgload::round;
     json!({
         "server": server.label,
@@ -161,6 +173,7 @@ pub fn wrk(server: &Server, path: &str, expect: &str, conns: usize, seconds: u64
         "rps": r(rps, 0),
         "requests": requests,
         "server_cpu_us_per_request": r(cpu_us / requests, 3),
+        "pg_cpu_us_per_request": r(pg_us / requests, 3),
         "p50_us": latency(&out, "50%").map(|x| r(x, 1)),
         "p99_us": latency(&out, "99%").map(|x| r(x, 1)),
         "errors": non2xx + socket_errors,

@@ -119,7 +119,10 @@ impl App {
     /// Counts a connection until the guard drops.
     pub fn connection_opened(self: &Rc<Self>) -> ConnectionGuard {
         self.connections.set(self.connections.get() + 1);
-        ConnectionGuard { app: self.clone() }
+        ConnectionGuard {
+            app: self.clone(),
+            waiter: None,
+        }
     }
 
     /// Open HTTP connections on this reactor.
@@ -136,11 +139,6 @@ impl App {
     pub fn start_draining(&self) {
         self.draining.set(true);
         self.wake_all();
-    }
-
-    /// Resolves once draining begins.
-    pub fn drained(&self) -> WaitUntil<'_> {
-        self.wait_until(|app| app.draining.get())
     }
 
     /// Resolves once no HTTP connection is open on this reactor.
@@ -162,7 +160,7 @@ impl App {
     }
 }
 
-/// Waits for a condition on the [`App`] (see [`App::drained`], [`App::idle`]).
+/// Waits for a condition on the [`App`] (see [`App::idle`]).
 #[derive(Debug)]
 pub struct WaitUntil<'a> {
     app: &'a App,
@@ -202,10 +200,47 @@ impl Drop for WaitUntil<'_> {
 #[derive(Debug)]
 pub struct ConnectionGuard {
     app: Rc<App>,
+    /// The connection's entry among the draining waiters, and the waker it holds.
+    waiter: Option<(u64, Waker)>,
+}
+
+impl ConnectionGuard {
+    /// Resolves once draining begins. The connection's waker stays registered between calls, so a keep-alive connection that waits on this for every read
+    /// touches the waiters map once, not twice per request.
+    pub fn drained(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let app = &self.app;
+            if app.draining.get() {
+                return Poll::Ready(());
+            }
+            // Until draining begins nothing empties the map, so an entry made with this
+            // waker is still there.
+            if !self
+                .waiter
+                .as_ref()
+                .is_some_and(|(_, w)| w.will_wake(cx.waker()))
+            {
+                let id = match &self.waiter {
+                    Some((id, _)) => *id,
+                    None => {
+                        let id = app.next_waiter.get();
+                        app.next_waiter.set(id.wrapping_add(1));
+                        id
+                    }
+                };
+                app.waiters.borrow_mut().insert(id, cx.waker().clone());
+                self.waiter = Some((id, cx.waker().clone()));
+            }
+            Poll::Pending
+        })
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        if let Some((id, _)) = self.waiter.take() {
+            self.app.waiters.borrow_mut().remove(&id);
+        }
         let n = self.app.connections.get().saturating_sub(1);
         self.app.connections.set(n);
         if n == 0 && self.app.draining.get() {

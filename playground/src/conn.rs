@@ -15,13 +15,14 @@
 //! README). Letting the query finish keeps the pool's picture true; it costs nothing the
 //! server was not doing anyway, and `PG_COMMAND_TIMEOUT_MS` still bounds it.
 
-use crate::app::App;
+use crate::app::{App, ConnectionGuard};
 use crate::http::{self, Parsed, Request, Response};
 use crate::routes;
 use ioxide::future::{select, Either};
 use ioxide::net::{Recv, Shutdown, Stream};
+use ioxide::time::Sleep;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -47,7 +48,7 @@ pub async fn serve(stream: Stream) {
         tracing::error!("no playground state on this reactor; dropping the connection");
         return;
     };
-    let _counted = app.connection_opened();
+    let counted = app.connection_opened();
     if app.is_draining() {
         // Shutting down: no new requests.
         return;
@@ -55,10 +56,12 @@ pub async fn serve(stream: Stream) {
     let mut conn = Conn {
         stream,
         app,
+        counted,
         buf: Some(Vec::with_capacity(READ_CHUNK)),
         recv: None,
         out: Vec::with_capacity(1024),
         partial_since: None,
+        idle: IdleTimer::default(),
     };
     if conn.run().await == End::Linger {
         conn.linger().await;
@@ -77,6 +80,8 @@ enum End {
 struct Conn {
     stream: Stream,
     app: Rc<App>,
+    /// Counts the connection; tells it when draining begins.
+    counted: ConnectionGuard,
     /// The read buffer, when no receive holds it. Starts with unparsed request bytes.
     buf: Option<Vec<u8>>,
     /// A receive in flight, holding the read buffer.
@@ -86,6 +91,43 @@ struct Conn {
     /// When the unfinished request at the front of the buffer began arriving: a request
     /// must be complete within one idle timeout of its first byte, however slowly it drips.
     partial_since: Option<Instant>,
+    /// The idle limit of the current read or send.
+    idle: IdleTimer,
+}
+
+/// The connection's idle limit on one ring timeout, kept across requests: armed for the
+/// deadline, and when it fires before a deadline that has moved on since, re-armed for the
+/// rest. A busy keep-alive connection so pays one timeout op per idle period instead of an
+/// arm and a cancel for every receive and every send.
+#[derive(Default)]
+struct IdleTimer {
+    /// When the wait in progress gives up (`None`: no limit set yet).
+    deadline: Option<Instant>,
+    /// The armed timeout and when it fires.
+    armed: Option<(Sleep, Instant)>,
+}
+
+impl IdleTimer {
+    /// Resolves once `deadline` (as last set) has passed.
+    async fn expired(&mut self) {
+        loop {
+            let Some(deadline) = self.deadline else {
+                return std::future::pending().await;
+            };
+            if Instant::now() >= deadline {
+                return;
+            }
+            // A timeout that fires after the deadline (it moved earlier) is replaced; one
+            // that fires before it is awaited, then the deadline is checked again.
+            if self.armed.as_ref().is_none_or(|(_, at)| *at > deadline) {
+                self.armed = Some((ioxide::time::sleep_until(deadline), deadline));
+            }
+            if let Some((sleep, _)) = self.armed.as_mut() {
+                sleep.await;
+            }
+            self.armed = None;
+        }
+    }
 }
 
 /// What `take_batch` found in the buffer.
@@ -252,24 +294,19 @@ impl Conn {
     /// hung up or failed, stayed idle past `HTTP_IDLE_TIMEOUT_MS`, or shutdown began.
     async fn read(&mut self) -> bool {
         self.arm_recv();
-        let app = self.app.clone();
+        let idle = self.app.config.idle_timeout;
         let Some(recv) = self.recv.as_mut() else {
             // The buffer is full without a complete request: parse would have refused it.
             return false;
         };
-        let idle = match self.partial_since {
-            Some(since) => {
-                (since + app.config.idle_timeout).saturating_duration_since(Instant::now())
-            }
-            None => app.config.idle_timeout,
-        };
-        match select(app.drained(), ioxide::time::timeout(idle, recv)).await {
+        self.idle.deadline = Some(self.partial_since.unwrap_or_else(ioxide::time::now) + idle);
+        match select(self.counted.drained(), select(recv, self.idle.expired())).await {
             Either::Left(()) => false,
-            Either::Right(Err(_)) => {
+            Either::Right(Either::Right(())) => {
                 tracing::debug!(?idle, "closing an idle connection");
                 false
             }
-            Either::Right(Ok((res, buf))) => {
+            Either::Right(Either::Left((res, buf))) => {
                 self.recv = None;
                 match res {
                     Ok(n) if n > 0 => {
@@ -288,9 +325,10 @@ impl Conn {
             return true;
         }
         let out = std::mem::take(&mut self.out);
-        let idle = self.app.config.idle_timeout;
-        match ioxide::time::timeout(idle, self.stream.send_all(out)).await {
-            Ok((Ok(()), mut out)) => {
+        self.idle.deadline = Some(ioxide::time::now() + self.app.config.idle_timeout);
+        let send = pin!(self.stream.send_all(out));
+        match select(send, self.idle.expired()).await {
+            Either::Left((Ok(()), mut out)) => {
                 out.clear();
                 if out.capacity() > OUT_SHRINK {
                     out = Vec::with_capacity(1024);
@@ -298,11 +336,11 @@ impl Conn {
                 self.out = out;
                 true
             }
-            Ok((Err(e), _)) => {
+            Either::Left((Err(e), _)) => {
                 tracing::debug!(error = %e, "client went away before reading its answer");
                 false
             }
-            Err(_) => {
+            Either::Right(()) => {
                 tracing::debug!("client did not read its answer in time");
                 false
             }
@@ -344,6 +382,10 @@ async fn respond_all(app: Rc<App>, requests: Vec<Request>) -> (Vec<Request>, Vec
 }
 
 async fn answer_each(app: &App, requests: &[Request]) -> Vec<Response> {
+    if let [one] = requests {
+        // The usual case (a client that waits for each answer): no boxing, no slots.
+        return vec![routes::handle(app, one).await];
+    }
     let mut running: Vec<Pin<Box<dyn Future<Output = Response> + '_>>> = requests
         .iter()
         .map(|r| Box::pin(routes::handle(app, r)) as Pin<Box<dyn Future<Output = Response>>>)

@@ -1,7 +1,7 @@
 //! HTTP/1.1 framing: requests parsed with `httparse` out of the connection's read buffer,
 //! responses written into its send buffer. No I/O here (see `conn.rs`).
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 /// Longest request head (request line + headers) accepted, in bytes; longer → 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -155,10 +155,9 @@ impl Response {
     /// Appends the framed response to `out`: status line, headers, and (unless `head_only`)
     /// the body. `close` adds `Connection: close`.
     pub fn write_to(&self, out: &mut Vec<u8>, head_only: bool, close: bool) {
-        let mut head = String::with_capacity(128);
-        // Writing to a String cannot fail.
+        // Straight into `out` (no head string per response). Writing to a Vec cannot fail.
         let _ = write!(
-            head,
+            out,
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
             self.status,
             reason(self.status),
@@ -166,14 +165,13 @@ impl Response {
             self.body.len()
         );
         for h in &self.headers {
-            head.push_str(h);
-            head.push_str("\r\n");
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         if close {
-            head.push_str("Connection: close\r\n");
+            out.extend_from_slice(b"Connection: close\r\n");
         }
-        head.push_str("\r\n");
-        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(b"\r\n");
         if !head_only {
             out.extend_from_slice(&self.body);
         }

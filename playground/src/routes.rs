@@ -6,6 +6,7 @@ use crate::app::App;
 use crate::http::{Request, Response};
 use ioxide_pg::{PgError, TimeoutKind};
 use percent_encoding::percent_decode_str;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// Largest N `/rows/N` streams (the body is built in memory: about 20 bytes per row).
@@ -66,7 +67,10 @@ async fn upper(app: &App, raw: &str) -> Result<Response, PgError> {
     let Some(t) = decode(raw) else {
         return Ok(Response::text(400, "T must be percent-encoded UTF-8"));
     };
-    let r = app.pool.query_params("SELECT upper($1)", &[&t]).await?;
+    let r = app
+        .pool
+        .query_params("SELECT upper($1)", &[&t.as_ref()])
+        .await?;
     Ok(Response::text(200, r.scalar::<&str>()?))
 }
 
@@ -99,12 +103,10 @@ async fn rows(app: &App, raw: &str) -> Result<Response, PgError> {
     Ok(Response::text(200, format!("rows={count}:{listed}")))
 }
 
-/// Percent-decodes a path segment; `None` unless the result is UTF-8.
-fn decode(raw: &str) -> Option<String> {
-    percent_decode_str(raw)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
+/// Percent-decodes a path segment (borrowed when it has no escapes); `None` unless the
+/// result is UTF-8.
+fn decode(raw: &str) -> Option<Cow<'_, str>> {
+    percent_decode_str(raw).decode_utf8().ok()
 }
 
 /// How a driver error is answered:

@@ -209,6 +209,33 @@ fn idle_keep_alive_connection_is_closed_after_the_timeout() {
 }
 
 #[test]
+fn a_busy_connection_outlives_many_idle_timeouts() {
+    // The idle limit is one ring timeout per connection, re-armed when it fires before a
+    // deadline that moved on: a connection that keeps sending must never be closed by it,
+    // and one that stops must still be closed within about one timeout.
+    let p = Playground::start(&shared_env(&[("HTTP_IDLE_TIMEOUT_MS", "300")]));
+    let mut s = p.connect();
+    let start = Instant::now();
+    let mut answered = 0;
+    let mut last_answer = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(b"GET /add/41 HTTP/1.1\r\n\r\n").unwrap();
+        let (r, _) = read_responses(&mut s, 1);
+        last_answer = Instant::now();
+        assert_eq!((r[0].status, r[0].body.as_str()), (200, "42"));
+        answered += 1;
+    }
+    assert!(answered >= 10, "only {answered} answers in 1.5 s");
+    assert!(closed_within(&mut s, Duration::from_secs(5)));
+    let idle = last_answer.elapsed();
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+}
+
+#[test]
 fn client_hanging_up_mid_query_leaves_the_pool_serving() {
     // One reactor, so every request meets the same pool of four connections.
     let p = Playground::start(&shared_env(&[("REACTORS", "1"), ("PG_POOL_SIZE", "4")]));

@@ -3,7 +3,11 @@
 //! `bench/run.sh` calls it with a database in the environment, then `bench-report`.
 //!
 //! `bench-run --out FILE [--rounds N] [--seconds S] [--groups a,b] [--http-seconds S]
-//!            [--http-conns C] [--playground PATH] [--no-http] [--plan main|tls]`
+//!            [--http-conns C] [--http-pool P] [--http-reactors R] [--playground PATH]
+//!            [--no-http] [--plan main|tls]`
+//!
+//! HTTP defaults (issue 21 item 5): 64 wrk connections, `REACTORS=2` on both servers (axum: 2
+//! tokio workers), 4 PostgreSQL connections per reactor/worker on both.
 //!
 //! `--plan tls` (`bench/tls.sh`, a TLS server in the environment) runs `suite::tls_plan`
 //! (every driver plaintext and over TLS) and, in each round after it, `suite::connect_plan`
@@ -28,7 +32,11 @@ struct Opts {
     http: bool,
     http_seconds: u64,
     http_conns: usize,
+    /// Connections per reactor (playground) / per tokio worker (axum: a deadpool pool of
+    /// `http_pool × http_reactors`).
     http_pool: usize,
+    /// `REACTORS` for both servers (tokio worker threads for axum).
+    http_reactors: usize,
     playground: Option<PathBuf>,
     /// `suite::tls_plan` + `suite::connect_plan` instead of `suite::plan` + HTTP.
     tls: bool,
@@ -43,7 +51,8 @@ fn parse() -> Result<Opts, String> {
         http: true,
         http_seconds: 5,
         http_conns: 64,
-        http_pool: 8,
+        http_pool: 4,
+        http_reactors: 2,
         playground: None,
         tls: false,
     };
@@ -62,6 +71,7 @@ fn parse() -> Result<Opts, String> {
             "--http-seconds" => o.http_seconds = num(val()?)?,
             "--http-conns" => o.http_conns = num(val()?)?,
             "--http-pool" => o.http_pool = num(val()?)?,
+            "--http-reactors" => o.http_reactors = num(val()?)?,
             "--playground" => o.playground = Some(val()?.into()),
             "--plan" => {
                 o.tls = match val()?.as_str() {
@@ -215,7 +225,7 @@ fn main() -> ExitCode {
             "http_seconds": o.http_seconds,
             "http_conns": o.http_conns,
             "http_pool_size": o.http_pool,
-            "http_reactors": 1,
+            "http_reactors": o.http_reactors,
             "http_playground_depths": [1, PLAYGROUND_DEPTH],
             "wall_seconds": started.elapsed().as_secs(),
             "connect_n": suite::CONNECT_N,
@@ -278,7 +288,7 @@ fn http_round(o: &Opts, dir: &std::path::Path) -> Result<Vec<Value>, String> {
             "playground d=1",
             &playground,
             free_port()?,
-            1,
+            o.http_reactors,
             o.http_pool,
             &depth(1),
         )?,
@@ -286,7 +296,7 @@ fn http_round(o: &Opts, dir: &std::path::Path) -> Result<Vec<Value>, String> {
             &format!("playground d={PLAYGROUND_DEPTH}"),
             &playground,
             free_port()?,
-            1,
+            o.http_reactors,
             o.http_pool,
             &depth(PLAYGROUND_DEPTH),
         )?,
@@ -294,7 +304,7 @@ fn http_round(o: &Opts, dir: &std::path::Path) -> Result<Vec<Value>, String> {
             "axum+deadpool",
             &dir.join("axum-pg"),
             free_port()?,
-            1,
+            o.http_reactors,
             o.http_pool,
             &[],
         )?,
@@ -338,6 +348,7 @@ fn http_medians(runs: &[Value]) -> Vec<Value> {
             json!({
                 "server": server, "path": path, "rps": m("rps"),
                 "server_cpu_us_per_request": m("server_cpu_us_per_request"),
+                "pg_cpu_us_per_request": m("pg_cpu_us_per_request"),
                 "p50_us": m("p50_us"), "p99_us": m("p99_us"), "errors": errors, "rounds": mine.len(),
             })
         })
