@@ -203,10 +203,10 @@ impl ScramClient {
         let mut client_final = format!("c={},r={r}", STANDARD.encode(&cbind));
         let auth_message = format!("{},{text},{client_final}", self.client_first_bare);
 
-        let stored_key: [u8; 32] = Sha256::digest(keys.client_key).into();
-        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let stored_key = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(keys.client_key)));
+        let signature = Zeroizing::new(hmac(&stored_key[..], auth_message.as_bytes()));
         let mut proof = Zeroizing::new(keys.client_key);
-        for (p, s) in proof.iter_mut().zip(signature) {
+        for (p, s) in proof.iter_mut().zip(signature.iter()) {
             *p ^= s;
         }
         let _ = write!(client_final, ",p={}", STANDARD.encode(&proof[..]));
@@ -307,15 +307,32 @@ struct Keys {
 }
 
 /// One cache entry: the key (password, salt, iteration count) and its derived keys. Every
-/// byte is wiped when the entry is dropped.
-#[derive(Zeroize, ZeroizeOnDrop)]
+/// byte is wiped when the entry is dropped. The secrets live on the heap, so the cache's
+/// queue moves only pointers (a move leaves no copy of a key behind).
 #[doc(hidden)]
 pub struct CacheEntry {
     password: Vec<u8>,
     salt: Vec<u8>,
     iterations: u32,
-    keys: Keys,
+    keys: Box<Keys>,
 }
+
+impl Zeroize for CacheEntry {
+    fn zeroize(&mut self) {
+        self.password.zeroize();
+        self.salt.zeroize();
+        self.iterations.zeroize();
+        self.keys.zeroize();
+    }
+}
+
+impl Drop for CacheEntry {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for CacheEntry {}
 
 impl fmt::Debug for CacheEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -337,7 +354,7 @@ impl CacheEntry {
             password: password.to_vec(),
             salt: salt.to_vec(),
             iterations,
-            keys: compute_keys(password, salt, iterations),
+            keys: Box::new(compute_keys(password, salt, iterations)),
         }
     }
 
@@ -395,7 +412,7 @@ fn derive_keys(password: &[u8], salt: &[u8], iterations: u32) -> Keys {
         .iter()
         .find(|e| e.matches(password, salt, iterations))
     {
-        return e.keys.clone();
+        return Keys::clone(&e.keys);
     }
     let keys = compute_keys(password, salt, iterations);
     let mut cache = cache();
@@ -407,7 +424,7 @@ fn derive_keys(password: &[u8], salt: &[u8], iterations: u32) -> Keys {
             password: password.to_vec(),
             salt: salt.to_vec(),
             iterations,
-            keys: keys.clone(),
+            keys: Box::new(keys.clone()),
         });
     }
     keys
