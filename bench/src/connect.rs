@@ -725,6 +725,16 @@ mod tests {
         assert_eq!(a.options.get_ssl_mode(), SslMode::VerifyFull);
         assert!(parse("--driver sqlx --url postgres://u@127.0.0.1/db").is_err());
         assert!(parse("--driver ioxide-pg --n 0 --url postgres://u@127.0.0.1/db").is_err());
+        let a = parse(
+            "--driver ioxide-pg --mode pool --size 512 --reactors 2 --scram-cache warm \
+             --url postgres://u@127.0.0.1/db",
+        )
+        .expect("valid");
+        assert_eq!((a.size, a.reactors, a.scram_cold), (512, 2, false));
+        assert!(
+            parse("--driver ioxide-pg --size 63 --reactors 2 --url postgres://u@h/db").is_err()
+        );
+        assert!(parse("--driver ioxide-pg --scram-cache hot --url postgres://u@h/db").is_err());
     }
 
     #[test]
