@@ -11,7 +11,8 @@
 # BENCH_TLS_KEY=rsa (default, 2048 bits) or ec (P-256)), `ssl = on`, and a SCRAM role for the
 # handshake benchmark (`host ... scram-sha-256` for that role only; everyone else stays on
 # trust). It exports PGSSLROOTCERT (the CA), PGSSLMODE=verify-full, BENCH_SCRAM_USER and
-# BENCH_SCRAM_PASSWORD (random, made here).
+# BENCH_SCRAM_PASSWORD (random, made here). BENCH_MAX_CONNECTIONS (default 300) sets
+# max_connections (`pgconnect --mode pool --size 512` needs more).
 
 cluster_start() {
     if [ -n "${PGHOST:-}" ] || [ -n "${DATABASE_URL:-}" ]; then
@@ -42,7 +43,7 @@ cluster_start() {
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$CLUSTER_DIR'
-max_connections = 300
+max_connections = ${BENCH_MAX_CONNECTIONS:-300}
 shared_buffers = 128MB
 fsync = off
 synchronous_commit = off

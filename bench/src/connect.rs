@@ -12,7 +12,15 @@
 //!   ioxide-pg starts a `PgPool` of that size on one reactor and polls `stats().open` every
 //!   0.5 ms; tokio-postgres spawns `--size` connects on a current-thread runtime and awaits
 //!   them all. Client and server CPU over the same span. Between repetitions the connections
-//!   are closed and the server gets 0.5 s to reap its backends.
+//!   are closed and the server gets 0.5 s to reap its backends. `--reactors R` spreads the
+//!   pool over R reactor threads (`size / R` each; tokio-postgres then runs on a
+//!   multi-thread runtime with R workers). Each reactor (and the tokio runtime) runs a ticker
+//!   task that sleeps 1 ms in a loop; `stall_max_ms` is the longest it overslept during the
+//!   warm-up: how long a query issued then would wait behind the logins (SCRAM's PBKDF2 runs
+//!   on the reactor). Built with the `scram-cache` feature (issue 21 item 3), ioxide-pg empties
+//!   its SCRAM key cache before each repetition (`--scram-cache cold`, the default: a
+//!   process's first warm-up) or keeps it (`warm`: a re-warm after a restart), and reports the
+//!   PBKDF2 runs per repetition.
 //!
 //! `--auth scram` logs in as `BENCH_SCRAM_USER` with `BENCH_SCRAM_PASSWORD` (the role
 //! `BENCH_TLS=1 bench/cluster.sh` makes, with a `scram-sha-256` pg_hba line); before
@@ -32,8 +40,11 @@ use ioxide_pg::{
     Target,
 };
 use serde_json::{json, Value};
+use std::cell::Cell;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -80,6 +91,11 @@ pub struct ConnectArgs {
     pub size: usize,
     /// Repetitions in `pool` mode.
     pub reps: usize,
+    /// Reactor threads (runtime workers for tokio-postgres) in `pool` mode.
+    pub reactors: usize,
+    /// `pool` mode with the `scram-cache` feature: empty the SCRAM key cache before each
+    /// repetition.
+    pub scram_cold: bool,
     /// ioxide-pg's options (TLS, auth and channel binding set from the flags).
     pub options: PgOptions,
     tls_root_cert: Option<PathBuf>,
@@ -89,6 +105,7 @@ pub struct ConnectArgs {
 pub const USAGE: &str = "\
 usage: pgconnect --driver ioxide-pg|tokio-postgres [--mode sequential|pool] [--auth trust|scram]
                  [--tls [--sslrootcert CA.pem]] [--n 200] [--size 64] [--reps 5] [--url postgres://...]
+                 [--reactors 1] [--scram-cache cold|warm]
 Without --url the libpq environment is used; --auth scram logs in as BENCH_SCRAM_USER with
 BENCH_SCRAM_PASSWORD. Prints one JSON line.";
 
@@ -104,6 +121,7 @@ impl ConnectArgs {
             (None, Mode::Sequential, Auth::Trust, false);
         let (mut n, mut size, mut reps) = (200usize, 64usize, 5usize);
         let (mut url, mut ca) = (None, None);
+        let (mut reactors, mut scram_cold) = (1usize, true);
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
             let num = |v: String| {
@@ -138,13 +156,26 @@ impl ConnectArgs {
                 "--size" => size = num(value()?)?,
                 "--reps" => reps = num(value()?)?,
                 "--url" => url = Some(value()?),
+                "--reactors" => reactors = num(value()?)?,
+                "--scram-cache" => {
+                    scram_cold = match value()?.as_str() {
+                        "cold" => true,
+                        "warm" => false,
+                        other => return Err(format!("unknown --scram-cache {other}\n{USAGE}")),
+                    }
+                }
                 "-h" | "--help" => return Err(USAGE.into()),
                 other => return Err(format!("unknown argument {other}\n{USAGE}")),
             }
         }
         let driver = driver.ok_or_else(|| format!("--driver is required\n{USAGE}"))?;
-        if n == 0 || size == 0 || reps == 0 {
-            return Err("--n, --size and --reps must be >= 1".into());
+        if n == 0 || size == 0 || reps == 0 || reactors == 0 {
+            return Err("--n, --size, --reps and --reactors must be >= 1".into());
+        }
+        if size % reactors != 0 {
+            return Err(format!(
+                "--size {size} must be a multiple of --reactors {reactors}"
+            ));
         }
         let mut options = match url {
             Some(u) => PgOptions::from_url(&u),
@@ -188,6 +219,8 @@ impl ConnectArgs {
             n,
             size,
             reps,
+            reactors,
+            scram_cold,
             options,
             tls_root_cert,
         })
@@ -238,6 +271,10 @@ struct Measured {
     cpu: Vec<Duration>,
     /// Server CPU over the whole series (sequential) or per repetition (pool).
     server: Vec<Duration>,
+    /// Pool mode: the longest oversleep of the 1 ms ticker per repetition (max over reactors).
+    stall: Vec<Duration>,
+    /// Pool mode, ioxide-pg with the `scram-cache` feature: PBKDF2 runs per repetition.
+    pbkdf2: Vec<u64>,
     check: Option<TlsCheck>,
 }
 
@@ -304,6 +341,19 @@ impl Measured {
                 }
                 m.insert("warm_ms_each".into(), json!(ms(&wall)));
                 m.insert("cpu_ms_each".into(), json!(ms(&cpu)));
+                m.insert("reactors".into(), json!(a.reactors));
+                let stall: Vec<f64> = self.stall.iter().map(|d| us(*d)).collect();
+                if !stall.is_empty() {
+                    m.insert("stall_max_ms".into(), json!(round(median(&stall) / 1e3, 2)));
+                    m.insert("stall_max_ms_each".into(), json!(ms(&stall)));
+                }
+                if !self.pbkdf2.is_empty() {
+                    m.insert(
+                        "scram_cache".into(),
+                        json!(if a.scram_cold { "cold" } else { "warm" }),
+                    );
+                    m.insert("pbkdf2_each".into(), json!(self.pbkdf2));
+                }
             }
         }
         if let Some(c) = &self.check {
@@ -395,43 +445,189 @@ fn run_ioxide(a: &ConnectArgs) -> Result<Measured, String> {
                     c.close().await;
                 }
             }
-            Mode::Pool => {
-                let opts = a.options.clone().pool_size(a.size);
-                let reactor = ioxide::Reactor::current();
-                for _ in 0..a.reps {
-                    let (s0, c0, t0) = (server::cpu(), cpu_now(), Instant::now());
-                    let pool = PgPool::start_with_target(&reactor, opts.clone(), target.clone())
-                        .map_err(|e| format!("starting the pool: {e}"))?;
-                    loop {
-                        let st = pool.stats();
-                        if st.open >= a.size {
-                            break;
-                        }
-                        if st.connect_failures_total > 0 || t0.elapsed() > Duration::from_secs(60) {
-                            pool.close().await;
-                            return Err(format!("the pool did not fill: {st:?}"));
-                        }
-                        ioxide::time::sleep(Duration::from_micros(500)).await;
-                    }
-                    m.wall.push(t0.elapsed());
-                    m.cpu.push(cpu_now().saturating_sub(c0));
-                    if let (Some(s0), Some(s1)) = (s0, server::cpu()) {
-                        m.server.push(s1.saturating_sub(s0));
-                    }
-                    pool.close().await;
-                    ioxide::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
+            Mode::Pool => {}
         }
         Ok(m)
     })
+    .and_then(|mut m| {
+        if a.mode == Mode::Pool {
+            ioxide_pools(a, &target, &mut m)?;
+        }
+        Ok(m)
+    })
+}
+
+/// Tells its task to stop when dropped.
+struct Ticker {
+    max: Rc<Cell<Duration>>,
+    stop: Rc<Cell<bool>>,
+}
+
+impl Ticker {
+    /// A task on this reactor sleeping 1 ms in a loop, recording its longest oversleep.
+    fn start() -> Ticker {
+        let (max, stop) = (
+            Rc::new(Cell::new(Duration::ZERO)),
+            Rc::new(Cell::new(false)),
+        );
+        let (m, st) = (max.clone(), stop.clone());
+        let _detached = ioxide::spawn(async move {
+            while !st.get() {
+                let t = Instant::now();
+                ioxide::time::sleep(TICK).await;
+                m.set(m.get().max(t.elapsed().saturating_sub(TICK)));
+            }
+        });
+        Ticker { max, stop }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.set(true);
+    }
+}
+
+const TICK: Duration = Duration::from_millis(1);
+
+#[cfg(feature = "scram-cache")]
+fn scram_cache_reset(cold: bool) -> Option<u64> {
+    if cold {
+        ioxide_pg::proto::scram::clear_cache();
+    }
+    Some(ioxide_pg::proto::scram::pbkdf2_count())
+}
+
+#[cfg(not(feature = "scram-cache"))]
+fn scram_cache_reset(_cold: bool) -> Option<u64> {
+    None
+}
+
+#[cfg(feature = "scram-cache")]
+fn pbkdf2_count() -> u64 {
+    ioxide_pg::proto::scram::pbkdf2_count()
+}
+
+#[cfg(not(feature = "scram-cache"))]
+fn pbkdf2_count() -> u64 {
+    0
+}
+
+/// Pool mode for ioxide-pg: `--reactors` threads, each with its reactor, a ticker and a
+/// `PgPool` of `size / reactors`, started together `--reps` times.
+fn ioxide_pools(a: &ConnectArgs, target: &Target, m: &mut Measured) -> Result<(), String> {
+    let r = a.reactors;
+    let per = a.size / r;
+    // Every rep: start (all), filled (all, with each reactor's stall), closed (all).
+    let start = Arc::new(Barrier::new(r + 1));
+    let filled = Arc::new(Barrier::new(r + 1));
+    let closed = Arc::new(Barrier::new(r + 1));
+    let (tx, rx) = std::sync::mpsc::channel::<Result<Duration, String>>();
+    let mut threads = Vec::with_capacity(r);
+    for index in 0..r {
+        let (start, filled, closed, tx) =
+            (start.clone(), filled.clone(), closed.clone(), tx.clone());
+        let opts = a.options.clone().pool_size(per);
+        let (target, reps) = (target.clone(), a.reps);
+        threads.push(std::thread::spawn(move || {
+            let rt = match ioxide::Runtime::with_config(ioxide::RingConfig::default(), index) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("starting a reactor: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let reactor = ioxide::Reactor::current();
+                for _ in 0..reps {
+                    start.wait();
+                    let ticker = Ticker::start();
+                    let t0 = Instant::now();
+                    let pool = PgPool::start_with_target(&reactor, opts.clone(), target.clone());
+                    let res = match pool {
+                        Err(e) => Err(format!("starting the pool: {e}")),
+                        Ok(pool) => {
+                            let mut res = Ok(());
+                            loop {
+                                let st = pool.stats();
+                                if st.open >= per {
+                                    break;
+                                }
+                                if st.connect_failures_total > 0
+                                    || t0.elapsed() > Duration::from_secs(60)
+                                {
+                                    res = Err(format!("the pool did not fill: {st:?}"));
+                                    break;
+                                }
+                                ioxide::time::sleep(Duration::from_micros(500)).await;
+                            }
+                            let stall = ticker.max.get();
+                            drop(ticker);
+                            let _ = tx.send(res.map(|()| stall));
+                            filled.wait();
+                            pool.close().await;
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = res {
+                        let _ = tx.send(Err(e));
+                        filled.wait();
+                    }
+                    ioxide::time::sleep(Duration::from_millis(500)).await;
+                    closed.wait();
+                }
+            });
+        }));
+    }
+    drop(tx);
+    let mut failure = None;
+    for _ in 0..a.reps {
+        let p0 = scram_cache_reset(a.scram_cold);
+        start.wait();
+        let (s0, c0, t0) = (server::cpu(), cpu_now(), Instant::now());
+        let mut stall = Duration::ZERO;
+        for _ in 0..r {
+            match rx.recv() {
+                Ok(Ok(d)) => stall = stall.max(d),
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => failure = Some("a reactor thread ended early".into()),
+            }
+        }
+        m.wall.push(t0.elapsed());
+        m.cpu.push(cpu_now().saturating_sub(c0));
+        if let (Some(s0), Some(s1)) = (s0, server::cpu()) {
+            m.server.push(s1.saturating_sub(s0));
+        }
+        m.stall.push(stall);
+        if let Some(p0) = p0 {
+            m.pbkdf2.push(pbkdf2_count() - p0);
+        }
+        filled.wait();
+        closed.wait();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn run_tokio(a: &ConnectArgs) -> Result<Measured, String> {
     let tls = a.tp_tls()?;
     let cfg = Arc::new(a.tp_config());
     let err = |e: tokio_postgres::Error| format!("connecting: {e}");
-    tokio_rt()?.block_on(async {
+    let rt = if a.mode == Mode::Pool && a.reactors > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.reactors)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("building the tokio runtime: {e}"))?
+    } else {
+        tokio_rt()?
+    };
+    rt.block_on(async {
         let first = tp_connect(&cfg, tls.as_ref()).await.map_err(err)?;
         let mut m = Measured {
             check: Some(checked(a, &tp_check(&first).await?)?),
@@ -458,6 +654,20 @@ fn run_tokio(a: &ConnectArgs) -> Result<Measured, String> {
             Mode::Pool => {
                 for _ in 0..a.reps {
                     let (s0, c0, t0) = (server::cpu(), cpu_now(), Instant::now());
+                    // The ticker: the longest oversleep of a 1 ms sleep, in µs.
+                    let stall = Arc::new(AtomicU64::new(0));
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let ticker = {
+                        let (stall, stop) = (stall.clone(), stop.clone());
+                        tokio::spawn(async move {
+                            while !stop.load(Ordering::Relaxed) {
+                                let t = Instant::now();
+                                tokio::time::sleep(TICK).await;
+                                let over = t.elapsed().saturating_sub(TICK).as_micros();
+                                stall.fetch_max(over as u64, Ordering::Relaxed);
+                            }
+                        })
+                    };
                     let mut set = tokio::task::JoinSet::new();
                     for _ in 0..a.size {
                         let (cfg, tls) = (cfg.clone(), tls.clone());
@@ -475,6 +685,10 @@ fn run_tokio(a: &ConnectArgs) -> Result<Measured, String> {
                     if let (Some(s0), Some(s1)) = (s0, server::cpu()) {
                         m.server.push(s1.saturating_sub(s0));
                     }
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = ticker.await;
+                    m.stall
+                        .push(Duration::from_micros(stall.load(Ordering::Relaxed)));
                     drop(clients);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -511,6 +725,16 @@ mod tests {
         assert_eq!(a.options.get_ssl_mode(), SslMode::VerifyFull);
         assert!(parse("--driver sqlx --url postgres://u@127.0.0.1/db").is_err());
         assert!(parse("--driver ioxide-pg --n 0 --url postgres://u@127.0.0.1/db").is_err());
+        let a = parse(
+            "--driver ioxide-pg --mode pool --size 512 --reactors 2 --scram-cache warm \
+             --url postgres://u@127.0.0.1/db",
+        )
+        .expect("valid");
+        assert_eq!((a.size, a.reactors, a.scram_cold), (512, 2, false));
+        assert!(
+            parse("--driver ioxide-pg --size 63 --reactors 2 --url postgres://u@h/db").is_err()
+        );
+        assert!(parse("--driver ioxide-pg --scram-cache hot --url postgres://u@h/db").is_err());
     }
 
     #[test]

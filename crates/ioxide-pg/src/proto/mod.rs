@@ -16,6 +16,7 @@
 //! - [`message`] decodes one framed message into a borrowing [`message::BackendMessage`] and
 //!   classifies the asynchronous ones ([`message::classify_async`]).
 //! - [`startup`] is the handshake and authentication machine ([`startup::Startup`]).
+//! - [`scram`] is its SCRAM-SHA-256 client and the process-wide cache of derived keys.
 //! - [`reply`] is the per-command reply machine ([`reply::Reply`]).
 //! - [`encode`] appends frontend messages to a send buffer.
 //! - [`row`] and [`query_result`] read results without copying them.
@@ -65,4 +66,5 @@ pub mod message;
 pub mod query_result;
 pub mod reply;
 pub mod row;
+pub mod scram;
 pub mod startup;

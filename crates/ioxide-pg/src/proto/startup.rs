@@ -15,22 +15,21 @@
 //! server names its method, and when it lets the client in without asking for any.
 //!
 //! SCRAM's key derivation (PBKDF2, 4096 rounds by default, ~1 ms) runs inside
-//! [`Startup::handle`] on the calling thread.
+//! [`Startup::handle`] on the calling thread, once per (password, salt, iterations) in the
+//! process: [`super::scram`] caches the derived keys.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{
-    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
-};
 
 use super::auth::{AuthMethod, RequireAuth};
 use super::cursor::Cursor;
 use super::db_error::DbError;
 use super::encode;
 use super::message::{log_notice, tag_name, AuthRequest, BackendMessage};
+use super::scram::{ChannelBinding, ScramClient, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 use crate::{PgError, PgOptions};
 
 /// The key a CancelRequest for this session must carry (BackendKeyData).
@@ -165,8 +164,8 @@ pub enum StartupStatus {
 enum Phase {
     NotStarted,
     Auth,
-    Scram(Box<ScramSha256>),
-    ScramFinal(Box<ScramSha256>),
+    Scram(Box<ScramClient>),
+    ScramFinal(Box<ScramClient>),
     AwaitOk,
     Params,
     Ready,
@@ -310,6 +309,11 @@ impl Startup {
     ) -> Result<StartupStatus, PgError> {
         let result = self.step(tag, body, out);
         if result.is_err() {
+            if let Phase::ScramFinal(scram) = &self.phase {
+                // The proof was sent and the login failed (a wrong password, `28P01`, or a
+                // server that could not prove itself): keep no keys for that password.
+                scram.forget_keys();
+            }
             self.phase = Phase::Failed;
         }
         result
@@ -348,9 +352,7 @@ impl Startup {
                 BackendMessage::Authentication(AuthRequest::SaslContinue(data)),
             ) => {
                 check_scram_iterations(data)?;
-                scram.update(data).map_err(|e| {
-                    PgError::auth(format!("invalid SCRAM server-first message: {e}"))
-                })?;
+                scram.server_first(data)?;
                 encode::sasl_response(scram.message(), out)?;
                 let Phase::Scram(scram) = std::mem::replace(&mut self.phase, Phase::Failed) else {
                     return Err(self.wrong_phase(tag));
@@ -362,11 +364,7 @@ impl Startup {
                 Phase::ScramFinal(scram),
                 BackendMessage::Authentication(AuthRequest::SaslFinal(data)),
             ) => {
-                scram.finish(data).map_err(|e| {
-                    PgError::auth(format!(
-                        "the server failed to prove it knows the password (SCRAM server signature): {e}"
-                    ))
-                })?;
+                scram.server_final(data)?;
                 self.phase = Phase::AwaitOk;
                 Ok(StartupStatus::Continue)
             }
@@ -435,7 +433,7 @@ impl Startup {
                 let (scram, plus) = sasl_mechanisms(mechanisms)?;
                 let password = self.password(AuthMethod::ScramSha256)?;
                 let (mechanism, binding) = self.choose_sasl(scram, plus)?;
-                let scram = ScramSha256::new(password.as_bytes(), binding);
+                let scram = ScramClient::new(password.as_bytes(), binding);
                 encode::sasl_initial_response(mechanism, scram.message(), out)?;
                 self.phase = Phase::Scram(Box::new(scram));
             }
@@ -493,17 +491,11 @@ impl Startup {
                          algorithm has no tls-server-end-point hash",
                     ));
                 };
-                Ok((
-                    SCRAM_SHA_256_PLUS,
-                    ChannelBinding::tls_server_end_point(hash),
-                ))
+                Ok((SCRAM_SHA_256_PLUS, ChannelBinding::TlsServerEndPoint(hash)))
             }
             Policy::Prefer if tls && plus && end_point.is_some() => {
                 let hash = end_point.unwrap_or_default();
-                Ok((
-                    SCRAM_SHA_256_PLUS,
-                    ChannelBinding::tls_server_end_point(hash),
-                ))
+                Ok((SCRAM_SHA_256_PLUS, ChannelBinding::TlsServerEndPoint(hash)))
             }
             policy => {
                 if !scram {
@@ -530,9 +522,9 @@ impl Startup {
                 // server offered no PLUS.
                 let could = tls && end_point.is_some() && policy != Policy::Disable;
                 let binding = if could && !plus {
-                    ChannelBinding::unrequested()
+                    ChannelBinding::Unrequested
                 } else {
-                    ChannelBinding::unsupported()
+                    ChannelBinding::Unsupported
                 };
                 Ok((SCRAM_SHA_256, binding))
             }
