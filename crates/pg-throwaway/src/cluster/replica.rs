@@ -11,6 +11,28 @@ use crate::binaries::binaries;
 use crate::error::{Error, ErrorKind, Result};
 use crate::reaper::Reaper;
 
+/// `pg_basebackup -R -X stream` of `source` into `data_dir` (as the server's OS user, from
+/// `cwd`): a standby's data directory, `standby.signal` and `primary_conninfo` included.
+fn base_backup(source: &Cluster, data_dir: &std::path::Path, cwd: &std::path::Path) -> Result<()> {
+    let bins = binaries()?;
+    let mut cmd = Command::new(bins.bin_dir.join("pg_basebackup"));
+    cmd.arg("-D")
+        .arg(data_dir)
+        .args(["-h", source.host(), "-p", &source.port.to_string()])
+        .args([
+            "-U",
+            SUPERUSER,
+            "-X",
+            "stream",
+            "-R",
+            "-c",
+            "fast",
+            "--no-sync",
+        ])
+        .current_dir(cwd);
+    run_tool(&mut cmd, source.run_as, "pg_basebackup")
+}
+
 /// Runs a server tool (`pg_basebackup`, `pg_rewind`) as the server's OS user; its output in
 /// the error when it fails.
 fn run_tool(cmd: &mut Command, run_as: Option<(u32, u32)>, what: &str) -> Result<()> {
@@ -45,7 +67,6 @@ impl Cluster {
     /// # Errors
     /// The failing step (`pg_basebackup`'s output, the server log tail).
     pub fn start_standby(&self) -> Result<Cluster> {
-        let bins = binaries()?;
         let temp = tempfile::Builder::new()
             .prefix("pg-standby-")
             .tempdir_in(temp_base(self.run_as.is_some(), 11))
@@ -63,22 +84,7 @@ impl Cluster {
         }
         let data_dir = root.join("data");
         let reaper = Reaper::spawn(&root, &data_dir)?;
-        let mut cmd = Command::new(bins.bin_dir.join("pg_basebackup"));
-        cmd.arg("-D")
-            .arg(&data_dir)
-            .args(["-h", self.host(), "-p", &self.port.to_string()])
-            .args([
-                "-U",
-                SUPERUSER,
-                "-X",
-                "stream",
-                "-R",
-                "-c",
-                "fast",
-                "--no-sync",
-            ])
-            .current_dir(&root);
-        run_tool(&mut cmd, self.run_as, "pg_basebackup")?;
+        base_backup(self, &data_dir, &root)?;
         let conf_path = data_dir.join("postgresql.conf");
         let base_conf = std::fs::read_to_string(&conf_path)
             .map_err(|e| Error::io(format!("reading {}", conf_path.display()), e))?;
@@ -220,23 +226,7 @@ impl Cluster {
         self.stop()?;
         std::fs::remove_dir_all(&self.data_dir)
             .map_err(|e| Error::io(format!("removing {}", self.data_dir.display()), e))?;
-        let bins = binaries()?;
-        let mut cmd = Command::new(bins.bin_dir.join("pg_basebackup"));
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .args(["-h", primary.host(), "-p", &primary.port.to_string()])
-            .args([
-                "-U",
-                SUPERUSER,
-                "-X",
-                "stream",
-                "-R",
-                "-c",
-                "fast",
-                "--no-sync",
-            ])
-            .current_dir(&self.root);
-        run_tool(&mut cmd, self.run_as, "pg_basebackup")?;
+        base_backup(primary, &self.data_dir, &self.root)?;
         self.rejoin(primary)
     }
 
