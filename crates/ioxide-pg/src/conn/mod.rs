@@ -1193,7 +1193,7 @@ async fn open_once(
         replies: ReplyMeter::default(),
         deep: DeepMark::default(),
         st: RefCell::new(State {
-            out: BytesMut::with_capacity(8 * 1024),
+            out: BytesMut::with_capacity(tasks::SEND_BUF),
             queued_total: 0,
             handed_total: 0,
             writer_waker: None,
