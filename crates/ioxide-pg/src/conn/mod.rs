@@ -1187,7 +1187,7 @@ async fn open_once(
     };
     let conn = Rc::new(Conn {
         stream,
-        tls,
+        tls: tls.map(Box::new),
         tls_params,
         gather_limit,
         replies: ReplyMeter::default(),

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 /// message, to the replies in flight at their typical size, and doubles whenever a receive
 /// filled it (both up to [`RECV_BUF_GROW`]), so a pipelined connection reaches the size its
 /// batches need within a few receives. Measured
-/// (bench/FINDINGS.md, "Issue 21, items 2 and 4"): 16 KiB made an idle pooled connection
-/// cost ~20 KiB of RSS, 1.6–1.8× a tokio-postgres client.
+/// (bench/FINDINGS.md, "Issue 21, items 2 and 4"): 16 KiB, with 2 × 8 KiB of send buffers,
+/// made an idle pooled connection cost ~20 KiB of RSS, 1.6–1.8× a tokio-postgres client.
 pub(crate) const RECV_BUF: usize = 1024;
 /// Over TLS, the least room the ciphertext receive is given: a full record, unchanged (an
 /// idle TLS connection keeps this much; only plaintext connections got smaller).
@@ -168,7 +168,9 @@ pub(crate) struct Conn {
     pub(crate) stream: Stream,
     /// The TLS session, when the connection is encrypted: the writer encrypts each batch,
     /// the driver decrypts each receive into the plaintext buffer the parser reads.
-    pub(crate) tls: Option<TlsSession>,
+    /// Boxed: a rustls session is ~1 KiB, which a plaintext connection should not carry
+    /// (bench/FINDINGS.md, "Issue 21, items 2 and 4").
+    pub(crate) tls: Option<Box<TlsSession>>,
     /// How to open a connection like this one (the CancelRequest goes over TLS too).
     pub(crate) tls_params: Option<TlsParams>,
     pub(crate) st: RefCell<State>,
