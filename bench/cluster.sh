@@ -3,7 +3,10 @@
 # `cluster_start` (unless PGHOST or DATABASE_URL is already set: then that server is used)
 # runs initdb in a temp directory, starts the server on a free loopback port with durability
 # off, exports PGHOST/PGPORT/PGUSER/PGDATABASE and stops + deletes it on exit. As root, the
-# server runs as the `postgres` OS user (PostgreSQL refuses root).
+# server runs as the `postgres` OS user (PostgreSQL refuses root). The server also listens on
+# a Unix socket in that directory, exported as BENCH_SOCKET_DIR. BENCH_MAX_CONNECTIONS sets
+# max_connections (default 300; bench/memory.sh and `pgconnect --mode pool --size 512` need
+# more).
 #
 # BENCH_TLS=1 (opt-in) makes it a TLS cluster as well (plaintext still accepted): a CA and a
 # server certificate for 127.0.0.1 and localhost made at run time with the `openssl` CLI in
@@ -11,8 +14,7 @@
 # BENCH_TLS_KEY=rsa (default, 2048 bits) or ec (P-256)), `ssl = on`, and a SCRAM role for the
 # handshake benchmark (`host ... scram-sha-256` for that role only; everyone else stays on
 # trust). It exports PGSSLROOTCERT (the CA), PGSSLMODE=verify-full, BENCH_SCRAM_USER and
-# BENCH_SCRAM_PASSWORD (random, made here). BENCH_MAX_CONNECTIONS (default 300) sets
-# max_connections (`pgconnect --mode pool --size 512` needs more).
+# BENCH_SCRAM_PASSWORD (random, made here).
 
 cluster_start() {
     if [ -n "${PGHOST:-}" ] || [ -n "${DATABASE_URL:-}" ]; then
@@ -64,6 +66,8 @@ CONF
         export BENCH_SCRAM_USER BENCH_SCRAM_PASSWORD BENCH_TLS_KEY_DESC
     fi
     export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=postgres
+    # The same server's Unix socket directory (`pgload --unix "$BENCH_SOCKET_DIR"`).
+    export BENCH_SOCKET_DIR=$CLUSTER_DIR
     local tls=
     [ "${BENCH_TLS:-0}" = 1 ] && tls=", TLS ($BENCH_TLS_KEY_DESC) + SCRAM role $BENCH_SCRAM_USER"
     echo "cluster: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($CLUSTER_DIR)$tls" >&2

@@ -30,6 +30,9 @@ const HTTP_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// `SHUTDOWN_GRACE_MS`: milliseconds in-flight requests get to finish after SIGINT/SIGTERM
 /// before their connections are dropped.
 const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// `PG_THROWAWAY_TCP`: 1 = the pools reach a self-started throwaway cluster over loopback TCP
+/// instead of its Unix socket (which costs the server less per query; see `database.rs`).
+const PG_THROWAWAY_TCP: bool = false;
 
 /// Settings read once at startup; shared read-only by every reactor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// A self-started throwaway cluster is reached over TCP, not its Unix socket.
+    pub throwaway_tcp: bool,
 }
 
 /// A bad environment value: names the variable, echoes the value, says what is expected.
@@ -117,6 +122,9 @@ impl Config {
             acquire_timeout: env.millis("PG_ACQUIRE_TIMEOUT_MS", 1, PG_ACQUIRE_TIMEOUT_MS)?,
             idle_timeout: env.millis("HTTP_IDLE_TIMEOUT_MS", 1, HTTP_IDLE_TIMEOUT_MS)?,
             shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", 0, SHUTDOWN_GRACE_MS)?,
+            throwaway_tcp: env
+                .number("PG_THROWAWAY_TCP", 0, 1, "0 (Unix socket) or 1 (TCP)")?
+                .map_or(PG_THROWAWAY_TCP, |n| n == 1),
         })
     }
 }
@@ -224,6 +232,10 @@ mod tests {
         assert_eq!(c.acquire_timeout, Duration::from_secs(2));
         assert_eq!(c.idle_timeout, Duration::from_secs(30));
         assert!(c.reactors >= 1);
+        assert!(
+            !c.throwaway_tcp,
+            "the throwaway cluster over its Unix socket"
+        );
     }
 
     #[test]
@@ -236,8 +248,10 @@ mod tests {
             ("PG_COMMAND_TIMEOUT_MS", "0"),
             ("HTTP_IDLE_TIMEOUT_MS", ""),
             ("HOST", "127.0.0.1"),
+            ("PG_THROWAWAY_TCP", "1"),
         ])
         .expect("valid");
+        assert!(c.throwaway_tcp);
         assert_eq!((c.port, c.reactors, c.pool_size), (0, 3, 2));
         assert_eq!(c.pipeline_depth, Some(4));
         assert_eq!(c.command_timeout, Duration::ZERO);
@@ -257,6 +271,7 @@ mod tests {
             ("PG_ACQUIRE_TIMEOUT_MS", "0"),
             ("HTTP_IDLE_TIMEOUT_MS", "forever"),
             ("HOST", "localhost"),
+            ("PG_THROWAWAY_TCP", "yes"),
         ] {
             let e = config(&[(var, value)]).expect_err(var);
             assert_eq!(e.var, var);

@@ -18,6 +18,11 @@ const SPARE_SERVER_CONNECTIONS: usize = 20;
 const THROWAWAY_LOCALE: (&str, &str) = ("C.UTF-8", "/usr/lib/locale/C.utf8");
 /// `application_name` the pools report when the environment names none.
 const APPLICATION_NAME: &str = "playground";
+/// Why a throwaway cluster is reached over its Unix socket (the startup line says it): the
+/// server's CPU per query, measured with `pgload --unix` (bench/FINDINGS.md, "Issue 21, items
+/// 2 and 4").
+pub const UNIX_SOCKET_NOTE: &str = "Unix socket; cheaper than TCP for the server: \
+     3.2 µs vs 3.8 µs per query, see BENCHMARKS.md; PG_THROWAWAY_TCP=1 for TCP";
 
 /// Why the database could not be set up.
 #[derive(Debug)]
@@ -69,8 +74,14 @@ impl Database {
                  (initdb takes a few seconds)",
             );
             let cluster = start_throwaway(config)?;
+            // The cluster listens on both; its Unix socket costs the server less per query.
+            let host = if config.throwaway_tcp {
+                cluster.host().to_owned()
+            } else {
+                cluster.socket_dir().to_string_lossy().into_owned()
+            };
             let opts = PgOptions::new()
-                .host(cluster.host())
+                .host(host)
                 .port(cluster.port())
                 .user(cluster.user())
                 .database(cluster.database());
@@ -117,6 +128,16 @@ impl Database {
             _ => String::new(),
         };
         format!("{place}/{}{kind}{tls}", o.get_database())
+    }
+
+    /// Where a throwaway cluster is reached and why: `/tmp/…/.s.PGSQL.5432 (Unix socket; …)`
+    /// or `127.0.0.1:5432 (TCP, PG_THROWAWAY_TCP=1)`. `None` for a configured server.
+    pub fn throwaway_place(&self) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        Some(match self.options.get_host() {
+            Host::Unix(_) => format!("{} ({UNIX_SOCKET_NOTE})", c.socket_path().display()),
+            _ => format!("{}:{} (TCP, PG_THROWAWAY_TCP=1)", c.host(), c.port()),
+        })
     }
 }
 

@@ -52,12 +52,10 @@ fn main() -> ExitCode {
         Err(e @ DbError::Config(_)) => return fail(2, &e.to_string()),
         Err(e @ DbError::Start(_)) => return fail(1, &e.to_string()),
     };
-    if let Some(c) = &db.cluster {
+    if let (Some(c), Some(place)) = (&db.cluster, db.throwaway_place()) {
         say(&format!(
-            "playground: throwaway PostgreSQL {} at {}:{} (data dir {}), deleted on exit",
+            "playground: throwaway PostgreSQL {} at {place} (data dir {}), deleted on exit",
             c.major_version(),
-            c.host(),
-            c.port(),
             c.data_dir().display()
         ));
     }

@@ -32,6 +32,21 @@ fn no_configuration_starts_a_throwaway_cluster_and_sigterm_removes_it() {
         data_dir.display()
     );
     assert!(out.contains("(throwaway), pool 8 per reactor"), "{out}");
+    // Reached over its Unix socket, and the line says so and why.
+    let socket = line
+        .split(" at ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert_eq!(
+        PathBuf::from(socket).parent(),
+        data_dir.parent(),
+        "the socket lives in the cluster's directory: {line}"
+    );
+    assert!(line.contains("(Unix socket; cheaper than TCP"), "{line}");
+    let port: u16 = socket.rsplit('.').next().unwrap().parse().unwrap();
     let postmaster: u32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
         .unwrap()
         .lines()
@@ -43,6 +58,9 @@ fn no_configuration_starts_a_throwaway_cluster_and_sigterm_removes_it() {
     assert!(testkit::process_alive(postmaster));
 
     assert_eq!(p.get("/").body, "42");
+    let (unix, tcp) = playground_backends(data_dir.parent().unwrap(), port);
+    assert!(unix >= 1, "no playground backend over the Unix socket");
+    assert_eq!(tcp, 0, "playground backends over TCP");
     assert_eq!(
         p.get("/upper/%C3%A9t%C3%A9").body,
         "ÉTÉ",
@@ -65,6 +83,69 @@ fn no_configuration_starts_a_throwaway_cluster_and_sigterm_removes_it() {
         "{}",
         p.stdout_text()
     );
+}
+
+#[test]
+fn pg_throwaway_tcp_reaches_the_throwaway_cluster_over_tcp() {
+    let env = [("PG_THROWAWAY_TCP".to_owned(), "1".to_owned())];
+    let mut p = Playground::start(&env);
+    let out = p.stdout_text();
+    let line = out
+        .lines()
+        .find(|l| l.contains("throwaway PostgreSQL") && l.contains("data dir "))
+        .unwrap_or_else(|| panic!("no throwaway line in:\n{out}"));
+    assert!(line.contains("(TCP, PG_THROWAWAY_TCP=1)"), "{line}");
+    let addr = line.split(" at 127.0.0.1:").nth(1).unwrap();
+    let port: u16 = addr.split(' ').next().unwrap().parse().unwrap();
+    let data_dir = PathBuf::from(
+        line.split("data dir ")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap(),
+    );
+    assert_eq!(p.get("/").body, "42");
+    let (unix, tcp) = playground_backends(data_dir.parent().unwrap(), port);
+    assert_eq!(unix, 0, "playground backends over the Unix socket");
+    assert!(tcp >= 1, "no playground backend over TCP");
+    p.signal("TERM");
+    let status = p.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert_eq!(status.code(), Some(0), "stderr: {}", p.stderr_text());
+}
+
+/// The playground's backends on the throwaway cluster (psql over its socket in `dir`):
+/// (over a Unix socket, over TCP), from `pg_stat_activity.client_addr` (NULL for a socket).
+fn playground_backends(dir: &std::path::Path, port: u16) -> (usize, usize) {
+    let psql = pg_throwaway::server_bin_dir().unwrap().join("psql");
+    let out = std::process::Command::new(psql)
+        .args(["-XAtq", "-F", " ", "-h"])
+        .arg(dir)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "playground",
+            "-d",
+            "playground",
+            "-c",
+        ])
+        .arg(
+            "SELECT count(*) FILTER (WHERE client_addr IS NULL), \
+                    count(*) FILTER (WHERE client_addr IS NOT NULL) \
+             FROM pg_stat_activity WHERE application_name = 'playground'",
+        )
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut it = text.split_whitespace().map(|n| n.parse::<usize>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
 }
 
 #[test]

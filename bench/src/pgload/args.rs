@@ -153,6 +153,9 @@ pub struct Args {
     pub tls: bool,
     /// With `--tls`: the CA file (`--sslrootcert`, else `PGSSLROOTCERT`).
     pub tls_root_cert: Option<PathBuf>,
+    /// `--unix DIR`: every driver connects to the Unix socket `DIR/.s.PGSQL.<port>` instead
+    /// of the host of `--url`/the environment (same port, user, database).
+    pub unix: Option<PathBuf>,
     /// ioxide-pg's options; the `sslmode` set from `--tls` (the peers are configured from
     /// these plus `tls` / `tls_root_cert`).
     pub options: PgOptions,
@@ -167,12 +170,15 @@ usage: pgload --driver ioxide-pg|tokio-postgres|deadpool|sqlx [--conns N] [--con
               [--runtime current_thread|multi_thread_1] [--pgbouncer]  (peers)
               [--sqlx-test-before-acquire]                             (sqlx)
               [--fixed-queries N] [--url postgres://...] [--tls [--sslrootcert CA.pem]]
+              [--unix DIR]
 Without --url the libpq environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) or
 DATABASE_URL is used. --pgbouncer: the peers' transaction-pooling-safe configuration
 (tokio-postgres/deadpool query_typed; sqlx statement_cache_capacity(0), persistent(false),
 no extra_float_digits).
 --tls: every driver over TLS (rustls, ring), verify-full against the CA in --sslrootcert or
-PGSSLROOTCERT; without it every driver is forced to plaintext. Prints one JSON line.";
+PGSSLROOTCERT; without it every driver is forced to plaintext.
+--unix DIR: every driver over the Unix socket DIR/.s.PGSQL.<port> (the port, user and database
+from --url or the environment). Prints one JSON line.";
 
 impl Args {
     /// Parses the command line (without the program name).
@@ -196,6 +202,7 @@ impl Args {
             fixed_queries: None,
             tls: false,
             tls_root_cert: None,
+            unix: None,
             options: PgOptions::new(),
         };
         let mut url = None;
@@ -228,6 +235,7 @@ impl Args {
                 "--url" => url = Some(value()?),
                 "--tls" => a.tls = true,
                 "--sslrootcert" => root_cert = Some(PathBuf::from(value()?)),
+                "--unix" => a.unix = Some(PathBuf::from(value()?)),
                 "-h" | "--help" => return Err(USAGE.into()),
                 other => return Err(format!("unknown argument {other}\n{USAGE}")),
             }
@@ -238,6 +246,18 @@ impl Args {
             None => PgOptions::from_env(),
         }
         .map_err(|e| format!("connection options: {e}"))?;
+        if let Some(dir) = &a.unix {
+            if !dir.is_absolute() {
+                return Err(format!(
+                    "--unix {}: needs an absolute directory",
+                    dir.display()
+                ));
+            }
+            if a.tls {
+                return Err("--unix and --tls: Unix sockets never use TLS".into());
+            }
+            a.options = a.options.host(dir.to_string_lossy());
+        }
         a.options = if a.tls {
             let ca = super::tls::root_cert(root_cert)?;
             a.tls_root_cert = Some(ca.clone());
@@ -326,6 +346,14 @@ mod tests {
             parse("--driver deadpool --pgbouncer --query param --url postgres://u@127.0.0.1/db")
                 .expect("valid");
         assert!(a.pgbouncer);
+        let a =
+            parse("--driver tokio-postgres --unix /tmp/pg --url postgres://u@127.0.0.1:5433/db")
+                .expect("valid");
+        assert_eq!(
+            a.options.get_host(),
+            &ioxide_pg::Host::Unix("/tmp/pg".into())
+        );
+        assert_eq!(a.options.get_port(), 5433, "the port names the socket file");
     }
 
     #[test]
@@ -341,5 +369,7 @@ mod tests {
         assert!(parse(&format!("--driver sqlx --query select43 {url}")).is_err());
         assert!(parse(&format!("--driver tokio-postgres --no-pool {url}")).is_err());
         assert!(parse(&format!("--driver sqlx --statement-cache-capacity 0 {url}")).is_err());
+        assert!(parse(&format!("--driver sqlx --unix tmp/pg {url}")).is_err());
+        assert!(parse(&format!("--driver sqlx --unix /tmp/pg --tls {url}")).is_err());
     }
 }

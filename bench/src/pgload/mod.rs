@@ -296,6 +296,10 @@ pub fn report(args: &Args, w: &Window, out: &Outcome, rss_kib: Option<u64>) -> V
         "seconds": round(wall, 3),
         "query": args.query.name(),
         "tls": args.tls,
+        "transport": match args.options.get_host() {
+            ::ioxide_pg::Host::Unix(_) => "unix",
+            _ => "tcp",
+        },
         "queries": queries,
         "qps": round(queries as f64 / wall, 0),
         "client_cpu_us_per_query": round(per_q(cpu * 1e6), 3),

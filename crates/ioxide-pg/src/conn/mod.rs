@@ -1218,13 +1218,13 @@ async fn open_once(
     };
     let conn = Rc::new(Conn {
         stream,
-        tls,
+        tls: tls.map(Box::new),
         tls_params,
         gather_limit,
         replies: ReplyMeter::default(),
         deep: DeepMark::default(),
         st: RefCell::new(State {
-            out: BytesMut::with_capacity(8 * 1024),
+            out: BytesMut::with_capacity(tasks::SEND_BUF),
             queued_total: 0,
             handed_total: 0,
             writer_waker: None,

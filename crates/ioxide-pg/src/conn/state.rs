@@ -31,8 +31,20 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Initial receive buffer capacity; it grows to the largest message and shrinks back.
-pub(crate) const RECV_BUF: usize = 16 * 1024;
+/// Initial receive buffer capacity, and the free room a receive is always given. An idle
+/// connection holds this much (its receive stays armed); the buffer grows to the largest
+/// message, to the replies in flight at their typical size, and doubles whenever a receive
+/// filled it (both up to [`RECV_BUF_GROW`]), so a pipelined connection reaches the size its
+/// batches need within a few receives. Measured
+/// (bench/FINDINGS.md, "Issue 21, items 2 and 4"): 16 KiB, with 2 × 8 KiB of send buffers,
+/// made an idle pooled connection cost ~20 KiB of RSS, 1.6–1.8× a tokio-postgres client.
+pub(crate) const RECV_BUF: usize = 1024;
+/// Over TLS, the least room the ciphertext receive is given: a full record, unchanged (an
+/// idle TLS connection keeps this much; only plaintext connections got smaller).
+const TLS_RECV_BUF: usize = 16 * 1024;
+/// The receive buffer doubles when a receive filled it, up to this (larger messages still get
+/// room for themselves).
+const RECV_BUF_GROW: usize = 64 * 1024;
 /// A receive buffer grown past this is shrunk back once drained (flat memory while
 /// streaming large results).
 const RECV_BUF_SHRINK: usize = 256 * 1024;
@@ -156,7 +168,9 @@ pub(crate) struct Conn {
     pub(crate) stream: Stream,
     /// The TLS session, when the connection is encrypted: the writer encrypts each batch,
     /// the driver decrypts each receive into the plaintext buffer the parser reads.
-    pub(crate) tls: Option<TlsSession>,
+    /// Boxed: a rustls session is ~1 KiB, which a plaintext connection should not carry
+    /// (bench/FINDINGS.md, "Issue 21, items 2 and 4").
+    pub(crate) tls: Option<Box<TlsSession>>,
     /// How to open a connection like this one (the CancelRequest goes over TLS too).
     pub(crate) tls_params: Option<TlsParams>,
     pub(crate) st: RefCell<State>,
@@ -717,8 +731,18 @@ impl Conn {
                     return Driven::Broken;
                 }
             };
+            // The last receive filled every byte of room: more is likely waiting.
+            let filled = buf.len() == buf.capacity();
             compact(&mut buf, pos);
-            let want = (buf.len() + needed).max(RECV_BUF);
+            let mut want = (buf.len() + needed).max(RECV_BUF);
+            // Room for the replies in flight (at their typical size) or double after a full
+            // receive, up to RECV_BUF_GROW: a busy connection takes its batch in one receive.
+            let in_flight = self.st.borrow().queue.len();
+            let replies = in_flight.saturating_mul(self.replies.typical_size());
+            want = want.max(replies.min(RECV_BUF_GROW));
+            if filled {
+                want = want.max((buf.capacity() * 2).min(RECV_BUF_GROW));
+            }
             if buf.capacity() < want {
                 buf.reserve(want - buf.len());
             } else if buf.capacity() > RECV_BUF_SHRINK && buf.len() < RECV_BUF / 2 {
@@ -749,7 +773,7 @@ impl Conn {
             None => buf,
             Some(_) => {
                 let mut st = self.st.borrow_mut();
-                let want = (buf.capacity() - buf.len()).max(RECV_BUF);
+                let want = (buf.capacity() - buf.len()).max(TLS_RECV_BUF);
                 st.parked = Some(buf);
                 let mut c = st.cipher.take().unwrap_or_default();
                 c.clear();

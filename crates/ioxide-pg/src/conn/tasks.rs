@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 
 /// A send buffer grown past this is released after the batch went out.
 const SEND_BUF_SHRINK: usize = 1 << 20;
+/// Initial capacity of the connection's two send buffers (commands are appended to one while
+/// the other is being sent; they swap). They grow to the largest batch, so an idle
+/// connection holds little (bench/FINDINGS.md, "Issue 21, items 2 and 4").
+pub(crate) const SEND_BUF: usize = 256;
 
 /// Sends whatever commands have queued, one send per loop turn: it waits for the end of the
 /// turn ([`ioxide::end_of_turn`]), so every command issued in the turn leaves in the same send.
 pub(crate) async fn writer(conn: Rc<Conn>) {
-    let mut wbuf = BytesMut::with_capacity(8 * 1024);
+    let mut wbuf = BytesMut::with_capacity(SEND_BUF);
     // Over TLS: the records of a batch.
     let mut cbuf: Vec<u8> = Vec::new();
     loop {
@@ -97,7 +101,7 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
         };
         wbuf.clear();
         if wbuf.capacity() > SEND_BUF_SHRINK {
-            wbuf = BytesMut::with_capacity(8 * 1024);
+            wbuf = BytesMut::with_capacity(SEND_BUF);
         }
         if let Err(e) = r {
             conn.fail(&PgError::io("sending to the server", e));

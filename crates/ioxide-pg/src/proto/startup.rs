@@ -18,7 +18,6 @@
 //! [`Startup::handle`] on the calling thread, once per (password, salt, iterations) in the
 //! process: [`super::scram`] caches the derived keys.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::BytesMut;
@@ -66,22 +65,116 @@ impl fmt::Debug for BackendKey {
 /// What the server told us during startup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerInfo {
-    parameters: BTreeMap<String, String>,
+    parameters: Params,
     backend_key: Option<BackendKey>,
+}
+
+/// The reported run-time parameters, packed: every name and its value back to back in one
+/// string, found through an index sorted by name. Two allocations per connection instead of
+/// two per parameter plus tree nodes — ~16 parameters cost ~2 KiB of an idle connection's
+/// ~9 before (bench/FINDINGS.md, "Issue 21, items 2 and 4").
+#[derive(Clone, Default)]
+struct Params {
+    text: String,
+    /// `[name start, name end = value start, value end]` into `text`, sorted by name.
+    spans: Vec<[usize; 3]>,
+    /// Bytes of `text` the spans still point at (an updated value leaves its old bytes).
+    live: usize,
+}
+
+impl Params {
+    fn name(&self, sp: &[usize; 3]) -> &str {
+        self.text.get(sp[0]..sp[1]).unwrap_or("")
+    }
+
+    fn value(&self, sp: &[usize; 3]) -> &str {
+        self.text.get(sp[1]..sp[2]).unwrap_or("")
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.spans.binary_search_by(|sp| self.name(sp).cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        let i = self.find(name).ok()?;
+        self.spans.get(i).map(|sp| self.value(sp))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.spans.iter().map(|sp| (self.name(sp), self.value(sp)))
+    }
+
+    fn append(&mut self, name: &str, value: &str) -> [usize; 3] {
+        let start = self.text.len();
+        self.text.push_str(name);
+        self.text.push_str(value);
+        self.live += name.len() + value.len();
+        [start, start + name.len(), self.text.len()]
+    }
+
+    /// Sets the value of the parameter at index `i` (from `find`'s `Ok`) or inserts one at
+    /// `i` (from its `Err`).
+    fn set(&mut self, found: Result<usize, usize>, name: &str, value: &str) {
+        match found {
+            Ok(i) => {
+                let Some(old) = self.spans.get(i).copied() else {
+                    return;
+                };
+                self.live -= old[2] - old[0];
+                let sp = self.append(name, value);
+                self.spans[i] = sp;
+                if self.text.len() > 2 * self.live + 1024 {
+                    self.compact();
+                }
+            }
+            Err(i) => {
+                let sp = self.append(name, value);
+                self.spans.insert(i, sp);
+            }
+        }
+    }
+
+    /// Drops the bytes of replaced values.
+    fn compact(&mut self) {
+        let mut text = String::with_capacity(self.live);
+        for sp in &mut self.spans {
+            let start = text.len();
+            text.push_str(self.text.get(sp[0]..sp[2]).unwrap_or(""));
+            *sp = [start, start + (sp[1] - sp[0]), text.len()];
+        }
+        self.text = text;
+    }
+
+    fn shrink(&mut self) {
+        self.text.shrink_to_fit();
+        self.spans.shrink_to_fit();
+    }
+}
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Params) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Params {}
+
+impl fmt::Debug for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 impl ServerInfo {
     /// A run-time parameter the server reported (`server_version`, `client_encoding`,
     /// `TimeZone`, `integer_datetimes`, …).
     pub fn parameter(&self, name: &str) -> Option<&str> {
-        self.parameters.get(name).map(String::as_str)
+        self.parameters.get(name)
     }
 
     /// All reported parameters.
     pub fn parameters(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.parameters
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+        self.parameters.iter()
     }
 
     /// Records a ParameterStatus (the connection calls this for ones arriving later).
@@ -106,17 +199,18 @@ impl ServerInfo {
                 value.len()
             )));
         }
-        if let Some(v) = self.parameters.get_mut(name) {
-            value.clone_into(v);
+        let found = self.parameters.find(name);
+        if found.is_ok() {
+            self.parameters.set(found, name, value);
             return Ok(());
         }
-        if self.parameters.len() >= MAX_PARAMETERS {
+        if self.parameters.spans.len() >= MAX_PARAMETERS {
             return Err(PgError::protocol(format!(
                 "ParameterStatus for {name:?} would exceed the limit of {MAX_PARAMETERS} \
                  distinct run-time parameters"
             )));
         }
-        self.parameters.insert(name.to_owned(), value.to_owned());
+        self.parameters.set(found, name, value);
         Ok(())
     }
 
@@ -391,6 +485,7 @@ impl Startup {
             }
             (Phase::Params, BackendMessage::ReadyForQuery(_)) => {
                 self.phase = Phase::Ready;
+                self.info.parameters.shrink();
                 Ok(StartupStatus::Ready(std::mem::take(&mut self.info)))
             }
             _ => Err(self.wrong_phase(tag)),

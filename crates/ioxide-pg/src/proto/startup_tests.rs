@@ -260,6 +260,30 @@ fn server_info_bounds_the_parameters_a_server_reports() {
     assert!(e.to_string().contains("limit of 256 distinct"), "{e}");
     assert_eq!(info.parameter("one_too_many"), None);
     assert_eq!(info.parameters().count(), MAX_PARAMETERS);
+    // Sorted by name, every update visible, old bytes reclaimed after many updates.
+    let names: Vec<&str> = info.parameters().map(|(k, _)| k).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+    for round in 0..2000 {
+        let v = format!("value-{round}");
+        assert!(info.set_parameter("p7", &v).is_ok());
+        assert_eq!(info.parameter("p7"), Some(v.as_str()));
+    }
+    assert_eq!(info.parameter("p0"), Some("changed"));
+    assert_eq!(info.parameter("p255"), Some("v"));
+    assert_eq!(info.parameters().count(), MAX_PARAMETERS);
+    let mut same = ServerInfo::default();
+    for (k, v) in info.parameters() {
+        assert!(same.set_parameter(k, v).is_ok());
+    }
+    assert_eq!(same, info, "equal whatever the update history");
+    assert!(
+        info.parameters.text.len() < 3 * info.parameters.live + 2048,
+        "replaced values are compacted away: {} bytes for {} live",
+        info.parameters.text.len(),
+        info.parameters.live
+    );
 
     let mut info = ServerInfo::default();
     let long = "x".repeat(MAX_PARAMETER_VALUE_BYTES + 1);
