@@ -25,6 +25,10 @@ pub(crate) struct Topology {
     hosts: Vec<Candidate>,
     attrs: TargetSessionAttrs,
     balance: LoadBalanceHosts,
+    /// The last failed walk found a host that answered but did not fit
+    /// `target_session_attrs` (a standby while a read-write walk looks for a primary): a
+    /// promotion may be under way, so a pool with waiters retries at a short step.
+    misfit_seen: std::cell::Cell<bool>,
 }
 
 impl Topology {
@@ -81,7 +85,14 @@ impl Topology {
             hosts,
             attrs: opts.get_target_session_attrs(),
             balance: opts.get_load_balance_hosts(),
+            misfit_seen: std::cell::Cell::new(false),
         })
+    }
+
+    /// Whether the last failed walk found a host that answered but did not fit (see
+    /// `misfit_seen`).
+    pub(crate) fn misfit_seen(&self) -> bool {
+        self.misfit_seen.get()
     }
 
     /// Every target known without a lookup, with the options for it (for the TLS file check).
@@ -193,6 +204,7 @@ pub(crate) async fn connect_timed(
             }
         }
     }
+    topo.misfit_seen.set(misfits > 0);
     let summary = skipped.join("; ");
     match last_err {
         // One host, nothing refused for its attributes: its own error, unchanged.

@@ -6,6 +6,10 @@ use crate::{PgConnection, PgError};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
+/// The retry step (±50 %) while requests wait and the last walk found a host that answered
+/// but did not fit `target_session_attrs`: one connect to the standby per ~5 ms during a
+/// promotion, where a pool connecting per waiting request would open one per request.
+const MISFIT_RETRY: Duration = Duration::from_millis(5);
 /// First reconnect delay after a failed connect; doubles per failure up to `BACKOFF_CAP`.
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
 /// Longest reconnect delay, so a restarted server is reused within about this long.
@@ -162,7 +166,14 @@ impl Inner {
                 } else {
                     1
                 };
-                let delay = backoff(step, &mut st.rng);
+                let delay = if !st.waiters.is_empty() && self.target.misfit_seen() {
+                    // A host answered but did not fit (a standby of a read-write pool):
+                    // a promotion may be under way, and the first connect after it ends
+                    // is the pool's failover time. Probe at a short step meanwhile.
+                    MISFIT_RETRY.mul_f64(0.5 + unit(&mut st.rng))
+                } else {
+                    backoff(step, &mut st.rng)
+                };
                 st.next_attempt = Instant::now() + delay;
                 st.last_error = Some(e.to_string());
                 let fatal = !transient(&e);
