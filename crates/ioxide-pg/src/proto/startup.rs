@@ -76,19 +76,22 @@ pub struct ServerInfo {
 #[derive(Clone, Default)]
 struct Params {
     text: String,
-    /// `[name start, name end = value start, value end]` into `text`, sorted by name.
-    spans: Vec<[usize; 3]>,
+    /// `[name start, name end = value start, value end]` into `text`, sorted by name. `u32`:
+    /// the limits (`MAX_PARAMETERS` of at most `MAX_PARAMETER_NAME_BYTES` +
+    /// `MAX_PARAMETER_VALUE_BYTES`, compacted past twice the live bytes) keep `text` under
+    /// 40 MiB; 12 bytes per parameter instead of 24.
+    spans: Vec<[u32; 3]>,
     /// Bytes of `text` the spans still point at (an updated value leaves its old bytes).
     live: usize,
 }
 
 impl Params {
-    fn name(&self, sp: &[usize; 3]) -> &str {
-        self.text.get(sp[0]..sp[1]).unwrap_or("")
+    fn name(&self, sp: &[u32; 3]) -> &str {
+        self.text.get(sp[0] as usize..sp[1] as usize).unwrap_or("")
     }
 
-    fn value(&self, sp: &[usize; 3]) -> &str {
-        self.text.get(sp[1]..sp[2]).unwrap_or("")
+    fn value(&self, sp: &[u32; 3]) -> &str {
+        self.text.get(sp[1] as usize..sp[2] as usize).unwrap_or("")
     }
 
     fn find(&self, name: &str) -> Result<usize, usize> {
@@ -104,12 +107,16 @@ impl Params {
         self.spans.iter().map(|sp| (self.name(sp), self.value(sp)))
     }
 
-    fn append(&mut self, name: &str, value: &str) -> [usize; 3] {
+    fn append(&mut self, name: &str, value: &str) -> [u32; 3] {
         let start = self.text.len();
         self.text.push_str(name);
         self.text.push_str(value);
         self.live += name.len() + value.len();
-        [start, start + name.len(), self.text.len()]
+        [
+            offset(start),
+            offset(start + name.len()),
+            offset(self.text.len()),
+        ]
     }
 
     /// Sets the value of the parameter at index `i` (from `find`'s `Ok`) or inserts one at
@@ -120,7 +127,7 @@ impl Params {
                 let Some(old) = self.spans.get(i).copied() else {
                     return;
                 };
-                self.live -= old[2] - old[0];
+                self.live -= (old[2] - old[0]) as usize;
                 let sp = self.append(name, value);
                 self.spans[i] = sp;
                 if self.text.len() > 2 * self.live + 1024 {
@@ -139,8 +146,12 @@ impl Params {
         let mut text = String::with_capacity(self.live);
         for sp in &mut self.spans {
             let start = text.len();
-            text.push_str(self.text.get(sp[0]..sp[2]).unwrap_or(""));
-            *sp = [start, start + (sp[1] - sp[0]), text.len()];
+            text.push_str(self.text.get(sp[0] as usize..sp[2] as usize).unwrap_or(""));
+            *sp = [
+                offset(start),
+                offset(start) + (sp[1] - sp[0]),
+                offset(text.len()),
+            ];
         }
         self.text = text;
     }
@@ -149,6 +160,11 @@ impl Params {
         self.text.shrink_to_fit();
         self.spans.shrink_to_fit();
     }
+}
+
+/// An offset into `Params::text`, which the parameter limits keep far below `u32::MAX`.
+fn offset(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl PartialEq for Params {
