@@ -216,23 +216,8 @@ fn run_ioxide(args: &Args, n: usize) -> Result<Readings, String> {
 }
 
 fn tp_config(o: &PgOptions) -> tokio_postgres::Config {
-    let mut c = tokio_postgres::Config::new();
-    match o.get_host() {
-        Host::Tcp(h) => {
-            c.host(h);
-        }
-        Host::Unix(dir) => {
-            c.host_path(dir);
-        }
-        _ => {}
-    }
-    c.port(o.get_port())
-        .user(o.get_user())
-        .dbname(o.get_database())
-        .ssl_mode(tokio_postgres::config::SslMode::Disable);
-    if let Some(p) = o.get_password() {
-        c.password(p);
-    }
+    let mut c = bench::pgload::peers::tp_config(o);
+    c.ssl_mode(tokio_postgres::config::SslMode::Disable);
     c
 }
 

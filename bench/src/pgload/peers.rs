@@ -72,7 +72,9 @@ pub fn run(args: &Args) -> Result<Value, String> {
     Ok(v)
 }
 
-pub(crate) fn tp_config(o: &PgOptions) -> tokio_postgres::Config {
+/// A tokio-postgres `Config` for the server, user, database and password of `o` (TCP host or
+/// Unix socket directory); TLS as tokio-postgres defaults unless the caller sets it.
+pub fn tp_config(o: &PgOptions) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
     match o.get_host() {
         Host::Tcp(h) => {
