@@ -18,14 +18,7 @@ fn no_configuration_starts_a_throwaway_cluster_and_sigterm_removes_it() {
         .lines()
         .find(|l| l.contains("throwaway PostgreSQL") && l.contains("data dir "))
         .unwrap_or_else(|| panic!("no throwaway line in:\n{out}"));
-    let data_dir = PathBuf::from(
-        line.split("data dir ")
-            .nth(1)
-            .unwrap()
-            .split(')')
-            .next()
-            .unwrap(),
-    );
+    let data_dir = data_dir_in(line);
     assert!(
         data_dir.join("PG_VERSION").is_file(),
         "{}",
@@ -97,14 +90,7 @@ fn pg_throwaway_tcp_reaches_the_throwaway_cluster_over_tcp() {
     assert!(line.contains("(TCP, PG_THROWAWAY_TCP=1)"), "{line}");
     let addr = line.split(" at 127.0.0.1:").nth(1).unwrap();
     let port: u16 = addr.split(' ').next().unwrap().parse().unwrap();
-    let data_dir = PathBuf::from(
-        line.split("data dir ")
-            .nth(1)
-            .unwrap()
-            .split(')')
-            .next()
-            .unwrap(),
-    );
+    let data_dir = data_dir_in(line);
     assert_eq!(p.get("/").body, "42");
     let (unix, tcp) = playground_backends(data_dir.parent().unwrap(), port);
     assert_eq!(unix, 0, "playground backends over the Unix socket");
@@ -219,4 +205,16 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
     );
     let out = p.stdout_text();
     assert!(!out.contains('\x1b'), "escape codes on stdout:\n{out:?}");
+}
+
+/// The throwaway cluster's data directory named in the playground's startup line.
+fn data_dir_in(line: &str) -> PathBuf {
+    PathBuf::from(
+        line.split("data dir ")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap(),
+    )
 }
