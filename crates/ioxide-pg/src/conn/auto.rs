@@ -19,25 +19,11 @@
 
 use super::command::CmdFuture;
 use super::prepared::StatementRef;
-use super::state;
-use super::{cache, PgConnection};
+use super::{cache, PgConnection, QrSink};
 use crate::proto::encode;
 use crate::proto::query_result::QueryResult;
-use crate::proto::reply::{Reply, ReplyEvent};
+use crate::proto::reply::Reply;
 use crate::PgError;
-
-/// `QueryResult` fed by a cached statement's Bind/Execute reply.
-struct AutoSink(QueryResult);
-
-impl state::Sink for AutoSink {
-    fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), state::SinkError> {
-        Ok(self.0.accept(ev)?)
-    }
-
-    fn took_effect(&self) -> bool {
-        self.0.statements() > 0 || self.0.saw_rows()
-    }
-}
 
 /// What to do with a text.
 enum Route {
@@ -107,7 +93,7 @@ impl PgConnection {
                 // Not cached (another first use won the race): closed behind its one run.
                 self.close_statement_detached(&name);
             }
-            let mut sink = AutoSink(QueryResult::new());
+            let mut sink = QrSink(QueryResult::new());
             if let Ok(n) = u16::try_from(stmt.columns.len()) {
                 if n > 0 {
                     sink.0.expect_columns(n);

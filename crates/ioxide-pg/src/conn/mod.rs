@@ -1090,7 +1090,8 @@ fn stale_statement(e: &PgError) -> Stale {
     }
 }
 
-struct QrSink(QueryResult);
+/// `QueryResult` fed by a reply: a simple query's, or an auto-prepared text's Bind/Execute.
+pub(super) struct QrSink(pub(super) QueryResult);
 
 impl state::Sink for QrSink {
     fn event(&mut self, ev: &ReplyEvent<'_>) -> Result<(), state::SinkError> {

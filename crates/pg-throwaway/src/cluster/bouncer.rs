@@ -4,7 +4,6 @@
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::control::run_with_timeout;
-use super::server::{free_port, prepare, temp_base, write_file};
+use super::server::{free_port, prepare, temp_root, write_file};
 use super::{encode, invalid, Cluster, SERVER_OS_USER};
 use crate::binaries::binaries;
 use crate::error::{Error, ErrorKind, Result};
@@ -102,16 +101,7 @@ impl PgBouncerBuilder {
         }
         let program = find_pgbouncer()?;
         let run_as = cluster.run_as;
-        let temp = tempfile::Builder::new()
-            .prefix("pgbouncer-")
-            .tempdir_in(temp_base(run_as.is_some(), 10))
-            .map_err(|e| Error::io("creating the pgbouncer temp dir", e))?;
-        let root = temp
-            .path()
-            .canonicalize()
-            .map_err(|e| Error::io("canonicalizing temp dir", e))?;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(format!("chmod 0700 {}", root.display()), e))?;
+        let (temp, root) = temp_root("pgbouncer-", run_as)?;
         let run_dir = root.join("run");
         std::fs::create_dir(&run_dir)
             .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
@@ -151,7 +141,6 @@ impl PgBouncerBuilder {
         write_file(&root.join("pgbouncer.ini"), &ini)?;
         if let Some((uid, gid)) = run_as {
             for path in [
-                root.clone(),
                 run_dir.clone(),
                 root.join("userlist.txt"),
                 root.join("pgbouncer.ini"),

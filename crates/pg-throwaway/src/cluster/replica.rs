@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::server::{free_port, prepare, temp_base, write_file, State};
+use super::server::{prepare, temp_root, write_file, State};
 use super::{invalid, Cluster, SUPERUSER};
 use crate::binaries::binaries;
 use crate::error::{Error, ErrorKind, Result};
@@ -67,21 +67,7 @@ impl Cluster {
     /// # Errors
     /// The failing step (`pg_basebackup`'s output, the server log tail).
     pub fn start_standby(&self) -> Result<Cluster> {
-        let temp = tempfile::Builder::new()
-            .prefix("pg-standby-")
-            .tempdir_in(temp_base(self.run_as.is_some(), 11))
-            .map_err(|e| Error::io("creating the standby temp dir", e))?;
-        let root = temp
-            .path()
-            .canonicalize()
-            .map_err(|e| Error::io("canonicalizing temp dir", e))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(format!("chmod 0700 {}", root.display()), e))?;
-        if let Some((uid, gid)) = self.run_as {
-            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
-                .map_err(|e| Error::io(format!("chown {}", root.display()), e))?;
-        }
+        let (temp, root) = temp_root("pg-standby-", self.run_as)?;
         let data_dir = root.join("data");
         let reaper = Reaper::spawn(&root, &data_dir)?;
         base_backup(self, &data_dir, &root)?;
@@ -104,26 +90,8 @@ impl Cluster {
             temp_dir: Mutex::new(Some(temp)),
             reaper: Mutex::new(Some(reaper)),
         };
-        let mut attempt = 1;
-        loop {
-            standby.port = free_port()?;
-            // Our block again, with the standby's port and socket directory (later lines win).
-            write_file(
-                &conf_path,
-                &(base_conf.clone() + &standby.conf_block(&standby.settings)),
-            )?;
-            match standby.launch(&mut standby.lock_state()) {
-                Ok(()) => break,
-                Err(e)
-                    if attempt < 5
-                        && e.kind() == ErrorKind::ServerExited
-                        && e.message().contains("could not bind") =>
-                {
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // Our block again, with the standby's port and socket directory (later lines win).
+        standby.launch_on_free_port(&conf_path, &base_conf, "")?;
         self.wait_streaming(1)?;
         Ok(standby)
     }

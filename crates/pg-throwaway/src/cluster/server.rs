@@ -104,20 +104,7 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
         None
     };
 
-    let temp = tempfile::Builder::new()
-        .prefix(&b.dir_prefix)
-        .tempdir_in(temp_base(run_as.is_some(), b.dir_prefix.len()))
-        .map_err(|e| Error::io("creating the cluster temp dir", e))?;
-    let root = temp
-        .path()
-        .canonicalize()
-        .map_err(|e| Error::io("canonicalizing temp dir", e))?;
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::io(format!("chmod 0700 {}", root.display()), e))?;
-    if let Some((uid, gid)) = run_as {
-        std::os::unix::fs::chown(&root, Some(uid), Some(gid))
-            .map_err(|e| Error::io(format!("chown {} to {SERVER_OS_USER}", root.display()), e))?;
-    }
+    let (temp, root) = temp_root(&b.dir_prefix, run_as)?;
     let data_dir = root.join("data");
     // The watchdog comes first, so even a kill during initdb leaves nothing behind.
     let reaper = Reaper::spawn(&root, &data_dir)?;
@@ -180,31 +167,65 @@ pub(super) fn create(b: ClusterBuilder) -> Result<Cluster> {
         reaper: Mutex::new(Some(reaper)),
     };
     // From here on an early return drops `cluster`, which stops the server and cleans up.
-    let mut attempt = 1;
-    loop {
-        cluster.port = free_port()?;
-        write_file(
-            &conf_path,
-            &(base_conf.clone() + &cluster.conf_block(&cluster.settings) + &tls_conf),
-        )?;
-        let result = cluster.launch(&mut cluster.lock_state());
-        match result {
-            Ok(()) => break,
-            Err(e)
-                if attempt < PORT_ATTEMPTS
-                    && e.kind() == ErrorKind::ServerExited
-                    && e.message().contains("could not bind") =>
-            {
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    cluster.launch_on_free_port(&conf_path, &base_conf, &tls_conf)?;
     cluster.create_role_and_database()?;
     Ok(cluster)
 }
 
+/// A new temp directory for a server (`prefix` + random), canonicalized, mode 0700 and owned
+/// by the server's OS user when we are root: `(its guard, its path)`.
+pub(super) fn temp_root(
+    prefix: &str,
+    run_as: Option<(u32, u32)>,
+) -> Result<(tempfile::TempDir, PathBuf)> {
+    let temp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(temp_base(run_as.is_some(), prefix.len()))
+        .map_err(|e| Error::io(format!("creating the {prefix} temp dir"), e))?;
+    let root = temp
+        .path()
+        .canonicalize()
+        .map_err(|e| Error::io("canonicalizing temp dir", e))?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("chmod 0700 {}", root.display()), e))?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(&root, Some(uid), Some(gid))
+            .map_err(|e| Error::io(format!("chown {} to {SERVER_OS_USER}", root.display()), e))?;
+    }
+    Ok((temp, root))
+}
+
 impl Cluster {
+    /// Writes `base_conf` + our block (a free port, our socket directory, the builder's
+    /// settings) + `tail` to `conf_path` and starts the server, with another port when the
+    /// one picked was taken meanwhile (`could not bind`), up to `PORT_ATTEMPTS` times.
+    pub(super) fn launch_on_free_port(
+        &mut self,
+        conf_path: &Path,
+        base_conf: &str,
+        tail: &str,
+    ) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            self.port = free_port()?;
+            write_file(
+                conf_path,
+                &(base_conf.to_owned() + &self.conf_block(&self.settings) + tail),
+            )?;
+            match self.launch(&mut self.lock_state()) {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if attempt < PORT_ATTEMPTS
+                        && e.kind() == ErrorKind::ServerExited
+                        && e.message().contains("could not bind") =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Our settings, appended to the initdb-generated `postgresql.conf` (later lines win).
     pub(super) fn conf_block(&self, extra: &[(String, String)]) -> String {
         let mut s = format!(
