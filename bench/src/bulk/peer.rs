@@ -2,9 +2,9 @@
 //! pgload comparison found fastest for it), and the notify workloads' sender.
 
 use super::{
-    check_rows, copy_sql, payload, rows, spawn_sender, text_data, BulkArgs, Measured, NotifyStats,
-    Start, Sums, TextSums, Ts, Workload, CHANNEL, COPY_SQL, COPY_TYPES, GRACE, INSERT_SQL,
-    NOTIFY_SQL, READ_SQL, SESSION_SQL, SQLX, TEXT_CHUNK, TOKIO_COPY,
+    check_rows, copy_sql, payload, rows, spawn_sender, text_data, BulkArgs, BulkRow, Measured,
+    NotifyStats, Start, Sums, TextSums, Ts, Workload, CHANNEL, COPY_SQL, COPY_TYPES, GRACE,
+    INSERT_SQL, NOTIFY_SQL, READ_SQL, SESSION_SQL, SQLX, TEXT_CHUNK, TOKIO_COPY,
 };
 use crate::pgload::peers::tp_config_tls;
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::SinkExt;
 use std::time::{Duration, Instant};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// Runs one measurement.
@@ -158,32 +158,30 @@ async fn sqlx_reads(a: &BulkArgs) -> Result<Measured, String> {
     Ok(m)
 }
 
+/// Binary COPY of `data` with tokio-postgres's `BinaryCopyInWriter`: the rows written.
+async fn copy_in_binary(client: &Client, sql: &str, data: &[BulkRow]) -> Result<u64, String> {
+    let sink = client.copy_in(sql).await.map_err(tp("copy_in"))?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for r in data {
+        writer
+            .as_mut()
+            .write(&[&r.0, &r.1, &r.2, &r.3, &r.4])
+            .await
+            .map_err(tp("BinaryCopyInWriter::write"))?;
+    }
+    writer
+        .finish()
+        .await
+        .map_err(tp("BinaryCopyInWriter::finish"))
+}
+
 async fn insert(a: &BulkArgs) -> Result<Measured, String> {
     let client = connect(a).await?;
     let data = rows(a.rows);
     if a.driver == TOKIO_COPY {
-        let types = [
-            Type::INT8,
-            Type::TEXT,
-            Type::FLOAT8,
-            Type::TIMESTAMPTZ,
-            Type::BOOL,
-        ];
         let start = Start::now();
-        let sink = client.copy_in(COPY_SQL).await.map_err(tp("copy_in"))?;
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        let mut writer = std::pin::pin!(writer);
-        for r in &data {
-            writer
-                .as_mut()
-                .write(&[&r.0, &r.1, &r.2, &r.3, &r.4])
-                .await
-                .map_err(tp("BinaryCopyInWriter::write"))?;
-        }
-        let n = writer
-            .finish()
-            .await
-            .map_err(tp("BinaryCopyInWriter::finish"))?;
+        let n = copy_in_binary(&client, COPY_SQL, &data).await?;
         let mut m = start.stop(n);
         m.commands = 1;
         return Ok(m);
@@ -302,20 +300,7 @@ async fn copy(a: &BulkArgs) -> Result<Measured, String> {
         Workload::CopyInBinary => {
             let data = rows(a.rows);
             let start = Start::now();
-            let sink = client.copy_in(&sql).await.map_err(tp("copy_in"))?;
-            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-            let mut writer = std::pin::pin!(writer);
-            for r in &data {
-                writer
-                    .as_mut()
-                    .write(&[&r.0, &r.1, &r.2, &r.3, &r.4])
-                    .await
-                    .map_err(tp("BinaryCopyInWriter::write"))?;
-            }
-            let n = writer
-                .finish()
-                .await
-                .map_err(tp("BinaryCopyInWriter::finish"))?;
+            let n = copy_in_binary(&client, &sql, &data).await?;
             start.stop(n)
         }
         Workload::CopyInText => {
