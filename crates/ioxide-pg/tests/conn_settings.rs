@@ -4,14 +4,12 @@
 
 mod common;
 
-use common::{env, err, opts, opts_for};
+use common::{env, err, opts, opts_for, Capture};
 use ioxide::net::TcpOptions;
 use ioxide::Reactor;
 use ioxide_pg::{PgConnection, PgOptions, PgPool};
-use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::{Auth, Cluster};
 
@@ -292,42 +290,11 @@ fn a_bad_option_fails_the_connect_with_the_servers_error_naming_it() {
 // The password file
 // ---------------------------------------------------------------------------------------
 
-/// A `tracing` subscriber keeping every event's level, message and fields as text.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<String>>);
-
-struct Render<'a>(&'a mut String);
-
-impl tracing::field::Visit for Render<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut t = self.0.lock().unwrap();
-        let _ = write!(t, "{}:", event.metadata().level());
-        event.record(&mut Render(&mut t));
-        t.push('\n');
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 /// Runs `f` on a reactor, returning what it logged.
 fn logged<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
-    let capture = Capture::default();
+    let capture = Capture::all();
     let out = tracing::subscriber::with_default(capture.clone(), || ioxide::block_on(f));
-    let text = capture.0.lock().unwrap().clone();
+    let text = capture.text();
     (out, text)
 }
 

@@ -10,10 +10,9 @@
 
 mod common;
 
-use common::run_within;
+use common::{run_within, Capture};
 use ioxide_pg::{PgConnection, PgOptions, PgPool, Pipeline};
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -226,7 +225,7 @@ fn the_symptom_switches_connections_to_unnamed_statements() {
         return;
     };
     let o = opts(&bouncer);
-    let capture = Capture::default();
+    let capture = Capture::at(tracing::Level::WARN);
     let _log = tracing::subscriber::set_default(capture.clone());
     run_within(LIMIT, async move {
         open_both_server_connections(&o).await;
@@ -380,7 +379,7 @@ fn set_and_listen_on_the_shared_path_warn_once_per_connection() {
         return;
     };
     let o = opts(&bouncer).pool_size(1);
-    let capture = Capture::default();
+    let capture = Capture::at(tracing::Level::WARN);
     let _log = tracing::subscriber::set_default(capture.clone());
     run_within(LIMIT, async move {
         let reactor = ioxide::Reactor::current();
@@ -401,43 +400,6 @@ fn set_and_listen_on_the_shared_path_warn_once_per_connection() {
         assert!(text.contains("SET LOCAL"), "{text}");
         pool.close().await;
     });
-}
-
-/// A `tracing` subscriber keeping every event's fields as text.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<String>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-struct Render<'a>(&'a mut String);
-
-impl tracing::field::Visit for Render<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
-        *m.level() <= tracing::Level::WARN
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut t = self.0.lock().unwrap();
-        let _ = write!(t, "{}:", event.metadata().level());
-        event.record(&mut Render(&mut t));
-        t.push('\n');
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// Pipelines and `execute_many` from 8 pooled connections over 2 server connections.

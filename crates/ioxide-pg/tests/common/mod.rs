@@ -88,3 +88,60 @@ pub fn err(r: Result<PgOptions, ioxide_pg::PgError>) -> String {
         .map(|e| e.to_string())
         .unwrap_or_else(|| "no error".into())
 }
+
+/// A `tracing` subscriber keeping every event at or above a level as text: its level, then
+/// its message and fields (`WARN: message="…" command="SET"`).
+#[derive(Clone)]
+pub struct Capture {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    max: tracing::Level,
+}
+
+impl Capture {
+    /// Every event, down to TRACE.
+    pub fn all() -> Capture {
+        Capture::at(tracing::Level::TRACE)
+    }
+
+    /// Events at `max` or more severe.
+    pub fn at(max: tracing::Level) -> Capture {
+        Capture {
+            text: std::sync::Arc::default(),
+            max,
+        }
+    }
+
+    /// What was captured so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+}
+
+struct Render<'a>(&'a mut String);
+
+impl tracing::field::Visit for Render<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, " {}={:?}", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        *m.level() <= self.max
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        use std::fmt::Write as _;
+        let mut t = self.text.lock().unwrap();
+        let _ = write!(t, "{}:", event.metadata().level());
+        event.record(&mut Render(&mut t));
+        t.push('\n');
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
