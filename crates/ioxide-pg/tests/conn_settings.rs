@@ -292,8 +292,8 @@ fn a_bad_option_fails_the_connect_with_the_servers_error_naming_it() {
 
 /// Runs `f` on a reactor, returning what it logged.
 fn logged<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
-    let capture = Capture::all();
-    let out = tracing::subscriber::with_default(capture.clone(), || ioxide::block_on(f));
+    let capture = Capture::start(tracing::Level::TRACE);
+    let out = ioxide::block_on(f);
     let text = capture.text();
     (out, text)
 }

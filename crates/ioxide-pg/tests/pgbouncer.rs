@@ -225,8 +225,7 @@ fn the_symptom_switches_connections_to_unnamed_statements() {
         return;
     };
     let o = opts(&bouncer);
-    let capture = Capture::at(tracing::Level::WARN);
-    let _log = tracing::subscriber::set_default(capture.clone());
+    let capture = Capture::start(tracing::Level::WARN);
     run_within(LIMIT, async move {
         open_both_server_connections(&o).await;
         let one = 1i64;
@@ -379,8 +378,7 @@ fn set_and_listen_on_the_shared_path_warn_once_per_connection() {
         return;
     };
     let o = opts(&bouncer).pool_size(1);
-    let capture = Capture::at(tracing::Level::WARN);
-    let _log = tracing::subscriber::set_default(capture.clone());
+    let capture = Capture::start(tracing::Level::WARN);
     run_within(LIMIT, async move {
         let reactor = ioxide::Reactor::current();
         let pool = PgPool::start(&reactor, o).unwrap();

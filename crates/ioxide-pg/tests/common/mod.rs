@@ -89,33 +89,55 @@ pub fn err(r: Result<PgOptions, ioxide_pg::PgError>) -> String {
         .unwrap_or_else(|| "no error".into())
 }
 
-/// A `tracing` subscriber keeping every event at or above a level as text: its level, then
-/// its message and fields (`WARN: message="…" command="SET"`).
-#[derive(Clone)]
+/// What the test thread logs, as text: each event at or above a level, its level, then its
+/// message and fields (`WARN: message="…" command="SET"`), from `start` until dropped.
+///
+/// One process-wide subscriber (installed once) writes each event into a buffer of the
+/// thread that emitted it. Scoped subscribers (`set_default` per test thread) lost events
+/// when tests ran in parallel: tracing caches a callsite's interest and the global max
+/// level across every thread's dispatcher, and a callsite first hit while another test's
+/// subscriber came or went could stay disabled for ours.
 pub struct Capture {
-    text: std::sync::Arc<std::sync::Mutex<String>>,
-    max: tracing::Level,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+thread_local! {
+    static CAPTURED: std::cell::RefCell<Option<(tracing::Level, String)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl Capture {
-    /// Every event, down to TRACE.
-    pub fn all() -> Capture {
-        Capture::at(tracing::Level::TRACE)
-    }
-
-    /// Events at `max` or more severe.
-    pub fn at(max: tracing::Level) -> Capture {
+    /// Captures this thread's events at `max` or more severe.
+    pub fn start(max: tracing::Level) -> Capture {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            tracing::subscriber::set_global_default(ThreadCapture)
+                .expect("no other global tracing subscriber in the driver tests");
+        });
+        CAPTURED.with(|c| *c.borrow_mut() = Some((max, String::new())));
         Capture {
-            text: std::sync::Arc::default(),
-            max,
+            _not_send: std::marker::PhantomData,
         }
     }
 
     /// What was captured so far.
     pub fn text(&self) -> String {
-        self.text.lock().unwrap().clone()
+        CAPTURED.with(|c| {
+            c.borrow()
+                .as_ref()
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default()
+        })
     }
 }
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        CAPTURED.with(|c| *c.borrow_mut() = None);
+    }
+}
+
+struct ThreadCapture;
 
 struct Render<'a>(&'a mut String);
 
@@ -126,9 +148,24 @@ impl tracing::field::Visit for Render<'_> {
     }
 }
 
-impl tracing::Subscriber for Capture {
+impl tracing::Subscriber for ThreadCapture {
+    // Whether an event is wanted depends on the thread: never cache a callsite's interest.
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
     fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
-        *m.level() <= self.max
+        CAPTURED.with(|c| {
+            c.try_borrow()
+                .ok()
+                .and_then(|c| c.as_ref().map(|(max, _)| m.level() <= max))
+                .unwrap_or(false)
+        })
     }
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
@@ -136,11 +173,16 @@ impl tracing::Subscriber for Capture {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
-        use std::fmt::Write as _;
-        let mut t = self.text.lock().unwrap();
-        let _ = write!(t, "{}:", event.metadata().level());
-        event.record(&mut Render(&mut t));
-        t.push('\n');
+        let mut line = format!("{}:", event.metadata().level());
+        event.record(&mut Render(&mut line));
+        line.push('\n');
+        CAPTURED.with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                if let Some((_, text)) = c.as_mut() {
+                    text.push_str(&line);
+                }
+            }
+        });
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
